@@ -271,6 +271,8 @@ pub struct KeyInfo {
     pub max: u32,
     pub holders: Vec<HolderInfo>,
     pub waiters: usize,
+    /// Lock ids of the waiters, in queue order.
+    pub queue: Vec<Arc<str>>,
     pub readers: usize,
 }
 
@@ -585,7 +587,9 @@ impl Table {
         let Some(entry) = self.conns.get(&conn) else {
             return;
         };
-        let slots: Vec<u32> = entry.slots.keys().copied().collect();
+        let mut slots: Vec<u32> = entry.slots.keys().copied().collect();
+        // Settle keys in key order, so which waiter gets the lower token is reproducible.
+        slots.sort_unstable_by(|a, b| self.keys[*a as usize].key.cmp(&self.keys[*b as usize].key));
         let mut groups: Vec<Arc<str>> = Vec::new();
         for &slot in &slots {
             let ks = &mut self.keys[slot as usize];
@@ -601,7 +605,7 @@ impl Table {
             ks.queue.retain(|w| {
                 let drop = w.conn == conn && !w.group;
                 if drop {
-                    gone_w.push(w.rid);
+                    gone_w.push(w.deadline.is_some());
                 }
                 !drop
             });
@@ -620,7 +624,10 @@ impl Table {
             for h in &gone_h {
                 self.forget_holder(slot, h);
             }
-            for _ in &gone_w {
+            for armed in gone_w {
+                if armed {
+                    self.timers.disarm();
+                }
                 self.conn_remove(conn, slot);
             }
         }
@@ -867,6 +874,7 @@ impl Table {
                 })
                 .collect(),
             waiters: ks.queue.len(),
+            queue: ks.queue.iter().map(|w| w.id.clone()).collect(),
             readers: ks.readers(),
         })
     }
