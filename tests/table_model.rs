@@ -102,6 +102,7 @@ struct MWaiter {
     mode: Mode,
     ttl: Option<Duration>,
     deadline: Option<Instant>,
+    since: Instant,
     keep: bool,
     seq: u64,
 }
@@ -222,6 +223,7 @@ impl Model {
                     conn: w.conn,
                     id: w.id.into(),
                     key: Some(KEYS[k].into()),
+                    waited: at - w.since,
                 });
             } else {
                 let i = key.holders.iter().position(|h| h.seq == seq).unwrap();
@@ -287,6 +289,7 @@ impl Model {
             mode,
             ttl: Self::resolve(ttl),
             deadline: None,
+            since: now,
             keep,
             seq: 0,
         };

@@ -216,6 +216,7 @@ pub enum Event {
         conn: ConnId,
         id: Arc<str>,
         key: Option<Arc<str>>,
+        waited: Duration,
     },
     /// A holder's TTL ended; it no longer holds the key (for an acquire-many, none of its keys).
     Expired {
@@ -309,6 +310,7 @@ struct Group {
     tokens: Vec<u64>,
     ttl: Option<Duration>,
     deadline: Option<Instant>,
+    since: Instant,
     keep: bool,
 }
 
@@ -422,6 +424,7 @@ impl Table {
                 mode: req.mode,
                 ttl,
                 deadline: None,
+                since: now,
                 keep: req.keep_after_disconnect,
                 group: false,
             };
@@ -456,6 +459,7 @@ impl Table {
             mode: req.mode,
             ttl,
             deadline,
+            since: now,
             keep: req.keep_after_disconnect,
             group: false,
         });
@@ -723,6 +727,7 @@ impl Table {
             tokens: Vec::with_capacity(keys.len()),
             ttl: self.resolve_ttl(req.ttl),
             deadline: deadline.filter(|_| !all_free),
+            since: now,
             keep: req.keep_after_disconnect,
         };
         self.group_rids.insert(rid, id.clone());
@@ -786,7 +791,7 @@ impl Table {
                 let Some(id) = self.group_rids.get(&t.rid).cloned() else {
                     continue;
                 };
-                let conn = self.groups[&id].conn;
+                let (conn, waited) = (self.groups[&id].conn, at - self.groups[&id].since);
                 if let Some(g) = self.groups.get_mut(&id) {
                     g.deadline = None;
                 }
@@ -795,6 +800,7 @@ impl Table {
                     conn,
                     id: id.clone(),
                     key: None,
+                    waited,
                 });
                 self.drop_group(at, &id);
                 self.run_advances(at);
@@ -810,13 +816,14 @@ impl Table {
                     };
                     let w = &mut self.keys[slot as usize].queue[i];
                     w.deadline = None; // fired: remove_waiter_at must not disarm it again
-                    let (conn, id) = (w.conn, w.id.clone());
+                    let (conn, id, waited) = (w.conn, w.id.clone(), at - w.since);
                     self.remove_waiter_at(slot, i);
                     self.wait_timeouts += 1;
                     self.events.push_back(Event::TimedOut {
                         conn,
                         id,
                         key: Some(key),
+                        waited,
                     });
                 }
                 TimerKind::Expiry => {
@@ -1197,6 +1204,7 @@ impl Table {
                 mode: Mode::Exclusive,
                 ttl,
                 deadline: None,
+                since: now,
                 keep,
                 group: true,
             };

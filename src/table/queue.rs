@@ -32,6 +32,8 @@ pub(crate) struct Waiter {
     pub ttl: Option<Duration>,
     /// Wait deadline of a plain request; a group's deadline lives on the group.
     pub deadline: Option<Instant>,
+    /// When it was queued, to tell a timed-out client how long it waited.
+    pub since: Instant,
     pub keep: bool,
     pub group: bool,
 }
