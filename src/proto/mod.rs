@@ -391,6 +391,11 @@ pub fn decode(buf: &mut [u8]) -> Result<Request<'_>, DecodeError> {
 fn json_error(e: &simd_json::Error) -> DecodeErrorKind {
     match e.error() {
         simd_json::ErrorType::InvalidUtf8 => DecodeErrorKind::InvalidUtf8,
+        // simd-json reports e.g. `{..}{..}` as an internal tape error; don't blame the broker.
+        simd_json::ErrorType::InternalError(_) => DecodeErrorKind::InvalidJson(format!(
+            "malformed structure near character {}",
+            e.index()
+        )),
         _ => DecodeErrorKind::InvalidJson(e.to_string()),
     }
 }
