@@ -10,6 +10,29 @@
 //! `keepLocksAfterDeath` on every message: unknown fields are ignored and `null` means "absent"
 //! for every optional field except `ttl`, where `null` means "never expires". Strictness is
 //! where a wrong value would change a lock decision: types, ranges and required fields.
+//!
+//! The per-connection loop of an NDJSON transport:
+//!
+//! ```
+//! use live_mutex::proto::{Decoder, Reply, Request, encode, ndjson::LineFramer};
+//! let (mut framer, mut decoder, mut out) = (LineFramer::default(), Decoder::default(), Vec::new());
+//! framer.extend(b"{\"type\":\"ping\",\"uuid\":\"u1\"}\r\n{\"type\":\"lock-received\"}\n");
+//! // An `Err` here means framing is lost: close the connection.
+//! while let Some(line) = framer.next_line().unwrap() {
+//!     let start = out.len();
+//!     match decoder.decode(line) {
+//!         Ok(Request::Ping { uuid }) => Reply::Pong { uuid, server_timestamp_ms: 0 }.encode(&mut out),
+//!         Ok(_) => {} // the lock table's business
+//!         Err(e) => encode::decode_error(&e, &mut out),
+//!     }
+//!     if out.len() > start {
+//!         out.push(b'\n');
+//!     }
+//! }
+//! let text = String::from_utf8(out).unwrap();
+//! assert!(text.starts_with(r#"{"type":"pong","uuid":"u1","ping":true"#));
+//! assert!(text.ends_with("\"error\":\"missing required field `uuid`\"}\n"));
+//! ```
 
 pub mod encode;
 pub mod ndjson;
@@ -391,6 +414,11 @@ pub fn decode(buf: &mut [u8]) -> Result<Request<'_>, DecodeError> {
 fn json_error(e: &simd_json::Error) -> DecodeErrorKind {
     match e.error() {
         simd_json::ErrorType::InvalidUtf8 => DecodeErrorKind::InvalidUtf8,
+        // simd-json reports e.g. `{..}{..}` as an internal tape error; don't blame the broker.
+        simd_json::ErrorType::InternalError(_) => DecodeErrorKind::InvalidJson(format!(
+            "malformed structure near character {}",
+            e.index()
+        )),
         _ => DecodeErrorKind::InvalidJson(e.to_string()),
     }
 }
