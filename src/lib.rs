@@ -1,2 +1,3 @@
 pub mod proto;
 pub mod table;
+pub mod broker;
