@@ -26,7 +26,8 @@ fn handoff(c: &mut Criterion) {
     let now = Instant::now();
     let ids: Vec<String> = (0..65).map(|i| format!("id-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        t.lock(now, &LockRequest::new(ConnId(i as u64), "k", id)).ok();
+        t.lock(now, &LockRequest::new(ConnId(i as u64), "k", id))
+            .ok();
     }
     let mut holder = 0usize;
     c.bench_function("table/handoff through 64 waiters", |b| {
@@ -35,8 +36,11 @@ fn handoff(c: &mut Criterion) {
             while let Some(e) = t.poll_event() {
                 black_box(e);
             }
-            t.lock(now, &LockRequest::new(ConnId(holder as u64), "k", &ids[holder]))
-                .ok();
+            t.lock(
+                now,
+                &LockRequest::new(ConnId(holder as u64), "k", &ids[holder]),
+            )
+            .ok();
             holder = (holder + 1) % ids.len();
         })
     });

@@ -1,3 +1,3 @@
+pub mod broker;
 pub mod proto;
 pub mod table;
-pub mod broker;

@@ -44,23 +44,13 @@ impl Write for Stream {
 }
 
 impl mio::event::Source for Stream {
-    fn register(
-        &mut self,
-        r: &mio::Registry,
-        t: mio::Token,
-        i: mio::Interest,
-    ) -> io::Result<()> {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.register(r, t, i),
             Stream::Unix(s) => s.register(r, t, i),
         }
     }
-    fn reregister(
-        &mut self,
-        r: &mio::Registry,
-        t: mio::Token,
-        i: mio::Interest,
-    ) -> io::Result<()> {
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.reregister(r, t, i),
             Stream::Unix(s) => s.reregister(r, t, i),

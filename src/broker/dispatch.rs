@@ -16,8 +16,7 @@ use super::conn::Conn;
 use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany};
 use crate::proto::{self, Reply, Request};
 use crate::table::{
-    self, Cancelled, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Table, TableError,
-    Wait,
+    self, Cancelled, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Table, TableError, Wait,
 };
 
 /// A pushed grant that a Node client has not acknowledged yet (see `Core::ack_deadline`).
@@ -90,7 +89,14 @@ impl Core {
         }
     }
 
-    fn send_error(&mut self, slot: usize, ty: &str, uuid: Option<&str>, key: Option<&str>, e: &str) {
+    fn send_error(
+        &mut self,
+        slot: usize,
+        ty: &str,
+        uuid: Option<&str>,
+        key: Option<&str>,
+        e: &str,
+    ) {
         self.send(
             slot,
             &Reply::Error {
@@ -222,7 +228,9 @@ impl Core {
                 };
                 match self.table.lock_many(now, &req) {
                     Ok(out) => self.send_many(slot, r.uuid, &out, r.wait_timeout.unwrap_or(0)),
-                    Err(e) => self.send_error(slot, "acquire-many", Some(r.uuid), None, &e.to_string()),
+                    Err(e) => {
+                        self.send_error(slot, "acquire-many", Some(r.uuid), None, &e.to_string())
+                    }
                 }
             }
             Request::ReleaseMany { uuid, lock_id } => {
@@ -266,9 +274,7 @@ impl Core {
                 self.send(slot, &reply);
             }
             Request::Ping { uuid } => {
-                let ts = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| ms(d));
+                let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms);
                 self.send(
                     slot,
                     &Reply::Pong {
@@ -360,7 +366,9 @@ impl Core {
                 g.queue_len,
                 g.readers,
             ),
-            Ok(LockOutcome::Queued { queue_len, readers }) => (WireLock::Queued, queue_len, readers),
+            Ok(LockOutcome::Queued { queue_len, readers }) => {
+                (WireLock::Queued, queue_len, readers)
+            }
             Ok(LockOutcome::Busy { queue_len, readers }) => (WireLock::Refused, queue_len, readers),
         };
         self.send(
@@ -418,7 +426,8 @@ impl Core {
                         continue;
                     };
                     if self.conns[slot].node_client {
-                        self.ack_order.push_back((now + self.ack_timeout, id.clone()));
+                        self.ack_order
+                            .push_back((now + self.ack_timeout, id.clone()));
                         self.acks.insert(
                             id.clone(),
                             PendingAck {
@@ -488,14 +497,13 @@ impl Core {
             if let Some(a) = self.acks.get(&id)
                 && a.deadline == at
                 && let Some(a) = self.acks.remove(&id)
+                && self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released
             {
-                if self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released {
-                    log::note(&format!(
-                        "grant {id} of key {:?} was not acknowledged within {} ms: released",
-                        a.key,
-                        self.ack_timeout.as_millis()
-                    ));
-                }
+                log::note(&format!(
+                    "grant {id} of key {:?} was not acknowledged within {} ms: released",
+                    a.key,
+                    self.ack_timeout.as_millis()
+                ));
             }
         }
         self.route_events(now);

@@ -748,8 +748,7 @@ fn answers(addr: SocketAddr) -> bool {
         return false;
     };
     s.set_read_timeout(Some(Duration::from_millis(1000))).ok();
-    if s
-        .write_all(b"{\"type\":\"ping\",\"uuid\":\"ensure-broker\"}\n")
+    if s.write_all(b"{\"type\":\"ping\",\"uuid\":\"ensure-broker\"}\n")
         .is_err()
     {
         return false;
