@@ -13,6 +13,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::conn::Conn;
+use super::legacy_rw::{LegacyRw, RwAnswer};
 use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany};
 use crate::proto::{self, Reply, Request};
 use crate::table::{
@@ -43,6 +44,11 @@ pub(crate) struct Core {
     /// Connections to close at the end of this turn (a full WebSocket buffer, a mismatch).
     pub doomed: Vec<usize>,
     pub auth_token: Option<String>,
+    rw: LegacyRw,
+    /// Mutex holds of legacy RW clients set aside while their RW request waits (see `rw`);
+    /// their later unlock is answered as done.
+    parked: HashMap<Arc<str>, ConnId, RandomState>,
+    woken: Vec<(ConnId, Arc<str>, Arc<str>)>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -65,6 +71,9 @@ impl Core {
             dirty: Vec::new(),
             doomed: Vec::new(),
             auth_token,
+            rw: LegacyRw::default(),
+            parked: HashMap::default(),
+            woken: Vec::new(),
         }
     }
 
@@ -182,7 +191,13 @@ impl Core {
                 lock_id,
                 force,
             } => {
-                let res = self.table.unlock(now, key, lock_id, force);
+                let parked = lock_id.is_some_and(|id| self.parked.get(id) == Some(&cid));
+                let res = if parked {
+                    lock_id.map(|id| self.parked.remove(id));
+                    Ok(1)
+                } else {
+                    self.table.unlock(now, key, lock_id, force)
+                };
                 let (lrc, _) = self.table.counts(key);
                 let err = res.as_ref().err().map(ToString::to_string);
                 self.send(
@@ -304,15 +319,7 @@ impl Core {
                     },
                 );
             }
-            Request::Rw { op, uuid, key } => {
-                self.send_error(
-                    slot,
-                    op.as_str(),
-                    Some(uuid),
-                    Some(key),
-                    "legacy RW messages are not supported by this broker; use lock with mode read/write",
-                );
-            }
+            Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
             Request::Inspect { uuid, command } => {
                 let result = match command {
                     "lockcount" => self.table.stats().keys as u64,
@@ -516,7 +523,69 @@ impl Core {
     /// The connection is gone: the table releases exactly its holds.
     pub fn disconnect(&mut self, now: Instant, id: ConnId) {
         self.table.disconnect(now, id);
+        self.parked.retain(|_, c| *c != id);
+        let mut woken = std::mem::take(&mut self.woken);
+        self.rw.disconnect(id, &mut woken);
+        self.broadcast(&mut woken);
+        self.woken = woken;
         self.route_events(now);
+    }
+
+    /// A legacy RW message. The Node RW client sends it while holding the mutex on `key` and
+    /// waits for the answer before unlocking; when the answer must wait (a writer for readers,
+    /// a reader for the writer), the party that would clear the way needs that same mutex. So
+    /// the waiting client's mutex hold is released now ("parked") and its later unlock is
+    /// answered as done: no deadlock until TTL, as 0.2.25 had.
+    fn rw(
+        &mut self,
+        slot: usize,
+        cid: ConnId,
+        now: Instant,
+        op: proto::RwOp,
+        uuid: &str,
+        key: &str,
+    ) {
+        let mut woken = std::mem::take(&mut self.woken);
+        match self.rw.apply(cid, key, uuid, op, &mut woken) {
+            RwAnswer::Now { readers } => self.send(
+                slot,
+                &Reply::Rw {
+                    op,
+                    uuid,
+                    key,
+                    readers_count: readers,
+                },
+            ),
+            RwAnswer::Deferred => {
+                let held: Option<Arc<str>> = self.table.info(now, key).and_then(|i| {
+                    i.holders
+                        .iter()
+                        .find(|h| h.conn == cid)
+                        .map(|h| h.id.clone())
+                });
+                if let Some(id) = held
+                    && self.table.cancel(now, cid, key, &id) == Cancelled::Released
+                {
+                    self.parked.insert(id, cid);
+                }
+            }
+        }
+        self.broadcast(&mut woken);
+        self.woken = woken;
+    }
+
+    fn broadcast(&mut self, woken: &mut Vec<(ConnId, Arc<str>, Arc<str>)>) {
+        for (conn, uuid, key) in woken.drain(..) {
+            if let Some(slot) = self.slot_of(conn) {
+                self.send(
+                    slot,
+                    &Reply::BroadcastResult {
+                        uuid: &uuid,
+                        key: &key,
+                    },
+                );
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod conn;
 mod dispatch;
+mod legacy_rw;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
