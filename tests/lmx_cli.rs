@@ -99,7 +99,7 @@ fn lost_lock_is_reported() {
     let client = live_mutex::Client::connect(&url).unwrap();
     let dir = scratch("lost");
     let mark = dir.join("started");
-    let script = format!("touch {}; sleep 2", mark.display());
+    let script = format!("touch {}; exec sleep 2", mark.display());
     let run = {
         let url = url.clone();
         std::thread::spawn(move || {
