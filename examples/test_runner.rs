@@ -13,7 +13,10 @@ fn worker(file: &str, me: usize) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::from_env()?;
     for _ in 0..10 {
         let guard = client.lock("fixture")?;
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(file)?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)?;
         writeln!(f, "begin {me} token {}", guard.fencing_token().unwrap_or(0))?;
         std::thread::sleep(Duration::from_millis(2));
         writeln!(f, "end {me}")?;
@@ -30,13 +33,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
-    let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    let broker = live_mutex::broker::Broker::builder()
+        .tcp("127.0.0.1:0".parse()?)
+        .bind()?
+        .spawn()?;
     let url = format!("tcp://{}", broker.local_addr().ok_or("no TCP listener")?);
     let file = std::env::temp_dir().join(format!("lmx-test-runner-{}.log", std::process::id()));
     let file = file.to_str().ok_or("temp path is not UTF-8")?.to_string();
     let exe = std::env::current_exe()?;
     let kids: Vec<_> = (0..n)
-        .map(|i| std::process::Command::new(&exe).args(["--worker", &file, &i.to_string()]).env("LMX_URL", &url).spawn())
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--worker", &file, &i.to_string()])
+                .env("LMX_URL", &url)
+                .spawn()
+        })
         .collect::<Result<_, _>>()?;
     for mut k in kids {
         if !k.wait()?.success() {
@@ -46,12 +57,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let log = std::fs::read_to_string(&file)?;
     let lines: Vec<&str> = log.lines().collect();
     for pair in lines.chunks(2) {
-        let (b, e) = (pair[0].split(' ').nth(1), pair.get(1).and_then(|l| l.strip_prefix("end ")));
+        let (b, e) = (
+            pair[0].split(' ').nth(1),
+            pair.get(1).and_then(|l| l.strip_prefix("end ")),
+        );
         if !pair[0].starts_with("begin ") || b != e {
             return Err(format!("interleaved critical sections: {pair:?}").into());
         }
     }
-    println!("{n} workers, {} critical sections, never overlapping", lines.len() / 2);
+    println!(
+        "{n} workers, {} critical sections, never overlapping",
+        lines.len() / 2
+    );
     std::fs::remove_file(&file)?;
     broker.shutdown();
     broker.join();

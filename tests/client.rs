@@ -37,7 +37,11 @@ fn two_threads_on_one_client_contend() {
                     (0..200)
                         .map(|_| {
                             let g = c.lock("shared").unwrap();
-                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                            assert_eq!(
+                                inside.fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two holders at once"
+                            );
                             std::hint::spin_loop();
                             inside.fetch_sub(1, Ordering::SeqCst);
                             g.fencing_token().unwrap()
@@ -74,7 +78,11 @@ fn thousand_locks_in_flight_on_one_client() {
                 .stack_size(64 << 10)
                 .spawn(move || {
                     start.wait();
-                    let key = if i % 2 == 0 { "hot".to_string() } else { format!("cold{i}") };
+                    let key = if i % 2 == 0 {
+                        "hot".to_string()
+                    } else {
+                        format!("cold{i}")
+                    };
                     let g = c.lock(&key).unwrap();
                     done.fetch_add(1, Ordering::SeqCst);
                     g.unlock().unwrap();
@@ -87,7 +95,11 @@ fn thousand_locks_in_flight_on_one_client() {
     while done.load(Ordering::SeqCst) < 500 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(done.load(Ordering::SeqCst), 500, "the cold keys are not held up by the hot one");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        500,
+        "the cold keys are not held up by the hot one"
+    );
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(c.info("hot").unwrap().waiters, 500);
     blocker.unlock().unwrap();
@@ -102,14 +114,20 @@ fn thousand_locks_in_flight_on_one_client() {
 #[test]
 fn try_lock_and_timeouts() {
     let (b, url) = broker();
-    let (c1, c2) = (Client::connect(&url).unwrap(), Client::connect(&url).unwrap());
+    let (c1, c2) = (
+        Client::connect(&url).unwrap(),
+        Client::connect(&url).unwrap(),
+    );
     let g = c1.try_lock("t").unwrap().unwrap();
     assert!(c2.try_lock("t").unwrap().is_none());
     let t = Instant::now();
     let r = c2.lock_with("t", &LockOptions::new().timeout(Duration::from_millis(100)));
     let waited = t.elapsed();
     assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
-    assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(900), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_millis(900),
+        "{waited:?}"
+    );
     // Neither the refused try-lock nor the timed-out wait left a ghost in the queue.
     assert_eq!(c1.info("t").unwrap().waiters, 0);
     drop(g);
@@ -121,7 +139,9 @@ fn try_lock_and_timeouts() {
 fn ttl_expiry_extend_and_unlock_by_id() {
     let (b, url) = broker();
     let c = Client::connect(&url).unwrap();
-    let mut g = c.lock_with("e", &LockOptions::new().ttl(Duration::from_millis(150))).unwrap();
+    let mut g = c
+        .lock_with("e", &LockOptions::new().ttl(Duration::from_millis(150)))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(80));
     g.extend(Some(Duration::from_millis(150))).unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -131,8 +151,14 @@ fn ttl_expiry_extend_and_unlock_by_id() {
     assert!(matches!(g.extend(None), Err(Error::LockLost)));
     assert!(matches!(g.unlock(), Err(Error::LockLost)));
 
-    let id = c.lock_with("x", &LockOptions::new().ttl(Ttl::Never)).unwrap().detach();
-    assert!(matches!(c.unlock("x", "00000000000000000000000000000000"), Err(Error::NotHeld)));
+    let id = c
+        .lock_with("x", &LockOptions::new().ttl(Ttl::Never))
+        .unwrap()
+        .detach();
+    assert!(matches!(
+        c.unlock("x", "00000000000000000000000000000000"),
+        Err(Error::NotHeld)
+    ));
     c.unlock("x", &id).unwrap();
     let g = c.lock("x").unwrap();
     c.force_unlock("x").unwrap();
@@ -155,7 +181,10 @@ fn read_write_semaphore_and_many() {
     let sem = LockOptions::new().max(2);
     let s1 = c.lock_with("sem", &sem).unwrap();
     let s2 = c.lock_with("sem", &sem).unwrap();
-    assert!(matches!(c.lock_with("sem", &sem.clone().try_only()), Err(Error::TimedOut)));
+    assert!(matches!(
+        c.lock_with("sem", &sem.clone().try_only()),
+        Err(Error::TimedOut)
+    ));
     drop((s1, s2));
 
     let many = c.lock_many(&["m1", "m2"]).unwrap();
@@ -163,7 +192,10 @@ fn read_write_semaphore_and_many() {
     assert!(c.try_lock("m2").unwrap().is_none());
     let mut ls = c.ls().unwrap();
     ls.sort();
-    assert!(ls.contains(&"m1".to_string()) && ls.contains(&"m2".to_string()), "{ls:?}");
+    assert!(
+        ls.contains(&"m1".to_string()) && ls.contains(&"m2".to_string()),
+        "{ls:?}"
+    );
     many.unlock().unwrap();
     assert!(c.try_lock("m2").unwrap().is_some());
     assert!(c.ping().unwrap().server_time_ms.is_some());
@@ -214,7 +246,12 @@ fn broker_restart_loses_locks_fails_waiters_and_reconnects() {
     assert!(matches!(g.unlock(), Err(Error::LockLost)));
     // Down: the call fails rather than hanging or pretending.
     assert!(c.lock("k").is_err());
-    let b2 = live_mutex::broker::Broker::builder().tcp(addr).bind().unwrap().spawn().unwrap();
+    let b2 = live_mutex::broker::Broker::builder()
+        .tcp(addr)
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     let g = loop {
         match c.lock("k") {
@@ -233,12 +270,18 @@ const CHILD_ENV: &str = "LMX_TEST_COUNTER_CHILD";
 /// Runs only when re-invoked by `api_counter_from_8_processes`.
 #[test]
 fn counter_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (url, file) = spec.split_once('|').unwrap();
     let c = Client::connect(url).unwrap();
     for _ in 0..50 {
         let g = c.lock("ctr").unwrap();
-        let n: u64 = std::fs::read_to_string(file).unwrap().trim().parse().unwrap();
+        let n: u64 = std::fs::read_to_string(file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         std::thread::sleep(Duration::from_micros(200));
         std::fs::write(file, format!("{}\n", n + 1)).unwrap();
         g.unlock().unwrap();

@@ -82,7 +82,10 @@ enum Cmd {
 
 pub(crate) fn main() -> i32 {
     let cli = Cli::parse();
-    let url = cli.url.clone().unwrap_or_else(live_mutex::client::url_from_env);
+    let url = cli
+        .url
+        .clone()
+        .unwrap_or_else(live_mutex::client::url_from_env);
     match cli.cmd {
         Cmd::Run(args) => run::run(&url, args),
         cmd => ops::op(&url, cli.json, cmd),

@@ -22,7 +22,8 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
     match cmd {
         Cmd::Run(_) => unreachable!("handled by run::run"),
         Cmd::Acquire { key, ttl, timeout } => {
-            let mut o = LockOptions::new().ttl(ttl.map_or(Ttl::Never, |t| Ttl::After(Duration::from_millis(t))));
+            let mut o = LockOptions::new()
+                .ttl(ttl.map_or(Ttl::Never, |t| Ttl::After(Duration::from_millis(t))));
             o.keep_after_disconnect = true;
             o.wait_timeout = timeout.map(Duration::from_millis);
             match client.lock_with(&key, &o) {
@@ -59,7 +60,9 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
                     i.max.map_or(String::new(), |m| format!(", max {m}"))
                 );
                 for x in &i.holders {
-                    let ttl = x.ttl_remaining.map_or("no expiry".into(), |d| format!("{} ms left", ms(d)));
+                    let ttl = x
+                        .ttl_remaining
+                        .map_or("no expiry".into(), |d| format!("{} ms left", ms(d)));
                     let tok = x.fencing_token.map_or("-".into(), |t| t.to_string());
                     h.push_str(&format!("\n  {} {} token {} {}", x.id, x.mode, tok, ttl));
                 }
@@ -88,7 +91,10 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
                 let broker = format!("{:?}", p.broker).to_lowercase();
                 let us = p.rtt.as_micros() as u64;
                 let h = format!("pong from {url} ({broker} broker) in {us} µs");
-                out(h, json!({"url":url,"broker":broker,"rttMicros":us,"serverTimestamp":p.server_time_ms}))
+                out(
+                    h,
+                    json!({"url":url,"broker":broker,"rttMicros":us,"serverTimestamp":p.server_time_ms}),
+                )
             }
             Err(e) => report(url, "ping", &e),
         },

@@ -53,13 +53,21 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
         wait_timeout: a.timeout.map(Duration::from_millis),
         try_only: a.nowait,
         max: a.max,
-        mode: if a.shared { Mode::Read } else { Mode::Exclusive },
+        mode: if a.shared {
+            Mode::Read
+        } else {
+            Mode::Exclusive
+        },
         keep_after_disconnect: false,
     };
     let mut guard = match client.lock_with(&a.key, &opts) {
         Ok(g) => g,
         Err(Error::TimedOut) => {
-            let why = if a.nowait { "is busy".to_string() } else { format!("not granted within {} ms", a.timeout.unwrap_or(0)) };
+            let why = if a.nowait {
+                "is busy".to_string()
+            } else {
+                format!("not granted within {} ms", a.timeout.unwrap_or(0))
+            };
             eprintln!("lmx: lock {} {why}", a.key);
             return super::EXIT_NOT_ACQUIRED;
         }
@@ -70,8 +78,16 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
     guard.on_lost(move || _ = lost_tx.send(Ev::Lost));
 
     let mut cmd = Command::new(&a.cmd[0]);
-    cmd.args(&a.cmd[1..]).env("LMX_KEY", &a.key).env("LMX_LOCK_ID", guard.id());
-    cmd.env("LMX_FENCING_TOKEN", guard.fencing_token().map(|t| t.to_string()).unwrap_or_default());
+    cmd.args(&a.cmd[1..])
+        .env("LMX_KEY", &a.key)
+        .env("LMX_LOCK_ID", guard.id());
+    cmd.env(
+        "LMX_FENCING_TOKEN",
+        guard
+            .fencing_token()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    );
     die_with_parent(&mut cmd);
     forward_signals(tx.clone());
     let mut child = match cmd.spawn() {
@@ -79,14 +95,25 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
         Err(e) => {
             eprintln!("lmx: {}: {e}", a.cmd[0]);
             let _ = guard.unlock();
-            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
         }
     };
     let pid = child.id() as libc::pid_t;
     std::thread::spawn(move || {
         // Wait without reaping, so the pid cannot be recycled while signals are still forwarded.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        while unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) } != 0
+        while unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        } != 0
             && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
         {}
         let _ = tx.send(Ev::Exited);
@@ -137,7 +164,10 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
         }
     }
     let code = match child.wait() {
-        Ok(st) => st.code().or_else(|| st.signal().map(|s| 128 + s)).unwrap_or(1),
+        Ok(st) => st
+            .code()
+            .or_else(|| st.signal().map(|s| 128 + s))
+            .unwrap_or(1),
         Err(e) => {
             eprintln!("lmx: waiting for {}: {e}", a.cmd[0]);
             1
@@ -146,7 +176,9 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
     if !lost {
         match guard.unlock() {
             Ok(()) => return code,
-            Err(Error::LockLost) => eprintln!("lmx: lock {} had been lost before the command ended", a.key),
+            Err(Error::LockLost) => {
+                eprintln!("lmx: lock {} had been lost before the command ended", a.key)
+            }
             Err(e) => {
                 // The command is done; an unlock that did not go through is released by the
                 // broker when this process's connection closes.
@@ -157,7 +189,9 @@ pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
     } else {
         drop(guard);
     }
-    eprintln!("lmx: the command exited with status {code}; exiting {EXIT_LOST} because its lock was lost");
+    eprintln!(
+        "lmx: the command exited with status {code}; exiting {EXIT_LOST} because its lock was lost"
+    );
     EXIT_LOST
 }
 

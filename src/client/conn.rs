@@ -149,7 +149,8 @@ type LostHook = Box<dyn FnOnce() + Send>;
 struct State {
     dead: bool,
     pending: HashMap<u128, Sender<Value>, ahash::RandomState>,
-    on_lost: Vec<LostHook>,
+    on_lost: Vec<(u64, LostHook)>,
+    next_hook: u64,
 }
 
 struct Shared {
@@ -200,7 +201,7 @@ impl Shared {
         let hooks = std::mem::take(&mut st.on_lost);
         drop(st);
         self.closer.shutdown();
-        hooks.into_iter().for_each(|h| h());
+        hooks.into_iter().for_each(|(_, h)| h());
     }
 
     fn dispatch(&self, v: Value) {
@@ -293,6 +294,7 @@ impl Conn {
                 dead: false,
                 pending: HashMap::default(),
                 on_lost: Vec::new(),
+                next_hook: 0,
             }),
             node: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -368,14 +370,26 @@ impl Conn {
         }
     }
 
-    /// Runs `f` once when the connection dies (at once if it already has).
-    pub(crate) fn on_lost(&self, f: LostHook) {
+    /// Runs `f` once when the connection dies (at once if it already has); the id returned
+    /// lets a guard that is released first withdraw it.
+    pub(crate) fn on_lost(&self, f: LostHook) -> Option<u64> {
         let mut st = lock(&self.shared.state);
         if st.dead {
             drop(st);
             f();
-        } else {
-            st.on_lost.push(f);
+            return None;
+        }
+        st.next_hook += 1;
+        let id = st.next_hook;
+        st.on_lost.push((id, f));
+        Some(id)
+    }
+
+    pub(crate) fn forget_hooks(&self, ids: &[u64]) {
+        if !ids.is_empty() {
+            lock(&self.shared.state)
+                .on_lost
+                .retain(|(id, _)| !ids.contains(id));
         }
     }
 }

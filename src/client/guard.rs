@@ -2,7 +2,7 @@ use super::conn::{Conn, err_text, new_id};
 use super::error::{Error, Result};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A held lock. Dropping it releases the lock without waiting (the unlock is pipelined ahead
@@ -30,6 +30,7 @@ pub struct LockGuard {
     pub(crate) lost: bool,
     pub(crate) done: bool,
     pub(crate) timeout: Duration,
+    pub(crate) hooks: Mutex<Vec<u64>>,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -140,8 +141,8 @@ impl LockGuard {
     }
 
     /// Calls `f` once, from the connection's reader thread, when the connection carrying this
-    /// lock drops (at once if it already has). TTL expiry is not reported here: a holder with
-    /// a TTL learns of it through [`extend`](Self::extend).
+    /// lock drops while the guard still holds it (at once if it already has). TTL expiry is
+    /// not reported here: a holder with a TTL learns of it through [`extend`](Self::extend).
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -154,7 +155,19 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn on_lost(&self, f: impl FnOnce() + Send + 'static) {
-        self.conn.on_lost(Box::new(f))
+        if let Some(id) = self.conn.on_lost(Box::new(f)) {
+            self.hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.conn.forget_hooks(&std::mem::take(
+            self.hooks.get_mut().unwrap_or_else(|e| e.into_inner()),
+        ));
     }
 
     /// Releases the lock and waits for the broker's answer. [`Error::LockLost`] means the lock
@@ -171,7 +184,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unlock(mut self) -> Result<()> {
-        self.done = true;
+        self.finish();
         if self.lost || self.conn.is_dead() {
             return Err(Error::LockLost);
         }
@@ -247,7 +260,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn detach(mut self) -> String {
-        self.done = true;
+        self.finish();
         std::mem::take(&mut self.id)
     }
 }
@@ -255,6 +268,7 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
+            self.finish();
             let (_, u) = new_id();
             let _ = self.conn.send(
                 &json!({"type":"unlock","uuid":u,"key":self.key,"_uuid":self.id,"force":false}),

@@ -544,6 +544,7 @@ impl Client {
                         lost: false,
                         done: false,
                         timeout: self.inner.request_timeout,
+                        hooks: Mutex::new(Vec::new()),
                     }));
                 }
                 _ if v.get("error").is_some() => {

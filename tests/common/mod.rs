@@ -6,7 +6,12 @@ use live_mutex::broker::{Broker, BrokerHandle};
 use std::path::PathBuf;
 
 pub fn broker() -> (BrokerHandle, String) {
-    let h = Broker::builder().tcp("127.0.0.1:0".parse().unwrap()).bind().unwrap().spawn().unwrap();
+    let h = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
     let url = format!("tcp://{}", h.local_addr().unwrap());
     (h, url)
 }
@@ -18,7 +23,11 @@ pub fn stop(h: BrokerHandle) {
 
 /// A fresh scratch directory under the system temp dir, unique to this process and `tag`.
 pub fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lmx-test-{}-{tag}-{:x}", std::process::id(), fastrand::u64(..)));
+    let d = std::env::temp_dir().join(format!(
+        "lmx-test-{}-{tag}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
