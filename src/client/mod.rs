@@ -613,7 +613,10 @@ impl Client {
         loop {
             let v = match p.recv(deadline) {
                 Err(Error::TimedOut) => {
-                    conn.send(&json!({"type":"lock-client-timeout","uuid":uuid}))?;
+                    // The broker cancels a group by its id; `key` only satisfies the decoder.
+                    conn.send(
+                        &json!({"type":"lock-client-timeout","uuid":uuid,"key":keys.first()}),
+                    )?;
                     return Err(Error::TimedOut);
                 }
                 r => r?,
