@@ -71,6 +71,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     std::fs::remove_file(&file)?;
     broker.shutdown();
-    broker.join();
+    broker.join()?;
     Ok(())
 }

@@ -1,4 +1,8 @@
+pub mod broker;
 pub mod client;
+pub mod proto;
 pub mod table;
 
-pub use client::{BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl};
+pub use client::{
+    BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_launch,
+};

@@ -1,6 +1,6 @@
-mod common;
+mod harness;
 
-use common::{broker, scratch, stop};
+use harness::{broker, scratch, stop};
 use live_mutex::{BrokerKind, Client, Error, LockOptions, Mode, Ttl};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};

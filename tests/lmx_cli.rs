@@ -1,6 +1,6 @@
-mod common;
+mod harness;
 
-use common::{broker, scratch, stop};
+use harness::{broker, scratch, stop};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Alone in its binary so that no other test competes for the CPU while it measures.
-mod common;
+mod harness;
 
-use common::{broker, scratch, stop};
+use harness::{broker, scratch, stop};
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,6 @@
 mod ops;
 mod run;
+mod start;
 
 use clap::{Parser, Subcommand};
 use live_mutex::Error;
@@ -47,6 +48,8 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a broker in the foreground until SIGINT/SIGTERM
+    Start(start::StartArgs),
     /// Run a command while holding a lock, like flock(1); exit with the command's status
     #[command(after_help = AFTER_HELP)]
     Run(run::RunArgs),
@@ -88,6 +91,7 @@ pub(crate) fn main() -> i32 {
         .unwrap_or_else(live_mutex::client::url_from_env);
     match cli.cmd {
         Cmd::Run(args) => run::run(&url, args),
+        Cmd::Start(args) => start::start(args),
         cmd => ops::op(&url, cli.json, cmd),
     }
 }

@@ -34,10 +34,15 @@ pub(crate) fn start(a: StartArgs) -> i32 {
 
 fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let addr = (a.host.as_str(), a.port).to_socket_addrs()?.next().ok_or("host has no address")?;
+    let addr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or("host has no address")?;
     // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let mut b = Broker::builder().tcp(addr).default_ttl(a.default_ttl.map(Duration::from_millis));
+    let mut b = Broker::builder()
+        .tcp(addr)
+        .default_ttl(a.default_ttl.map(Duration::from_millis));
     if let Some(p) = &a.uds {
         b = b.uds(p);
     }
@@ -51,6 +56,6 @@ fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
     let sig = signals.forever().next();
     eprintln!("lmx: signal {}, shutting down", sig.unwrap_or(0));
     broker.shutdown();
-    broker.join();
+    broker.join()?;
     Ok(())
 }

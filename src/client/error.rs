@@ -38,6 +38,9 @@ pub enum Error {
     /// A bad URL or option, caught before anything was sent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// No broker answered and none could be started here ([`crate::connect_or_launch`]).
+    #[error("cannot start a broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

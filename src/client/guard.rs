@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// assert_eq!(guard.key(), "report.csv");
 /// assert!(guard.fencing_token().is_some());
 /// guard.unlock()?; // or just drop it
-/// # broker.shutdown(); broker.join();
+/// # broker.shutdown(); broker.join()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use = "dropping the guard releases the lock at once"]
@@ -131,7 +131,7 @@ impl LockGuard {
     /// let g = client.lock("k")?;
     /// assert!(!g.is_lost());
     /// broker.shutdown();
-    /// broker.join();
+    /// broker.join()?;
     /// std::thread::sleep(std::time::Duration::from_millis(50));
     /// assert!(g.is_lost());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
