@@ -656,7 +656,8 @@ impl Client {
     }
 
     /// Releases the lock `id` on `key`, e.g. one taken by `lmx acquire`. [`Error::NotHeld`] if
-    /// `id` does not hold it, [`Error::LockLost`] if it did but expired or was forced.
+    /// `id` does not hold it (never did, or the lock expired, was forced or released: the
+    /// broker does not tell these apart once the holder is gone).
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -671,8 +672,7 @@ impl Client {
             self.call(|u| json!({"type":"unlock","uuid":u,"key":key,"_uuid":id,"force":false}))?;
         match unlocked(&v)? {
             Unlocked::Yes => Ok(()),
-            Unlocked::Lost => Err(Error::LockLost),
-            Unlocked::NotHeld => Err(Error::NotHeld),
+            Unlocked::Lost | Unlocked::NotHeld => Err(Error::NotHeld),
         }
     }
 
