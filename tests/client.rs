@@ -315,3 +315,32 @@ fn api_counter_from_8_processes() {
     stop(b);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn auth_token() {
+    let h = live_mutex::broker::Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .auth_token(Some("s3cret".into()))
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let addr = h.local_addr().unwrap();
+    let r = Client::connect(&format!("tcp://{addr}"));
+    assert!(matches!(r, Err(Error::Rejected(_))), "{r:?}");
+    let r = Client::connect(&format!("tcp://{addr}?token=wrong"));
+    assert!(matches!(r, Err(Error::Rejected(_))), "{r:?}");
+    for url in [
+        format!("tcp://{addr}?token=s3cret"),
+        format!("ws://s3cret@{addr}"),
+    ] {
+        let c = Client::connect(&url).unwrap();
+        c.lock("k").unwrap().unlock().unwrap();
+    }
+    let c = Client::builder(&format!("tcp://{addr}"))
+        .token("s3cret")
+        .connect()
+        .unwrap();
+    assert_eq!(c.broker_kind().unwrap(), BrokerKind::Rust);
+    stop(h);
+}

@@ -287,7 +287,6 @@ fn parse_id(s: &str) -> Option<u128> {
 impl Conn {
     pub(crate) fn open(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Conn> {
         let (reader, writer, closer) = connect(ep, token, timeout)?;
-        let ws = matches!(writer, Writer::Ws(_));
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
             state: Mutex::new(State {
@@ -305,12 +304,14 @@ impl Conn {
             .name("lmx-client-reader".into())
             .spawn(move || read_loop(sh, reader))?;
         let conn = Conn { shared };
+        // Over WebSocket the token also rides in the upgrade request; the message is what our
+        // broker checks on every transport.
         let auth = match token {
-            Some(t) if !ws => {
+            Some(t) => {
                 let (id, uuid) = new_id();
                 Some(conn.request(id, &json!({"type":"auth","uuid":uuid,"token":t}))?)
             }
-            _ => None,
+            None => None,
         };
         let (id, uuid) = new_id();
         let ping = conn.request(id, &json!({"type":"ping","uuid":uuid}))?;
@@ -318,11 +319,20 @@ impl Conn {
         let auth_err = auth
             .and_then(|a| a.rx.try_recv().ok())
             .and_then(|v| err_text(&v));
+        let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_string);
         match reply {
-            Ok(v) if v.get("type").and_then(Value::as_str) == Some("pong") => {
+            Ok(v) if ty(&v).as_deref() == Some("pong") => {
                 if let Some(e) = auth_err {
                     return Err(Error::Rejected(e));
                 }
+            }
+            // Our broker echoes the type in errors ("authenticate first"); the npm broker
+            // answers an unknown type with a type-less "Malformed data" error.
+            Ok(v) if ty(&v).is_some() => {
+                let e = auth_err
+                    .or_else(|| err_text(&v))
+                    .unwrap_or_else(|| v.to_string());
+                return Err(Error::Rejected(e));
             }
             Ok(v) if v.get("error").is_some() => conn.shared.node.store(true, Ordering::Relaxed),
             Ok(v) => return Err(Error::Protocol(format!("unexpected answer to ping: {v}"))),
