@@ -196,3 +196,53 @@ fn lost_lock_is_reported() {
     stop(b);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn wait_for(p: &std::path::Path) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} never appeared",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn signals_reach_the_command_and_broker_loss_is_reported() {
+    let (b, url) = broker();
+    let dir = scratch("sig");
+    let mark = dir.join("ready");
+    // SIGTERM to lmx reaches the command, whose own exit status lmx passes on.
+    let script = format!(
+        "trap 'exit 42' TERM; touch {}; while :; do sleep 0.01; done",
+        mark.display()
+    );
+    let mut child = Command::new(LMX)
+        .args(["--url", &url, "run", "s", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for(&mark);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+
+    // Without --ttl the lock lives with the connection: a broker going away is a lost lock.
+    std::fs::remove_file(&mark).unwrap();
+    let script = format!("touch {}; exec sleep 5", mark.display());
+    let run = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            lmx(
+                &url,
+                &["run", "--kill-on-loss", "s", "--", "sh", "-c", &script],
+            )
+        })
+    };
+    wait_for(&mark);
+    stop(b);
+    let out = run.join().unwrap();
+    assert_eq!(out.status.code(), Some(76));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lost"));
+    let _ = std::fs::remove_dir_all(dir);
+}
