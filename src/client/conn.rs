@@ -20,6 +20,13 @@ use tungstenite::{Message, client::IntoClientRequest};
 const MAX_LINE: u64 = 16 << 20;
 
 /// Which broker is on the other end, detected once per connection with a `ping`.
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// assert_eq!(client.broker_kind()?, live_mutex::BrokerKind::Rust);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
     /// This crate's broker: broker-side try-lock and wait timeouts, `ping`, `extend`, fencing

@@ -47,4 +47,10 @@ pub enum Error {
 }
 
 /// Shorthand used throughout the client.
+///
+/// ```
+/// fn take(c: &live_mutex::Client) -> live_mutex::client::Result<u64> {
+///     Ok(c.lock("k")?.fencing_token().unwrap_or(0))
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

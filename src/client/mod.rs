@@ -40,6 +40,15 @@ use url::Endpoint;
 const SLACK: Duration = Duration::from_secs(1);
 
 /// How long a lock may be held.
+///
+/// ```
+/// use live_mutex::{LockOptions, Ttl};
+/// use std::time::Duration;
+/// let forever = LockOptions::new().ttl(Ttl::Never);
+/// let short = LockOptions::new().ttl(Duration::from_secs(5)); // Ttl::After
+/// assert_eq!(short.ttl, Ttl::After(Duration::from_secs(5)));
+/// # drop(forever);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ttl {
     /// Whatever the broker is configured with (the npm broker: 5 s).
@@ -58,6 +67,16 @@ impl From<Duration> for Ttl {
 }
 
 /// How a lock shares its key with other holders.
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// use live_mutex::{LockOptions, Mode};
+/// let r1 = client.lock_with("cfg", &LockOptions::new().mode(Mode::Read))?;
+/// let r2 = client.lock_with("cfg", &LockOptions::new().mode(Mode::Read))?; // shared
+/// # drop((r1, r2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// One holder (or up to `max`).
@@ -163,6 +182,16 @@ impl LockOptions {
 }
 
 /// A lock holder as reported by [`Client::info`].
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(std::time::Duration::from_secs(9)))?;
+/// let h = &client.info("k")?.holders[0];
+/// assert_eq!((h.id.as_str(), h.fencing_token, h.mode.as_str()), (g.id(), g.fencing_token(), "exclusive"));
+/// assert!(h.ttl_remaining.unwrap() <= std::time::Duration::from_secs(9));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     /// Lock id.
@@ -176,6 +205,14 @@ pub struct Holder {
 }
 
 /// The state of one key, from [`Client::info`].
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let info = client.info("nobody-holds-this")?;
+/// assert!(!info.is_locked && info.holders.is_empty() && info.waiters == 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LockInfo {
     /// The key asked about.
@@ -193,6 +230,15 @@ pub struct LockInfo {
 }
 
 /// Broker-wide counters, from [`Client::stats`].
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let s = client.stats()?;
+/// assert!(s.connections >= 1);
+/// assert!(s.raw.is_object());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Stats {
     /// Keys with holders or waiters.
@@ -210,6 +256,14 @@ pub struct Stats {
 }
 
 /// Answer to [`Client::ping`].
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let p = client.ping()?;
+/// assert_eq!(p.broker, live_mutex::BrokerKind::Rust);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pong {
     /// Round-trip time.
