@@ -1,5 +1,7 @@
 pub mod broker;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod table;
 
