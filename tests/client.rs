@@ -330,6 +330,8 @@ fn auth_token() {
     assert!(matches!(r, Err(Error::Rejected(_))), "{r:?}");
     let r = Client::connect(&format!("tcp://{addr}?token=wrong"));
     assert!(matches!(r, Err(Error::Rejected(_))), "{r:?}");
+    let r = Client::connect(&format!("ws://wrong@{addr}"));
+    assert!(matches!(r, Err(Error::Rejected(_))), "{r:?}");
     for url in [
         format!("tcp://{addr}?token=s3cret"),
         format!("ws://s3cret@{addr}"),
