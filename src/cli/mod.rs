@@ -1,0 +1,110 @@
+mod ops;
+mod run;
+mod start;
+
+use clap::{Parser, Subcommand};
+use live_mutex::Error;
+
+pub(crate) const EXIT_FAIL: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 64;
+pub(crate) const EXIT_UNAVAILABLE: i32 = 69;
+pub(crate) const EXIT_SOFTWARE: i32 = 70;
+pub(crate) const EXIT_NOT_ACQUIRED: i32 = 75;
+pub(crate) const EXIT_LOST: i32 = 76;
+
+const AFTER_HELP: &str = "\
+Environment:
+  LMX_URL            broker URL (tcp://HOST:PORT, ws://HOST:PORT, unix:///PATH), like --url
+  live_mutex_host, live_mutex_port
+                     used when LMX_URL is unset (default tcp://127.0.0.1:6970)
+  LMX_AUTH_TOKEN     auth token, unless the URL carries one (?token=T or T@HOST)
+
+Exit status:
+  0      success (lmx run: the command's own status)
+  1      the broker said no (release of a lock not held, lock lost, request rejected)
+  2      bad command line
+  64     bad URL
+  69     the broker cannot be reached, or the connection dropped before the lock was held
+  70     protocol error (the peer is not a live-mutex broker?)
+  75     lmx run/acquire: lock not obtained within --timeout, or busy with --nowait
+  76     lmx run: the lock was lost while the command ran (TTL expired or broker gone)
+  126    lmx run: the command could not be executed
+  127    lmx run: the command was not found
+  128+N  lmx run: the command was killed by signal N";
+
+/// Take live-mutex locks from the shell, and inspect a broker.
+#[derive(Parser, Debug)]
+#[command(name = "lmx", version, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// Broker URL [default: $LMX_URL, else tcp://$live_mutex_host:$live_mutex_port]
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Machine-readable output (one JSON object)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a broker in the foreground until SIGINT/SIGTERM
+    Start(start::StartArgs),
+    /// Run a command while holding a lock, like flock(1); exit with the command's status
+    #[command(after_help = AFTER_HELP)]
+    Run(run::RunArgs),
+    /// Take a lock that outlives this process; prints the lock id for `lmx release --id`
+    Acquire {
+        key: String,
+        /// Expire the lock after this many ms [default: never]
+        #[arg(long, value_name = "MS")]
+        ttl: Option<u64>,
+        /// Give up (exit 75) if not granted within this many ms [default: wait forever]
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+    },
+    /// Release a lock by id, or every holder of a key with --force
+    Release {
+        key: String,
+        /// The lock id printed by `lmx acquire`
+        #[arg(long, required_unless_present = "force", conflicts_with = "force")]
+        id: Option<String>,
+        /// Release whoever holds the key (an administrator's tool)
+        #[arg(long)]
+        force: bool,
+    },
+    /// List keys that are held or waited for
+    Ls,
+    /// Show the holders and queue of a key
+    Info { key: String },
+    /// Show broker-wide counters
+    Stats,
+    /// Measure a round trip to the broker
+    Ping,
+}
+
+pub(crate) fn main() -> i32 {
+    let cli = Cli::parse();
+    let url = cli
+        .url
+        .clone()
+        .unwrap_or_else(live_mutex::client::url_from_env);
+    match cli.cmd {
+        Cmd::Run(args) => run::run(&url, args),
+        Cmd::Start(args) => start::start(args),
+        cmd => ops::op(&url, cli.json, cmd),
+    }
+}
+
+/// Prints `e` in terms of what the user asked for and picks the documented exit status.
+pub(crate) fn report(url: &str, what: &str, e: &Error) -> i32 {
+    let (code, msg) = match e {
+        Error::Io(_) | Error::ConnectionLost => (EXIT_UNAVAILABLE, format!("broker at {url}: {e}")),
+        Error::TimedOut => (EXIT_NOT_ACQUIRED, format!("{what}: timed out")),
+        Error::Config(_) => (EXIT_USAGE, e.to_string()),
+        Error::Protocol(_) => (EXIT_SOFTWARE, format!("broker at {url}: {e}")),
+        _ => (EXIT_FAIL, format!("{what}: {e}")),
+    };
+    eprintln!("lmx: {msg}");
+    code
+}

@@ -1,0 +1,238 @@
+//! `lmx run`: hold a lock for exactly the lifetime of a command.
+
+use super::{EXIT_LOST, report};
+use clap::Args;
+use live_mutex::{Client, Error, LockOptions, Mode, Ttl};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The lock's key
+    key: String,
+    /// Let the lock expire this many ms after its last renewal; lmx renews it every TTL/3
+    /// while the command runs [default: no expiry, the lock lives as long as lmx's connection]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(3..))]
+    ttl: Option<u64>,
+    /// Give up (exit 75) if the lock is not granted within this many ms [default: wait forever]
+    #[arg(long, value_name = "MS")]
+    timeout: Option<u64>,
+    /// Allow up to N holders of the key at once (a semaphore)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max: Option<u32>,
+    /// Take a shared (read) lock: other --shared runs may hold it at the same time
+    #[arg(long)]
+    shared: bool,
+    /// Do not wait: exit 75 at once if the key is busy
+    #[arg(long, conflicts_with = "timeout")]
+    nowait: bool,
+    /// If the lock is lost while the command runs, terminate it (SIGTERM, SIGKILL 5 s later)
+    #[arg(long)]
+    kill_on_loss: bool,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+enum Ev {
+    Exited,
+    Lost,
+    Signal(i32),
+}
+
+pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
+    let client = match Client::connect(url) {
+        Ok(c) => c,
+        Err(e) => return report(url, "connect", &e),
+    };
+    let ttl = a.ttl.map(Duration::from_millis);
+    let opts = LockOptions {
+        ttl: ttl.map_or(Ttl::Never, Ttl::After),
+        wait_timeout: a.timeout.map(Duration::from_millis),
+        try_only: a.nowait,
+        max: a.max,
+        mode: if a.shared {
+            Mode::Read
+        } else {
+            Mode::Exclusive
+        },
+        keep_after_disconnect: false,
+    };
+    let mut guard = match client.lock_with(&a.key, &opts) {
+        Ok(g) => g,
+        Err(Error::TimedOut) => {
+            let why = if a.nowait {
+                "is busy".to_string()
+            } else {
+                format!("not granted within {} ms", a.timeout.unwrap_or(0))
+            };
+            eprintln!("lmx: lock {} {why}", a.key);
+            return super::EXIT_NOT_ACQUIRED;
+        }
+        Err(e) => return report(url, &format!("lock {}", a.key), &e),
+    };
+    let (tx, rx) = mpsc::channel();
+    let lost_tx = tx.clone();
+    guard.on_lost(move || _ = lost_tx.send(Ev::Lost));
+
+    let mut cmd = Command::new(&a.cmd[0]);
+    cmd.args(&a.cmd[1..])
+        .env("LMX_KEY", &a.key)
+        .env("LMX_LOCK_ID", guard.id());
+    cmd.env(
+        "LMX_FENCING_TOKEN",
+        guard
+            .fencing_token()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    );
+    die_with_parent(&mut cmd);
+    forward_signals(tx.clone());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lmx: {}: {e}", a.cmd[0]);
+            let _ = guard.unlock();
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    std::thread::spawn(move || {
+        // Wait without reaping, so the pid cannot be recycled while signals are still forwarded.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        while unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        } != 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        let _ = tx.send(Ev::Exited);
+    });
+
+    let period = ttl.map(|t| t / 3);
+    let mut next_extend = period.map(|p| Instant::now() + p);
+    let mut lost = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let wake = [next_extend, kill_at].into_iter().flatten().min();
+        let ev = match wake {
+            Some(w) => rx.recv_timeout(w.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let mut now_lost = false;
+        match ev {
+            Ok(Ev::Exited) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Ev::Signal(s)) => unsafe { _ = libc::kill(pid, s) },
+            Ok(Ev::Lost) => now_lost = true,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if kill_at.is_some_and(|k| k <= now) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    kill_at = None;
+                }
+                if let (Some(p), Some(n)) = (period, next_extend) {
+                    if n <= now {
+                        match guard.extend(ttl) {
+                            Err(Error::LockLost | Error::ConnectionLost) => now_lost = true,
+                            // A slow broker: try again soon; `is_lost` notices if the TTL ran out.
+                            Err(_) => now_lost = guard.is_lost(),
+                            Ok(()) => {}
+                        }
+                        next_extend = Some(Instant::now() + p);
+                    }
+                }
+            }
+        }
+        if now_lost && !lost {
+            lost = true;
+            next_extend = None;
+            eprintln!("lmx: lock {} was lost while the command was running", a.key);
+            if a.kill_on_loss {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                kill_at = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+    let code = match child.wait() {
+        Ok(st) => st
+            .code()
+            .or_else(|| st.signal().map(|s| 128 + s))
+            .unwrap_or(1),
+        Err(e) => {
+            eprintln!("lmx: waiting for {}: {e}", a.cmd[0]);
+            1
+        }
+    };
+    if !lost {
+        match guard.unlock() {
+            Ok(()) => return code,
+            Err(Error::LockLost) => {
+                eprintln!("lmx: lock {} had been lost before the command ended", a.key)
+            }
+            Err(e) => {
+                // The command is done; an unlock that did not go through is released by the
+                // broker when this process's connection closes.
+                eprintln!("lmx: releasing lock {}: {e}", a.key);
+                return code;
+            }
+        }
+    } else {
+        drop(guard);
+    }
+    eprintln!(
+        "lmx: the command exited with status {code}; exiting {EXIT_LOST} because its lock was lost"
+    );
+    EXIT_LOST
+}
+
+/// On Linux the command is killed if lmx dies: lmx's death releases the lock, and the command
+/// must not go on believing it is protected.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(EXIT_LOST);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// SIGINT, SIGTERM and SIGHUP go to the command, which decides how to end; lmx itself stays
+/// to release the lock once it has. Registered before the command starts so that none is
+/// missed; exec resets the handlers in the child.
+fn forward_signals(tx: mpsc::Sender<Ev>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut sigs) => {
+            std::thread::spawn(move || {
+                for s in sigs.forever() {
+                    if tx.send(Ev::Signal(s)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => eprintln!("lmx: cannot forward signals: {e}"),
+    }
+}

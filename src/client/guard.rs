@@ -1,0 +1,393 @@
+use super::conn::{Conn, err_text, new_id};
+use super::error::{Error, Result};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A held lock. Dropping it releases the lock without waiting (the unlock is pipelined ahead
+/// of whatever the connection sends next); [`LockGuard::unlock`] releases it and tells you
+/// whether the lock was still yours.
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let url = format!("tcp://{}", broker.local_addr().unwrap());
+/// let client = live_mutex::Client::connect(&url)?;
+/// let guard = client.lock("report.csv")?;
+/// assert_eq!(guard.key(), "report.csv");
+/// assert!(guard.fencing_token().is_some());
+/// guard.unlock()?; // or just drop it
+/// # broker.shutdown(); broker.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) key: String,
+    pub(crate) id: String,
+    pub(crate) token: Option<u64>,
+    pub(crate) expires: Option<Instant>,
+    pub(crate) lost: bool,
+    pub(crate) done: bool,
+    pub(crate) timeout: Duration,
+    pub(crate) hooks: Mutex<Vec<u64>>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Sends `msg` and waits for its one reply, bounded by the request time-out.
+pub(crate) fn call(
+    conn: &Conn,
+    timeout: Duration,
+    msg: impl FnOnce(&str) -> Value,
+) -> Result<Value> {
+    let (id, uuid) = new_id();
+    let p = conn.request(id, &msg(&uuid))?;
+    p.recv(Some(Instant::now() + timeout))
+}
+
+pub(crate) enum Unlocked {
+    Yes,
+    Lost,
+    NotHeld,
+}
+
+/// Reads an unlock reply. The npm broker answers an unlock of a key it no longer knows with
+/// `unlocked:true` plus a warning: for a holder that means the lock had expired.
+pub(crate) fn unlocked(v: &Value) -> Result<Unlocked> {
+    match v.get("unlocked").and_then(Value::as_bool) {
+        Some(true) if v.get("warning").is_some() => Ok(Unlocked::Lost),
+        Some(true) => Ok(Unlocked::Yes),
+        Some(false) if v.get("lost").and_then(Value::as_bool) == Some(true) => Ok(Unlocked::Lost),
+        Some(false) => Ok(Unlocked::NotHeld),
+        None => Err(err_text(v).map_or_else(
+            || Error::Protocol(format!("bad unlock reply: {v}")),
+            Error::Rejected,
+        )),
+    }
+}
+
+pub(crate) fn ttl_json(ttl: Option<Duration>) -> Value {
+    ttl.map_or(Value::Null, |d| json!(d.as_millis() as u64))
+}
+
+impl LockGuard {
+    /// The locked key.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// assert_eq!(client.lock("k")?.key(), "k");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lock id (the uuid of the lock request), which `unlock`/`lmx release --id` take.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let g = client.lock("k")?;
+    /// assert_eq!(g.id().len(), 32);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A number strictly greater than that of every earlier grant of the broker. Pass it to the
+    /// storage you protect so it can refuse writes from a holder whose lock has since been lost.
+    /// `None` against the npm broker, which has no fencing tokens.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let a = client.lock("k")?.fencing_token();
+    /// let b = client.lock("k")?.fencing_token();
+    /// assert!(b > a);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.token
+    }
+
+    /// Whether the lock is known to be gone: its connection dropped, an `extend` found it
+    /// expired, or its TTL has run out by this process's clock (measured from when the grant
+    /// arrived, so never too early).
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let g = client.lock("k")?;
+    /// assert!(!g.is_lost());
+    /// broker.shutdown();
+    /// broker.join()?;
+    /// std::thread::sleep(std::time::Duration::from_millis(50));
+    /// assert!(g.is_lost());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.lost || self.conn.is_dead() || self.expires.is_some_and(|e| Instant::now() >= e)
+    }
+
+    /// Calls `f` once, from the connection's reader thread, when the connection carrying this
+    /// lock drops while the guard still holds it (at once if it already has). TTL expiry is
+    /// not reported here: a holder with a TTL learns of it through [`extend`](Self::extend).
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let g = client.lock("k")?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// g.on_lost(move || { let _ = tx.send(()); });
+    /// broker.shutdown();
+    /// rx.recv()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_lost(&self, f: impl FnOnce() + Send + 'static) {
+        if let Some(id) = self.conn.on_lost(Box::new(f)) {
+            self.hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.conn.forget_hooks(&std::mem::take(
+            self.hooks.get_mut().unwrap_or_else(|e| e.into_inner()),
+        ));
+    }
+
+    /// Releases the lock and waits for the broker's answer. [`Error::LockLost`] means the lock
+    /// had already gone (expired, forced, or its connection dropped) before this call.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// use live_mutex::{Error, LockOptions};
+    /// use std::time::Duration;
+    /// let g = client.lock_with("k", &LockOptions::new().ttl(Duration::from_millis(50)))?;
+    /// std::thread::sleep(Duration::from_millis(200));
+    /// assert!(matches!(g.unlock(), Err(Error::LockLost)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unlock(mut self) -> Result<()> {
+        self.finish();
+        if self.lost || self.conn.is_dead() {
+            return Err(Error::LockLost);
+        }
+        let (key, id) = (&self.key, &self.id);
+        let v = call(
+            &self.conn,
+            self.timeout,
+            |u| json!({"type":"unlock","uuid":u,"key":key,"_uuid":id,"force":false}),
+        )
+        .map_err(|e| {
+            if matches!(e, Error::ConnectionLost) {
+                Error::LockLost
+            } else {
+                e
+            }
+        })?;
+        match unlocked(&v)? {
+            Unlocked::Yes => Ok(()),
+            Unlocked::Lost | Unlocked::NotHeld => Err(Error::LockLost),
+        }
+    }
+
+    /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires). Fails with
+    /// [`Error::LockLost`] if the lock had already expired; after that the guard reports
+    /// [`is_lost`](Self::is_lost).
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// use std::time::Duration;
+    /// let mut g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(Duration::from_secs(1)))?;
+    /// g.extend(Some(Duration::from_secs(30)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn extend(&mut self, ttl: Option<Duration>) -> Result<()> {
+        if self.is_lost() {
+            self.lost = true;
+            return Err(Error::LockLost);
+        }
+        let (key, id) = (&self.key, &self.id);
+        let v = call(
+            &self.conn,
+            self.timeout,
+            |u| json!({"type":"extend","uuid":u,"key":key,"_uuid":id,"ttl":ttl_json(ttl)}),
+        )?;
+        let received = Instant::now();
+        match v.get("extended").and_then(Value::as_bool) {
+            Some(true) => {
+                self.expires = ttl.map(|t| received + t);
+                Ok(())
+            }
+            Some(false) => {
+                self.lost = true;
+                Err(Error::LockLost)
+            }
+            None => Err(err_text(&v).map_or_else(
+                || Error::Protocol(format!("bad extend reply: {v}")),
+                Error::Rejected,
+            )),
+        }
+    }
+
+    /// Stops managing the lock and returns its id: the lock stays held after the guard is gone,
+    /// until its TTL, an unlock by id, or (unless it was taken with `keep_after_disconnect`)
+    /// the connection closing. `lmx acquire` is built on this.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let id = client.lock("k")?.detach();
+    /// assert!(client.try_lock("k")?.is_none());
+    /// client.unlock("k", &id)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn detach(mut self) -> String {
+        self.finish();
+        std::mem::take(&mut self.id)
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.done && !self.conn.is_dead() {
+            self.finish();
+            let (_, u) = new_id();
+            let _ = self.conn.send(
+                &json!({"type":"unlock","uuid":u,"key":self.key,"_uuid":self.id,"force":false}),
+            );
+        }
+    }
+}
+
+/// Several keys held together, taken all-or-nothing by one `acquire-many` request (so two
+/// callers locking overlapping sets cannot deadlock). Dropping it releases all of them.
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let both = client.lock_many(&["a", "b"])?;
+/// assert_eq!(both.fencing_tokens().len(), 2);
+/// both.unlock()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping the guard releases the locks at once"]
+#[derive(Debug)]
+pub struct ManyGuard {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) id: String,
+    pub(crate) tokens: HashMap<String, u64>,
+    pub(crate) done: bool,
+    pub(crate) timeout: Duration,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("dead", &self.is_dead())
+            .finish()
+    }
+}
+
+impl ManyGuard {
+    /// The id of the combined lock.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// assert_eq!(client.lock_many(&["a"])?.id().len(), 32);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The fencing token of each key.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// let g = client.lock_many(&["a", "b"])?;
+    /// assert!(g.fencing_tokens()["a"] > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fencing_tokens(&self) -> &HashMap<String, u64> {
+        &self.tokens
+    }
+
+    /// Whether the connection carrying these locks has dropped.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// assert!(!client.lock_many(&["a"])?.is_lost());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.conn.is_dead()
+    }
+
+    /// Releases every key and waits for the answer; [`Error::LockLost`] if they had gone.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// client.lock_many(&["a", "b"])?.unlock()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unlock(mut self) -> Result<()> {
+        self.done = true;
+        if self.conn.is_dead() {
+            return Err(Error::LockLost);
+        }
+        let id = &self.id;
+        let v = call(
+            &self.conn,
+            self.timeout,
+            |u| json!({"type":"release-many","uuid":u,"lockUuid":id}),
+        )
+        .map_err(|e| {
+            if matches!(e, Error::ConnectionLost) {
+                Error::LockLost
+            } else {
+                e
+            }
+        })?;
+        match v.get("released").and_then(Value::as_bool) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Error::LockLost),
+            None => Err(err_text(&v).map_or_else(
+                || Error::Protocol(format!("bad release-many reply: {v}")),
+                Error::Rejected,
+            )),
+        }
+    }
+}
+
+impl Drop for ManyGuard {
+    fn drop(&mut self) {
+        if !self.done && !self.conn.is_dead() {
+            let (_, u) = new_id();
+            let _ = self
+                .conn
+                .send(&json!({"type":"release-many","uuid":u,"lockUuid":self.id}));
+        }
+    }
+}
