@@ -1,1 +1,3 @@
+pub mod broker;
+pub mod proto;
 pub mod table;

@@ -1,0 +1,203 @@
+//! The read/write protocol of the npm 0.2.x `RWLockWritePrefClient`: a reader count and a
+//! writer flag per key, kept by the broker, changed by the client while it holds the plain mutex
+//! on the same key. New clients use `lock` with `mode: "read" | "write"` instead.
+//!
+//! Two fixes over 0.2.25: a writer waits for *every* reader (0.2.25 let one in beside a reader),
+//! and counts belong to connections, so a reader that dies does not block writers forever.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+
+use crate::proto::RwOp;
+use crate::table::ConnId;
+
+#[derive(Default, Debug)]
+struct KeyRw {
+    readers: HashMap<ConnId, u64, RandomState>,
+    writer: Option<ConnId>,
+    /// Entry requests that could not proceed yet, in arrival order: (conn, uuid, is_writer).
+    deferred: VecDeque<(ConnId, Arc<str>, bool)>,
+}
+
+impl KeyRw {
+    fn reader_count(&self) -> u64 {
+        self.readers.values().sum()
+    }
+    fn idle(&self) -> bool {
+        self.readers.is_empty() && self.writer.is_none() && self.deferred.is_empty()
+    }
+}
+
+/// What to answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RwAnswer {
+    /// Reply with the op's success type now.
+    Now { readers: u64 },
+    /// Deferred: a `broadcast-result` follows when the condition clears.
+    Deferred,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct LegacyRw {
+    keys: HashMap<Arc<str>, KeyRw, RandomState>,
+}
+
+/// A deferred request that may proceed now: send it `broadcast-result`.
+pub(crate) type Woken = (ConnId, Arc<str>, Arc<str>);
+
+impl LegacyRw {
+    pub fn apply(
+        &mut self,
+        conn: ConnId,
+        key: &str,
+        uuid: &str,
+        op: RwOp,
+        woken: &mut Vec<Woken>,
+    ) -> RwAnswer {
+        let k = self.keys.entry_ref(key).or_default();
+        let answer = match op {
+            RwOp::IncrementReaders => {
+                *k.readers.entry(conn).or_default() += 1;
+                RwAnswer::Now {
+                    readers: k.reader_count(),
+                }
+            }
+            RwOp::DecrementReaders => {
+                if let Some(n) = k.readers.get_mut(&conn) {
+                    *n -= 1;
+                    if *n == 0 {
+                        k.readers.remove(&conn);
+                    }
+                }
+                wake(key, k, woken);
+                RwAnswer::Now {
+                    readers: k.reader_count(),
+                }
+            }
+            RwOp::RegisterWriteFlagCheck => {
+                if k.writer.is_some() || !k.deferred.is_empty() {
+                    k.deferred.push_back((conn, uuid.into(), false));
+                    RwAnswer::Deferred
+                } else {
+                    *k.readers.entry(conn).or_default() += 1;
+                    RwAnswer::Now {
+                        readers: k.reader_count(),
+                    }
+                }
+            }
+            RwOp::RegisterWriteFlagAndReadersCheck => {
+                if k.writer.is_some() || k.reader_count() > 0 || !k.deferred.is_empty() {
+                    k.deferred.push_back((conn, uuid.into(), true));
+                    RwAnswer::Deferred
+                } else {
+                    k.writer = Some(conn);
+                    RwAnswer::Now { readers: 0 }
+                }
+            }
+            RwOp::SetWriteFlagFalseAndBroadcast => {
+                k.writer = None;
+                wake(key, k, woken);
+                RwAnswer::Now {
+                    readers: k.reader_count(),
+                }
+            }
+        };
+        if k.idle() {
+            self.keys.remove(key);
+        }
+        answer
+    }
+
+    /// Forgets a dead connection's readers, writer flag and deferred requests.
+    pub fn disconnect(&mut self, conn: ConnId, woken: &mut Vec<Woken>) {
+        self.keys.retain(|key, k| {
+            k.readers.remove(&conn);
+            if k.writer == Some(conn) {
+                k.writer = None;
+            }
+            k.deferred.retain(|(c, _, _)| *c != conn);
+            wake(key, k, woken);
+            !k.idle()
+        });
+    }
+}
+
+/// Lets deferred requests in, in order, while they fit (write-preferring: a waiting writer
+/// stops later readers).
+fn wake(key: &str, k: &mut KeyRw, woken: &mut Vec<Woken>) {
+    while let Some((conn, _, writer)) = k.deferred.front() {
+        let fits = k.writer.is_none() && (!writer || k.reader_count() == 0);
+        if !fits {
+            break;
+        }
+        let (conn, uuid, writer) = (*conn, k.deferred[0].1.clone(), *writer);
+        k.deferred.pop_front();
+        if writer {
+            k.writer = Some(conn);
+        } else {
+            *k.readers.entry(conn).or_default() += 1;
+        }
+        woken.push((conn, uuid, key.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_waits_for_every_reader_and_readers_wait_for_writer() {
+        let (a, b, w) = (ConnId(1), ConnId(2), ConnId(3));
+        let mut rw = LegacyRw::default();
+        let mut woken = Vec::new();
+        let entry = RwOp::RegisterWriteFlagCheck;
+        assert_eq!(
+            rw.apply(a, "k", "r1", entry, &mut woken),
+            RwAnswer::Now { readers: 1 }
+        );
+        assert_eq!(
+            rw.apply(b, "k", "r2", entry, &mut woken),
+            RwAnswer::Now { readers: 2 }
+        );
+        let wentry = RwOp::RegisterWriteFlagAndReadersCheck;
+        assert_eq!(
+            rw.apply(w, "k", "w1", wentry, &mut woken),
+            RwAnswer::Deferred
+        );
+        // A reader arriving behind the waiting writer waits too.
+        assert_eq!(
+            rw.apply(a, "k", "r3", entry, &mut woken),
+            RwAnswer::Deferred
+        );
+        rw.apply(a, "k", "x", RwOp::DecrementReaders, &mut woken);
+        assert!(woken.is_empty(), "one reader is still in");
+        rw.apply(b, "k", "y", RwOp::DecrementReaders, &mut woken);
+        assert_eq!(woken, vec![(w, Arc::from("w1"), Arc::from("k"))]);
+        woken.clear();
+        rw.apply(w, "k", "z", RwOp::SetWriteFlagFalseAndBroadcast, &mut woken);
+        assert_eq!(woken, vec![(a, Arc::from("r3"), Arc::from("k"))]);
+    }
+
+    #[test]
+    fn a_dead_reader_does_not_block_writers() {
+        let mut rw = LegacyRw::default();
+        let mut woken = Vec::new();
+        rw.apply(
+            ConnId(1),
+            "k",
+            "r",
+            RwOp::RegisterWriteFlagCheck,
+            &mut woken,
+        );
+        let w = RwOp::RegisterWriteFlagAndReadersCheck;
+        assert_eq!(
+            rw.apply(ConnId(2), "k", "w", w, &mut woken),
+            RwAnswer::Deferred
+        );
+        rw.disconnect(ConnId(1), &mut woken);
+        assert_eq!(woken, vec![(ConnId(2), Arc::from("w"), Arc::from("k"))]);
+    }
+}

@@ -1,0 +1,759 @@
+//! The broker: one thread, one `mio::Poll`, every connection in a `Slab`, every lock decision in
+//! the [`Table`](crate::table::Table). This module is the only one that does network I/O.
+//!
+//! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
+//! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//!
+//! ```no_run
+//! use live_mutex::broker::Broker;
+//! let handle = Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+//! println!("listening on {:?}", handle.local_addr());
+//! handle.shutdown();
+//! handle.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod conn;
+mod dispatch;
+mod legacy_rw;
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::HandshakeError;
+
+use crate::proto::ndjson::DEFAULT_MAX_LINE;
+use crate::proto::{Decoder, Limits};
+use crate::table::{self, ConnId, Table};
+use conn::{Conn, Io, Stream};
+use dispatch::{Core, log};
+
+const WAKER: Token = Token(usize::MAX);
+const TCP_LISTENER: Token = Token(usize::MAX - 1);
+const UDS_LISTENER: Token = Token(usize::MAX - 2);
+/// How often deadlines of connections (handshakes, stalled output) are checked while any exist.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+
+/// Errors of starting or running a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("a broker is already listening on the Unix socket {0}")]
+    UdsInUse(PathBuf),
+    #[error("nothing to listen on: give a TCP address or a Unix socket path")]
+    NoListener,
+    #[error("address {0} is taken by something that does not answer as a live-mutex broker")]
+    NotABroker(SocketAddr),
+    #[error("broker I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the broker thread panicked")]
+    Panicked,
+}
+
+/// Settings of a broker; see [`Broker::builder`].
+#[derive(Debug, Clone)]
+pub struct BrokerBuilder {
+    tcp: Option<SocketAddr>,
+    uds: Option<PathBuf>,
+    uds_mode: u32,
+    table: table::Config,
+    limits: Limits,
+    max_line: usize,
+    max_connections: usize,
+    out_soft: usize,
+    out_hard: usize,
+    stall_timeout: Duration,
+    handshake_timeout: Duration,
+    ack_timeout: Duration,
+    auth_token: Option<String>,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        BrokerBuilder {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 6970))),
+            uds: None,
+            uds_mode: 0o600,
+            table: table::Config {
+                token_seed: seed,
+                ..table::Config::default()
+            },
+            limits: Limits::default(),
+            max_line: DEFAULT_MAX_LINE,
+            max_connections: 10_000,
+            out_soft: 256 * 1024,
+            out_hard: 4 * 1024 * 1024,
+            stall_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_millis(1000),
+            auth_token: None,
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// TCP address for NDJSON and WebSocket clients (default 127.0.0.1:6970; port 0 picks one).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp = Some(addr);
+        self
+    }
+    /// Serve only the Unix socket.
+    pub fn no_tcp(mut self) -> Self {
+        self.tcp = None;
+        self
+    }
+    /// Also listen on a Unix socket (NDJSON). A stale file of a dead broker is replaced.
+    pub fn uds(mut self, path: impl Into<PathBuf>) -> Self {
+        self.uds = Some(path.into());
+        self
+    }
+    /// File mode of the Unix socket (default 0600: only this user may lock).
+    pub fn uds_mode(mut self, mode: u32) -> Self {
+        self.uds_mode = mode;
+        self
+    }
+    /// TTL of locks whose request names none; `None` = no expiry.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.table.default_ttl = ttl;
+        self
+    }
+    /// First fencing token (default: wall-clock microseconds, so tokens rise across restarts).
+    pub fn token_seed(mut self, seed: u64) -> Self {
+        self.table.token_seed = seed;
+        self
+    }
+    /// Limits of the lock table (key length, waiters per key, requests per connection).
+    pub fn table_config(mut self, cfg: table::Config) -> Self {
+        let seed = self.table.token_seed;
+        self.table = cfg;
+        if self.table.token_seed <= 1 {
+            self.table.token_seed = seed;
+        }
+        self.limits.max_key_len = self.table.max_key_len;
+        self.limits.max_many_keys = self.table.max_keys_per_many;
+        self
+    }
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Output backlog at which a connection stops being read, and at which it is closed.
+    pub fn output_caps(mut self, soft: usize, hard: usize) -> Self {
+        self.out_soft = soft;
+        self.out_hard = hard.max(soft);
+        self
+    }
+    /// How long a connection may leave its output backed up before it is cut off (and its
+    /// locks released).
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d;
+        self
+    }
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+    /// Longest line or WebSocket message (default 64 KiB).
+    pub fn max_message(mut self, n: usize) -> Self {
+        self.max_line = n;
+        self
+    }
+    /// How long a Node client has to acknowledge a pushed grant with `lock-received`.
+    pub fn ack_timeout(mut self, d: Duration) -> Self {
+        self.ack_timeout = d;
+        self
+    }
+    /// Require this shared secret before any other request.
+    pub fn auth_token(mut self, token: Option<String>) -> Self {
+        self.auth_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
+    pub fn bind(self) -> Result<Broker, BrokerError> {
+        if self.tcp.is_none() && self.uds.is_none() {
+            return Err(BrokerError::NoListener);
+        }
+        let poll = Poll::new()?;
+        let mut tcp = match self.tcp {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let mut uds = match &self.uds {
+            Some(path) => Some((bind_uds(path, self.uds_mode)?, path.clone())),
+            None => None,
+        };
+        if let Some(l) = &mut tcp {
+            poll.registry()
+                .register(l, TCP_LISTENER, Interest::READABLE)?;
+        }
+        if let Some((l, _)) = &mut uds {
+            poll.registry()
+                .register(l, UDS_LISTENER, Interest::READABLE)?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let table = Table::new(self.table.clone());
+        let core = Core::new(table, self.ack_timeout, self.auth_token.clone());
+        Ok(Broker {
+            poll,
+            tcp,
+            uds,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            core,
+            decoder: Decoder::new(self.limits),
+            scratch: Vec::with_capacity(1024),
+            local_addr,
+            next_gen: 1,
+            needs_housekeeping: false,
+            retry_accept: false,
+            cfg: self,
+        })
+    }
+}
+
+fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BrokerError::UdsInUse(path.to_path_buf()));
+        }
+        // Nobody answers: the file is left over from a broker that died.
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path).map_err(|source| BrokerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// A bound broker, not yet running.
+pub struct Broker {
+    poll: Poll,
+    tcp: Option<TcpListener>,
+    uds: Option<(UnixListener, PathBuf)>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    core: Core,
+    decoder: Decoder,
+    scratch: Vec<u8>,
+    local_addr: Option<SocketAddr>,
+    next_gen: u64,
+    needs_housekeeping: bool,
+    retry_accept: bool,
+    cfg: BrokerBuilder,
+}
+
+/// Stops a running broker from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake().ok();
+    }
+}
+
+/// A broker running on its own thread.
+pub struct BrokerHandle {
+    local_addr: Option<SocketAddr>,
+    uds_path: Option<PathBuf>,
+    stop: ShutdownHandle,
+    thread: JoinHandle<Result<(), BrokerError>>,
+}
+
+impl BrokerHandle {
+    /// The TCP address actually bound (useful after binding port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+    pub fn uds_path(&self) -> Option<&Path> {
+        self.uds_path.as_deref()
+    }
+    /// Asks the broker to stop; its connections are closed and its Unix socket removed.
+    pub fn shutdown(&self) {
+        self.stop.shutdown();
+    }
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.stop.clone()
+    }
+    /// Waits for the broker thread to end.
+    pub fn join(self) -> Result<(), BrokerError> {
+        self.thread.join().map_err(|_| BrokerError::Panicked)?
+    }
+}
+
+impl Broker {
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    pub fn uds_path(&self) -> Option<&Path> {
+        self.uds.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            waker: self.waker.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Runs the broker on a dedicated thread.
+    pub fn spawn(self) -> Result<BrokerHandle, BrokerError> {
+        let local_addr = self.local_addr;
+        let uds_path = self.uds_path().map(Path::to_path_buf);
+        let stop = self.shutdown_handle();
+        let thread = std::thread::Builder::new()
+            .name("lmx-broker".into())
+            .spawn(move || self.run())?;
+        Ok(BrokerHandle {
+            local_addr,
+            uds_path,
+            stop,
+            thread,
+        })
+    }
+
+    /// Runs the broker on this thread until shut down.
+    pub fn run(mut self) -> Result<(), BrokerError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    TCP_LISTENER | UDS_LISTENER => self.accept(ev.token(), now),
+                    Token(slot) => {
+                        if ev.is_writable() {
+                            self.on_writable(slot, now);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot, now);
+                        }
+                    }
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.retry_accept {
+                self.retry_accept = false;
+                self.accept(TCP_LISTENER, now);
+                self.accept(UDS_LISTENER, now);
+            }
+            self.core.table.handle_timeout(now);
+            self.core.route_events(now);
+            self.core.expire_acks(now);
+            if self.needs_housekeeping {
+                self.housekeeping(now);
+            }
+            self.end_turn(now);
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+        let mut next = self.core.table.poll_timeout();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.core.next_ack_deadline());
+        if self.needs_housekeeping {
+            consider(Some(now + HOUSEKEEPING));
+        }
+        if self.retry_accept {
+            consider(Some(now + HOUSEKEEPING));
+        }
+        // Round up: waking a hair early would only spin until the deadline.
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_micros(200))
+    }
+
+    fn accept(&mut self, token: Token, now: Instant) {
+        loop {
+            let accepted = match token {
+                TCP_LISTENER => match &self.tcp {
+                    Some(l) => l.accept().map(|(s, _)| {
+                        s.set_nodelay(true).ok();
+                        Io::Sniff(Stream::Tcp(s))
+                    }),
+                    None => return,
+                },
+                _ => match &self.uds {
+                    Some((l, _)) => l.accept().map(|(s, _)| Io::Ndjson(Stream::Unix(s))),
+                    None => return,
+                },
+            };
+            let io = match accepted {
+                Ok(io) => io,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors, most likely: existing clients go on; try again soon.
+                    log::note(&format!("accept failed: {e}; retrying shortly"));
+                    self.retry_accept = true;
+                    return;
+                }
+            };
+            if self.core.conns.len() >= self.cfg.max_connections {
+                drop(io); // refused: closing at once is the clean answer a client can see
+                continue;
+            }
+            let entry = self.core.conns.vacant_entry();
+            let slot = entry.key();
+            let id = ConnId((self.next_gen << 32) | slot as u64);
+            self.next_gen += 1;
+            let authed = self.cfg.auth_token.is_none();
+            let mut conn = Conn::new(id, io, self.cfg.max_line, now, authed);
+            let Some(stream) = conn.stream_mut() else {
+                continue;
+            };
+            if self
+                .poll
+                .registry()
+                .register(stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.needs_housekeeping |= conn.handshaking();
+            entry.insert(conn);
+        }
+    }
+
+    fn on_writable(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.core.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(conn.io, Io::Handshake(_)) {
+            return self.on_readable(slot, now);
+        }
+        match conn.flush() {
+            Ok(true) => {
+                if conn.close_after_flush {
+                    return self.close(slot, now);
+                }
+                if conn.stalled_since.take().is_some() {
+                    // Reading stopped while output was backed up; edge-triggered readiness
+                    // will not fire again for data that already waits.
+                    self.on_readable(slot, now);
+                }
+            }
+            Ok(false) => {}
+            Err(_) => self.close(slot, now),
+        }
+    }
+
+    /// Reads and handles everything the connection has sent, until the socket would block.
+    fn on_readable(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                return;
+            };
+            if conn.stalled_since.is_some() {
+                return;
+            }
+            match std::mem::replace(&mut conn.io, Io::Gone) {
+                Io::Sniff(stream) => {
+                    let mut b = [0u8; 1];
+                    let peeked = match &stream {
+                        Stream::Tcp(s) => s.peek(&mut b),
+                        Stream::Unix(_) => Ok(1),
+                    };
+                    match peeked {
+                        Ok(0) => {
+                            conn.io = Io::Sniff(stream);
+                            return self.close(slot, now);
+                        }
+                        Ok(_) if b[0] == b'G' => {
+                            let cfg = conn::ws_config(self.cfg.max_line, self.cfg.out_hard);
+                            match tungstenite::accept_with_config(stream, Some(cfg)) {
+                                Ok(ws) => conn.io = Io::Ws(Box::new(ws)),
+                                Err(HandshakeError::Interrupted(mid)) => {
+                                    conn.io = Io::Handshake(Box::new(mid));
+                                    return;
+                                }
+                                Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                            }
+                        }
+                        Ok(_) => conn.io = Io::Ndjson(stream),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            conn.io = Io::Sniff(stream);
+                            return;
+                        }
+                        Err(_) => {
+                            conn.io = Io::Sniff(stream);
+                            return self.close(slot, now);
+                        }
+                    }
+                }
+                Io::Handshake(mid) => match mid.handshake() {
+                    Ok(ws) => conn.io = Io::Ws(Box::new(ws)),
+                    Err(HandshakeError::Interrupted(mid)) => {
+                        conn.io = Io::Handshake(Box::new(mid));
+                        return;
+                    }
+                    Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                },
+                Io::Ndjson(stream) => {
+                    conn.io = Io::Ndjson(stream);
+                    return self.read_ndjson(slot, now);
+                }
+                Io::Ws(ws) => {
+                    conn.io = Io::Ws(ws);
+                    return self.read_ws(slot, now);
+                }
+                Io::Gone => return,
+            }
+        }
+    }
+
+    fn read_ndjson(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                return;
+            };
+            if conn.backlog() > self.cfg.out_soft {
+                conn.stalled_since = Some(now);
+                self.needs_housekeeping = true;
+                return;
+            }
+            let Io::Ndjson(stream) = &mut conn.io else {
+                return;
+            };
+            let eof = match conn.framer.read_from(stream) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(slot, now),
+            };
+            // Handle every complete line read so far.
+            loop {
+                let Some(conn) = self.core.conns.get_mut(slot) else {
+                    return;
+                };
+                match conn.framer.next_line() {
+                    Ok(Some(line)) => {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(line);
+                    }
+                    Ok(None) if eof => match conn.framer.finish() {
+                        Some(line) => {
+                            self.scratch.clear();
+                            self.scratch.extend_from_slice(line);
+                        }
+                        None => break,
+                    },
+                    Ok(None) => break,
+                    // Framing is lost: only this connection is closed.
+                    Err(_) => return self.close(slot, now),
+                }
+                self.handle_scratch(slot, now);
+            }
+            if eof {
+                return self.close(slot, now);
+            }
+        }
+    }
+
+    fn read_ws(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                return;
+            };
+            let Io::Ws(ws) = &mut conn.io else {
+                return;
+            };
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(t.as_bytes());
+                    self.handle_scratch(slot, now);
+                }
+                Ok(tungstenite::Message::Binary(b)) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&b);
+                    self.handle_scratch(slot, now);
+                }
+                Ok(_) => {
+                    // Ping, pong, close: tungstenite answers them; their replies need a flush.
+                    if !std::mem::replace(&mut conn.dirty, true) {
+                        self.core.dirty.push(slot);
+                    }
+                    conn.ws_unflushed = true;
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return;
+                }
+                Err(_) => return self.close(slot, now),
+            }
+        }
+    }
+
+    fn handle_scratch(&mut self, slot: usize, now: Instant) {
+        match self.decoder.decode(&mut self.scratch) {
+            Ok(req) => self.core.handle(slot, now, req),
+            Err(e) => self.core.decode_error(slot, &e),
+        }
+    }
+
+    /// Closes what must close, flushes what was written this turn.
+    fn end_turn(&mut self, now: Instant) {
+        while let Some(slot) = self.core.doomed.pop() {
+            self.close(slot, now);
+        }
+        let dirty = std::mem::take(&mut self.core.dirty);
+        for &slot in &dirty {
+            let Some(conn) = self.core.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.dirty = false;
+            match conn.flush() {
+                Ok(true) if conn.close_after_flush => self.close(slot, now),
+                Ok(_) if conn.backlog() > self.cfg.out_hard => {
+                    log::note("closing a connection whose output is backed up past the cap");
+                    self.close(slot, now);
+                }
+                Ok(false) => {
+                    if conn.backlog() > self.cfg.out_soft && conn.stalled_since.is_none() {
+                        conn.stalled_since = Some(now);
+                        self.needs_housekeeping = true;
+                    }
+                }
+                Ok(true) => {}
+                Err(_) => self.close(slot, now),
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        } else {
+            // Closing released locks and pushed grants to others: flush those too.
+            self.end_turn(now);
+        }
+    }
+
+    /// Cuts off connections that are stuck in a handshake or never read their output.
+    fn housekeeping(&mut self, now: Instant) {
+        let mut doomed = Vec::new();
+        let mut watching = false;
+        for (slot, c) in &self.core.conns {
+            if c.handshaking() {
+                if now.duration_since(c.opened) > self.cfg.handshake_timeout {
+                    doomed.push(slot);
+                } else {
+                    watching = true;
+                }
+            } else if let Some(since) = c.stalled_since {
+                if now.duration_since(since) > self.cfg.stall_timeout {
+                    doomed.push(slot);
+                } else {
+                    watching = true;
+                }
+            }
+        }
+        self.needs_housekeeping = watching;
+        for slot in doomed {
+            self.close(slot, now);
+        }
+    }
+
+    fn close(&mut self, slot: usize, now: Instant) {
+        if !self.core.conns.contains(slot) {
+            return;
+        }
+        let mut conn = self.core.conns.remove(slot);
+        if let Some(s) = conn.stream_mut() {
+            self.poll.registry().deregister(s).ok();
+        }
+        let id = conn.id;
+        drop(conn);
+        self.core.disconnect(now, id);
+    }
+
+    fn close_all(&mut self) {
+        let now = Instant::now();
+        let slots: Vec<usize> = self.core.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            self.close(slot, now);
+        }
+        if let Some((_, path)) = self.uds.take() {
+            std::fs::remove_file(path).ok();
+        }
+    }
+}
+
+/// If a broker already answers at `addr`, returns `None`; otherwise starts one on a thread of
+/// this process. Bind is the arbiter of races: when another process binds first, its broker is
+/// used.
+pub fn ensure_broker(addr: SocketAddr) -> Result<Option<BrokerHandle>, BrokerError> {
+    if answers(addr) {
+        return Ok(None);
+    }
+    match Broker::builder().tcp(addr).bind() {
+        Ok(b) => Ok(Some(b.spawn()?)),
+        Err(BrokerError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
+            // Lost the race; the winner may still be starting.
+            for _ in 0..50 {
+                if answers(addr) {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(BrokerError::NotABroker(addr))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Does a live-mutex broker (ours or the Node one) answer a ping at `addr`?
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_millis(1000))).ok();
+    if s.write_all(b"{\"type\":\"ping\",\"uuid\":\"ensure-broker\"}\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.trim_start().starts_with('{')
+}

@@ -1,0 +1,229 @@
+//! Test clients that speak the wire protocol byte by byte, over each transport.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use live_mutex::broker::{Broker, BrokerBuilder, BrokerHandle};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Ws,
+    Uds,
+}
+
+pub struct TestBroker {
+    pub handle: Option<BrokerHandle>,
+    pub addr: SocketAddr,
+    pub uds: PathBuf,
+    _dir: TempDir,
+}
+
+impl TestBroker {
+    pub fn start() -> Self {
+        Self::with(|b| b)
+    }
+    pub fn with(f: impl FnOnce(BrokerBuilder) -> BrokerBuilder) -> Self {
+        let dir = TempDir::new();
+        let uds = dir.0.join("lmx.sock");
+        let b = Broker::builder()
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .uds(&uds);
+        let handle = f(b).bind().expect("bind").spawn().expect("spawn");
+        let addr = handle.local_addr().expect("tcp addr");
+        TestBroker {
+            handle: Some(handle),
+            addr,
+            uds,
+            _dir: dir,
+        }
+    }
+    pub fn connect(&self, t: Transport) -> Wire {
+        Wire::connect(t, self.addr, &self.uds)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            h.join().ok();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "lmx-test-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    fn set_read_timeout(&self, d: Duration) {
+        match self {
+            Sock::Tcp(s) => s.set_read_timeout(Some(d)).unwrap(),
+            Sock::Unix(s) => s.set_read_timeout(Some(d)).unwrap(),
+        }
+    }
+    fn try_clone(&self) -> Sock {
+        match self {
+            Sock::Tcp(s) => Sock::Tcp(s.try_clone().unwrap()),
+            Sock::Unix(s) => Sock::Unix(s.try_clone().unwrap()),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(b),
+            Sock::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(b),
+            Sock::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub enum Wire {
+    Lines { r: BufReader<Sock>, w: Sock },
+    Ws(Box<tungstenite::WebSocket<TcpStream>>),
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Wire {
+    pub fn connect(t: Transport, addr: SocketAddr, uds: &Path) -> Wire {
+        let sock = match t {
+            Transport::Tcp | Transport::Ws => {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                if t == Transport::Ws {
+                    let (ws, _) =
+                        tungstenite::client(format!("ws://{addr}/"), s).expect("ws handshake");
+                    return Wire::Ws(Box::new(ws));
+                }
+                Sock::Tcp(s)
+            }
+            Transport::Uds => {
+                let s = UnixStream::connect(uds).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                Sock::Unix(s)
+            }
+        };
+        let w = sock.try_clone();
+        Wire::Lines {
+            r: BufReader::new(sock),
+            w,
+        }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.send_raw(&v.to_string());
+    }
+
+    /// One message, framed for the transport.
+    pub fn send_raw(&mut self, s: &str) {
+        match self {
+            Wire::Lines { w, .. } => {
+                let mut b = s.as_bytes().to_vec();
+                b.push(b'\n');
+                w.write_all(&b).unwrap();
+            }
+            Wire::Ws(ws) => ws.send(tungstenite::Message::text(s.to_string())).unwrap(),
+        }
+    }
+
+    /// Raw bytes on a line transport (framing tests).
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        if let Wire::Lines { w, .. } = self {
+            w.write_all(b).unwrap();
+        }
+    }
+
+    pub fn recv(&mut self) -> Value {
+        self.try_recv().expect("a reply within the time-out")
+    }
+
+    /// The next message, or None when nothing arrives in time or the peer closed.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        match self {
+            Wire::Lines { r, .. } => {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(serde_json::from_str(&line).expect("reply is JSON")),
+                }
+            }
+            Wire::Ws(ws) => loop {
+                match ws.read() {
+                    Ok(tungstenite::Message::Text(t)) => {
+                        return Some(serde_json::from_str(&t).expect("reply is JSON"));
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+
+    /// Asserts nothing arrives for `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        self.set_timeout(d);
+        let got = self.try_recv();
+        self.set_timeout(TIMEOUT);
+        assert!(got.is_none(), "expected no message, got {got:?}");
+    }
+
+    pub fn set_timeout(&mut self, d: Duration) {
+        match self {
+            Wire::Lines { r, .. } => r.get_ref().set_read_timeout(d),
+            Wire::Ws(ws) => ws.get_mut().set_read_timeout(Some(d)).unwrap(),
+        }
+    }
+
+    pub fn lock(&mut self, key: &str, uuid: &str) -> Value {
+        self.send(json!({"type":"lock","uuid":uuid,"key":key,"ttl":null}));
+        self.recv()
+    }
+
+    pub fn unlock(&mut self, key: &str, lock_id: &str) -> Value {
+        self.send(json!({"type":"unlock","uuid":format!("u-{lock_id}"),"key":key,"_uuid":lock_id}));
+        self.recv()
+    }
+}
