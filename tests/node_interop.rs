@@ -10,12 +10,13 @@
 //! - `live-mutex@0.2.25` is installed once with `npm install --prefix` into a cache outside the source
 //!   tree: `$LMX_NODE_CACHE`, else `$HOME/.cache/live-mutex-tests/node-0.2.25`. The install goes to a
 //!   temp dir next to it and is renamed into place, so parallel test processes never see a partial one.
+//! - Our broker runs embedded in the test process (`live_mutex::broker::Broker`), one per test.
 //! - `LMX_INTEROP_BROKER=node` runs the scenarios against the npm 0.2.25 *Node* broker instead of ours
 //!   (for comparison: the scenarios that probe 0.2.25's bugs fail there, by design).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -231,11 +232,33 @@ fn start_broker(tmp: &Path) -> TestBroker {
     }
 }
 
-/// Our broker, embedded.
+/// Our broker, embedded: TCP on 127.0.0.1 port 0 (re-bound until the OS picks a port the 0.2.25
+/// client accepts, 1025..=49151) plus a Unix socket in the scenario's temp dir.
 fn start_our_broker(tmp: &Path) -> TestBroker {
-    // TODO(node-interop): switch to the embedded broker once src/broker lands on main:
-    //   live_mutex::broker::Broker::builder().tcp(addr).uds(path).bind()?.spawn()?
-    start_node_broker(tmp)
+    use live_mutex::broker::Broker;
+    let uds = tmp.join("broker.sock");
+    for _ in 0..64 {
+        let bound = Broker::builder()
+            .tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .uds(&uds)
+            .bind()
+            .expect("bind our broker");
+        let port = bound.local_addr().expect("tcp address").port();
+        if !(1025..=49151).contains(&port) {
+            continue; // dropped: unbinds; the stale socket file is replaced on the next bind
+        }
+        let handle = bound.spawn().expect("spawn our broker");
+        return TestBroker {
+            port,
+            uds,
+            kind: "our broker (embedded)",
+            stop: Some(Box::new(move || {
+                handle.shutdown();
+                handle.join().expect("broker thread ended with an error");
+            })),
+        };
+    }
+    panic!("the OS never picked a TCP port in 1025..=49151 for the broker");
 }
 
 /// The npm 0.2.25 Node broker (`tests/node/node_broker.js`), one process per transport.
