@@ -415,6 +415,7 @@ scenarios! {
     wait_false_no_ghost => ("wait_false_no_ghost", Tcp);
     ttl_expiry => ("ttl_expiry", Tcp);
     unrelated_disconnect => ("unrelated_disconnect", Tcp);
+    holder_disconnect => ("holder_disconnect", Tcp);
     uds_api_basic => ("api_basic", Uds);
     uds_contention => ("contention", Uds);
     uds_semaphore => ("semaphore", Uds);
