@@ -1,3 +1,5 @@
 pub mod broker;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod table;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
 use tungstenite::handshake::MidHandshake;
-use tungstenite::handshake::server::{NoCallback, ServerHandshake};
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
@@ -64,7 +64,32 @@ impl mio::event::Source for Stream {
     }
 }
 
-pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, NoCallback>>;
+pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, AuthCheck>>;
+
+/// Checks the upgrade request's `Authorization: Bearer <token>` when the broker has a token;
+/// a wrong or missing one fails the handshake with 401 and the connection is closed.
+pub(crate) struct AuthCheck(pub Option<std::sync::Arc<str>>);
+
+impl Callback for AuthCheck {
+    fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+        let Some(token) = self.0 else {
+            return Ok(resp);
+        };
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if super::dispatch::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(resp)
+        } else {
+            let mut e = ErrorResponse::new(Some("missing or wrong auth token".into()));
+            *e.status_mut() = tungstenite::http::StatusCode::UNAUTHORIZED;
+            Err(e)
+        }
+    }
+}
 
 /// Where the connection is in its life.
 pub(crate) enum Io {
@@ -97,6 +122,8 @@ pub(crate) struct Conn {
     pub ws_unflushed: bool,
     /// Listed for the end-of-turn flush.
     pub dirty: bool,
+    /// May force-unlock.
+    pub admin: bool,
 }
 
 impl Conn {
@@ -114,6 +141,7 @@ impl Conn {
             close_after_flush: false,
             ws_unflushed: false,
             dirty: false,
+            admin: true,
         }
     }
 

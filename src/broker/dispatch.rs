@@ -152,6 +152,7 @@ impl Core {
                 );
                 if ok {
                     self.conns[slot].authed = true;
+                    self.conns[slot].admin = true;
                 } else {
                     self.conns[slot].close_after_flush = true;
                 }
@@ -192,22 +193,33 @@ impl Core {
                 force,
             } => {
                 let parked = lock_id.is_some_and(|id| self.parked.get(id) == Some(&cid));
-                let res = if parked {
+                // Err(None): refused before the table was asked.
+                let res = if force && !self.conns[slot].admin {
+                    Err(None)
+                } else if parked {
                     lock_id.map(|id| self.parked.remove(id));
                     Ok(1)
                 } else {
-                    self.table.unlock(now, key, lock_id, force)
+                    self.table.unlock(now, key, lock_id, force).map_err(Some)
                 };
                 let (lrc, _) = self.table.counts(key);
-                let err = res.as_ref().err().map(ToString::to_string);
+                let lost = matches!(res, Err(Some(TableError::NotHeld)));
+                let err = match &res {
+                    Ok(_) => None,
+                    Err(None) => Some(
+                        "force unlock is an admin act: use the Unix socket or authenticate"
+                            .to_string(),
+                    ),
+                    Err(Some(e)) => Some(e.to_string()),
+                };
                 self.send(
                     slot,
                     &Reply::Unlock {
                         uuid,
                         key,
-                        unlocked: res.is_ok(),
+                        unlocked: err.is_none(),
                         lock_request_count: lrc as u64,
-                        lost: matches!(res, Err(TableError::NotHeld)),
+                        lost,
                         error: err.as_deref(),
                         warning: None,
                     },

@@ -74,6 +74,7 @@ pub struct BrokerBuilder {
     handshake_timeout: Duration,
     ack_timeout: Duration,
     auth_token: Option<String>,
+    restrict_admin: bool,
 }
 
 impl Default for BrokerBuilder {
@@ -98,6 +99,7 @@ impl Default for BrokerBuilder {
             handshake_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_millis(1000),
             auth_token: None,
+            restrict_admin: false,
         }
     }
 }
@@ -180,6 +182,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Allow `force` unlocks only from Unix-socket connections, or from connections that
+    /// authenticated with the auth token.
+    pub fn restrict_admin(mut self, on: bool) -> Self {
+        self.restrict_admin = on;
+        self
+    }
+
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
     pub fn bind(self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
@@ -204,6 +213,15 @@ impl BrokerBuilder {
         if let Some((l, _)) = &mut uds {
             poll.registry()
                 .register(l, UDS_LISTENER, Interest::READABLE)?;
+        }
+        if let Some(addr) = self.tcp
+            && !addr.ip().is_loopback()
+            && self.auth_token.is_none()
+        {
+            log::note(&format!(
+                "warning: listening on {addr}, beyond this machine, with no auth token: \
+                 anyone who can reach it can take and force locks (set --auth-token)"
+            ));
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -439,7 +457,10 @@ impl Broker {
             let id = ConnId((self.next_gen << 32) | slot as u64);
             self.next_gen += 1;
             let authed = self.cfg.auth_token.is_none();
+            let unix = token == UDS_LISTENER;
             let mut conn = Conn::new(id, io, self.cfg.max_line, now, authed);
+            // Admin acts need the Unix socket (file permissions guard it) or a token.
+            conn.admin = !self.cfg.restrict_admin || unix;
             let Some(stream) = conn.stream_mut() else {
                 continue;
             };
@@ -502,8 +523,13 @@ impl Broker {
                         }
                         Ok(_) if b[0] == b'G' => {
                             let cfg = conn::ws_config(self.cfg.max_line, self.cfg.out_hard);
-                            match tungstenite::accept_with_config(stream, Some(cfg)) {
-                                Ok(ws) => conn.io = Io::Ws(Box::new(ws)),
+                            let check =
+                                conn::AuthCheck(self.cfg.auth_token.as_deref().map(Into::into));
+                            match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
+                                Ok(ws) => {
+                                    conn.io = Io::Ws(Box::new(ws));
+                                    conn.authed = true;
+                                }
                                 Err(HandshakeError::Interrupted(mid)) => {
                                     conn.io = Io::Handshake(Box::new(mid));
                                     return;
@@ -523,7 +549,10 @@ impl Broker {
                     }
                 }
                 Io::Handshake(mid) => match mid.handshake() {
-                    Ok(ws) => conn.io = Io::Ws(Box::new(ws)),
+                    Ok(ws) => {
+                        conn.io = Io::Ws(Box::new(ws));
+                        conn.authed = true;
+                    }
                     Err(HandshakeError::Interrupted(mid)) => {
                         conn.io = Io::Handshake(Box::new(mid));
                         return;
@@ -756,4 +785,10 @@ fn answers(addr: SocketAddr) -> bool {
     }
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).is_ok() && line.trim_start().starts_with('{')
+}
+
+/// The WebSocket settings the broker uses, for the fuzz harness.
+#[doc(hidden)]
+pub fn fuzz_ws_config() -> tungstenite::protocol::WebSocketConfig {
+    conn::ws_config(DEFAULT_MAX_LINE, 4 * 1024 * 1024)
 }
