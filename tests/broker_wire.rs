@@ -118,13 +118,14 @@ fn broker_side_wait_timeout(t: Transport) {
 fn ttl_expiry_grants_next(t: Transport) {
     let b = TestBroker::start();
     let (mut a, mut c) = (b.connect(t), b.connect(t));
+    // Taken before the request: the TTL starts after it, so the grant cannot come sooner.
+    let t0 = Instant::now();
     a.send(json!({"type":"lock","uuid":"a","key":"k","ttl":150}));
     let ta = a.recv()["fencingToken"].as_u64().unwrap();
-    let t0 = Instant::now();
     assert_eq!(c.lock("k", "c")["acquired"], false);
     let g = c.recv();
     assert!(acquired(&g));
-    assert!(t0.elapsed() >= Duration::from_millis(140));
+    assert!(t0.elapsed() >= Duration::from_millis(150));
     assert!(g["fencingToken"].as_u64().unwrap() > ta);
     // The old holder's late unlock is refused as lost and disturbs nobody.
     let u = a.unlock("k", "a");
