@@ -4,7 +4,6 @@
 //! reactor flushes at the end of its loop turn.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::RandomState;
@@ -17,13 +16,13 @@ use super::legacy_rw::{LegacyRw, RwAnswer};
 use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany};
 use crate::proto::{self, Reply, Request};
 use crate::table::{
-    self, Cancelled, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Table, TableError, Wait,
+    self, Cancelled, Name, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Table, TableError, Wait,
 };
 
 /// A pushed grant that a Node client has not acknowledged yet (see `Core::ack_deadline`).
 struct PendingAck {
     conn: ConnId,
-    key: Arc<str>,
+    key: Name,
     deadline: Instant,
 }
 
@@ -37,8 +36,8 @@ pub(crate) struct Core {
     /// pushed to it later would be held by nobody. Pushed grants to Node clients must be
     /// acknowledged with `lock-received` within this time, or they are released again.
     pub ack_timeout: Duration,
-    acks: HashMap<Arc<str>, PendingAck, RandomState>,
-    ack_order: VecDeque<(Instant, Arc<str>)>,
+    acks: HashMap<Name, PendingAck, RandomState>,
+    ack_order: VecDeque<(Instant, Name)>,
     /// Connections whose output must be flushed this turn.
     pub dirty: Vec<usize>,
     /// Connections to close at the end of this turn (a full WebSocket buffer, a mismatch).
@@ -47,8 +46,8 @@ pub(crate) struct Core {
     rw: LegacyRw,
     /// Mutex holds of legacy RW clients set aside while their RW request waits (see `rw`);
     /// their later unlock is answered as done.
-    parked: HashMap<Arc<str>, ConnId, RandomState>,
-    woken: Vec<(ConnId, Arc<str>, Arc<str>)>,
+    parked: HashMap<Name, ConnId, RandomState>,
+    woken: Vec<(ConnId, Name, Name)>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -274,7 +273,7 @@ impl Core {
                 );
             }
             Request::Ls { uuid } => {
-                let keys: Vec<Arc<str>> = self.table.keys().cloned().collect();
+                let keys: Vec<Name> = self.table.keys().cloned().collect();
                 let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
                 self.send(slot, &Reply::Ls { uuid, keys: &refs });
             }
@@ -569,7 +568,7 @@ impl Core {
                 },
             ),
             RwAnswer::Deferred => {
-                let held: Option<Arc<str>> = self.table.info(now, key).and_then(|i| {
+                let held: Option<Name> = self.table.info(now, key).and_then(|i| {
                     i.holders
                         .iter()
                         .find(|h| h.conn == cid)
@@ -586,7 +585,7 @@ impl Core {
         self.woken = woken;
     }
 
-    fn broadcast(&mut self, woken: &mut Vec<(ConnId, Arc<str>, Arc<str>)>) {
+    fn broadcast(&mut self, woken: &mut Vec<(ConnId, Name, Name)>) {
         for (conn, uuid, key) in woken.drain(..) {
             if let Some(slot) = self.slot_of(conn) {
                 self.send(

@@ -6,20 +6,19 @@
 //! and counts belong to connections, so a reader that dies does not block writers forever.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use ahash::RandomState;
 use hashbrown::HashMap;
 
 use crate::proto::RwOp;
-use crate::table::ConnId;
+use crate::table::{ConnId, Name};
 
 #[derive(Default, Debug)]
 struct KeyRw {
     readers: HashMap<ConnId, u64, RandomState>,
     writer: Option<ConnId>,
     /// Entry requests that could not proceed yet, in arrival order: (conn, uuid, is_writer).
-    deferred: VecDeque<(ConnId, Arc<str>, bool)>,
+    deferred: VecDeque<(ConnId, Name, bool)>,
 }
 
 impl KeyRw {
@@ -42,11 +41,11 @@ pub(crate) enum RwAnswer {
 
 #[derive(Default, Debug)]
 pub(crate) struct LegacyRw {
-    keys: HashMap<Arc<str>, KeyRw, RandomState>,
+    keys: HashMap<Name, KeyRw, RandomState>,
 }
 
 /// A deferred request that may proceed now: send it `broadcast-result`.
-pub(crate) type Woken = (ConnId, Arc<str>, Arc<str>);
+pub(crate) type Woken = (ConnId, Name, Name);
 
 impl LegacyRw {
     pub fn apply(
@@ -175,10 +174,10 @@ mod tests {
         rw.apply(a, "k", "x", RwOp::DecrementReaders, &mut woken);
         assert!(woken.is_empty(), "one reader is still in");
         rw.apply(b, "k", "y", RwOp::DecrementReaders, &mut woken);
-        assert_eq!(woken, vec![(w, Arc::from("w1"), Arc::from("k"))]);
+        assert_eq!(woken, vec![(w, Name::from("w1"), Name::from("k"))]);
         woken.clear();
         rw.apply(w, "k", "z", RwOp::SetWriteFlagFalseAndBroadcast, &mut woken);
-        assert_eq!(woken, vec![(a, Arc::from("r3"), Arc::from("k"))]);
+        assert_eq!(woken, vec![(a, Name::from("r3"), Name::from("k"))]);
     }
 
     #[test]
@@ -198,6 +197,6 @@ mod tests {
             RwAnswer::Deferred
         );
         rw.disconnect(ConnId(1), &mut woken);
-        assert_eq!(woken, vec![(ConnId(2), Arc::from("w"), Arc::from("k"))]);
+        assert_eq!(woken, vec![(ConnId(2), Name::from("w"), Name::from("k"))]);
     }
 }

@@ -12,14 +12,16 @@
 //! connection's death releases exactly its own holds and waiters; a key with no holders and no
 //! waiters is forgotten.
 
+mod name;
 mod queue;
 mod timers;
+
+pub use name::Name;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::RandomState;
@@ -180,7 +182,7 @@ pub enum LockOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManyOutcome {
     /// Every key, in canonical (sorted) order, with its fencing token.
-    Granted(Vec<(Arc<str>, u64)>),
+    Granted(Vec<(Name, u64)>),
     Queued,
     Busy,
     TimedOut,
@@ -200,29 +202,29 @@ pub enum Event {
     /// A queued request was granted.
     Granted {
         conn: ConnId,
-        id: Arc<str>,
-        key: Arc<str>,
+        id: Name,
+        key: Name,
         grant: Grant,
     },
     /// A queued acquire-many got its last key.
     ManyGranted {
         conn: ConnId,
-        id: Arc<str>,
-        tokens: Vec<(Arc<str>, u64)>,
+        id: Name,
+        tokens: Vec<(Name, u64)>,
     },
     /// A queued request reached its wait deadline and was dropped. `key` is `None` for an
     /// acquire-many.
     TimedOut {
         conn: ConnId,
-        id: Arc<str>,
-        key: Option<Arc<str>>,
+        id: Name,
+        key: Option<Name>,
         waited: Duration,
     },
     /// A holder's TTL ended; it no longer holds the key (for an acquire-many, none of its keys).
     Expired {
         conn: ConnId,
-        id: Arc<str>,
-        key: Arc<str>,
+        id: Name,
+        key: Name,
     },
 }
 
@@ -258,7 +260,7 @@ pub enum TableError {
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
-    pub id: Arc<str>,
+    pub id: Name,
     pub conn: ConnId,
     pub mode: Mode,
     pub token: u64,
@@ -268,12 +270,12 @@ pub struct HolderInfo {
 /// One key, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
-    pub key: Arc<str>,
+    pub key: Name,
     pub max: u32,
     pub holders: Vec<HolderInfo>,
     pub waiters: usize,
     /// Lock ids of the waiters, in queue order.
-    pub queue: Vec<Arc<str>>,
+    pub queue: Vec<Name>,
     pub readers: usize,
 }
 
@@ -306,7 +308,7 @@ struct ConnEntry {
 struct Group {
     rid: u64,
     conn: ConnId,
-    keys: Vec<Arc<str>>,
+    keys: Vec<Name>,
     tokens: Vec<u64>,
     ttl: Option<Duration>,
     deadline: Option<Instant>,
@@ -324,16 +326,16 @@ impl Group {
 #[derive(Debug)]
 pub struct Table {
     cfg: Config,
-    index: HashMap<Arc<str>, u32, RandomState>,
+    index: HashMap<Name, u32, RandomState>,
     keys: Slab<KeyState>,
     conns: HashMap<ConnId, ConnEntry, RandomState>,
-    groups: HashMap<Arc<str>, Group, RandomState>,
+    groups: HashMap<Name, Group, RandomState>,
     /// Request id of a group -> its lock id, to find a group from its wait deadline.
-    group_rids: HashMap<u64, Arc<str>, RandomState>,
+    group_rids: HashMap<u64, Name, RandomState>,
     timers: Timers,
     events: VecDeque<Event>,
     /// Groups whose next key may be taken now.
-    advance: Vec<Arc<str>>,
+    advance: Vec<Name>,
     next_token: u64,
     next_rid: u64,
     grants: u64,
@@ -594,7 +596,7 @@ impl Table {
         let mut slots: Vec<u32> = entry.slots.keys().copied().collect();
         // Settle keys in key order, so which waiter gets the lower token is reproducible.
         slots.sort_unstable_by(|a, b| self.keys[*a as usize].key.cmp(&self.keys[*b as usize].key));
-        let mut groups: Vec<Arc<str>> = Vec::new();
+        let mut groups: Vec<Name> = Vec::new();
         for &slot in &slots {
             let ks = &mut self.keys[slot as usize];
             let mut gone_h = Vec::new();
@@ -706,7 +708,7 @@ impl Table {
                 }
             }
         }
-        let id: Arc<str> = req.id.into();
+        let id: Name = req.id.into();
         let rid = self.rid();
         let deadline = match req.wait {
             Wait::Until(t) => Some(t),
@@ -723,7 +725,7 @@ impl Table {
         let group = Group {
             rid,
             conn: req.conn,
-            keys: keys.iter().map(|k| Arc::from(*k)).collect(),
+            keys: keys.iter().map(|k| Name::from(*k)).collect(),
             tokens: Vec::with_capacity(keys.len()),
             ttl: self.resolve_ttl(req.ttl),
             deadline: deadline.filter(|_| !all_free),
@@ -860,7 +862,7 @@ impl Table {
     }
 
     /// Keys currently held or waited for.
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+    pub fn keys(&self) -> impl Iterator<Item = &Name> + '_ {
         self.keys.iter().map(|(_, ks)| &ks.key)
     }
 
@@ -1167,7 +1169,7 @@ impl Table {
     }
 
     /// Takes the group's next keys while they are free, queueing on the first that is not.
-    fn advance_group(&mut self, now: Instant, id: &Arc<str>, notify: bool) {
+    fn advance_group(&mut self, now: Instant, id: &Name, notify: bool) {
         loop {
             let Some(g) = self.groups.get(id) else { return };
             if g.complete() {
@@ -1251,8 +1253,8 @@ impl Table {
 
 fn timer_live(
     keys: &Slab<KeyState>,
-    groups: &HashMap<Arc<str>, Group, RandomState>,
-    group_rids: &HashMap<u64, Arc<str>, RandomState>,
+    groups: &HashMap<Name, Group, RandomState>,
+    group_rids: &HashMap<u64, Name, RandomState>,
     t: &Timer,
 ) -> bool {
     if t.slot == GROUP_SLOT {

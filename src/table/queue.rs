@@ -1,17 +1,16 @@
 //! The state of one key: who holds it, who waits for it, and the grant decision.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
-use super::{ConnId, Mode};
+use super::{ConnId, Mode, Name};
 
 /// A granted lock.
 #[derive(Debug, Clone)]
 pub(crate) struct Holder {
-    pub id: Arc<str>,
+    pub id: Name,
     pub rid: u64,
     pub conn: ConnId,
     pub mode: Mode,
@@ -25,7 +24,7 @@ pub(crate) struct Holder {
 /// A queued request.
 #[derive(Debug, Clone)]
 pub(crate) struct Waiter {
-    pub id: Arc<str>,
+    pub id: Name,
     pub rid: u64,
     pub conn: ConnId,
     pub mode: Mode,
@@ -40,7 +39,7 @@ pub(crate) struct Waiter {
 
 #[derive(Debug)]
 pub(crate) struct KeyState {
-    pub key: Arc<str>,
+    pub key: Name,
     /// Semaphore capacity for exclusive holders, fixed while the key is in use.
     pub max: u32,
     pub holders: SmallVec<[Holder; 1]>,
@@ -48,7 +47,7 @@ pub(crate) struct KeyState {
 }
 
 impl KeyState {
-    pub fn new(key: Arc<str>, max: u32) -> Self {
+    pub fn new(key: Name, max: u32) -> Self {
         KeyState {
             key,
             max,
