@@ -28,8 +28,12 @@ fn main() {
     let mut threads = Vec::new();
     // Lockers: exclusive locks with TTLs, try-locks and wait time-outs on 8 keys.
     for w in 0..8u64 {
-        let (url, cycles, overlaps, inside) =
-            (url.clone(), cycles.clone(), overlaps.clone(), inside.clone());
+        let (url, cycles, overlaps, inside) = (
+            url.clone(),
+            cycles.clone(),
+            overlaps.clone(),
+            inside.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut rng = fastrand::Rng::with_seed(w);
             let mut client = None;

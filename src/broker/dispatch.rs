@@ -16,7 +16,8 @@ use super::legacy_rw::{LegacyRw, RwAnswer};
 use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany};
 use crate::proto::{self, Reply, Request};
 use crate::table::{
-    self, Cancelled, Name, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Table, TableError, Wait,
+    self, Cancelled, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Name, Table, TableError,
+    Wait,
 };
 
 /// A pushed grant that a Node client has not acknowledged yet (see `Core::ack_deadline`).
@@ -566,6 +567,13 @@ impl Core {
                     key,
                     readers_count: readers,
                 },
+            ),
+            RwAnswer::Full => self.send_error(
+                slot,
+                op.as_str(),
+                Some(uuid),
+                Some(key),
+                "too many read/write requests already wait for this key",
             ),
             RwAnswer::Deferred => {
                 let held: Option<Name> = self.table.info(now, key).and_then(|i| {

@@ -37,7 +37,12 @@ pub(crate) enum RwAnswer {
     Now { readers: u64 },
     /// Deferred: a `broadcast-result` follows when the condition clears.
     Deferred,
+    /// Too many requests already wait on this key.
+    Full,
 }
+
+/// Deferred RW requests one key may hold; beyond it requests are refused, never queued.
+const MAX_DEFERRED: usize = 10_000;
 
 #[derive(Default, Debug)]
 pub(crate) struct LegacyRw {
@@ -75,6 +80,11 @@ impl LegacyRw {
                 RwAnswer::Now {
                     readers: k.reader_count(),
                 }
+            }
+            RwOp::RegisterWriteFlagCheck | RwOp::RegisterWriteFlagAndReadersCheck
+                if k.deferred.len() >= MAX_DEFERRED =>
+            {
+                RwAnswer::Full
             }
             RwOp::RegisterWriteFlagCheck => {
                 if k.writer.is_some() || !k.deferred.is_empty() {

@@ -133,6 +133,9 @@ pub struct Config {
     /// Holds plus queued requests of one connection.
     pub max_requests_per_conn: usize,
     pub max_keys_per_many: usize,
+    /// Keys held or waited for at once, across all connections: bounds the memory that
+    /// keep-after-disconnect locks of connections long gone can pin.
+    pub max_keys: usize,
     /// First fencing token. The broker passes wall-clock microseconds (or a persisted high-water
     /// mark) so tokens keep rising across restarts.
     pub token_seed: u64,
@@ -146,6 +149,7 @@ impl Default for Config {
             max_waiters_per_key: 10_000,
             max_requests_per_conn: 10_000,
             max_keys_per_many: 64,
+            max_keys: 1_000_000,
             token_seed: 1,
         }
     }
@@ -221,11 +225,7 @@ pub enum Event {
         waited: Duration,
     },
     /// A holder's TTL ended; it no longer holds the key (for an acquire-many, none of its keys).
-    Expired {
-        conn: ConnId,
-        id: Name,
-        key: Name,
-    },
+    Expired { conn: ConnId, id: Name, key: Name },
 }
 
 /// Errors of one request. None of them changes the table.
@@ -253,6 +253,8 @@ pub enum TableError {
     StillWaiting,
     #[error("this lock belongs to an acquire-many; release it with release-many")]
     GroupMember,
+    #[error("the broker already tracks {0} keys (the limit)")]
+    TooManyKeys(usize),
     #[error("acquire-many needs between 1 and {max} keys, got {got}")]
     BadKeyCount { got: usize, max: usize },
 }
@@ -300,6 +302,8 @@ struct ConnEntry {
     requests: usize,
     /// Key slot -> number of this connection's entries on it.
     slots: HashMap<u32, u32, RandomState>,
+    /// Disconnected, kept only for its keep-after-disconnect holds: forgotten with the last.
+    gone: bool,
 }
 
 /// An acquire-many in progress or held. Keys are taken one by one in sorted order, so two
@@ -415,6 +419,7 @@ impl Table {
             }
         }
         self.check_conn_capacity(req.conn, 1)?;
+        self.check_key_capacity(&[req.key])?;
         let ttl = self.resolve_ttl(req.ttl);
         let slot = self.slot_or_insert(req.key, req.max.unwrap_or(1));
         let ks = &self.keys[slot as usize];
@@ -649,8 +654,12 @@ impl Table {
             self.settle(now, slot);
         }
         self.run_advances(now);
-        if self.conns.get(&conn).is_some_and(|e| e.requests == 0) {
-            self.conns.remove(&conn);
+        match self.conns.get_mut(&conn) {
+            Some(e) if e.requests == 0 => {
+                self.conns.remove(&conn);
+            }
+            Some(e) => e.gone = true,
+            None => {}
         }
     }
 
@@ -689,6 +698,7 @@ impl Table {
         keys.sort_unstable();
         keys.dedup();
         self.check_conn_capacity(req.conn, keys.len())?;
+        self.check_key_capacity(&keys)?;
         let all_free = keys.iter().all(|k| {
             self.index
                 .get(*k)
@@ -1017,6 +1027,22 @@ impl Table {
         }
     }
 
+    /// Room for the new ones among `keys` (checked before anything changes, so a refusal has
+    /// no effect). Costs nothing until the table is nearly full.
+    fn check_key_capacity(&self, keys: &[&str]) -> Result<(), TableError> {
+        if self.index.len() + keys.len() <= self.cfg.max_keys {
+            return Ok(());
+        }
+        let new = keys
+            .iter()
+            .filter(|k| !self.index.contains_key(**k))
+            .count();
+        if self.index.len() + new > self.cfg.max_keys {
+            return Err(TableError::TooManyKeys(self.cfg.max_keys));
+        }
+        Ok(())
+    }
+
     fn resolve_ttl(&self, ttl: Ttl) -> Option<Duration> {
         match ttl {
             Ttl::Default => self.cfg.default_ttl,
@@ -1065,6 +1091,9 @@ impl Table {
                 if *o.get() == 0 {
                     o.remove();
                 }
+            }
+            if e.gone && e.requests == 0 {
+                self.conns.remove(&conn);
             }
         }
     }

@@ -133,7 +133,13 @@ mod tests {
 
     #[test]
     fn short_and_long_names_round_trip() {
-        for s in ["", "k", "8650931b-4909-4955-9c19-ce805365af0e", &"x".repeat(39), "ключ"] {
+        for s in [
+            "",
+            "k",
+            "8650931b-4909-4955-9c19-ce805365af0e",
+            &"x".repeat(39),
+            "ключ",
+        ] {
             let n = Name::from(s);
             assert_eq!(&*n, s);
             assert_eq!(n.clone(), n);

@@ -730,3 +730,30 @@ fn timer_heap_stays_bounded_under_churn() {
     }
     assert!(t.timers.heap_len() < 1000, "heap {}", t.timers.heap_len());
 }
+
+#[test]
+fn the_key_cap_refuses_new_keys_only() {
+    let mut s = Sim::with(Config {
+        max_keys: 2,
+        ..Config::default()
+    });
+    granted(s.lock(A, "k1", "a"));
+    granted(s.lock(A, "k2", "b"));
+    let r = s.req(B, "k3", "c");
+    assert_eq!(s.t.lock(s.now, &r), Err(TableError::TooManyKeys(2)));
+    assert!(is_queued(s.lock(B, "k1", "d")), "existing keys still work");
+}
+
+#[test]
+fn a_dead_connection_is_forgotten_with_its_last_kept_lock() {
+    let mut s = Sim::new();
+    let mut r = s.req(A, "k", "a");
+    r.keep_after_disconnect = true;
+    r.ttl = Ttl::After(ms(100));
+    granted(s.lock_req(r));
+    s.t.disconnect(s.now, A);
+    assert_eq!(s.t.stats().connections, 1, "kept for its lock");
+    s.advance(ms(100));
+    assert_eq!(s.t.stats().connections, 0);
+    assert!(s.t.is_empty());
+}
