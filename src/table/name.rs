@@ -144,6 +144,7 @@ mod tests {
             assert_eq!(&*n, s);
             assert_eq!(n.clone(), n);
         }
-        assert!(Name::from("a") < Name::from("b"));
+        let (a, b) = (Name::from("a"), Name::from("b"));
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Less);
     }
 }
