@@ -8,17 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{TestBroker, Transport};
+use common::{TestBroker, Transport, rss_kib};
 use serde_json::json;
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
 
 /// Sends raw bytes on a fresh connection; returns the first reply line, or None if the broker
 /// closed the connection without one.

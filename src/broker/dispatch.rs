@@ -286,7 +286,7 @@ impl Core {
                     .map(|h| HolderInfo {
                         id: &h.id,
                         fencing_token: h.token,
-                        mode: wire_mode(h.mode),
+                        mode: h.mode,
                         ttl_remaining: h.ttl_remaining.map(ms),
                     })
                     .collect();
@@ -349,7 +349,7 @@ impl Core {
             conn: cid,
             key: r.key,
             id: r.uuid,
-            mode: table_mode(r.mode),
+            mode: r.mode,
             max: r.max,
             ttl: ttl_of(r.ttl),
             wait: wait_of(now, r.try_lock, r.wait_timeout),
@@ -621,22 +621,6 @@ fn wait_of(now: Instant, try_lock: bool, timeout_ms: Option<u64>) -> Wait {
         (true, _) => Wait::No,
         (false, Some(ms)) => Wait::Until(now + Duration::from_millis(ms)),
         (false, None) => Wait::Forever,
-    }
-}
-
-fn table_mode(m: proto::Mode) -> table::Mode {
-    match m {
-        proto::Mode::Exclusive => table::Mode::Exclusive,
-        proto::Mode::Read => table::Mode::Read,
-        proto::Mode::Write => table::Mode::Write,
-    }
-}
-
-fn wire_mode(m: table::Mode) -> proto::Mode {
-    match m {
-        table::Mode::Exclusive => proto::Mode::Exclusive,
-        table::Mode::Read => proto::Mode::Read,
-        table::Mode::Write => proto::Mode::Write,
     }
 }
 

@@ -66,7 +66,7 @@ impl From<Duration> for Ttl {
     }
 }
 
-/// How a lock shares its key with other holders.
+/// How a lock shares its key with other holders (the table's own type).
 ///
 /// ```
 /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -77,16 +77,7 @@ impl From<Duration> for Ttl {
 /// # drop((r1, r2));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// One holder (or up to `max`).
-    #[default]
-    Exclusive,
-    /// Shared with other readers; excludes writers.
-    Read,
-    /// Excludes readers and writers; a waiting writer holds back later readers.
-    Write,
-}
+pub use crate::table::Mode;
 
 /// Options for [`Client::lock_with`]. Build with the methods, or with struct syntax and
 /// `..Default::default()`.

@@ -83,26 +83,7 @@ pub enum Ttl {
 }
 
 /// Lock mode (extension); plain `exclusive` is what every 0.2.x client gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// A semaphore slot of size `max` (default 1): the 0.2.x mutex.
-    #[default]
-    Exclusive,
-    /// Shared with other readers; excluded by writers.
-    Read,
-    /// Excludes readers and other writers; a waiting writer blocks later readers.
-    Write,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Read => "read",
-            Mode::Write => "write",
-        }
-    }
-}
+pub use crate::table::Mode;
 
 /// Why a client abandons its request `uuid` (all three mean: dequeue it, or release it if granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

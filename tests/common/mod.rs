@@ -227,3 +227,13 @@ impl Wire {
         self.recv()
     }
 }
+
+/// Resident memory of this process (broker and test together), in KiB.
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
