@@ -261,39 +261,49 @@ fn start_our_broker(tmp: &Path) -> TestBroker {
     panic!("the OS never picked a TCP port in 1025..=49151 for the broker");
 }
 
+/// Starts `tests/node/node_broker.js` (the npm 0.2.25 Node broker) with `extra` arguments and
+/// returns it with its `LISTENING ...` line. Its stdin is a pipe: it also exits when we die.
+fn spawn_node_broker(nm: &Path, extra: &[OsString]) -> (Child, String) {
+    let mut child = Command::new("node")
+        .arg(scripts_dir().join("node_broker.js"))
+        .args(extra)
+        .env("NODE_PATH", nm)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node broker");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match out.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node broker exited before listening");
+            }
+        }
+    }
+    (child, String::from_utf8_lossy(&line).into_owned())
+}
+
+fn listening_port(line: &str) -> u16 {
+    line.trim()
+        .strip_prefix("LISTENING {\"port\":")
+        .and_then(|s| s.strip_suffix('}'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected node broker output {line:?}"))
+}
+
 /// The npm 0.2.25 Node broker (`tests/node/node_broker.js`), one process per transport.
 fn start_node_broker(tmp: &Path) -> TestBroker {
     let nm = node_modules().expect("node_modules");
     let uds = tmp.join("broker.sock");
-    let spawn = |extra: &[OsString]| -> (Child, String) {
-        let mut child = Command::new("node")
-            .arg(scripts_dir().join("node_broker.js"))
-            .args(extra)
-            .env("NODE_PATH", &nm)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node broker");
-        let mut out = child.stdout.take().expect("stdout");
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while !line.ends_with(b"\n") {
-            match out.read(&mut b) {
-                Ok(1) => line.push(b[0]),
-                _ => panic!("node broker exited before listening"),
-            }
-        }
-        (child, String::from_utf8_lossy(&line).into_owned())
-    };
-    let (tcp_child, line) = spawn(&[]);
-    let port: u16 = line
-        .trim()
-        .strip_prefix("LISTENING {\"port\":")
-        .and_then(|s| s.strip_suffix('}'))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected node broker output {line:?}"));
-    let (uds_child, _) = spawn(&["--uds".into(), uds.clone().into()]);
+    let (tcp_child, line) = spawn_node_broker(&nm, &[]);
+    let port = listening_port(&line);
+    let (uds_child, _) = spawn_node_broker(&nm, &["--uds".into(), uds.clone().into()]);
     let mut children = vec![tcp_child, uds_child];
     TestBroker {
         port,
@@ -422,6 +432,7 @@ scenarios! {
     rw_lock => ("rw_lock", Tcp);
     ls_lock_info => ("ls_lock_info", Tcp);
     version_handshake => ("version_handshake", Tcp);
+    keep_locks_constructor => ("keep_locks_constructor", Tcp);
 }
 
 /// Not a test: the Node client's cycle throughput against our broker (benches/node_compare.js,
@@ -459,5 +470,269 @@ fn node_compare_bench() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(out.status.success(), "node_compare.js failed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The other direction: our Rust client (`live_mutex::Client`) against the REAL npm 0.2.25 Node
+// broker. Each test starts its own Node broker process (a free port in 1025..=49151, or a Unix
+// socket) and kills it at the end.
+//
+// Two known bugs of that broker shape these tests: any client disconnecting force-releases EVERY
+// lock on the broker, and a lock without a TTL expires after 5 s. So every client of a phase stays
+// connected until the phase is over, and every lock names an explicit, long TTL.
+
+mod rust_client_on_node_broker {
+    use super::*;
+    use live_mutex::{BrokerKind, Client, Error, LockOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    /// Longer than any phase, so the Node broker's TTL never ends a lock under a test.
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn opts() -> LockOptions {
+        LockOptions::new().ttl(TTL)
+    }
+
+    /// One Node broker process; killed on drop.
+    struct NodeBroker {
+        child: Child,
+        url: String,
+        _tmp: TempDir,
+    }
+
+    impl Drop for NodeBroker {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `None` (skipped, message printed by `node_modules`) without node/npm.
+    fn node_broker(transport: Transport) -> Option<NodeBroker> {
+        let nm = node_modules()?;
+        let tmp = TempDir::new();
+        let (child, url) = match transport {
+            Transport::Tcp => {
+                let (child, line) = spawn_node_broker(&nm, &[]);
+                (child, format!("tcp://127.0.0.1:{}", listening_port(&line)))
+            }
+            Transport::Uds => {
+                let uds = tmp.0.join("node.sock");
+                let (child, _) = spawn_node_broker(&nm, &["--uds".into(), uds.clone().into()]);
+                (child, format!("unix://{}", uds.display()))
+            }
+        };
+        Some(NodeBroker {
+            child,
+            url,
+            _tmp: tmp,
+        })
+    }
+
+    fn client(b: &NodeBroker) -> Client {
+        let c = Client::connect(&b.url).unwrap_or_else(|e| panic!("connect {}: {e}", b.url));
+        assert_eq!(
+            c.broker_kind().expect("broker kind"),
+            BrokerKind::Node,
+            "the client did not detect the npm broker"
+        );
+        c
+    }
+
+    fn lock_unlock(t: Transport) {
+        let Some(b) = node_broker(t) else { return };
+        let c = client(&b);
+        let g = c.lock_with("lu", &opts()).expect("lock");
+        assert_eq!(g.key(), "lu");
+        assert!(!g.is_lost());
+        assert_eq!(
+            g.fencing_token(),
+            None,
+            "the npm broker has no fencing tokens"
+        );
+        assert!(c.try_lock("lu").expect("try_lock").is_none(), "held twice");
+        g.unlock().expect("unlock");
+        // released: free again at once
+        let g = c
+            .lock_with("lu", &opts().try_only())
+            .expect("free after unlock");
+        g.unlock().expect("second unlock");
+        // and a guard that is dropped releases too
+        drop(c.lock_with("lu", &opts()).expect("third lock"));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(g) = c.try_lock("lu").expect("try_lock") {
+                g.unlock().expect("unlock");
+                break;
+            }
+            assert!(Instant::now() < deadline, "a dropped guard did not release");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn lock_and_unlock_tcp() {
+        lock_unlock(Transport::Tcp);
+    }
+
+    #[test]
+    fn lock_and_unlock_uds() {
+        lock_unlock(Transport::Uds);
+    }
+
+    /// B waits while A holds the key and is granted only after A unlocks (a pushed grant, which
+    /// the client acknowledges with `lock-received`).
+    #[test]
+    fn contention_second_client_granted_after_first_unlocks() {
+        let Some(b) = node_broker(Transport::Tcp) else {
+            return;
+        };
+        let (ca, cb) = (client(&b), client(&b));
+        let ga = ca.lock_with("ct", &opts()).expect("A locks");
+        let granted = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (cb, granted) = (cb.clone(), granted.clone());
+            std::thread::spawn(move || {
+                let g = cb.lock_with("ct", &opts()).expect("B locks");
+                granted.store(true, Ordering::SeqCst);
+                (Instant::now(), g)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !granted.load(Ordering::SeqCst),
+            "B was granted while A held the key"
+        );
+        let released = Instant::now();
+        ga.unlock().expect("A unlocks");
+        let (at, gb) = waiter.join().expect("B's thread");
+        assert!(at >= released, "B was granted before A unlocked");
+        let after = at - released;
+        println!("B granted {after:?} after A's unlock");
+        assert!(
+            after < Duration::from_secs(2),
+            "B granted only {after:?} after A unlocked"
+        );
+        // B really holds it: A cannot take it now, and can once B unlocks.
+        assert!(ca.try_lock("ct").expect("try_lock").is_none());
+        // Against the npm broker a try-lock is queued and then cancelled by a second message;
+        // an unlock racing that cancel (other socket) grants it, and the client hands it back.
+        std::thread::sleep(Duration::from_millis(50));
+        gb.unlock().expect("B unlocks");
+        std::thread::sleep(Duration::from_millis(50));
+        ca.lock_with("ct", &opts().try_only())
+            .expect("A relocks")
+            .unlock()
+            .expect("A unlocks again");
+    }
+
+    /// A try-lock on a held key fails at once and leaves nothing queued: when the holder unlocks,
+    /// the key is free (no ghost grant to the client that gave up).
+    #[test]
+    fn try_lock_on_a_held_key() {
+        let Some(b) = node_broker(Transport::Tcp) else {
+            return;
+        };
+        let (ca, cb) = (client(&b), client(&b));
+        let ga = ca.lock_with("tl", &opts()).expect("A locks");
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            assert!(
+                cb.lock_with("tl", &opts().try_only())
+                    .is_err_and(|e| matches!(e, Error::TimedOut)),
+                "B's try-lock on a held key did not fail"
+            );
+            assert!(t0.elapsed() < Duration::from_secs(1), "try-lock waited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        ga.unlock().expect("A unlocks");
+        std::thread::sleep(Duration::from_millis(100));
+        let g = cb
+            .lock_with("tl", &opts().try_only())
+            .expect("the key was not free after A unlocked: a given-up try-lock stayed queued");
+        g.unlock().expect("B unlocks");
+    }
+
+    /// A wait time-out: the lock is refused after about the time-out, and the abandoned request
+    /// does not get the key later.
+    #[test]
+    fn wait_timeout() {
+        let Some(b) = node_broker(Transport::Tcp) else {
+            return;
+        };
+        let (ca, cb) = (client(&b), client(&b));
+        let ga = ca.lock_with("wt", &opts()).expect("A locks");
+        let t0 = Instant::now();
+        let r = cb.lock_with("wt", &opts().timeout(Duration::from_millis(300)));
+        let waited = t0.elapsed();
+        assert!(
+            matches!(r, Err(Error::TimedOut)),
+            "expected a time-out, got {:?}",
+            r.map(|g| g.id().to_string())
+        );
+        println!("timed out after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(280) && waited < Duration::from_secs(2),
+            "timed out after {waited:?}, asked for 300 ms"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        ga.unlock().expect("A unlocks");
+        std::thread::sleep(Duration::from_millis(100));
+        let g = cb
+            .lock_with("wt", &opts().try_only())
+            .expect("the key was not free after A unlocked: the timed-out request got it");
+        g.unlock().expect("B unlocks");
+    }
+
+    /// Mutual exclusion: 4 threads, each with its own client connection, do 40 unsynchronised
+    /// read-modify-write steps on a shared counter under the lock.
+    #[test]
+    fn shared_counter_mutual_exclusion() {
+        const THREADS: usize = 4;
+        const ROUNDS: u64 = 40;
+        let Some(b) = node_broker(Transport::Tcp) else {
+            return;
+        };
+        // All connected before the first lock and kept until every thread is done (a
+        // disconnect would release every lock on the npm broker).
+        let clients: Vec<Client> = (0..THREADS).map(|_| client(&b)).collect();
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let inside = Arc::new(AtomicBool::new(false));
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let threads: Vec<_> = clients
+            .iter()
+            .cloned()
+            .map(|c| {
+                let (counter, inside, overlaps) =
+                    (counter.clone(), inside.clone(), overlaps.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        let g = c.lock_with("counter", &opts()).expect("lock");
+                        if inside.swap(true, Ordering::SeqCst) {
+                            overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let v = counter.load(Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(200));
+                        counter.store(v + 1, Ordering::SeqCst);
+                        inside.store(false, Ordering::SeqCst);
+                        g.unlock().expect("unlock");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("worker thread");
+        }
+        println!(
+            "{} lock/unlock cycles from {THREADS} connections in {:?}",
+            THREADS as u64 * ROUNDS,
+            t0.elapsed()
+        );
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+        assert_eq!(counter.load(Ordering::SeqCst), THREADS as u64 * ROUNDS);
+        drop(clients);
     }
 }

@@ -124,6 +124,9 @@ pub(crate) struct Conn {
     pub dirty: bool,
     /// May force-unlock.
     pub admin: bool,
+    /// `keepLocksAfterDeath` of the connection's `version` message (the Node client's
+    /// constructor option): every lock of this connection outlives it, within its TTL.
+    pub keep_default: bool,
 }
 
 impl Conn {
@@ -142,6 +145,7 @@ impl Conn {
             ws_unflushed: false,
             dirty: false,
             admin: true,
+            keep_default: false,
         }
     }
 

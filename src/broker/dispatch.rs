@@ -163,8 +163,12 @@ impl Core {
             return;
         }
         match req {
-            Request::Version { value } => {
+            Request::Version {
+                value,
+                keep_locks_after_death,
+            } => {
                 self.conns[slot].node_client = true;
+                self.conns[slot].keep_default = keep_locks_after_death;
                 if !proto::is_compatible_version(value) {
                     self.send(
                         slot,
@@ -251,7 +255,8 @@ impl Core {
                     id: r.uuid,
                     ttl: ttl_of(r.ttl),
                     wait,
-                    keep_after_disconnect: r.keep_locks_after_death,
+                    keep_after_disconnect: r.keep_locks_after_death
+                        || self.conns[slot].keep_default,
                 };
                 match self.table.lock_many(now, &req) {
                     Ok(out) => self.send_many(slot, r.uuid, &out, r.wait_timeout.unwrap_or(0)),
@@ -333,9 +338,10 @@ impl Core {
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
             Request::Inspect { uuid, command } => {
+                // The spellings 0.2.25's broker accepts; anything else: the number of holders.
                 let result = match command {
-                    "lockcount" => self.table.stats().keys as u64,
-                    "clientcount" => self.conns.len() as u64,
+                    "lockcount" | "lock-count" | "lock_count" => self.table.stats().keys as u64,
+                    "clientcount" | "client-count" | "client_count" => self.conns.len() as u64,
                     _ => self.table.stats().holders as u64,
                 };
                 self.send(slot, &Reply::Inspect { uuid, result });
@@ -353,7 +359,8 @@ impl Core {
             max: r.max,
             ttl: ttl_of(r.ttl),
             wait: wait_of(now, r.try_lock, r.wait_timeout),
-            keep_after_disconnect: r.keep_locks_after_death,
+            // The Node client puts its constructor option on `version` only (see `keep_default`).
+            keep_after_disconnect: r.keep_locks_after_death || self.conns[slot].keep_default,
         };
         // A Node client re-sends a lock (same uuid) when its own timer fires. If the lock was
         // granted meanwhile, the grant is already on its way; a second `acquired:true` would

@@ -174,8 +174,11 @@ pub struct AcquireMany<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     /// First message of the Node client; see [`is_compatible_version`]. No reply when compatible.
+    /// `keep_locks_after_death` is the client's constructor option (it shows on `version`, not on
+    /// `lock`): the broker takes it as the connection's default for its locks.
     Version {
         value: &'a str,
+        keep_locks_after_death: bool,
     },
     /// The client saw our `version-mismatch`: close the connection.
     VersionMismatchConfirmed,
@@ -701,6 +704,7 @@ fn request<'a>(f: &Fields<'a>, tape: &[Node<'a>], limits: &Limits) -> Result<Req
         },
         "version" => Request::Version {
             value: rd.str("value", f.value, 64)?,
+            keep_locks_after_death: flag("keepLocksAfterDeath", f.keep, false)?,
         },
         "version-mismatch-confirmed" => Request::VersionMismatchConfirmed,
         other => match RwOp::ALL.into_iter().find(|op| op.as_str() == other) {

@@ -32,7 +32,13 @@ fn enc(r: Reply<'_>) -> Value {
 fn decodes_the_0_2_25_captures() {
     let mut d = Decoder::default();
     let mut b = file("captures/c2b-1-version.json");
-    assert_eq!(d.decode(&mut b), Ok(Request::Version { value: "0.2.25" }));
+    assert_eq!(
+        d.decode(&mut b),
+        Ok(Request::Version {
+            value: "0.2.25",
+            keep_locks_after_death: false
+        })
+    );
     let mut b = file("captures/c2b-2-lock.json");
     let want = LockRequest {
         uuid: U,
