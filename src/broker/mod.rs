@@ -86,8 +86,11 @@ impl Default for BrokerBuilder {
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 6970))),
             uds: None,
             uds_mode: 0o600,
+            // No expiry unless asked: a lock lives until unlocked or its connection dies, the
+            // same as `lmx start`. (The Node client always sends its own ttl.)
             table: table::Config {
                 token_seed: seed,
+                default_ttl: None,
                 ..table::Config::default()
             },
             limits: Limits::default(),
@@ -125,7 +128,7 @@ impl BrokerBuilder {
         self.uds_mode = mode;
         self
     }
-    /// TTL of locks whose request names none; `None` = no expiry.
+    /// TTL of locks whose request names none (default `None`: no expiry).
     pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.table.default_ttl = ttl;
         self
