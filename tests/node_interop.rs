@@ -435,44 +435,6 @@ scenarios! {
     keep_locks_constructor => ("keep_locks_constructor", Tcp);
 }
 
-/// Not a test: the Node client's cycle throughput against our broker (benches/node_compare.js,
-/// 10,000 lock/unlock cycles, 25 in flight) over TCP and the Unix socket. Run it with
-/// `cargo test --release --test node_interop -- --ignored --nocapture node_compare_bench`.
-#[test]
-#[ignore]
-fn node_compare_bench() {
-    let Some(nm) = node_modules() else { return };
-    for transport in [Transport::Tcp, Transport::Uds] {
-        let tmp = TempDir::new();
-        let broker = start_broker(&tmp.0);
-        wait_reachable(&broker, transport);
-        let mut cmd = Command::new("node");
-        cmd.arg(manifest_dir().join("benches").join("node_compare.js"))
-            .env("NODE_PATH", &nm)
-            .env_remove("LMX_UDS")
-            .env_remove("LMX_PORT");
-        match transport {
-            Transport::Tcp => cmd
-                .env("LMX_HOST", "127.0.0.1")
-                .env("LMX_PORT", broker.port.to_string()),
-            Transport::Uds => cmd.env("LMX_UDS", &broker.uds),
-        };
-        let out = cmd.output().expect("run node_compare.js");
-        println!(
-            "{} ({}): {}{}",
-            broker.kind,
-            if cfg!(debug_assertions) {
-                "debug build"
-            } else {
-                "release build"
-            },
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "node_compare.js failed");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The other direction: our Rust client (`live_mutex::Client`) against the REAL npm 0.2.25 Node
 // broker. Each test starts its own Node broker process (a free port in 1025..=49151, or a Unix
