@@ -1,5 +1,5 @@
 //! The broker: one thread, one `mio::Poll`, every connection in a `Slab`, every lock decision in
-//! the [`Table`](crate::table::Table). This module is the only one that does network I/O.
+//! the lock [`Table`]. This module is the only one that does network I/O.
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.

@@ -330,7 +330,7 @@ pub enum DecodeErrorKind {
 }
 
 /// A rejected message, with whatever `uuid` / `key` / `type` could be read so the error reply
-/// reaches the waiting caller (see [`Reply::decode_error`]).
+/// reaches the waiting caller (see [`encode::decode_error`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
 pub struct DecodeError {
