@@ -217,7 +217,9 @@ impl BrokerBuilder {
             poll.registry()
                 .register(l, UDS_LISTENER, Interest::READABLE)?;
         }
-        if let Some(addr) = self.tcp
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        if let Some(addr) = local_addr
             && !addr.ip().is_loopback()
             && self.auth_token.is_none()
         {
@@ -226,8 +228,6 @@ impl BrokerBuilder {
                  anyone who can reach it can take and force locks (set --auth-token)"
             ));
         }
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
         let table = Table::new(self.table.clone());
         let core = Core::new(table, self.ack_timeout, self.auth_token.clone());
         Ok(Broker {

@@ -20,6 +20,27 @@ pub(crate) struct StartArgs {
     /// TTL in ms of locks whose request does not say [default: no expiry]
     #[arg(long, value_name = "MS")]
     default_ttl: Option<u64>,
+    /// File mode of the Unix socket, in octal
+    #[arg(long, value_name = "MODE", default_value = "600")]
+    uds_mode: String,
+    /// Shared secret every client must present first (NDJSON `auth` message, or the
+    /// WebSocket upgrade's `Authorization: Bearer` header)
+    #[arg(
+        long,
+        env = "LMX_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<String>,
+    /// Allow `force` unlocks only over the Unix socket or from authenticated connections
+    #[arg(long)]
+    restrict_admin: bool,
+    /// How long a Node client has to acknowledge a pushed grant before it is released, in ms
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    ack_timeout: u64,
+    /// Most connections at once; more are closed as they arrive
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 pub(crate) fn start(a: StartArgs) -> i32 {
@@ -40,9 +61,16 @@ fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("host has no address")?;
     // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let uds_mode = u32::from_str_radix(&a.uds_mode, 8)
+        .map_err(|_| "--uds-mode takes an octal mode such as 600")?;
     let mut b = Broker::builder()
         .tcp(addr)
-        .default_ttl(a.default_ttl.map(Duration::from_millis));
+        .default_ttl(a.default_ttl.map(Duration::from_millis))
+        .uds_mode(uds_mode)
+        .auth_token(a.auth_token)
+        .restrict_admin(a.restrict_admin)
+        .ack_timeout(Duration::from_millis(a.ack_timeout))
+        .max_connections(a.max_connections);
     if let Some(p) = &a.uds {
         b = b.uds(p);
     }
