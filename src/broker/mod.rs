@@ -243,6 +243,8 @@ impl BrokerBuilder {
             next_gen: 1,
             needs_housekeeping: false,
             retry_accept: false,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            warned_fds: false,
             cfg: self,
         })
     }
@@ -279,6 +281,10 @@ pub struct Broker {
     next_gen: u64,
     needs_housekeeping: bool,
     retry_accept: bool,
+    /// Held in reserve so that a connection can still be accepted (and refused) when the
+    /// process runs out of descriptors.
+    spare_fd: Option<std::fs::File>,
+    warned_fds: bool,
     cfg: BrokerBuilder,
 }
 
@@ -444,13 +450,32 @@ impl Broker {
                 Ok(io) => io,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_fd_exhaustion(&e) && self.spare_fd.take().is_some() => {
+                    // Out of descriptors: the spare one makes room to accept the connection
+                    // and close it at once, a refusal the client sees, instead of leaving it
+                    // hanging in the backlog. Existing connections are untouched.
+                    let refused = match token {
+                        TCP_LISTENER => self.tcp.as_ref().map(|l| l.accept().is_ok()),
+                        _ => self.uds.as_ref().map(|(l, _)| l.accept().is_ok()),
+                    };
+                    self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    if refused != Some(true) {
+                        self.retry_accept = true;
+                        return;
+                    }
+                    if !self.warned_fds {
+                        self.warned_fds = true;
+                        log::note("out of file descriptors: refusing new connections");
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors, most likely: existing clients go on; try again soon.
                     log::note(&format!("accept failed: {e}; retrying shortly"));
                     self.retry_accept = true;
                     return;
                 }
             };
+            self.warned_fds = false;
             if self.core.conns.len() >= self.cfg.max_connections {
                 drop(io); // refused: closing at once is the clean answer a client can see
                 continue;
@@ -750,6 +775,10 @@ impl Broker {
             std::fs::remove_file(path).ok();
         }
     }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// If a broker already answers at `addr`, returns `None`; otherwise starts one on a thread of
