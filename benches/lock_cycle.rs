@@ -174,7 +174,10 @@ fn lock_cycle(c: &mut Criterion) {
     let kinds = [
         ("broker tcp-ndjson", Kind::Broker(format!("tcp://{addr}"))),
         ("broker websocket", Kind::Broker(format!("ws://{addr}"))),
-        ("broker uds", Kind::Broker(format!("unix://{}", uds.display()))),
+        (
+            "broker uds",
+            Kind::Broker(format!("unix://{}", uds.display())),
+        ),
         (
             "lockfile poll 1ms",
             Kind::LockFile(dir.join("a.lock"), Duration::from_millis(1)),

@@ -91,6 +91,31 @@ fn exchange(s: &TcpStream, lines: &[String]) {
     }
 }
 
+/// Starts `lmx start` on a free loopback port and waits until it accepts connections.
+fn start(lmx: &std::path::Path) -> (Broker, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(lmx)
+        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", lmx.display()));
+    let broker = Broker(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (broker, port)
+}
+
 fn main() {
     let conns: usize = arg("--conns").map_or(10_000, |v| v.parse().expect("--conns"));
     let keys: usize = arg("--keys").map_or(100_000, |v| v.parse().expect("--keys"));
@@ -98,24 +123,8 @@ fn main() {
         let exe = std::env::current_exe().unwrap();
         exe.parent().unwrap().parent().unwrap().join("lmx")
     });
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&lmx)
-        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", lmx.display()));
-    let broker = Broker(child);
+    let (broker, port) = start(&lmx);
     let pid = broker.0.id();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let ping = |i: usize| format!("{{\"type\":\"ping\",\"uuid\":\"p{i}\"}}\n");
     {
         let s = connect(port);
@@ -133,13 +142,22 @@ fn main() {
         .collect();
     let with_conns = settled_rss(pid);
     let per_conn = (with_conns.saturating_sub(base)) as f64 * 1024.0 / conns as f64;
-    println!(
-        "{conns} idle connections: RSS {with_conns} KiB, {per_conn:.0} bytes per connection"
-    );
+    println!("{conns} idle connections: RSS {with_conns} KiB, {per_conn:.0} bytes per connection");
     drop(idle);
     let after_conns = settled_rss(pid);
     println!("after closing them: RSS {after_conns} KiB");
 
+    drop(broker);
+
+    // A fresh broker for the keys, so that memory kept from the connections does not hide them.
+    let (broker, port) = start(&lmx);
+    let pid = broker.0.id();
+    {
+        let s = connect(port);
+        exchange(&s, &[ping(0)]);
+    }
+    let base2 = settled_rss(pid);
+    println!("fresh broker pid {pid}: idle RSS {base2} KiB");
     let holders: Vec<TcpStream> = (0..KEY_CONNS).map(|_| connect(port)).collect();
     let per = keys.div_ceil(KEY_CONNS);
     std::thread::scope(|s| {
@@ -158,7 +176,7 @@ fn main() {
         }
     });
     let with_keys = settled_rss(pid);
-    let per_key = (with_keys.saturating_sub(after_conns)) as f64 * 1024.0 / keys as f64;
+    let per_key = (with_keys.saturating_sub(base2)) as f64 * 1024.0 / keys as f64;
     println!("{keys} held keys: RSS {with_keys} KiB, {per_key:.0} bytes per key");
     std::thread::scope(|s| {
         for (c, conn) in holders.iter().enumerate() {
@@ -181,7 +199,7 @@ fn main() {
     let after_close = settled_rss(pid);
     println!("after closing those connections too: RSS {after_close} KiB");
     println!(
-        "{{\"idle_kib\":{base},\"conns\":{conns},\"with_conns_kib\":{with_conns},\"bytes_per_conn\":{per_conn:.0},\"after_conns_kib\":{after_conns},\"keys\":{keys},\"with_keys_kib\":{with_keys},\"bytes_per_key\":{per_key:.0},\"after_unlock_kib\":{after_unlock},\"after_close_kib\":{after_close}}}"
+        "{{\"idle_kib\":{base},\"keys_idle_kib\":{base2},\"conns\":{conns},\"with_conns_kib\":{with_conns},\"bytes_per_conn\":{per_conn:.0},\"after_conns_kib\":{after_conns},\"keys\":{keys},\"with_keys_kib\":{with_keys},\"bytes_per_key\":{per_key:.0},\"after_unlock_kib\":{after_unlock},\"after_close_kib\":{after_close}}}"
     );
     drop(broker);
 }
