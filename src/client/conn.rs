@@ -661,3 +661,33 @@ fn connect(
         closer,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read time-out in the middle of a line keeps the part read so far: the next read
+    /// completes the same line (callers read with `SO_RCVTIMEO` and retry).
+    #[test]
+    fn lines_survive_a_timeout_mid_line() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut r = Reader::Lines(BufReader::new(Stream::Unix(a)));
+        let mut buf = Vec::new();
+        b.write_all(br#"{"type":"pong","#).unwrap();
+        let e = r.next(&mut buf).unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ));
+        b.write_all(b"\"uuid\":\"x\"}\n{\"n\":2}\n").unwrap();
+        assert!(r.next(&mut buf).unwrap());
+        assert_eq!(buf, b"{\"type\":\"pong\",\"uuid\":\"x\"}\n");
+        buf.clear();
+        assert!(r.next(&mut buf).unwrap());
+        assert_eq!(buf, b"{\"n\":2}\n");
+        buf.clear();
+        drop(b);
+        assert!(!r.next(&mut buf).unwrap(), "end of stream");
+    }
+}
