@@ -63,6 +63,64 @@ fn two_threads_on_one_client_contend() {
     stop(b);
 }
 
+/// Threads sharing one connection take turns reading it: whoever holds the read half routes the
+/// others' replies and hands it on when its own reply arrives. A hand-off that went missing
+/// would leave a waiter parked for its 1 s safety timeout; 16 threads x 25 contended cycles on
+/// one key must run far faster than that.
+#[test]
+fn threads_sharing_a_connection_hand_the_reader_on() {
+    let (b, url) = broker();
+    let c = Client::connect(&url).unwrap();
+    let inside = AtomicU32::new(0);
+    let t = Instant::now();
+    let slowest = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let (c, inside) = (&c, &inside);
+                s.spawn(move || {
+                    let mut slowest = Duration::ZERO;
+                    for n in 0..25 {
+                        let t = Instant::now();
+                        // Every other call is a plain request/reply, so readers also come and go
+                        // between grants.
+                        if (i + n) % 2 == 0 {
+                            c.ping().unwrap();
+                        }
+                        let g = c.lock("handoff").unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        g.unlock().unwrap();
+                        slowest = slowest.max(t.elapsed());
+                    }
+                    slowest
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    });
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a waiter stalled for {slowest:?} (total {:?})",
+        t.elapsed()
+    );
+    stop(b);
+}
+
+/// With nobody waiting, the background reader still notices that the broker went away.
+#[test]
+fn idle_guard_learns_of_a_dead_connection() {
+    let (b, url) = broker();
+    let c = Client::connect(&url).unwrap();
+    let g = c.lock("idle").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    g.on_lost(move || _ = tx.send(()));
+    std::thread::sleep(Duration::from_millis(100));
+    stop(b);
+    rx.recv_timeout(Duration::from_secs(3))
+        .expect("on_lost ran without any call on the client");
+    assert!(g.is_lost());
+}
+
 #[test]
 fn thousand_locks_in_flight_on_one_client() {
     let (b, url) = broker();

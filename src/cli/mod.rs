@@ -1,3 +1,4 @@
+mod bench;
 mod ops;
 mod run;
 mod start;
@@ -81,6 +82,9 @@ enum Cmd {
     Stats,
     /// Measure a round trip to the broker
     Ping,
+    /// Load-test a broker: C clients doing lock+unlock cycles on K keys (throughput, lock-wait
+    /// latency, fairness, mutual-exclusion check; exit 1 on any overlap or error)
+    Bench(bench::BenchArgs),
 }
 
 pub(crate) fn main() -> i32 {
@@ -92,6 +96,7 @@ pub(crate) fn main() -> i32 {
     match cli.cmd {
         Cmd::Run(args) => run::run(&url, args),
         Cmd::Start(args) => start::start(args),
+        Cmd::Bench(args) => bench::bench(&url, cli.json, args),
         cmd => ops::op(&url, cli.json, cmd),
     }
 }

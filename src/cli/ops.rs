@@ -20,7 +20,7 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
     };
     let ms = |d: Duration| d.as_millis() as u64;
     match cmd {
-        Cmd::Run(_) | Cmd::Start(_) => unreachable!("handled in cli::main"),
+        Cmd::Run(_) | Cmd::Start(_) | Cmd::Bench(_) => unreachable!("handled in cli::main"),
         Cmd::Acquire { key, ttl, timeout } => {
             let mut o = LockOptions::new()
                 .ttl(ttl.map_or(Ttl::Never, |t| Ttl::After(Duration::from_millis(t))));

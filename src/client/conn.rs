@@ -1,5 +1,13 @@
-//! One broker connection: a transport, a reader thread that routes replies by `uuid`, and a
-//! writer behind a mutex so any number of threads can pipeline requests on it.
+//! One broker connection: a transport, replies routed by `uuid`, and a writer behind a mutex so
+//! any number of threads can pipeline requests on it.
+//!
+//! Reading is leader/follower: a thread waiting for a reply takes the read half itself if nobody
+//! else holds it, reads until its own reply arrives and routes every other message to its
+//! waiter's channel; then it hands the read half on (nudges another waiter). So a thread alone on
+//! its connection reads its replies straight off the socket, with no thread hop per reply. A
+//! background thread reads only while nobody waits (to notice a dropped connection and run the
+//! guards' `on_lost` hooks, and to answer grants nobody waits for); it steps aside as soon as a
+//! caller waits.
 
 use super::error::{Error, Result};
 use super::url::{Endpoint, host_port};
@@ -9,7 +17,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
@@ -18,6 +26,17 @@ use tungstenite::{Message, client::IntoClientRequest};
 /// Replies larger than this mean the peer is not a live-mutex broker (or is broken); `ls` of a
 /// very large table is the only legitimate big reply.
 const MAX_LINE: u64 = 16 << 20;
+
+/// A caller holding the read half wakes this often to check its deadline.
+const CALLER_READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// The background reader takes the read half only after nobody has waited for this long...
+const BG_IDLE: Duration = Duration::from_millis(20);
+/// ...and then wakes this often to step aside for a caller (who otherwise gets its reply
+/// through it, one thread hop later).
+const BG_READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// A waiter that is not reading re-checks whether the read half became free at least this often
+/// (only a safety net: whoever releases the read half nudges a waiter).
+const FOLLOWER_PARK: Duration = Duration::from_secs(1);
 
 /// Which broker is on the other end, detected once per connection with a `ping`.
 ///
@@ -117,27 +136,31 @@ enum Reader {
 }
 
 impl Reader {
-    /// Fills `buf` with the next message; `false` at end of stream.
+    /// Fills `buf` with the next message; `false` at end of stream. A read time-out (the
+    /// socket's `SO_RCVTIMEO`) is an error of kind `WouldBlock`/`TimedOut` that leaves a partial
+    /// line in `buf`, to be completed by the next call; clear `buf` after each message.
     fn next(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
-        buf.clear();
         match self {
             Reader::Lines(r) => {
-                let n = r.by_ref().take(MAX_LINE).read_until(b'\n', buf)?;
-                if n as u64 == MAX_LINE && buf.last() != Some(&b'\n') {
+                let room = MAX_LINE.saturating_sub(buf.len() as u64);
+                let n = r.by_ref().take(room).read_until(b'\n', buf)?;
+                if buf.len() as u64 >= MAX_LINE && buf.last() != Some(&b'\n') {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "reply line too long",
                     ));
                 }
-                Ok(n > 0)
+                Ok(n > 0 || !buf.is_empty())
             }
             Reader::Ws(ws) => loop {
                 match ws.read() {
                     Ok(Message::Text(t)) => {
+                        buf.clear();
                         buf.extend_from_slice(t.as_bytes());
                         return Ok(true);
                     }
                     Ok(Message::Binary(b)) => {
+                        buf.clear();
                         buf.extend_from_slice(&b);
                         return Ok(true);
                     }
@@ -158,11 +181,32 @@ struct State {
     pending: HashMap<u128, Sender<Value>, ahash::RandomState>,
     on_lost: Vec<(u64, LostHook)>,
     next_hook: u64,
+    /// Requests whose caller is inside [`Pending::recv`] right now.
+    waiting: Vec<u128>,
+    /// When the last caller left [`Pending::recv`].
+    last_wait: Instant,
 }
+
+/// The read half and what a time-out left of a partial message.
+struct ReadSide {
+    reader: Reader,
+    buf: Vec<u8>,
+    timeout: Option<Duration>,
+}
+
+enum ReadOutcome {
+    Message,
+    TimedOut,
+    Closed,
+}
+
+/// A nudge: "the read half may be free, try to take it". Never a real reply (those are objects).
+const NUDGE: Value = Value::Null;
 
 struct Shared {
     writer: Mutex<Writer>,
     state: Mutex<State>,
+    read: Mutex<ReadSide>,
     node: AtomicBool,
     dead: AtomicBool,
     closer: Stream,
@@ -209,6 +253,54 @@ impl Shared {
         drop(st);
         self.closer.shutdown();
         hooks.into_iter().for_each(|(_, h)| h());
+    }
+
+    /// Reads one message (or a time-out) with the read half and routes it.
+    fn read_one(&self, rs: &mut ReadSide, timeout: Duration) -> ReadOutcome {
+        if rs.timeout != Some(timeout) {
+            if self.closer.set_read_timeout(Some(timeout)).is_err() {
+                return ReadOutcome::Closed;
+            }
+            rs.timeout = Some(timeout);
+        }
+        match rs.reader.next(&mut rs.buf) {
+            Ok(true) => {
+                // A line that does not parse is skipped, as the npm client does: one bad
+                // message must not take down every lock on the connection.
+                if !rs.buf.iter().all(u8::is_ascii_whitespace) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&rs.buf) {
+                        self.dispatch(v);
+                    }
+                }
+                rs.buf.clear();
+                ReadOutcome::Message
+            }
+            Ok(false) => ReadOutcome::Closed,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                ReadOutcome::TimedOut
+            }
+            Err(_) => ReadOutcome::Closed,
+        }
+    }
+
+    /// Called by a thread that no longer holds the read half: if another caller waits and the
+    /// read half is free, nudge that caller so it takes over.
+    fn hand_off(&self, st: &State) {
+        if let Some(id) = st.waiting.first() {
+            if let Ok(free) = self.read.try_lock() {
+                drop(free);
+                if let Some(tx) = st.pending.get(id) {
+                    let _ = tx.send(NUDGE);
+                }
+            }
+        }
     }
 
     fn dispatch(&self, v: Value) {
@@ -258,16 +350,55 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Value> {
-        let r = match deadline {
-            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => self
-                .rx
-                .recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        r.map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::TimedOut,
-            RecvTimeoutError::Disconnected => Error::ConnectionLost,
-        })
+        lock(&self.shared.state).waiting.push(self.id);
+        let r = self.wait(deadline);
+        let mut st = lock(&self.shared.state);
+        if let Some(i) = st.waiting.iter().position(|&w| w == self.id) {
+            st.waiting.swap_remove(i);
+        }
+        st.last_wait = Instant::now();
+        self.shared.hand_off(&st);
+        r
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<Value> {
+        let sh = &self.shared;
+        loop {
+            match self.rx.try_recv() {
+                Ok(v) if v != NUDGE => return Ok(v),
+                Ok(_) | Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Err(Error::ConnectionLost),
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Error::TimedOut);
+            }
+            if let Ok(mut rs) = sh.read.try_lock() {
+                // Our reply may have been routed to us just before the read half came free.
+                match self.rx.try_recv() {
+                    Ok(v) if v != NUDGE => return Ok(v),
+                    Ok(_) | Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => return Err(Error::ConnectionLost),
+                }
+                if sh.dead.load(Ordering::Acquire) {
+                    return Err(Error::ConnectionLost);
+                }
+                let t = left.map_or(CALLER_READ_TIMEOUT, |l| l.min(CALLER_READ_TIMEOUT));
+                // SO_RCVTIMEO has microsecond resolution; zero would mean "no time-out".
+                let t = t.max(Duration::from_millis(1));
+                if let ReadOutcome::Closed = sh.read_one(&mut rs, t) {
+                    drop(rs);
+                    sh.fail();
+                }
+            } else {
+                let park = left.map_or(FOLLOWER_PARK, |l| l.min(FOLLOWER_PARK));
+                match self.rx.recv_timeout(park) {
+                    Ok(v) if v != NUDGE => return Ok(v),
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Err(Error::ConnectionLost),
+                }
+            }
+        }
     }
 }
 
@@ -301,6 +432,13 @@ impl Conn {
                 pending: HashMap::default(),
                 on_lost: Vec::new(),
                 next_hook: 0,
+                waiting: Vec::new(),
+                last_wait: Instant::now(),
+            }),
+            read: Mutex::new(ReadSide {
+                reader,
+                buf: Vec::with_capacity(4096),
+                timeout: None,
             }),
             node: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -309,7 +447,7 @@ impl Conn {
         let sh = shared.clone();
         std::thread::Builder::new()
             .name("lmx-client-reader".into())
-            .spawn(move || read_loop(sh, reader))?;
+            .spawn(move || background_reader(sh))?;
         let conn = Conn { shared };
         // Over WebSocket the token also rides in the upgrade request; the message is what our
         // broker checks on every transport.
@@ -418,19 +556,38 @@ pub(crate) fn err_text(v: &Value) -> Option<String> {
     })
 }
 
-fn read_loop(shared: Arc<Shared>, mut reader: Reader) {
-    let mut buf = Vec::with_capacity(4096);
-    while let Ok(true) = reader.next(&mut buf) {
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
+/// Reads while no caller waits, so that a dropped connection is noticed (guards report
+/// `is_lost`, `on_lost` hooks run) and grants nobody waits for are answered; steps aside when a
+/// caller starts waiting.
+fn background_reader(shared: Arc<Shared>) {
+    loop {
+        loop {
+            let st = lock(&shared.state);
+            if st.dead {
+                return;
+            }
+            let quiet = st.last_wait.elapsed();
+            if st.waiting.is_empty() && quiet >= BG_IDLE {
+                break;
+            }
+            drop(st);
+            std::thread::sleep(BG_IDLE.saturating_sub(quiet).max(Duration::from_millis(1)));
         }
-        // A line that does not parse is skipped, as the npm client does: one bad message must
-        // not take down every lock on the connection.
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            shared.dispatch(v);
+        let mut rs = lock(&shared.read);
+        loop {
+            if let ReadOutcome::Closed = shared.read_one(&mut rs, BG_READ_TIMEOUT) {
+                drop(rs);
+                shared.fail();
+                return;
+            }
+            if !lock(&shared.state).waiting.is_empty() {
+                break;
+            }
         }
+        drop(rs);
+        let st = lock(&shared.state);
+        shared.hand_off(&st);
     }
-    shared.fail();
 }
 
 fn tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -503,4 +660,34 @@ fn connect(
         Writer::Ws(Box::new(writer)),
         closer,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read time-out in the middle of a line keeps the part read so far: the next read
+    /// completes the same line (callers read with `SO_RCVTIMEO` and retry).
+    #[test]
+    fn lines_survive_a_timeout_mid_line() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut r = Reader::Lines(BufReader::new(Stream::Unix(a)));
+        let mut buf = Vec::new();
+        b.write_all(br#"{"type":"pong","#).unwrap();
+        let e = r.next(&mut buf).unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ));
+        b.write_all(b"\"uuid\":\"x\"}\n{\"n\":2}\n").unwrap();
+        assert!(r.next(&mut buf).unwrap());
+        assert_eq!(buf, b"{\"type\":\"pong\",\"uuid\":\"x\"}\n");
+        buf.clear();
+        assert!(r.next(&mut buf).unwrap());
+        assert_eq!(buf, b"{\"n\":2}\n");
+        buf.clear();
+        drop(b);
+        assert!(!r.next(&mut buf).unwrap(), "end of stream");
+    }
 }

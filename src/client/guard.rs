@@ -140,7 +140,7 @@ impl LockGuard {
         self.lost || self.conn.is_dead() || self.expires.is_some_and(|e| Instant::now() >= e)
     }
 
-    /// Calls `f` once, from the connection's reader thread, when the connection carrying this
+    /// Calls `f` once, from the thread that notices (a reader of the connection), when the connection carrying this
     /// lock drops while the guard still holds it (at once if it already has). TTL expiry is
     /// not reported here: a holder with a TTL learns of it through [`extend`](Self::extend).
     ///

@@ -1,0 +1,259 @@
+//! `lmx bench`: C clients, each on its own connection, doing lock → hold → unlock cycles on K
+//! keys; reports throughput, lock-wait latency, fairness, and checks mutual exclusion.
+
+use super::{EXIT_FAIL, EXIT_USAGE, report};
+use clap::Args;
+use hdrhistogram::Histogram;
+use live_mutex::{BrokerKind, Client, Error, LockOptions, Ttl};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Client threads, each with its own connection
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    clients: u32,
+    /// Keys the cycles are spread over (client i starts on key i mod K and moves on by one key
+    /// per cycle, so with K = 1 every client contends for the same key)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    keys: u32,
+    /// Lock+unlock cycles in total, split evenly over the clients
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    ops: u64,
+    /// Hold each lock this many microseconds before unlocking (busy-wait)
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    hold_us: u64,
+    /// TTL of each lock in ms (default: the npm client's 7050)
+    #[arg(long, value_name = "MS", default_value_t = 7050)]
+    ttl: u64,
+    /// Key name prefix (keys are PREFIX-0 .. PREFIX-(K-1))
+    #[arg(long, default_value = "lmx-bench")]
+    prefix: String,
+}
+
+/// What one client thread saw.
+struct Outcome {
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
+    let c = a.clients as usize;
+    if a.ops < a.clients as u64 {
+        eprintln!("lmx bench: --ops must be at least --clients");
+        return EXIT_USAGE;
+    }
+    // Connect everything first: connection set-up is not part of the measurement.
+    let mut clients = Vec::with_capacity(c);
+    for _ in 0..c {
+        match Client::connect(url) {
+            Ok(cl) => clients.push(cl),
+            Err(e) => return report(url, "connect", &e),
+        }
+    }
+    let kind = match clients[0].broker_kind() {
+        Ok(k) => k,
+        Err(e) => return report(url, "connect", &e),
+    };
+    let keys: Vec<String> = (0..a.keys).map(|k| format!("{}-{k}", a.prefix)).collect();
+    let inside: Vec<AtomicU32> = (0..a.keys).map(|_| AtomicU32::new(0)).collect();
+    let overlaps = AtomicU64::new(0);
+    let done: Vec<AtomicU64> = (0..c).map(|_| AtomicU64::new(0)).collect();
+    let total_done = AtomicU64::new(0);
+    let first_finished = AtomicBool::new(false);
+    let fairness_snapshot: Mutex<Option<Vec<u64>>> = Mutex::new(None);
+    let stop_progress = AtomicBool::new(false);
+    let opts = LockOptions::new().ttl(Ttl::After(Duration::from_millis(a.ttl)));
+    let hold = Duration::from_micros(a.hold_us);
+    let start_line = Barrier::new(c + 1);
+    let show_progress = !as_json && std::io::stderr().is_terminal();
+
+    let (elapsed, outcomes) = std::thread::scope(|s| {
+        let workers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let quota = a.ops / c as u64 + u64::from((i as u64) < a.ops % c as u64);
+                let (keys, inside, overlaps, done, total_done) =
+                    (&keys, &inside, &overlaps, &done, &total_done);
+                let (first_finished, fairness_snapshot, opts, start_line) =
+                    (&first_finished, &fairness_snapshot, &opts, &start_line);
+                std::thread::Builder::new()
+                    .name(format!("lmx-bench-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut o = Outcome {
+                            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
+                            errors: 0,
+                            first_error: None,
+                        };
+                        let fail = |o: &mut Outcome, what: &str, e: &Error| {
+                            o.errors += 1;
+                            o.first_error.get_or_insert_with(|| format!("{what}: {e}"));
+                        };
+                        start_line.wait();
+                        for n in 0..quota {
+                            let k = (i + n as usize) % keys.len();
+                            let t = Instant::now();
+                            let g = match client.lock_with(&keys[k], opts) {
+                                Ok(g) => g,
+                                Err(e) => {
+                                    fail(&mut o, "lock", &e);
+                                    if matches!(e, Error::ConnectionLost | Error::Io(_)) {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            };
+                            let waited = t.elapsed().as_nanos() as u64;
+                            o.hist.saturating_record(waited.max(1));
+                            if inside[k].fetch_add(1, Ordering::AcqRel) != 0 {
+                                overlaps.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if !hold.is_zero() {
+                                let until = Instant::now() + hold;
+                                while Instant::now() < until {
+                                    std::hint::spin_loop();
+                                }
+                            }
+                            inside[k].fetch_sub(1, Ordering::AcqRel);
+                            if let Err(e) = g.unlock() {
+                                fail(&mut o, "unlock", &e);
+                            }
+                            done[i].fetch_add(1, Ordering::Relaxed);
+                            total_done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The first client to finish its share fixes the fairness snapshot.
+                        if !first_finished.swap(true, Ordering::AcqRel) {
+                            let snap = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+                            *fairness_snapshot.lock().unwrap() = Some(snap);
+                        }
+                        o
+                    })
+                    .expect("spawn bench thread")
+            })
+            .collect();
+        let progress = show_progress.then(|| {
+            let (total_done, stop) = (&total_done, &stop_progress);
+            s.spawn(move || {
+                let pb = indicatif::ProgressBar::new(a.ops);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:40}] {pos}/{len} cycles, {per_sec}",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
+                );
+                while !stop.load(Ordering::Acquire) {
+                    pb.set_position(total_done.load(Ordering::Relaxed));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                pb.finish_and_clear();
+            })
+        });
+        start_line.wait();
+        let t0 = Instant::now();
+        let outcomes: Vec<Outcome> = workers
+            .into_iter()
+            .map(|w| w.join().expect("bench thread panicked"))
+            .collect();
+        let elapsed = t0.elapsed();
+        stop_progress.store(true, Ordering::Release);
+        if let Some(p) = progress {
+            p.join().ok();
+        }
+        (elapsed, outcomes)
+    });
+    // All connections stay open until every client is done: the npm broker releases every lock
+    // on the broker when any client disconnects.
+    drop(clients);
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut errors = 0;
+    let mut first_error = None;
+    for o in outcomes {
+        hist.add(&o.hist).expect("same bounds");
+        errors += o.errors;
+        first_error = first_error.or(o.first_error);
+    }
+    let cycles = hist.len();
+    let snap = fairness_snapshot.into_inner().unwrap().unwrap_or_default();
+    let snap_sum: u64 = snap.iter().sum();
+    let fairness = if snap_sum == 0 {
+        1.0
+    } else {
+        *snap.iter().min().unwrap_or(&0) as f64 / (snap_sum as f64 / c as f64)
+    };
+    let overlaps = overlaps.into_inner();
+    let ops_per_s = cycles as f64 / elapsed.as_secs_f64();
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    let broker = match kind {
+        BrokerKind::Rust => "live-mutex (Rust)",
+        BrokerKind::Node => "npm live-mutex 0.2.x (Node)",
+    };
+    if as_json {
+        let v = json!({
+            "url": url,
+            "broker": match kind { BrokerKind::Rust => "rust", BrokerKind::Node => "node" },
+            "clients": a.clients,
+            "keys": a.keys,
+            "ops": a.ops,
+            "hold_us": a.hold_us,
+            "cycles": cycles,
+            "elapsed_s": round(elapsed.as_secs_f64(), 4),
+            "ops_per_s": round(ops_per_s, 1),
+            "lock_wait_us": {
+                "mean": round(hist.mean() / 1e3, 1),
+                "p50": us(0.5),
+                "p99": us(0.99),
+                "p999": us(0.999),
+                "max": hist.max() as f64 / 1e3,
+            },
+            "fairness": round(fairness, 4),
+            "overlaps": overlaps,
+            "errors": errors,
+            "first_error": first_error,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{broker} at {url}: {} clients, {} keys, {cycles} cycles in {:.3} s",
+            a.clients,
+            a.keys,
+            elapsed.as_secs_f64()
+        );
+        println!("  throughput   {ops_per_s:.0} lock+unlock cycles/s");
+        println!(
+            "  lock wait    p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            hist.max() as f64 / 1e3
+        );
+        println!(
+            "  fairness     {fairness:.3} (least share of any client when the first finished, 1 = equal)"
+        );
+        println!("  overlaps     {overlaps} (two holders of one key at once; must be 0)");
+        if errors > 0 {
+            println!(
+                "  errors       {errors} (first: {})",
+                first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if overlaps > 0 || errors > 0 {
+        if !as_json {
+            eprintln!("lmx bench: FAILED ({overlaps} overlaps, {errors} errors)");
+        }
+        return EXIT_FAIL;
+    }
+    0
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
