@@ -38,13 +38,15 @@ fn out_of_descriptors_refuses_cleanly() {
         .local_addr()
         .unwrap()
         .port();
-    let mut broker = Command::new("bash")
-        .args([
-            "-c",
-            &format!("ulimit -n 40; exec {LMX} start --port {port}"),
-        ])
-        .spawn()
-        .unwrap();
+    let _broker = KillOnDrop(
+        Command::new("bash")
+            .args([
+                "-c",
+                &format!("ulimit -n 40; exec {LMX} start --port {port}"),
+            ])
+            .spawn()
+            .unwrap(),
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
@@ -77,6 +79,14 @@ fn out_of_descriptors_refuses_cleanly() {
         Ok(true),
         "served again once descriptors are free"
     );
-    broker.kill().ok();
-    broker.wait().ok();
+}
+
+/// The broker process dies with the test, also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }
