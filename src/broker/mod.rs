@@ -75,6 +75,7 @@ pub struct BrokerBuilder {
     ack_timeout: Duration,
     auth_token: Option<String>,
     restrict_admin: bool,
+    spin: Duration,
 }
 
 impl Default for BrokerBuilder {
@@ -103,6 +104,7 @@ impl Default for BrokerBuilder {
             ack_timeout: Duration::from_millis(1000),
             auth_token: None,
             restrict_admin: false,
+            spin: Duration::from_micros(30),
         }
     }
 }
@@ -182,6 +184,13 @@ impl BrokerBuilder {
     /// Require this shared secret before any other request.
     pub fn auth_token(mut self, token: Option<String>) -> Self {
         self.auth_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// How long the reactor keeps polling without sleeping after a busy turn (default 30 µs;
+    /// zero switches it off). See `BENCHMARKS.md` for what it buys and costs.
+    pub fn spin(mut self, d: Duration) -> Self {
+        self.spin = d;
         self
     }
 
@@ -370,14 +379,17 @@ impl Broker {
     /// Runs the broker on this thread until shut down.
     pub fn run(mut self) -> Result<(), BrokerError> {
         let mut events = Events::with_capacity(1024);
+        let mut busy = false;
         loop {
             let timeout = self.next_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let spun = busy && self.spin(&mut events)?;
+            if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e.into());
             }
+            busy = !events.is_empty();
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
@@ -411,6 +423,30 @@ impl Broker {
         }
         self.close_all();
         Ok(())
+    }
+
+    /// After a busy turn, polls without sleeping for up to the spin budget: the next request
+    /// of a client in a lock/unlock loop usually arrives within microseconds, and catching it
+    /// awake saves the broker a sleep and a wake-up, which cost more than the whole lock
+    /// decision. An idle broker never spins (it only spins after a turn that had events).
+    /// True when events arrived.
+    fn spin(&mut self, events: &mut Events) -> io::Result<bool> {
+        if self.cfg.spin.is_zero() {
+            return Ok(false);
+        }
+        let until = Instant::now() + self.cfg.spin;
+        loop {
+            match self.poll.poll(events, Some(Duration::ZERO)) {
+                Ok(()) if !events.is_empty() => return Ok(true),
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn next_timeout(&mut self, now: Instant) -> Option<Duration> {

@@ -38,6 +38,9 @@ pub(crate) struct StartArgs {
     /// How long a Node client has to acknowledge a pushed grant before it is released, in ms
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     ack_timeout: u64,
+    /// Microseconds to keep polling without sleeping after a busy turn (0: never spin)
+    #[arg(long, value_name = "US", default_value_t = 30)]
+    spin_us: u64,
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
@@ -70,7 +73,8 @@ fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
         .auth_token(a.auth_token)
         .restrict_admin(a.restrict_admin)
         .ack_timeout(Duration::from_millis(a.ack_timeout))
-        .max_connections(a.max_connections);
+        .max_connections(a.max_connections)
+        .spin(Duration::from_micros(a.spin_us));
     if let Some(p) = &a.uds {
         b = b.uds(p);
     }
