@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 use hashbrown::HashMap;
-use hashbrown::hash_map::EntryRef;
+use hashbrown::hash_map::RawEntryMut;
 use slab::Slab;
 
 use queue::{Holder, KeyState, Waiter};
@@ -300,8 +300,9 @@ pub struct Stats {
 struct ConnEntry {
     /// Holds plus queued requests.
     requests: usize,
-    /// Key slot -> number of this connection's entries on it.
-    slots: HashMap<u32, u32, RandomState>,
+    /// Slots of keys this connection has entries on, possibly with stale ones: a slot is
+    /// added when an entry is, and stale ones are swept out once they outnumber the live.
+    slots: Vec<u32>,
     /// Disconnected, kept only for its keep-after-disconnect holds: forgotten with the last.
     gone: bool,
 }
@@ -378,7 +379,12 @@ impl Table {
         if req.max == Some(0) {
             return Err(TableError::InvalidMax);
         }
-        if let Some(&slot) = self.index.get(req.key) {
+        let hash = self.hash_of(req.key);
+        let found = self
+            .index
+            .raw_entry()
+            .from_key_hashed_nocheck(hash, req.key);
+        if let Some((_, &slot)) = found {
             let ks = &self.keys[slot as usize];
             // The Node client re-sends a lock with the same uuid when its own timer fires:
             // answer with the request's current state instead of queueing it twice.
@@ -421,7 +427,7 @@ impl Table {
         self.check_conn_capacity(req.conn, 1)?;
         self.check_key_capacity(&[req.key])?;
         let ttl = self.resolve_ttl(req.ttl);
-        let slot = self.slot_or_insert(req.key, req.max.unwrap_or(1));
+        let slot = self.slot_or_insert(req.key, hash, req.max.unwrap_or(1));
         let ks = &self.keys[slot as usize];
         if ks.grantable_now(req.mode) {
             let w = Waiter {
@@ -545,7 +551,7 @@ impl Table {
         let h = &mut self.keys[slot as usize].holders[i];
         let rid = h.rid;
         if h.expires.take().is_some() {
-            self.timers.disarm();
+            self.timers.disarm(rid);
         }
         h.expires = expires;
         if let Some(at) = expires {
@@ -598,7 +604,10 @@ impl Table {
         let Some(entry) = self.conns.get(&conn) else {
             return;
         };
-        let mut slots: Vec<u32> = entry.slots.keys().copied().collect();
+        let mut slots: Vec<u32> = entry.slots.clone();
+        slots.retain(|&s| has_entries(&self.keys, s, conn));
+        slots.sort_unstable();
+        slots.dedup();
         // Settle keys in key order, so which waiter gets the lower token is reproducible.
         slots.sort_unstable_by(|a, b| self.keys[*a as usize].key.cmp(&self.keys[*b as usize].key));
         let mut groups: Vec<Name> = Vec::new();
@@ -616,7 +625,7 @@ impl Table {
             ks.queue.retain(|w| {
                 let drop = w.conn == conn && !w.group;
                 if drop {
-                    gone_w.push(w.deadline.is_some());
+                    gone_w.push(w.deadline.map(|_| w.rid));
                 }
                 !drop
             });
@@ -636,8 +645,8 @@ impl Table {
                 self.forget_holder(slot, h);
             }
             for armed in gone_w {
-                if armed {
-                    self.timers.disarm();
+                if let Some(rid) = armed {
+                    self.timers.disarm(rid);
                 }
                 self.conn_remove(conn, slot);
             }
@@ -932,10 +941,7 @@ impl Table {
             && self.keys.is_empty()
             && self.groups.is_empty()
             && self.group_rids.is_empty()
-            && self
-                .conns
-                .values()
-                .all(|c| c.requests == 0 && c.slots.is_empty())
+            && self.conns.values().all(|c| c.requests == 0)
             && self.timers.live() == 0
     }
 
@@ -1056,14 +1062,24 @@ impl Table {
         self.next_rid
     }
 
-    fn slot_or_insert(&mut self, key: &str, max: u32) -> u32 {
-        match self.index.entry_ref(key) {
-            EntryRef::Occupied(e) => *e.get(),
-            EntryRef::Vacant(v) => {
+    fn hash_of(&self, key: &str) -> u64 {
+        self.index.hasher().hash_one(key)
+    }
+
+    /// The slot of `key` (whose index hash is `hash`), created if new.
+    fn slot_or_insert(&mut self, key: &str, hash: u64, max: u32) -> u32 {
+        match self
+            .index
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, key)
+        {
+            RawEntryMut::Occupied(e) => *e.get(),
+            RawEntryMut::Vacant(v) => {
                 let ve = self.keys.vacant_entry();
                 let slot = ve.key() as u32;
-                let e = v.insert_entry(slot);
-                ve.insert(KeyState::new(e.key().clone(), max));
+                let name = Name::from(key);
+                v.insert_hashed_nocheck(hash, name.clone(), slot);
+                ve.insert(KeyState::new(name, hash, max));
                 slot
             }
         }
@@ -1073,25 +1089,33 @@ impl Table {
     fn prune(&mut self, slot: u32) {
         if self.keys[slot as usize].is_idle() {
             let ks = self.keys.remove(slot as usize);
-            self.index.remove(&*ks.key);
+            if let RawEntryMut::Occupied(e) = self
+                .index
+                .raw_entry_mut()
+                .from_key_hashed_nocheck(ks.hash, &*ks.key)
+            {
+                e.remove();
+            }
         }
     }
 
     fn conn_add(&mut self, conn: ConnId, slot: u32) {
         let e = self.conns.entry(conn).or_default();
         e.requests += 1;
-        *e.slots.entry(slot).or_default() += 1;
+        if e.slots.last() != Some(&slot) {
+            e.slots.push(slot);
+            if e.slots.len() > 2 * e.requests + 16 {
+                let keys = &self.keys;
+                e.slots.retain(|&s| has_entries(keys, s, conn));
+                e.slots.sort_unstable();
+                e.slots.dedup();
+            }
+        }
     }
 
-    fn conn_remove(&mut self, conn: ConnId, slot: u32) {
+    fn conn_remove(&mut self, conn: ConnId, _slot: u32) {
         if let Some(e) = self.conns.get_mut(&conn) {
             e.requests = e.requests.saturating_sub(1);
-            if let hashbrown::hash_map::Entry::Occupied(mut o) = e.slots.entry(slot) {
-                *o.get_mut() -= 1;
-                if *o.get() == 0 {
-                    o.remove();
-                }
-            }
             if e.gone && e.requests == 0 {
                 self.conns.remove(&conn);
             }
@@ -1135,7 +1159,7 @@ impl Table {
 
     fn forget_holder(&mut self, slot: u32, h: &Holder) {
         if h.expires.is_some() {
-            self.timers.disarm();
+            self.timers.disarm(h.rid);
         }
         self.conn_remove(h.conn, slot);
     }
@@ -1148,7 +1172,7 @@ impl Table {
     fn remove_waiter_at(&mut self, slot: u32, i: usize) {
         if let Some(w) = self.keys[slot as usize].queue.remove(i) {
             if w.deadline.is_some() {
-                self.timers.disarm();
+                self.timers.disarm(w.rid);
             }
             self.conn_remove(w.conn, slot);
         }
@@ -1168,7 +1192,7 @@ impl Table {
             }
             let Some(w) = ks.queue.pop_front() else { break };
             if w.deadline.is_some() {
-                self.timers.disarm();
+                self.timers.disarm(w.rid);
             }
             self.conn_remove(w.conn, slot);
             let (id, conn, group) = (w.id.clone(), w.conn, w.group);
@@ -1204,7 +1228,7 @@ impl Table {
             if g.complete() {
                 if notify {
                     if g.deadline.is_some() {
-                        self.timers.disarm();
+                        self.timers.disarm(g.rid);
                     }
                     let (conn, tokens) = (
                         g.conn,
@@ -1227,7 +1251,7 @@ impl Table {
             }
             let key = g.keys[g.tokens.len()].clone();
             let (conn, ttl, keep) = (g.conn, g.ttl, g.keep);
-            let slot = self.slot_or_insert(&key, 1);
+            let slot = self.slot_or_insert(&key, self.hash_of(&key), 1);
             let w = Waiter {
                 id: id.clone(),
                 rid: self.rid(),
@@ -1259,7 +1283,7 @@ impl Table {
         };
         self.group_rids.remove(&g.rid);
         if g.deadline.is_some() {
-            self.timers.disarm();
+            self.timers.disarm(g.rid);
         }
         for key in &g.keys {
             let Some(&slot) = self.index.get(&**key) else {
@@ -1278,6 +1302,13 @@ impl Table {
     fn timer_live(&self, t: &Timer) -> bool {
         timer_live(&self.keys, &self.groups, &self.group_rids, t)
     }
+}
+
+/// Does connection `conn` hold or wait for the key in `slot`?
+fn has_entries(keys: &Slab<KeyState>, slot: u32, conn: ConnId) -> bool {
+    keys.get(slot as usize).is_some_and(|ks| {
+        ks.holders.iter().any(|h| h.conn == conn) || ks.queue.iter().any(|w| w.conn == conn)
+    })
 }
 
 fn timer_live(

@@ -40,6 +40,8 @@ pub(crate) struct Waiter {
 #[derive(Debug)]
 pub(crate) struct KeyState {
     pub key: Name,
+    /// The key's hash in the table's index, kept so forgetting the key needs no rehash.
+    pub hash: u64,
     /// Semaphore capacity for exclusive holders, fixed while the key is in use.
     pub max: u32,
     pub holders: SmallVec<[Holder; 1]>,
@@ -47,9 +49,10 @@ pub(crate) struct KeyState {
 }
 
 impl KeyState {
-    pub fn new(key: Name, max: u32) -> Self {
+    pub fn new(key: Name, hash: u64, max: u32) -> Self {
         KeyState {
             key,
+            hash,
             max,
             holders: SmallVec::new(),
             queue: VecDeque::new(),

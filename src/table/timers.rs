@@ -33,22 +33,52 @@ pub(crate) struct Timer {
 
 pub(crate) const GROUP_SLOT: u32 = u32::MAX;
 
+/// Deadlines armed since the heap was last touched. Most locks are released within
+/// microseconds, long before their TTL: their deadlines are withdrawn from here without ever
+/// entering the heap. Bounded: past this many they move to the heap.
+const STAGED: usize = 64;
+
 #[derive(Default, Debug)]
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<Timer>>,
-    /// Entries that are still armed; `heap.len() - live` are stale.
+    staged: Vec<Timer>,
+    /// The earliest staged deadline.
+    staged_min: Option<Timer>,
+    /// Entries that are still armed (staged or in the heap); the rest of the heap is stale.
     live: usize,
 }
 
 impl Timers {
     pub fn arm(&mut self, timer: Timer) {
-        self.heap.push(Reverse(timer));
+        if self.staged.len() == STAGED {
+            self.flush();
+        }
+        self.staged.push(timer);
+        if self.staged_min.is_none_or(|m| timer < m) {
+            self.staged_min = Some(timer);
+        }
         self.live += 1;
     }
 
-    /// An armed deadline was made void (its holder released, its waiter dequeued or re-armed).
-    pub fn disarm(&mut self) {
+    /// The armed deadline of request `rid` was made void (its holder released, its waiter
+    /// dequeued or re-armed). A staged one is dropped at once; one in the heap goes stale.
+    pub fn disarm(&mut self, rid: u64) {
         self.live = self.live.saturating_sub(1);
+        if let Some(i) = self.staged.iter().rposition(|t| t.rid == rid) {
+            let gone = self.staged.swap_remove(i);
+            if self.staged_min == Some(gone) {
+                self.staged_min = self.staged.iter().min().copied();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.heap.extend(self.staged.drain(..).map(Reverse));
+        self.staged_min = None;
+    }
+
+    pub fn live(&self) -> usize {
+        self.live
     }
 
     #[cfg(test)]
@@ -56,17 +86,18 @@ impl Timers {
         self.heap.len()
     }
 
-    pub fn live(&self) -> usize {
-        self.live
-    }
-
     /// The earliest entry, which may be stale; `is_live` decides.
     pub fn peek(&self) -> Option<Timer> {
-        self.heap.peek().map(|r| r.0)
+        let top = self.heap.peek().map(|r| r.0);
+        match (top, self.staged_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Pops the earliest entry. The caller says whether it was live (then it counts as fired).
     pub fn pop(&mut self, was_live: bool) -> Option<Timer> {
+        self.flush();
         let t = self.heap.pop()?.0;
         if was_live {
             self.live = self.live.saturating_sub(1);
@@ -76,9 +107,9 @@ impl Timers {
 
     /// Drops stale entries when they are more than half of the heap; amortised O(1) per arm.
     pub fn maybe_compact(&mut self, is_live: impl Fn(&Timer) -> bool) {
-        if self.heap.len() > 2 * self.live + 64 {
+        if self.heap.len() + self.staged.len() > 2 * self.live + 64 {
             self.heap.retain(|r| is_live(&r.0));
-            self.live = self.heap.len();
+            self.live = self.heap.len() + self.staged.len();
         }
     }
 }
