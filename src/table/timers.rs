@@ -106,10 +106,42 @@ impl Timers {
     }
 
     /// Drops stale entries when they are more than half of the heap; amortised O(1) per arm.
+    /// Identical entries (a deadline re-armed to the very same instant) are merged: both
+    /// would pass `is_live`, but only one is armed.
     pub fn maybe_compact(&mut self, is_live: impl Fn(&Timer) -> bool) {
         if self.heap.len() + self.staged.len() > 2 * self.live + 64 {
-            self.heap.retain(|r| is_live(&r.0));
+            let mut v = std::mem::take(&mut self.heap).into_vec();
+            v.retain(|r| is_live(&r.0));
+            v.sort_unstable();
+            v.dedup();
+            self.heap = BinaryHeap::from(v);
             self.live = self.heap.len() + self.staged.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_re_armed_to_the_same_instant_counts_once() {
+        let mut tm = Timers::default();
+        let t = Timer {
+            at: Instant::now(),
+            kind: TimerKind::Expiry,
+            rid: 1,
+            slot: 0,
+        };
+        for _ in 0..100 {
+            tm.arm(t);
+            tm.flush();
+            tm.disarm(1); // stale in the heap, but identical to the live one below
+        }
+        tm.arm(t);
+        tm.flush();
+        tm.maybe_compact(|x| *x == t);
+        assert_eq!(tm.live(), 1);
+        assert_eq!(tm.heap_len(), 1);
     }
 }
