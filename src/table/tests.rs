@@ -757,3 +757,25 @@ fn a_dead_connection_is_forgotten_with_its_last_kept_lock() {
     assert_eq!(s.t.stats().connections, 0);
     assert!(s.t.is_empty());
 }
+
+#[test]
+fn a_deadline_re_armed_to_the_same_instant_counts_once() {
+    use super::timers::{Timer, TimerKind, Timers};
+    let mut tm = Timers::default();
+    let t = Timer {
+        at: Instant::now(),
+        kind: TimerKind::Expiry,
+        rid: 1,
+        slot: 0,
+    };
+    for _ in 0..100 {
+        tm.arm(t);
+        tm.flush();
+        tm.disarm(1); // stale in the heap, but identical to the live one below
+    }
+    tm.arm(t);
+    tm.flush();
+    tm.maybe_compact(|x| *x == t);
+    assert_eq!(tm.live(), 1);
+    assert_eq!(tm.heap_len(), 1);
+}

@@ -72,7 +72,7 @@ impl Timers {
         }
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         self.heap.extend(self.staged.drain(..).map(Reverse));
         self.staged_min = None;
     }
@@ -117,31 +117,5 @@ impl Timers {
             self.heap = BinaryHeap::from(v);
             self.live = self.heap.len() + self.staged.len();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_deadline_re_armed_to_the_same_instant_counts_once() {
-        let mut tm = Timers::default();
-        let t = Timer {
-            at: Instant::now(),
-            kind: TimerKind::Expiry,
-            rid: 1,
-            slot: 0,
-        };
-        for _ in 0..100 {
-            tm.arm(t);
-            tm.flush();
-            tm.disarm(1); // stale in the heap, but identical to the live one below
-        }
-        tm.arm(t);
-        tm.flush();
-        tm.maybe_compact(|x| *x == t);
-        assert_eq!(tm.live(), 1);
-        assert_eq!(tm.heap_len(), 1);
     }
 }
