@@ -293,7 +293,7 @@ pub fn table_ops(data: &[u8]) {
             }
         }
         if let Err(e) = t.check_invariants() {
-            panic!("invariant broken after {op:?}: {e}");
+            panic!("invariant broken after {op:?}: {e}\n{t:#?}");
         }
     }
     for c in 0..4 {

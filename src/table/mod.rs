@@ -518,16 +518,15 @@ impl Table {
         }
         let id = id.unwrap_or_default();
         let ks = &self.keys[slot as usize];
-        let Some(i) = ks.holder_index(id) else {
-            return Err(if ks.waiter_index(id).is_some() {
+        let Some(i) = ks.holder_of(id, false) else {
+            return Err(if ks.holder_of(id, true).is_some() {
+                TableError::GroupMember
+            } else if ks.waiter_index(id).is_some() {
                 TableError::StillWaiting
             } else {
                 TableError::NotHeld
             });
         };
-        if ks.holders[i].group {
-            return Err(TableError::GroupMember);
-        }
         self.release_holder_at(slot, i);
         self.settle(now, slot);
         self.run_advances(now);
@@ -583,10 +582,16 @@ impl Table {
             return Cancelled::NotFound;
         };
         let ks = &self.keys[slot as usize];
-        let out = if let Some(i) = ks.holder_index(id).filter(|&i| ks.holders[i].conn == conn) {
+        let out = if let Some(i) = ks
+            .holder_of(id, false)
+            .filter(|&i| ks.holders[i].conn == conn)
+        {
             self.release_holder_at(slot, i);
             Cancelled::Released
-        } else if let Some(i) = ks.waiter_index(id).filter(|&i| ks.queue[i].conn == conn) {
+        } else if let Some(i) = ks
+            .waiter_of(id, false)
+            .filter(|&i| ks.queue[i].conn == conn)
+        {
             self.remove_waiter_at(slot, i);
             Cancelled::Dequeued
         } else {
@@ -1009,6 +1014,20 @@ impl Table {
         if self.index.len() != self.keys.len() {
             return Err("index and slab disagree".into());
         }
+        for (id, g) in &self.groups {
+            let (mut held, mut waiting) = (0, 0);
+            for (_, ks) in &self.keys {
+                held += ks.holders.iter().filter(|h| h.group && h.id == *id).count();
+                waiting += ks.queue.iter().filter(|w| w.group && w.id == *id).count();
+            }
+            if held != g.tokens.len() || waiting > 1 || g.tokens.len() > g.keys.len() {
+                return Err(format!(
+                    "group {id:?}: {held} held, {waiting} waiting, {} tokens for {} keys",
+                    g.tokens.len(),
+                    g.keys.len()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1290,9 +1309,9 @@ impl Table {
                 continue;
             };
             let ks = &self.keys[slot as usize];
-            if let Some(i) = ks.holder_index(id).filter(|&i| ks.holders[i].group) {
+            if let Some(i) = ks.holder_of(id, true) {
                 self.release_holder_at(slot, i);
-            } else if let Some(i) = ks.waiter_index(id).filter(|&i| ks.queue[i].group) {
+            } else if let Some(i) = ks.waiter_of(id, true) {
                 self.remove_waiter_at(slot, i);
             }
             self.settle(now, slot);

@@ -93,4 +93,18 @@ impl KeyState {
     pub fn waiter_index(&self, id: &str) -> Option<usize> {
         self.queue.iter().position(|w| &*w.id == id)
     }
+
+    /// The holder `id` of a plain request (`group: false`) or of an acquire-many (`true`):
+    /// a misbehaving client may reuse one id for both, and each must find its own.
+    pub fn holder_of(&self, id: &str, group: bool) -> Option<usize> {
+        self.holders
+            .iter()
+            .position(|h| h.group == group && &*h.id == id)
+    }
+
+    pub fn waiter_of(&self, id: &str, group: bool) -> Option<usize> {
+        self.queue
+            .iter()
+            .position(|w| w.group == group && &*w.id == id)
+    }
 }

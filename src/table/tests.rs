@@ -779,3 +779,32 @@ fn a_deadline_re_armed_to_the_same_instant_counts_once() {
     assert_eq!(tm.live(), 1);
     assert_eq!(tm.heap_len(), 1);
 }
+
+#[test]
+fn an_id_used_by_a_plain_lock_and_an_acquire_many_keeps_them_apart() {
+    // A misbehaving client reuses one id; on a semaphore key both can hold at once. Releasing
+    // the group must release the group's hold, not leave it behind.
+    let mut s = Sim::new();
+    let mut r = s.req(A, "k", "same");
+    r.max = Some(2);
+    granted(s.lock_req(r));
+    let keys = ["j", "k"];
+    let m = ManyRequest {
+        conn: B,
+        keys: &keys,
+        id: "same",
+        ttl: Ttl::Never,
+        wait: Wait::Forever,
+        keep_after_disconnect: false,
+    };
+    assert!(matches!(
+        s.t.lock_many(s.now, &m),
+        Ok(ManyOutcome::Granted(_))
+    ));
+    s.t.check_invariants().unwrap();
+    assert_eq!(s.t.release_many(s.now, "same"), Ok(2));
+    s.t.check_invariants().unwrap();
+    assert_eq!(s.holders("k"), ["same"], "only the plain lock is left");
+    assert_eq!(s.unlock("k", "same"), Ok(1));
+    assert!(s.t.is_empty());
+}
