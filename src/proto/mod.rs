@@ -577,9 +577,16 @@ fn uint(field: &'static str, n: Node<'_>, max: u64) -> Result<u64, Kind> {
         StaticNode::F64(_) => None,
         _ => return Err(wrong(field, "a non-negative integer", &n)),
     };
-    v.filter(|&v| v <= max).ok_or_else(|| Kind::Invalid {
-        field,
-        reason: format!("must be an integer from 0 to {max}, got {s}"),
+    v.filter(|&v| v <= max).ok_or_else(|| {
+        // Keep `1e300` short in the reply instead of printing all its digits.
+        let shown = match s {
+            StaticNode::F64(f) if f.abs() >= 1e15 => format!("{f:e}"),
+            other => other.to_string(),
+        };
+        Kind::Invalid {
+            field,
+            reason: format!("must be a non-negative integer no greater than {max}, got {shown}"),
+        }
     })
 }
 
