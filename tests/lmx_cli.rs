@@ -1,6 +1,6 @@
 mod harness;
 
-use harness::{broker, scratch, stop};
+use harness::{broker, scratch, stop, wait_for};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -195,18 +195,6 @@ fn lost_lock_is_reported() {
     );
     stop(b);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn wait_for(p: &std::path::Path) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

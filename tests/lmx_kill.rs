@@ -1,23 +1,11 @@
 //! Alone in its binary so that no other test competes for the CPU while it measures.
 mod harness;
 
-use harness::{broker, scratch, stop};
+use harness::{broker, scratch, stop, wait_for};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LMX: &str = env!("CARGO_BIN_EXE_lmx");
-
-fn wait_for(p: &std::path::Path) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn kill_9_of_holder_hands_over_within_100ms() {

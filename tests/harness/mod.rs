@@ -31,3 +31,16 @@ pub fn scratch(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Waits (up to 10 s) for a file that another process creates.
+pub fn wait_for(p: &std::path::Path) {
+    let t = std::time::Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{} never appeared",
+            p.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
