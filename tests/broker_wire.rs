@@ -441,3 +441,21 @@ fn version_handshake() {
     assert_eq!(r["type"], "version-mismatch");
     assert_eq!(r["versions"]["clientVersion"], "1.0.0");
 }
+
+#[test]
+fn a_request_and_the_close_in_one_segment_are_both_seen() {
+    // The broker stops reading at a short read; data and FIN that arrive together must still
+    // end in the connection closed and its lock released.
+    let b = TestBroker::start();
+    let mut waiter = b.connect(Transport::Tcp);
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"{\"type\":\"lock\",\"uuid\":\"h\",\"key\":\"k\"}\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert!(got.contains("\"acquired\":true"), "{got}");
+    // Its connection is gone, so a new waiter gets the key at once.
+    assert_eq!(waiter.lock("k", "w")["acquired"], true);
+}

@@ -127,6 +127,9 @@ pub(crate) struct Conn {
     /// `keepLocksAfterDeath` of the connection's `version` message (the Node client's
     /// constructor option): every lock of this connection outlives it, within its TTL.
     pub keep_default: bool,
+    /// The peer closed its side (or the socket failed): read to the end, never stop at a short
+    /// read, since no further readiness event will come.
+    pub peer_closed: bool,
 }
 
 impl Conn {
@@ -146,6 +149,7 @@ impl Conn {
             dirty: false,
             admin: true,
             keep_default: false,
+            peer_closed: false,
         }
     }
 

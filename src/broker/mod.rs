@@ -399,6 +399,11 @@ impl Broker {
                         if ev.is_writable() {
                             self.on_writable(slot, now);
                         }
+                        if (ev.is_read_closed() || ev.is_error())
+                            && let Some(c) = self.core.conns.get_mut(slot)
+                        {
+                            c.peer_closed = true;
+                        }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.on_readable(slot, now);
                         }
@@ -649,9 +654,12 @@ impl Broker {
             let Io::Ndjson(stream) = &mut conn.io else {
                 return;
             };
-            let eof = match conn.framer.read_from(stream) {
-                Ok(0) => true,
-                Ok(_) => false,
+            // A short read drained the socket: after its lines, wait for the next readiness
+            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
+            // Not when the peer has closed: no further event would come for its EOF.
+            let (eof, drained) = match conn.framer.read_some(stream) {
+                Ok((0, _)) => (true, false),
+                Ok((_, filled)) => (false, !filled),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(slot, now),
@@ -680,7 +688,22 @@ impl Broker {
                 self.handle_scratch(slot, now);
             }
             if eof {
-                return self.close(slot, now);
+                // The peer may have only half-closed (`printf ... | nc`): its replies still go
+                // out, then the connection closes and its locks are released.
+                let Some(conn) = self.core.conns.get_mut(slot) else {
+                    return;
+                };
+                if conn.backlog() == 0 && !conn.ws_unflushed {
+                    return self.close(slot, now);
+                }
+                conn.close_after_flush = true;
+                if !std::mem::replace(&mut conn.dirty, true) {
+                    self.core.dirty.push(slot);
+                }
+                return;
+            }
+            if drained && self.core.conns.get(slot).is_some_and(|c| !c.peer_closed) {
+                return;
             }
         }
     }

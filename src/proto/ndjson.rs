@@ -85,9 +85,18 @@ impl LineFramer {
 
     /// One `read` into the buffer; `Ok(0)` is EOF. Drain [`Self::next_line`] between reads.
     pub fn read_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
-        let n = r.read(self.spare(4096))?;
+        self.read_some(r).map(|(n, _)| n)
+    }
+
+    /// One `read`, also telling whether it filled all the space it was given. A read that did
+    /// not took everything the socket had at that moment, so a caller on edge-triggered
+    /// readiness may wait for the next event instead of reading again just to see `WouldBlock`.
+    pub fn read_some<R: Read>(&mut self, r: &mut R) -> io::Result<(usize, bool)> {
+        let spare = self.spare(4096);
+        let room = spare.len();
+        let n = r.read(spare)?;
         self.commit(n);
-        Ok(n)
+        Ok((n, n == room))
     }
 
     /// The next complete, non-blank line without its `\n` / `\r\n`, or `None` until more bytes
