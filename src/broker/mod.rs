@@ -751,39 +751,41 @@ impl Broker {
 
     /// Closes what must close, flushes what was written this turn.
     fn end_turn(&mut self, now: Instant) {
-        while let Some(slot) = self.core.doomed.pop() {
-            self.close(slot, now);
-        }
-        let dirty = std::mem::take(&mut self.core.dirty);
-        for &slot in &dirty {
-            let Some(conn) = self.core.conns.get_mut(slot) else {
-                continue;
-            };
-            conn.dirty = false;
-            match conn.flush() {
-                Ok(true) if conn.close_after_flush => self.close(slot, now),
-                Ok(_) if conn.backlog() > self.cfg.out_hard => {
-                    log::note("closing a connection whose output is backed up past the cap");
-                    self.close(slot, now);
-                }
-                Ok(false) => {
-                    if conn.backlog() > self.cfg.out_soft && conn.stalled_since.is_none() {
-                        conn.stalled_since = Some(now);
-                        self.needs_housekeeping = true;
+        let mut dirty = Vec::new();
+        // Closing a connection releases its locks and may push grants to others, which makes
+        // them dirty in turn: repeat until nothing is left to flush.
+        loop {
+            while let Some(slot) = self.core.doomed.pop() {
+                self.close(slot, now);
+            }
+            std::mem::swap(&mut dirty, &mut self.core.dirty);
+            if dirty.is_empty() {
+                break;
+            }
+            for slot in dirty.drain(..) {
+                let Some(conn) = self.core.conns.get_mut(slot) else {
+                    continue;
+                };
+                conn.dirty = false;
+                match conn.flush() {
+                    Ok(true) if conn.close_after_flush => self.close(slot, now),
+                    Ok(_) if conn.backlog() > self.cfg.out_hard => {
+                        log::note("closing a connection whose output is backed up past the cap");
+                        self.close(slot, now);
                     }
+                    Ok(false) => {
+                        if conn.backlog() > self.cfg.out_soft && conn.stalled_since.is_none() {
+                            conn.stalled_since = Some(now);
+                            self.needs_housekeeping = true;
+                        }
+                    }
+                    Ok(true) => {}
+                    Err(_) => self.close(slot, now),
                 }
-                Ok(true) => {}
-                Err(_) => self.close(slot, now),
             }
         }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.core.dirty.is_empty() {
-            self.core.dirty = dirty;
-        } else {
-            // Closing released locks and pushed grants to others: flush those too.
-            self.end_turn(now);
-        }
+        // Keep the allocation for the next turn.
+        self.core.dirty = dirty;
     }
 
     /// Cuts off connections that are stuck in a handshake or never read their output.
