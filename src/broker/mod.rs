@@ -824,6 +824,10 @@ impl Broker {
         let id = conn.id;
         drop(conn);
         self.core.disconnect(now, id);
+        // The last connection is gone: give back what a flood of them made the slab grow to.
+        if self.core.conns.is_empty() && self.core.conns.capacity() > 1024 {
+            self.core.conns.shrink_to_fit();
+        }
     }
 
     fn close_all(&mut self) {

@@ -1115,6 +1115,11 @@ impl Table {
             {
                 e.remove();
             }
+            // The last key is gone: give back what a burst of keys made the maps grow to.
+            if self.keys.is_empty() && self.keys.capacity() > 1024 {
+                self.keys.shrink_to_fit();
+                self.index.shrink_to(0);
+            }
         }
     }
 

@@ -114,6 +114,9 @@ impl Timers {
             v.retain(|r| is_live(&r.0));
             v.sort_unstable();
             v.dedup();
+            if v.capacity() > 4 * v.len() + 1024 {
+                v.shrink_to_fit();
+            }
             self.heap = BinaryHeap::from(v);
             self.live = self.heap.len() + self.staged.len();
         }
