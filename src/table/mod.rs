@@ -458,12 +458,7 @@ impl Table {
         };
         let rid = self.rid();
         if let Some(at) = deadline {
-            self.timers.arm(Timer {
-                at,
-                kind: TimerKind::Wait,
-                rid,
-                slot,
-            });
+            self.timers.arm(Timer::new(at, TimerKind::Wait, rid, slot));
         }
         self.keys[slot as usize].queue.push_back(Waiter {
             id: req.id.into(),
@@ -506,7 +501,7 @@ impl Table {
             let ks = &mut self.keys[slot as usize];
             let gone: Vec<Holder> = ks.holders.drain(..).collect();
             for h in &gone {
-                self.forget_holder(slot, h);
+                self.forget_holder(h);
             }
             // A forced member takes its whole group with it: a partial acquire-many is no lock.
             for h in gone.iter().filter(|h| h.group) {
@@ -554,12 +549,8 @@ impl Table {
         }
         h.expires = expires;
         if let Some(at) = expires {
-            self.timers.arm(Timer {
-                at,
-                kind: TimerKind::Expiry,
-                rid,
-                slot,
-            });
+            self.timers
+                .arm(Timer::new(at, TimerKind::Expiry, rid, slot));
         }
         Ok(expires)
     }
@@ -610,9 +601,7 @@ impl Table {
             return;
         };
         let mut slots: Vec<u32> = entry.slots.clone();
-        slots.retain(|&s| has_entries(&self.keys, s, conn));
-        slots.sort_unstable();
-        slots.dedup();
+        sweep_slots(&self.keys, &mut slots, conn);
         // Settle keys in key order, so which waiter gets the lower token is reproducible.
         slots.sort_unstable_by(|a, b| self.keys[*a as usize].key.cmp(&self.keys[*b as usize].key));
         let mut groups: Vec<Name> = Vec::new();
@@ -647,13 +636,13 @@ impl Table {
                     .map(|w| w.id.clone()),
             );
             for h in &gone_h {
-                self.forget_holder(slot, h);
+                self.forget_holder(h);
             }
             for armed in gone_w {
                 if let Some(rid) = armed {
                     self.timers.disarm(rid);
                 }
-                self.conn_remove(conn, slot);
+                self.conn_remove(conn);
             }
         }
         groups.sort();
@@ -1129,15 +1118,12 @@ impl Table {
         if e.slots.last() != Some(&slot) {
             e.slots.push(slot);
             if e.slots.len() > 2 * e.requests + 16 {
-                let keys = &self.keys;
-                e.slots.retain(|&s| has_entries(keys, s, conn));
-                e.slots.sort_unstable();
-                e.slots.dedup();
+                sweep_slots(&self.keys, &mut e.slots, conn);
             }
         }
     }
 
-    fn conn_remove(&mut self, conn: ConnId, _slot: u32) {
+    fn conn_remove(&mut self, conn: ConnId) {
         if let Some(e) = self.conns.get_mut(&conn) {
             e.requests = e.requests.saturating_sub(1);
             if e.gone && e.requests == 0 {
@@ -1154,12 +1140,8 @@ impl Table {
         let rid = self.rid();
         let expires = w.ttl.map(|d| now + d);
         if let Some(at) = expires {
-            self.timers.arm(Timer {
-                at,
-                kind: TimerKind::Expiry,
-                rid,
-                slot,
-            });
+            self.timers
+                .arm(Timer::new(at, TimerKind::Expiry, rid, slot));
         }
         let ks = &mut self.keys[slot as usize];
         ks.holders.push(Holder {
@@ -1181,16 +1163,16 @@ impl Table {
         grant
     }
 
-    fn forget_holder(&mut self, slot: u32, h: &Holder) {
+    fn forget_holder(&mut self, h: &Holder) {
         if h.expires.is_some() {
             self.timers.disarm(h.rid);
         }
-        self.conn_remove(h.conn, slot);
+        self.conn_remove(h.conn);
     }
 
     fn release_holder_at(&mut self, slot: u32, i: usize) {
         let h = self.keys[slot as usize].holders.swap_remove(i);
-        self.forget_holder(slot, &h);
+        self.forget_holder(&h);
     }
 
     fn remove_waiter_at(&mut self, slot: u32, i: usize) {
@@ -1198,7 +1180,7 @@ impl Table {
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }
-            self.conn_remove(w.conn, slot);
+            self.conn_remove(w.conn);
         }
     }
 
@@ -1218,7 +1200,7 @@ impl Table {
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }
-            self.conn_remove(w.conn, slot);
+            self.conn_remove(w.conn);
             let (id, conn, group) = (w.id.clone(), w.conn, w.group);
             let grant = self.grant(now, slot, w);
             if group {
@@ -1326,6 +1308,13 @@ impl Table {
     fn timer_live(&self, t: &Timer) -> bool {
         timer_live(&self.keys, &self.groups, &self.group_rids, t)
     }
+}
+
+/// Keeps each slot of `slots` where `conn` has entries, once.
+fn sweep_slots(keys: &Slab<KeyState>, slots: &mut Vec<u32>, conn: ConnId) {
+    slots.retain(|&s| has_entries(keys, s, conn));
+    slots.sort_unstable();
+    slots.dedup();
 }
 
 /// Does connection `conn` hold or wait for the key in `slot`?

@@ -33,6 +33,17 @@ pub(crate) struct Timer {
 
 pub(crate) const GROUP_SLOT: u32 = u32::MAX;
 
+impl Timer {
+    pub fn new(at: Instant, kind: TimerKind, rid: u64, slot: u32) -> Self {
+        Timer {
+            at,
+            kind,
+            rid,
+            slot,
+        }
+    }
+}
+
 /// Deadlines armed since the heap was last touched. Most locks are released within
 /// microseconds, long before their TTL: their deadlines are withdrawn from here without ever
 /// entering the heap. Bounded: past this many they move to the heap.
