@@ -159,39 +159,20 @@ fn main() {
     let base2 = settled_rss(pid);
     println!("fresh broker pid {pid}: idle RSS {base2} KiB");
     let holders: Vec<TcpStream> = (0..KEY_CONNS).map(|_| connect(port)).collect();
-    let per = keys.div_ceil(KEY_CONNS);
-    std::thread::scope(|s| {
-        for (c, conn) in holders.iter().enumerate() {
-            s.spawn(move || {
-                let lines: Vec<String> = (c * per..((c + 1) * per).min(keys))
-                    .map(|k| {
-                        format!(
-                            "{{\"type\":\"lock\",\"uuid\":\"{:032x}\",\"key\":\"key-{k:07}\",\"ttl\":null}}\n",
-                            k as u128 + 1
-                        )
-                    })
-                    .collect();
-                exchange(conn, &lines);
-            });
-        }
+    on_each_key(&holders, keys, |k| {
+        format!(
+            "{{\"type\":\"lock\",\"uuid\":\"{:032x}\",\"key\":\"key-{k:07}\",\"ttl\":null}}\n",
+            k as u128 + 1
+        )
     });
     let with_keys = settled_rss(pid);
     let per_key = (with_keys.saturating_sub(base2)) as f64 * 1024.0 / keys as f64;
     println!("{keys} held keys: RSS {with_keys} KiB, {per_key:.0} bytes per key");
-    std::thread::scope(|s| {
-        for (c, conn) in holders.iter().enumerate() {
-            s.spawn(move || {
-                let lines: Vec<String> = (c * per..((c + 1) * per).min(keys))
-                    .map(|k| {
-                        format!(
-                            "{{\"type\":\"unlock\",\"uuid\":\"u{k}\",\"key\":\"key-{k:07}\",\"_uuid\":\"{:032x}\"}}\n",
-                            k as u128 + 1
-                        )
-                    })
-                    .collect();
-                exchange(conn, &lines);
-            });
-        }
+    on_each_key(&holders, keys, |k| {
+        format!(
+            "{{\"type\":\"unlock\",\"uuid\":\"u{k}\",\"key\":\"key-{k:07}\",\"_uuid\":\"{:032x}\"}}\n",
+            k as u128 + 1
+        )
     });
     let after_unlock = settled_rss(pid);
     println!("after unlocking them all: RSS {after_unlock} KiB");
@@ -202,4 +183,19 @@ fn main() {
         "{{\"idle_kib\":{base},\"keys_idle_kib\":{base2},\"conns\":{conns},\"with_conns_kib\":{with_conns},\"bytes_per_conn\":{per_conn:.0},\"after_conns_kib\":{after_conns},\"keys\":{keys},\"with_keys_kib\":{with_keys},\"bytes_per_key\":{per_key:.0},\"after_unlock_kib\":{after_unlock},\"after_close_kib\":{after_close}}}"
     );
     drop(broker);
+}
+
+/// Sends one request per key, the keys split evenly over the connections, each connection on
+/// its own thread, and waits for every reply.
+fn on_each_key(holders: &[TcpStream], keys: usize, line: impl Fn(usize) -> String + Sync) {
+    let per = keys.div_ceil(holders.len());
+    let line = &line;
+    std::thread::scope(|s| {
+        for (c, conn) in holders.iter().enumerate() {
+            s.spawn(move || {
+                let lines: Vec<String> = (c * per..((c + 1) * per).min(keys)).map(line).collect();
+                exchange(conn, &lines);
+            });
+        }
+    });
 }
