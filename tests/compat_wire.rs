@@ -112,7 +112,7 @@ fn lock_received_rejected_without_lock_id_releases_and_is_idempotent() {
 }
 
 #[test]
-fn pushed_grants_to_node_clients_need_an_ack() {
+fn opt_in_ack_timeout_releases_unacknowledged_pushes() {
     let b = TestBroker::with(|b| b.ack_timeout(Duration::from_millis(300)));
     let (mut a, mut n, mut c, mut p) = (
         b.connect(TCP),
@@ -138,6 +138,8 @@ fn pushed_grants_to_node_clients_need_an_ack() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
         "the unacknowledged grant was revoked after {waited:?}, deadline 300 ms"
     );
+    // n1 was probed (200 ms) before its deadline; the probe went unanswered
+    assert_eq!(n.recv()["uuid"], "lmx-ack-probe:n1");
     // an acknowledged push is kept
     assert_eq!(node_lock(&mut n, "k", "n2", 0, json!(7050))["queued"], true);
     c.unlock("k", "c1");
@@ -301,4 +303,102 @@ fn inspect_accepts_the_0_2_25_spellings() {
         assert_eq!(r["type"], "inspect");
         assert_eq!(r["inspectResult"], want, "{cmd}: {r}");
     }
+}
+
+/// A Node connection (sent `version`) with a pushed grant that it has not acknowledged; `c` waits
+/// behind it. Returns (holder that unlocked, node conn, waiter, observer).
+fn pushed_unacknowledged(b: &TestBroker, ttl: Value) -> (Wire, Wire, Wire, Wire) {
+    let (mut a, mut n, mut c, o) = (
+        b.connect(TCP),
+        b.connect(TCP),
+        b.connect(TCP),
+        b.connect(TCP),
+    );
+    version(&mut n, false);
+    assert_eq!(a.lock("k", "a1")["acquired"], true);
+    assert_eq!(node_lock(&mut n, "k", "n1", 0, ttl)["queued"], true);
+    assert_eq!(c.lock("k", "c1")["queued"], true);
+    a.unlock("k", "a1");
+    let g = n.recv();
+    assert_eq!(
+        (g["uuid"].clone(), g["acquired"].clone()),
+        (json!("n1"), json!(true))
+    );
+    (a, n, c, o)
+}
+
+/// By default an unacknowledged push is never handed on while the client may still read it:
+/// it lives until its TTL. The client is probed once, at 200 ms.
+#[test]
+fn an_unacknowledged_push_lives_until_its_ttl() {
+    let b = TestBroker::start();
+    let (_a, mut n, mut c, mut o) = pushed_unacknowledged(&b, json!(2500));
+    let t0 = Instant::now();
+    let p = n.recv();
+    assert_eq!(
+        (p["uuid"].clone(), p["key"].clone(), p["acquired"].clone()),
+        (json!("lmx-ack-probe:n1"), json!("k"), json!(true))
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "probe after {:?}",
+        t0.elapsed()
+    );
+    // a client stalled for 1.5 s still holds the key (the old default released it after 1 s)
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(info(&mut o, "k")["lockholderUUIDs"], json!(["n1"]));
+    c.expect_silence(Duration::from_millis(10));
+    // the TTL (2.5 s from the push) ends it
+    let g = c.recv();
+    assert_eq!(
+        (g["uuid"].clone(), g["acquired"].clone()),
+        (json!("c1"), json!(true))
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2300),
+        "released after {:?}",
+        t0.elapsed()
+    );
+    n.expect_silence(Duration::from_millis(50));
+}
+
+/// The 0.2.25 client answers a grant for a request it never made with
+/// `lock-received-rejected`, and it reads its socket in order: an answered probe of a grant
+/// still unacknowledged means the client dropped the grant (a try-lock it gave up on).
+#[test]
+fn a_probe_answered_before_the_ack_releases_the_ghost() {
+    let b = TestBroker::start();
+    let (_a, mut n, mut c, mut o) = pushed_unacknowledged(&b, json!(7050));
+    assert_eq!(n.recv()["uuid"], "lmx-ack-probe:n1");
+    // another connection cannot answer n's probe
+    o.send(json!({"type":"lock-received-rejected","uuid":"lmx-ack-probe:n1","key":"k"}));
+    o.expect_silence(Duration::from_millis(100));
+    assert_eq!(info(&mut o, "k")["lockholderUUIDs"], json!(["n1"]));
+    let t0 = Instant::now();
+    n.send(json!({"uuid":"lmx-ack-probe:n1","key":"k","type":"lock-received-rejected","max":null,"pid":1,"keepLocksAfterDeath":false}));
+    let g = c.recv();
+    assert_eq!(
+        (g["uuid"].clone(), g["acquired"].clone()),
+        (json!("c1"), json!(true))
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    n.expect_silence(Duration::from_millis(50));
+}
+
+/// A client that was stalled reads the grant and the probe together: it acknowledges the grant
+/// first, then rejects the probe. It keeps the key.
+#[test]
+fn a_late_ack_before_the_probe_answer_keeps_the_grant() {
+    let b = TestBroker::start();
+    let (_a, mut n, mut c, mut o) = pushed_unacknowledged(&b, json!(7050));
+    assert_eq!(n.recv()["uuid"], "lmx-ack-probe:n1");
+    std::thread::sleep(Duration::from_millis(300));
+    n.send(json!({"uuid":"n1","key":"k","type":"lock-received"}));
+    n.send(json!({"uuid":"lmx-ack-probe:n1","key":"k","type":"lock-received-rejected"}));
+    n.expect_silence(Duration::from_millis(100));
+    c.expect_silence(Duration::from_millis(10));
+    assert_eq!(info(&mut o, "k")["lockholderUUIDs"], json!(["n1"]));
+    // and its unlock works
+    n.unlock("k", "n1");
+    assert_eq!(c.recv()["uuid"], "c1");
 }

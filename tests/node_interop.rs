@@ -423,6 +423,7 @@ scenarios! {
     child_processes => ("child_processes", Tcp);
     request_timeout_retries => ("request_timeout_retries", Tcp);
     wait_false_no_ghost => ("wait_false_no_ghost", Tcp);
+    stall_handoff => ("stall_handoff", Tcp);
     ttl_expiry => ("ttl_expiry", Tcp);
     unrelated_disconnect => ("unrelated_disconnect", Tcp);
     holder_disconnect => ("holder_disconnect", Tcp);

@@ -20,12 +20,22 @@ use crate::table::{
     Wait,
 };
 
-/// A pushed grant that a Node client has not acknowledged yet (see `Core::ack_deadline`).
+/// A pushed grant that a Node client has not acknowledged yet (see `Core::acks`).
 struct PendingAck {
     conn: ConnId,
     key: Name,
-    deadline: Instant,
+    /// When it was pushed: tells this grant's timers from those of an earlier grant that had
+    /// the same id.
+    pushed: Instant,
 }
+
+/// Prefix of the uuid of an ack probe (see [`Core::send_probes`]); the rest is the grant's id.
+pub(crate) const PROBE_PREFIX: &str = "lmx-ack-probe:";
+
+/// How long a pushed grant may go unacknowledged before it is probed. A client that is
+/// running acknowledges within a millisecond; the probe makes the 0.2.25 client log a warning,
+/// so it is sent only to clients that are late.
+pub(crate) const PROBE_DELAY: Duration = Duration::from_millis(200);
 
 /// The broker minus its sockets: the table, the connections' outputs, and the grant acks.
 pub(crate) struct Core {
@@ -33,12 +43,18 @@ pub(crate) struct Core {
     pub conns: Slab<Conn>,
     /// Encoding scratch, reused for every reply.
     enc: Vec<u8>,
-    /// The 0.2.x client gives up on a try-lock locally and never tells the broker, so a grant
-    /// pushed to it later would be held by nobody. Pushed grants to Node clients must be
-    /// acknowledged with `lock-received` within this time, or they are released again.
-    pub ack_timeout: Duration,
+    /// Pushed grants to Node clients not yet acknowledged with `lock-received`. The 0.2.x
+    /// client gives up on a try-lock locally and never tells the broker, so a grant pushed to
+    /// it later would be held by nobody (a "ghost"). Such a grant is never released while the
+    /// client may still read it and believe it holds the key: only its TTL, the connection's
+    /// close, a `lock-received-rejected`, or the answer to an ack probe end it.
     acks: HashMap<Name, PendingAck, RandomState>,
-    ack_order: VecDeque<(Instant, Name)>,
+    /// Grants to probe, in push order (all share [`PROBE_DELAY`]).
+    probe_order: VecDeque<(Instant, Name)>,
+    /// Opt-in (`--ack-timeout`): release an unacknowledged push after this long, although a
+    /// client whose event loop is stalled may still read it and believe it holds the key.
+    pub ack_timeout: Option<Duration>,
+    expiry_order: VecDeque<(Instant, Name)>,
     /// Connections whose output must be flushed this turn.
     pub dirty: Vec<usize>,
     /// Connections to close at the end of this turn (a full WebSocket buffer, a mismatch).
@@ -60,14 +76,15 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Core {
-    pub fn new(table: Table, ack_timeout: Duration, auth_token: Option<String>) -> Self {
+    pub fn new(table: Table, ack_timeout: Option<Duration>, auth_token: Option<String>) -> Self {
         Core {
             table,
             conns: Slab::new(),
             enc: Vec::with_capacity(256),
-            ack_timeout,
             acks: HashMap::default(),
-            ack_order: VecDeque::new(),
+            probe_order: VecDeque::new(),
+            ack_timeout,
+            expiry_order: VecDeque::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
             auth_token,
@@ -186,10 +203,13 @@ impl Core {
                     self.acks.remove(uuid);
                 }
             }
-            Request::Cancel { uuid, key, .. } => {
-                self.acks.remove(uuid);
-                self.table.cancel(now, cid, key, uuid);
-            }
+            Request::Cancel { uuid, key, .. } => match uuid.strip_prefix(PROBE_PREFIX) {
+                Some(id) => self.probe_answered(now, cid, id),
+                None => {
+                    self.acks.remove(uuid);
+                    self.table.cancel(now, cid, key, uuid);
+                }
+            },
             Request::Unlock {
                 uuid,
                 key,
@@ -206,6 +226,11 @@ impl Core {
                 } else {
                     self.table.unlock(now, key, lock_id, force).map_err(Some)
                 };
+                if let Some(id) = lock_id
+                    && !self.acks.is_empty()
+                {
+                    self.acks.remove(id);
+                }
                 let (lrc, _) = self.table.counts(key);
                 let lost = matches!(res, Err(Some(TableError::NotHeld)));
                 let err = match &res {
@@ -452,14 +477,16 @@ impl Core {
                         continue;
                     };
                     if self.conns[slot].node_client {
-                        self.ack_order
-                            .push_back((now + self.ack_timeout, id.clone()));
+                        self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
+                        if let Some(t) = self.ack_timeout {
+                            self.expiry_order.push_back((now + t, id.clone()));
+                        }
                         self.acks.insert(
                             id.clone(),
                             PendingAck {
                                 conn,
                                 key: key.clone(),
-                                deadline: now + self.ack_timeout,
+                                pushed: now,
                             },
                         );
                     }
@@ -511,37 +538,85 @@ impl Core {
         }
     }
 
-    /// Releases pushed grants that were not acknowledged in time.
-    pub fn expire_acks(&mut self, now: Instant) {
-        while let Some((at, _)) = self.ack_order.front() {
-            if *at > now {
-                break;
-            }
-            let Some((at, id)) = self.ack_order.pop_front() else {
-                break;
-            };
-            if let Some(a) = self.acks.get(&id)
-                && a.deadline == at
-                && let Some(a) = self.acks.remove(&id)
-                && self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released
-            {
-                log::note(&format!(
-                    "grant {id} of key {:?} was not acknowledged within {} ms: released",
-                    a.key,
-                    self.ack_timeout.as_millis()
-                ));
+    /// Runs the acknowledgement timers that are due: ack probes, and the opt-in release of
+    /// unacknowledged pushes (`ack_timeout`).
+    pub fn ack_timers(&mut self, now: Instant) {
+        while let Some(id) = due(&mut self.probe_order, now, PROBE_DELAY, &self.acks) {
+            self.send_probe(&id);
+        }
+        if let Some(t) = self.ack_timeout {
+            while let Some(id) = due(&mut self.expiry_order, now, t, &self.acks) {
+                let Some(a) = self.acks.remove(&id) else {
+                    continue;
+                };
+                if self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released {
+                    log::note(&format!(
+                        "grant {id} of key {:?} was not acknowledged within {} ms: released \
+                         (--ack-timeout)",
+                        a.key,
+                        t.as_millis()
+                    ));
+                }
             }
         }
         self.route_events(now);
     }
 
+    /// Asks a Node client whether it took a pushed grant it has not acknowledged: the probe is
+    /// a grant for a request the client never made, which the 0.2.x client answers with
+    /// `lock-received-rejected` and nothing else. The client reads its socket in order and
+    /// acknowledges an accepted grant from the same handler, before it reads the next line;
+    /// so a probe answered while the grant is still unacknowledged proves that the client read
+    /// the grant and dropped it (a try-lock it gave up on). A client whose event loop is
+    /// stalled answers nothing until it has read, and acknowledged, the grant first.
+    fn send_probe(&mut self, id: &Name) {
+        let Some(a) = self.acks.get(id) else {
+            return;
+        };
+        let Some(slot) = self.slot_of(a.conn) else {
+            return;
+        };
+        let (uuid, key) = (format!("{PROBE_PREFIX}{id}"), a.key.clone());
+        self.send(
+            slot,
+            &Reply::Lock {
+                uuid: &uuid,
+                key: &key,
+                outcome: WireLock::Granted { fencing_token: 0 },
+                lock_request_count: 0,
+                readers_count: 0,
+            },
+        );
+    }
+
+    /// The client answered the probe of grant `id` with `lock-received-rejected`: if it has not
+    /// acknowledged the grant by now, it read it and dropped it, so the grant is released.
+    fn probe_answered(&mut self, now: Instant, cid: ConnId, id: &str) {
+        // Acknowledged meanwhile, or not this connection's: nothing to do.
+        if self.acks.get(id).is_some_and(|a| a.conn == cid)
+            && let Some(a) = self.acks.remove(id)
+            && self.table.cancel(now, cid, &a.key, id) == Cancelled::Released
+        {
+            log::note(&format!(
+                "grant {id} of key {:?}: the client read it and did not take it: released",
+                a.key
+            ));
+        }
+    }
+
+    /// The earliest acknowledgement timer, for the reactor's poll timeout.
     pub fn next_ack_deadline(&self) -> Option<Instant> {
-        self.ack_order.front().map(|(t, _)| *t)
+        let probe = self.probe_order.front().map(|(t, _)| *t);
+        let expiry = self.expiry_order.front().map(|(t, _)| *t);
+        probe.into_iter().chain(expiry).min()
     }
 
     /// The connection is gone: the table releases exactly its holds.
     pub fn disconnect(&mut self, now: Instant, id: ConnId) {
         self.table.disconnect(now, id);
+        if !self.acks.is_empty() {
+            self.acks.retain(|_, a| a.conn != id);
+        }
         self.parked.retain(|_, c| *c != id);
         let mut woken = std::mem::take(&mut self.woken);
         self.rw.disconnect(id, &mut woken);
@@ -613,6 +688,23 @@ impl Core {
             }
         }
     }
+}
+
+/// Pops the next timer of `order` that is due at `now` and still belongs to a pending grant
+/// (pushed exactly `delay` before it: a later push of the same id has timers of its own).
+fn due(
+    order: &mut VecDeque<(Instant, Name)>,
+    now: Instant,
+    delay: Duration,
+    acks: &HashMap<Name, PendingAck, RandomState>,
+) -> Option<Name> {
+    while order.front().is_some_and(|(at, _)| *at <= now) {
+        let (at, id) = order.pop_front()?;
+        if acks.get(&id).is_some_and(|a| a.pushed + delay == at) {
+            return Some(id);
+        }
+    }
+    None
 }
 
 fn ttl_of(t: proto::Ttl) -> table::Ttl {

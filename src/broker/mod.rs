@@ -72,7 +72,7 @@ pub struct BrokerBuilder {
     out_hard: usize,
     stall_timeout: Duration,
     handshake_timeout: Duration,
-    ack_timeout: Duration,
+    ack_timeout: Option<Duration>,
     auth_token: Option<String>,
     restrict_admin: bool,
     spin: Duration,
@@ -101,7 +101,7 @@ impl Default for BrokerBuilder {
             out_hard: 4 * 1024 * 1024,
             stall_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
-            ack_timeout: Duration::from_millis(1000),
+            ack_timeout: None,
             auth_token: None,
             restrict_admin: false,
             spin: Duration::from_micros(30),
@@ -176,9 +176,18 @@ impl BrokerBuilder {
         self.max_line = n;
         self
     }
-    /// How long a Node client has to acknowledge a pushed grant with `lock-received`.
+    /// Opt-in: release a grant pushed to a Node client that is not acknowledged with
+    /// `lock-received` within `d`, and grant the key to the next waiter.
+    ///
+    /// Off by default, because it can break mutual exclusion: a 0.2.x client whose event loop
+    /// is blocked for longer than `d` (a large `require`, a build step) still reads the grant
+    /// afterwards and believes it holds the key, which by then is someone else's. Without it an
+    /// unacknowledged grant lives until its TTL (the npm client always sends one, 7,050 ms by
+    /// default) or until the connection closes; a try-lock the client gave up on (a "ghost")
+    /// is still released within about 200 ms by an ack probe that cannot misfire (see
+    /// `docs/protocol.md`, "Compatibility").
     pub fn ack_timeout(mut self, d: Duration) -> Self {
-        self.ack_timeout = d;
+        self.ack_timeout = Some(d);
         self
     }
     /// Require this shared secret before any other request.
@@ -420,7 +429,7 @@ impl Broker {
             }
             self.core.table.handle_timeout(now);
             self.core.route_events(now);
-            self.core.expire_acks(now);
+            self.core.ack_timers(now);
             if self.needs_housekeeping {
                 self.housekeeping(now);
             }

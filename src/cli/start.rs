@@ -35,9 +35,12 @@ pub(crate) struct StartArgs {
     /// Allow `force` unlocks only over the Unix socket or from authenticated connections
     #[arg(long)]
     restrict_admin: bool,
-    /// How long a Node client has to acknowledge a pushed grant before it is released, in ms
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    ack_timeout: u64,
+    /// Release a grant pushed to an npm client that is not acknowledged within MS [default:
+    /// never, the lock's TTL applies]. RISK: an npm client whose event loop is blocked for
+    /// longer than MS still takes the late grant and believes it holds the key while the next
+    /// waiter holds it too. Ghosts of abandoned try-locks are cleared without it.
+    #[arg(long, value_name = "MS")]
+    ack_timeout: Option<u64>,
     /// Microseconds to keep polling without sleeping after a busy turn (0: never spin)
     #[arg(long, value_name = "US", default_value_t = 30)]
     spin_us: u64,
@@ -72,11 +75,13 @@ fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
         .uds_mode(uds_mode)
         .auth_token(a.auth_token)
         .restrict_admin(a.restrict_admin)
-        .ack_timeout(Duration::from_millis(a.ack_timeout))
         .max_connections(a.max_connections)
         .spin(Duration::from_micros(a.spin_us));
     if let Some(p) = &a.uds {
         b = b.uds(p);
+    }
+    if let Some(ms) = a.ack_timeout {
+        b = b.ack_timeout(Duration::from_millis(ms));
     }
     let broker = b.bind()?.spawn()?;
     if let Some(addr) = broker.local_addr() {

@@ -1,7 +1,8 @@
 'use strict';
 // wait:false on a held key fails at once and never leaves a ghost grant. The 0.2.25 client does NOT
 // send `wait` on the wire: it gives up locally and silently drops a later grant (no lock-received).
-// So the broker must revoke a pushed grant that is never acknowledged. Pass criterion: after the holder
+// The broker finds such a dropped grant with an ack probe (docs/protocol.md, Compatibility) and
+// releases it; it never releases a grant the client may still take. Pass criterion: after the holder
 // unlocks, the next real waiter is granted within LMX_GHOST_BUDGET_MS (default 2000 ms).
 const { makeClient, tryLock, assert, errStr, main, now, sleep, figure } = require('./lib');
 const BUDGET = Number(process.env.LMX_GHOST_BUDGET_MS) || 2000;
