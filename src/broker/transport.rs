@@ -1,7 +1,8 @@
-//! One client connection: its socket, its framing (NDJSON or WebSocket), and its output.
+//! The transports: a connection's socket, its framing (NDJSON or WebSocket), reading messages
+//! into the core and writing the core's output out.
 //!
-//! Replies are appended to `out` (NDJSON) or queued in tungstenite (WebSocket) while a loop turn
-//! runs, and flushed once at its end, so a burst of pipelined requests costs one `write`.
+//! The core appends replies to a connection's output while a loop turn runs; the reactor
+//! writes them once at its end, so a burst of pipelined requests costs one `write`.
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -10,8 +11,9 @@ use mio::net::{TcpStream, UnixStream};
 use tungstenite::handshake::MidHandshake;
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{HandshakeError, Message, WebSocket};
 
+use super::Broker;
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
 
@@ -81,7 +83,7 @@ impl Callback for AuthCheck {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if super::dispatch::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if super::core::constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(resp)
         } else {
             let mut e = ErrorResponse::new(Some("missing or wrong auth token".into()));
@@ -103,63 +105,44 @@ pub(crate) enum Io {
     Gone,
 }
 
-pub(crate) struct Conn {
+/// One connection's transport: its socket, framing and back-pressure state. Its protocol
+/// state (rights, pending output) is the core's, under the same [`ConnId`].
+pub(crate) struct Socket {
     pub id: ConnId,
     pub io: Io,
     pub framer: LineFramer,
-    /// NDJSON replies not yet written, from `out_pos` on.
-    pub out: Vec<u8>,
-    pub out_pos: usize,
     pub opened: Instant,
-    /// Sent `version`: a Node client, which acknowledges pushed grants with `lock-received`.
-    pub node_client: bool,
-    pub authed: bool,
     /// Output is backed up: reading stopped at this instant.
     pub stalled_since: Option<Instant>,
-    /// Close once the output is flushed (after a `version-mismatch`).
+    /// Close once the output is flushed (the core asked, or the peer half-closed).
     pub close_after_flush: bool,
     /// WebSocket output that the socket did not take yet.
     pub ws_unflushed: bool,
-    /// Listed for the end-of-turn flush.
-    pub dirty: bool,
-    /// May force-unlock.
-    pub admin: bool,
-    /// `keepLocksAfterDeath` of the connection's `version` message (the Node client's
-    /// constructor option): every lock of this connection outlives it, within its TTL.
-    pub keep_default: bool,
+    /// Listed in the reactor's own flush list (output that is not the core's: WebSocket
+    /// control replies, a close after flush).
+    pub queued: bool,
     /// The peer closed its side (or the socket failed): read to the end, never stop at a short
     /// read, since no further readiness event will come.
     pub peer_closed: bool,
 }
 
-impl Conn {
-    pub fn new(id: ConnId, io: Io, max_line: usize, now: Instant, authed: bool) -> Self {
-        Conn {
+impl Socket {
+    pub fn new(id: ConnId, io: Io, max_line: usize, now: Instant) -> Self {
+        Socket {
             id,
             io,
             framer: LineFramer::new(max_line),
-            out: Vec::new(),
-            out_pos: 0,
             opened: now,
-            node_client: false,
-            authed,
             stalled_since: None,
             close_after_flush: false,
             ws_unflushed: false,
-            dirty: false,
-            admin: true,
-            keep_default: false,
+            queued: false,
             peer_closed: false,
         }
     }
 
     pub fn handshaking(&self) -> bool {
         matches!(self.io, Io::Sniff(_) | Io::Handshake(_))
-    }
-
-    /// Bytes of output waiting for the socket.
-    pub fn backlog(&self) -> usize {
-        self.out.len() - self.out_pos
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
@@ -171,68 +154,50 @@ impl Conn {
         }
     }
 
-    /// Queues one encoded JSON object as a frame of this connection's framing.
-    /// Err means the connection must be closed (a WebSocket write buffer is full).
-    pub fn push_frame(&mut self, json: &[u8]) -> Result<(), ()> {
+    /// Sends what the socket takes of `out` (the core's NDJSON lines for this connection).
+    /// Returns how many bytes of `out` were taken, and whether everything went out; Err means
+    /// the connection must be closed.
+    ///
+    /// A WebSocket takes every line at once, one text message each, into tungstenite's bounded
+    /// write buffer; a full buffer is an error.
+    pub fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
         match &mut self.io {
             Io::Ws(ws) => {
-                let text = String::from_utf8_lossy(json).into_owned();
-                match ws.write(Message::text(text)) {
-                    Ok(()) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(()),
+                for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    match ws.write(Message::text(text)) {
+                        Ok(()) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        }
+                        Err(e) => return Err(io::Error::other(e)),
+                    }
+                    self.ws_unflushed = true;
                 }
-                self.ws_unflushed = true;
-                Ok(())
+                match ws.flush() {
+                    Ok(()) => {
+                        self.ws_unflushed = false;
+                        Ok((out.len(), true))
+                    }
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        Ok((out.len(), false))
+                    }
+                    Err(e) => Err(io::Error::other(e)),
+                }
             }
-            _ => {
-                self.out.extend_from_slice(json);
-                self.out.push(b'\n');
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes what the socket takes. Ok(true) when everything went out.
-    pub fn flush(&mut self) -> io::Result<bool> {
-        match &mut self.io {
-            Io::Ws(ws) => match ws.flush() {
-                Ok(()) => {
-                    self.ws_unflushed = false;
-                    Ok(true)
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    Ok(false)
-                }
-                Err(e) => Err(io::Error::other(e)),
-            },
             Io::Sniff(s) | Io::Ndjson(s) => {
-                while self.out_pos < self.out.len() {
-                    match s.write(&self.out[self.out_pos..]) {
+                let mut pos = 0;
+                while pos < out.len() {
+                    match s.write(&out[pos..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => self.out_pos += n,
+                        Ok(n) => pos += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
                 }
-                if self.out_pos == self.out.len() {
-                    self.out.clear();
-                    self.out_pos = 0;
-                    // Give back the memory of a one-off burst.
-                    if self.out.capacity() > 64 * 1024 {
-                        self.out.shrink_to(4096);
-                    }
-                    Ok(true)
-                } else {
-                    if self.out_pos > self.out.len() / 2 {
-                        self.out.drain(..self.out_pos);
-                        self.out_pos = 0;
-                    }
-                    Ok(false)
-                }
+                Ok((pos, pos == out.len()))
             }
-            Io::Handshake(_) | Io::Gone => Ok(true),
+            Io::Handshake(_) | Io::Gone => Ok((0, true)),
         }
     }
 }
@@ -246,4 +211,173 @@ pub(crate) fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocke
         .max_write_buffer_size(max_write_buffer)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
+}
+
+impl Broker {
+    /// Reads and handles everything the connection has sent, until the socket would block.
+    pub(super) fn on_readable(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            if sock.stalled_since.is_some() {
+                return;
+            }
+            match std::mem::replace(&mut sock.io, Io::Gone) {
+                Io::Sniff(stream) => {
+                    let mut b = [0u8; 1];
+                    let peeked = match &stream {
+                        Stream::Tcp(s) => s.peek(&mut b),
+                        Stream::Unix(_) => Ok(1),
+                    };
+                    match peeked {
+                        Ok(0) => {
+                            sock.io = Io::Sniff(stream);
+                            return self.close(slot, now);
+                        }
+                        Ok(_) if b[0] == b'G' => {
+                            // The WebSocket upgrade; `AuthCheck` is its callback.
+                            let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
+                            let check = AuthCheck(self.cfg.auth_token.as_deref().map(Into::into));
+                            match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
+                                Ok(ws) => {
+                                    sock.io = Io::Ws(Box::new(ws));
+                                    self.core.authenticated(sock.id);
+                                }
+                                Err(HandshakeError::Interrupted(mid)) => {
+                                    sock.io = Io::Handshake(Box::new(mid));
+                                    return;
+                                }
+                                Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                            }
+                        }
+                        Ok(_) => sock.io = Io::Ndjson(stream),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            sock.io = Io::Sniff(stream);
+                            return;
+                        }
+                        Err(_) => {
+                            sock.io = Io::Sniff(stream);
+                            return self.close(slot, now);
+                        }
+                    }
+                }
+                Io::Handshake(mid) => match mid.handshake() {
+                    Ok(ws) => {
+                        sock.io = Io::Ws(Box::new(ws));
+                        self.core.authenticated(sock.id);
+                    }
+                    Err(HandshakeError::Interrupted(mid)) => {
+                        sock.io = Io::Handshake(Box::new(mid));
+                        return;
+                    }
+                    Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                },
+                Io::Ndjson(stream) => {
+                    sock.io = Io::Ndjson(stream);
+                    return self.read_ndjson(slot, now);
+                }
+                Io::Ws(ws) => {
+                    sock.io = Io::Ws(ws);
+                    return self.read_ws(slot, now);
+                }
+                Io::Gone => return,
+            }
+        }
+    }
+
+    /// The NDJSON read path: reads what the socket has, hands each complete line to the core.
+    fn read_ndjson(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            let id = sock.id;
+            if self.core.output(id).len() > self.cfg.out_soft {
+                sock.stalled_since = Some(now);
+                self.needs_housekeeping = true;
+                return;
+            }
+            let Io::Ndjson(stream) = &mut sock.io else {
+                return;
+            };
+            // A short read drained the socket: after its lines, wait for the next readiness
+            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
+            // Not when the peer has closed: no further event would come for its EOF.
+            let (eof, drained) = match sock.framer.read_some(stream) {
+                Ok((0, _)) => (true, false),
+                Ok((_, filled)) => (false, !filled),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(slot, now),
+            };
+            // Handle every complete line read so far.
+            loop {
+                let Some(sock) = self.socks.get_mut(slot) else {
+                    return;
+                };
+                let line = match sock.framer.next_line() {
+                    Ok(Some(line)) => line,
+                    Ok(None) if eof => match sock.framer.finish() {
+                        Some(line) => line,
+                        None => break,
+                    },
+                    Ok(None) => break,
+                    // Framing is lost: only this connection is closed.
+                    Err(_) => return self.close(slot, now),
+                };
+                self.core.handle_message(id, line, now);
+            }
+            if eof {
+                // The peer may have only half-closed (`printf ... | nc`): its replies still go
+                // out, then the connection closes and its locks are released.
+                let Some(sock) = self.socks.get_mut(slot) else {
+                    return;
+                };
+                if self.core.output(id).is_empty() && !sock.ws_unflushed {
+                    return self.close(slot, now);
+                }
+                sock.close_after_flush = true;
+                self.queue_flush(slot);
+                return;
+            }
+            if drained && self.socks.get(slot).is_some_and(|s| !s.peer_closed) {
+                return;
+            }
+        }
+    }
+
+    /// The WebSocket read path: hands each text or binary message to the core.
+    fn read_ws(&mut self, slot: usize, now: Instant) {
+        loop {
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            let id = sock.id;
+            let Io::Ws(ws) = &mut sock.io else {
+                return;
+            };
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(t.as_bytes());
+                    self.core.handle_message(id, &mut self.scratch, now);
+                }
+                Ok(Message::Binary(b)) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&b);
+                    self.core.handle_message(id, &mut self.scratch, now);
+                }
+                Ok(_) => {
+                    // Ping, pong, close: tungstenite answers them; their replies need a flush.
+                    sock.ws_unflushed = true;
+                    self.queue_flush(slot);
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return;
+                }
+                Err(_) => return self.close(slot, now),
+            }
+        }
+    }
 }

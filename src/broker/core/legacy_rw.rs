@@ -10,8 +10,11 @@ use std::collections::VecDeque;
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use crate::proto::RwOp;
-use crate::table::{ConnId, Name};
+use std::time::Instant;
+
+use super::Core;
+use crate::proto::{Reply, RwOp};
+use crate::table::{Cancelled, ConnId, Name};
 
 #[derive(Default, Debug)]
 struct KeyRw {
@@ -150,6 +153,58 @@ fn wake(key: &str, k: &mut KeyRw, woken: &mut Vec<Woken>) {
             *k.readers.entry(conn).or_default() += 1;
         }
         woken.push((conn, uuid, key.into()));
+    }
+}
+
+impl Core {
+    /// A legacy RW message. The Node RW client sends it while holding the mutex on `key` and
+    /// waits for the answer before unlocking; when the answer must wait (a writer for readers,
+    /// a reader for the writer), the party that would clear the way needs that same mutex. So
+    /// the waiting client's mutex hold is released now ("parked") and its later unlock is
+    /// answered as done: no deadlock until TTL, as 0.2.25 had.
+    pub(super) fn rw(
+        &mut self,
+        slot: usize,
+        cid: ConnId,
+        now: Instant,
+        op: RwOp,
+        uuid: &str,
+        key: &str,
+    ) {
+        let mut woken = std::mem::take(&mut self.woken);
+        match self.rw.apply(cid, key, uuid, op, &mut woken) {
+            RwAnswer::Now { readers } => self.send(
+                slot,
+                &Reply::Rw {
+                    op,
+                    uuid,
+                    key,
+                    readers_count: readers,
+                },
+            ),
+            RwAnswer::Full => self.send_error(
+                slot,
+                op.as_str(),
+                Some(uuid),
+                Some(key),
+                "too many read/write requests already wait for this key",
+            ),
+            RwAnswer::Deferred => {
+                let held: Option<Name> = self.table.info(now, key).and_then(|i| {
+                    i.holders
+                        .iter()
+                        .find(|h| h.conn == cid)
+                        .map(|h| h.id.clone())
+                });
+                if let Some(id) = held
+                    && self.table.cancel(now, cid, key, &id) == Cancelled::Released
+                {
+                    self.parked.insert(id, cid);
+                }
+            }
+        }
+        self.broadcast(&mut woken);
+        self.woken = woken;
     }
 }
 

@@ -1,68 +1,136 @@
-//! From a decoded request to table calls and replies; from table events to pushed replies.
+//! The broker minus its sockets: a sans-IO state machine in the style of quinn-proto's
+//! `Connection`. Messages and time go in; bytes to send per connection and close requests come
+//! out. Nothing here touches a socket, reads a clock, or knows about WebSocket.
 //!
-//! Nothing here touches a socket: replies are encoded into each connection's output, which the
-//! reactor flushes at the end of its loop turn.
+//! Each command's handler lives in a file of its own: [`lock`] (lock, unlock, extend, grants),
+//! [`many`] (acquire-many), [`inspect`] (ls, lock-info, ping, stats, inspect), [`acks`] (the
+//! ack probes of pushed grants) and [`legacy_rw`] (the 0.2.x read/write protocol).
+
+mod acks;
+mod inspect;
+mod legacy_rw;
+mod lock;
+mod many;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use ahash::RandomState;
 use hashbrown::HashMap;
-use slab::Slab;
-use smallvec::SmallVec;
 
-use super::conn::Conn;
-use super::legacy_rw::{LegacyRw, RwAnswer};
-use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany};
-use crate::proto::{self, Reply, Request};
-use crate::table::{
-    self, Cancelled, ConnId, Event, LockOutcome, ManyOutcome, ManyRequest, Name, Table, TableError,
-    Wait,
-};
+use crate::proto::encode;
+use crate::proto::{self, Decoder, Limits, Reply, Request};
+use crate::table::{self, ConnId, Name, Table};
+use acks::PendingAck;
+use legacy_rw::LegacyRw;
 
-/// A pushed grant that a Node client has not acknowledged yet (see `Core::acks`).
-struct PendingAck {
-    conn: ConnId,
-    key: Name,
-    /// When it was pushed: tells this grant's timers from those of an earlier grant that had
-    /// the same id.
-    pushed: Instant,
+/// How a connection reached the broker; decides its rights before any request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// TCP (NDJSON or WebSocket): admin acts need the auth token when `restrict_admin` is on.
+    Tcp,
+    /// Unix socket: file permissions already guard it, so it may force-unlock.
+    Unix,
 }
 
-/// Prefix of the uuid of an ack probe (see [`Core::send_probes`]); the rest is the grant's id.
-pub(crate) const PROBE_PREFIX: &str = "lmx-ack-probe:";
+/// What the caller must do with a connection; see [`Core::poll_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Close it now; output not yet taken with [`Core::output`] is dropped
+    /// (`version-mismatch-confirmed`).
+    Close(ConnId),
+    /// Send all its output, then close it (a refused auth, a version mismatch). Requests that
+    /// arrive before then are still handled.
+    CloseAfterFlush(ConnId),
+}
 
-/// How long a pushed grant may go unacknowledged before it is probed. A client that is
-/// running acknowledges within a millisecond; the probe makes the 0.2.25 client log a warning,
-/// so it is sent only to clients that are late.
-pub(crate) const PROBE_DELAY: Duration = Duration::from_millis(200);
-
-/// The broker minus its sockets: the table, the connections' outputs, and the grant acks.
-pub(crate) struct Core {
-    pub table: Table,
-    pub conns: Slab<Conn>,
-    /// Encoding scratch, reused for every reply.
-    enc: Vec<u8>,
-    /// Pushed grants to Node clients not yet acknowledged with `lock-received`. The 0.2.x
-    /// client gives up on a try-lock locally and never tells the broker, so a grant pushed to
-    /// it later would be held by nobody (a "ghost"). Such a grant is never released while the
-    /// client may still read it and believe it holds the key: only its TTL, the connection's
-    /// close, a `lock-received-rejected`, or the answer to an ack probe end it.
-    acks: HashMap<Name, PendingAck, RandomState>,
-    /// Grants to probe, in push order (all share [`PROBE_DELAY`]).
-    probe_order: VecDeque<(Instant, Name)>,
-    /// Opt-in (`--ack-timeout`): release an unacknowledged push after this long, although a
-    /// client whose event loop is stalled may still read it and believe it holds the key.
+/// The core's settings, taken from the `BrokerBuilder`.
+pub(crate) struct Config {
+    pub table: table::Config,
+    pub limits: Limits,
+    /// Opt-in (`--ack-timeout`): see [`acks`].
     pub ack_timeout: Option<Duration>,
-    expiry_order: VecDeque<(Instant, Name)>,
-    /// Connections whose output must be flushed this turn.
-    pub dirty: Vec<usize>,
-    /// Connections to close at the end of this turn (a full WebSocket buffer, a mismatch).
-    pub doomed: Vec<usize>,
     pub auth_token: Option<String>,
+    pub restrict_admin: bool,
+    /// The wall clock, read only for `pong`'s `serverTimestampMs` (tests pass a fixed one).
+    pub wall_clock: fn() -> SystemTime,
+}
+
+/// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
+struct ConnState {
+    id: ConnId,
+    /// Encoded NDJSON lines not yet taken by the caller, from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Sent `version`: a Node client, which acknowledges pushed grants with `lock-received`.
+    node_client: bool,
+    authed: bool,
+    /// May force-unlock.
+    admin: bool,
+    /// `keepLocksAfterDeath` of the connection's `version` message (the Node client's
+    /// constructor option): every lock of this connection outlives it, within its TTL.
+    keep_default: bool,
+    /// A close was already asked for with an [`Event`].
+    closing: bool,
+    /// Listed in `Core::dirty`.
+    dirty: bool,
+}
+
+/// The broker's lock protocol, without I/O.
+///
+/// # Contract
+///
+/// The caller (the reactor in `broker/reactor.rs`, or the in-memory `Pair` of the tests) owns
+/// the connections' transports and drives the core:
+///
+/// - [`open`](Self::open) each connection once, before any message of it, with a [`ConnId`]
+///   whose low 32 bits are a small index (a slab slot) unique among open connections; a reused
+///   index needs different high bits (a generation), so that a grant for a dead connection is
+///   never delivered to its successor.
+/// - [`handle_message`](Self::handle_message) with each message received (one NDJSON line
+///   without its newline, or one WebSocket message), in order.
+/// - [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout) has
+///   passed. Calling it earlier, or more often, is harmless. `poll_timeout` changes after every
+///   input, so ask it again before sleeping.
+/// - [`close`](Self::close) each connection exactly once when its transport is gone, whether the
+///   peer left, the caller cut it off, or an [`Event`] asked for it. Its locks are released
+///   (unless kept after disconnect) and the next waiters granted.
+///
+/// After any of these inputs, and before sleeping, the caller drains the outputs:
+///
+/// - [`poll_event`](Self::poll_event) until `None`: connections to close.
+/// - [`poll_transmit`](Self::poll_transmit) until `None`: each connection with new output, once.
+///   For it, [`output`](Self::output) is the bytes to send: whole NDJSON lines, each ending
+///   in `\n`. Encoded JSON never holds a raw newline, so a WebSocket transport sends each line
+///   (without its `\n`) as one text message. [`consume`](Self::consume) says how many were
+///   sent; the rest stays for later (a socket that would block). The length of `output` is the
+///   connection's backlog, for back-pressure.
+///
+/// Closing a connection can grant its keys to others, so the caller loops: events, transmits,
+/// until both are empty. Time is only ever the `now` passed in.
+pub(crate) struct Core {
+    table: Table,
+    /// By the low 32 bits of the `ConnId`.
+    conns: Vec<Option<ConnState>>,
+    open: usize,
+    decoder: Decoder,
+    /// Connections with output not yet listed by `poll_transmit`.
+    dirty: Vec<ConnId>,
+    events: VecDeque<Event>,
+    /// Pushed grants to Node clients not yet acknowledged with `lock-received` (see [`acks`]).
+    acks: HashMap<Name, PendingAck, RandomState>,
+    /// Grants to probe, in push order (all share `PROBE_DELAY`).
+    probe_order: VecDeque<(Instant, Name)>,
+    ack_timeout: Option<Duration>,
+    expiry_order: VecDeque<(Instant, Name)>,
+    auth_token: Option<String>,
+    restrict_admin: bool,
+    wall_clock: fn() -> SystemTime,
     rw: LegacyRw,
-    /// Mutex holds of legacy RW clients set aside while their RW request waits (see `rw`);
-    /// their later unlock is answered as done.
+    /// Mutex holds of legacy RW clients set aside while their RW request waits (see
+    /// [`legacy_rw`]); their later unlock is answered as done.
     parked: HashMap<Name, ConnId, RandomState>,
     woken: Vec<(ConnId, Name, Name)>,
 }
@@ -76,42 +144,204 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Core {
-    pub fn new(table: Table, ack_timeout: Option<Duration>, auth_token: Option<String>) -> Self {
+    pub fn new(cfg: Config) -> Self {
         Core {
-            table,
-            conns: Slab::new(),
-            enc: Vec::with_capacity(256),
+            table: Table::new(cfg.table),
+            conns: Vec::new(),
+            open: 0,
+            decoder: Decoder::new(cfg.limits),
+            dirty: Vec::new(),
+            events: VecDeque::new(),
             acks: HashMap::default(),
             probe_order: VecDeque::new(),
-            ack_timeout,
+            ack_timeout: cfg.ack_timeout,
             expiry_order: VecDeque::new(),
-            dirty: Vec::new(),
-            doomed: Vec::new(),
-            auth_token,
+            auth_token: cfg.auth_token,
+            restrict_admin: cfg.restrict_admin,
+            wall_clock: cfg.wall_clock,
             rw: LegacyRw::default(),
             parked: HashMap::default(),
             woken: Vec::new(),
         }
     }
 
-    /// The slab slot of a live connection with this id (ids carry their slot in the low bits
-    /// and a generation above, so a reused slot never receives a dead connection's grant).
-    fn slot_of(&self, id: ConnId) -> Option<usize> {
+    /// A new connection. Without an auth token it may send any request at once.
+    pub fn open(&mut self, id: ConnId, kind: ConnKind, _now: Instant) {
         let slot = conn_slot(id);
-        self.conns.get(slot).filter(|c| c.id == id).map(|_| slot)
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        let state = ConnState {
+            id,
+            out: Vec::new(),
+            out_pos: 0,
+            node_client: false,
+            authed: self.auth_token.is_none(),
+            // Admin acts need the Unix socket (file permissions guard it) or a token.
+            admin: !self.restrict_admin || kind == ConnKind::Unix,
+            keep_default: false,
+            closing: false,
+            dirty: false,
+        };
+        if self.conns[slot].replace(state).is_none() {
+            self.open += 1;
+        }
     }
 
-    fn send(&mut self, slot: usize, reply: &Reply<'_>) {
-        self.enc.clear();
-        reply.encode(&mut self.enc);
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
+    /// carried it).
+    pub fn authenticated(&mut self, id: ConnId) {
+        if let Some(c) = self.state_mut(id) {
+            c.authed = true;
+        }
+    }
+
+    /// The connection is gone: the table releases exactly its holds, and its waiters' turns
+    /// pass on.
+    pub fn close(&mut self, id: ConnId, now: Instant) {
+        let slot = conn_slot(id);
+        if self.state(id).is_none() {
+            return;
+        }
+        self.conns[slot] = None;
+        self.open -= 1;
+        // The last connection is gone: give back what a flood of them made the list grow to.
+        if self.open == 0 && self.conns.capacity() > 1024 {
+            self.conns = Vec::new();
+        }
+        self.table.disconnect(now, id);
+        if !self.acks.is_empty() {
+            self.acks.retain(|_, a| a.conn != id);
+        }
+        self.parked.retain(|_, c| *c != id);
+        let mut woken = std::mem::take(&mut self.woken);
+        self.rw.disconnect(id, &mut woken);
+        self.broadcast(&mut woken);
+        self.woken = woken;
+        self.route_events(now);
+    }
+
+    /// Handles one message of `conn`: one JSON object, decoded in place (`msg` is scribbled on).
+    pub fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) {
+        let Some(slot) = self.slot_of(conn) else {
             return;
         };
-        if conn.push_frame(&self.enc).is_err() {
-            self.doomed.push(slot);
+        match self.decoder.decode(msg) {
+            Ok(req) => self.handle(slot, conn, now, req),
+            Err(e) => {
+                if let Some(c) = self.conn_at(slot) {
+                    encode::decode_error(&e, &mut c.out);
+                    c.out.push(b'\n');
+                }
+                self.mark_dirty(slot);
+            }
         }
-        if !std::mem::replace(&mut conn.dirty, true) {
-            self.dirty.push(slot);
+    }
+
+    /// Runs what is due at `now`: lock TTLs, wait deadlines, ack probes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.table.handle_timeout(now);
+        self.route_events(now);
+        self.ack_timers(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let table = self.table.poll_timeout();
+        table.into_iter().chain(self.next_ack_deadline()).min()
+    }
+
+    /// The next connection to close; see [`Event`].
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next connection with new output since the last call.
+    pub fn poll_transmit(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(c) = self.state_mut(id) {
+                c.dirty = false;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// The bytes waiting to be sent to `conn`: whole NDJSON lines. Empty for an unknown one.
+    pub fn output(&self, conn: ConnId) -> &[u8] {
+        self.state(conn).map_or(&[], |c| &c.out[c.out_pos..])
+    }
+
+    /// The first `n` bytes of [`output`](Self::output) were sent.
+    pub fn consume(&mut self, conn: ConnId, n: usize) {
+        let Some(c) = self.state_mut(conn) else {
+            return;
+        };
+        c.out_pos = (c.out_pos + n).min(c.out.len());
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+            // Give back the memory of a one-off burst.
+            if c.out.capacity() > 64 * 1024 {
+                c.out.shrink_to(4096);
+            }
+        } else if c.out_pos > c.out.len() / 2 {
+            c.out.drain(..c.out_pos);
+            c.out_pos = 0;
+        }
+    }
+
+    fn state(&self, id: ConnId) -> Option<&ConnState> {
+        self.conns
+            .get(conn_slot(id))
+            .and_then(Option::as_ref)
+            .filter(|c| c.id == id)
+    }
+
+    fn state_mut(&mut self, id: ConnId) -> Option<&mut ConnState> {
+        self.conns
+            .get_mut(conn_slot(id))
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == id)
+    }
+
+    /// The index of a live connection with this id (ids carry their index in the low bits and
+    /// a generation above, so a reused index never receives a dead connection's grant).
+    fn slot_of(&self, id: ConnId) -> Option<usize> {
+        self.state(id).map(|_| conn_slot(id))
+    }
+
+    fn conn_at(&mut self, slot: usize) -> Option<&mut ConnState> {
+        self.conns.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut)
+            && !std::mem::replace(&mut c.dirty, true)
+        {
+            self.dirty.push(c.id);
+        }
+    }
+
+    /// Asks the caller to close the connection once its output is sent.
+    fn close_after_flush(&mut self, slot: usize) {
+        if let Some(c) = self.conn_at(slot)
+            && !std::mem::replace(&mut c.closing, true)
+        {
+            let id = c.id;
+            self.events.push_back(Event::CloseAfterFlush(id));
+        }
+    }
+
+    /// Encodes `reply` as one line of the connection's output.
+    fn send(&mut self, slot: usize, reply: &Reply<'_>) {
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        reply.encode(&mut c.out);
+        c.out.push(b'\n');
+        if !std::mem::replace(&mut c.dirty, true) {
+            self.dirty.push(c.id);
         }
     }
 
@@ -134,58 +364,21 @@ impl Core {
         );
     }
 
-    pub fn decode_error(&mut self, slot: usize, e: &proto::DecodeError) {
-        self.enc.clear();
-        encode::decode_error(e, &mut self.enc);
-        if let Some(conn) = self.conns.get_mut(slot) {
-            if conn.push_frame(&self.enc).is_err() {
-                self.doomed.push(slot);
-            }
-            if !std::mem::replace(&mut conn.dirty, true) {
-                self.dirty.push(slot);
-            }
-        }
-    }
-
-    /// Handles one request of connection `slot`.
-    pub fn handle(&mut self, slot: usize, now: Instant, req: Request<'_>) {
-        let Some(conn) = self.conns.get(slot) else {
+    /// Handles one request of the connection at `slot`.
+    fn handle(&mut self, slot: usize, cid: ConnId, now: Instant, req: Request<'_>) {
+        let Some(c) = self.conn_at(slot) else {
             return;
         };
-        let cid = conn.id;
-        if !conn.authed {
-            if let Request::Auth { uuid, token } = req {
-                let ok = self
-                    .auth_token
-                    .as_deref()
-                    .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-                self.send(
-                    slot,
-                    &Reply::Auth {
-                        uuid,
-                        authenticated: ok,
-                        error: (!ok).then_some("wrong auth token"),
-                    },
-                );
-                if ok {
-                    self.conns[slot].authed = true;
-                    self.conns[slot].admin = true;
-                } else {
-                    self.conns[slot].close_after_flush = true;
-                }
-            } else {
-                self.send_error(slot, req.ty(), req.uuid(), None, "authenticate first");
-                self.conns[slot].close_after_flush = true;
-            }
-            return;
+        if !c.authed {
+            return self.unauthenticated(slot, req);
         }
         match req {
             Request::Version {
                 value,
                 keep_locks_after_death,
             } => {
-                self.conns[slot].node_client = true;
-                self.conns[slot].keep_default = keep_locks_after_death;
+                c.node_client = true;
+                c.keep_default = keep_locks_after_death;
                 if !proto::is_compatible_version(value) {
                     self.send(
                         slot,
@@ -193,164 +386,34 @@ impl Core {
                             client_version: value,
                         },
                     );
-                    self.conns[slot].close_after_flush = true;
+                    self.close_after_flush(slot);
                 }
             }
-            Request::VersionMismatchConfirmed => self.doomed.push(slot),
+            Request::VersionMismatchConfirmed => {
+                c.closing = true;
+                self.events.push_back(Event::Close(cid));
+            }
             Request::Lock(r) => self.lock(slot, cid, now, &r),
-            Request::LockReceived { uuid, .. } => {
-                if self.acks.get(uuid).is_some_and(|a| a.conn == cid) {
-                    self.acks.remove(uuid);
-                }
-            }
-            Request::Cancel { uuid, key, .. } => match uuid.strip_prefix(PROBE_PREFIX) {
-                Some(id) => self.probe_answered(now, cid, id),
-                None => {
-                    self.acks.remove(uuid);
-                    self.table.cancel(now, cid, key, uuid);
-                }
-            },
+            Request::LockReceived { uuid, .. } => self.lock_received(cid, uuid),
+            Request::Cancel { uuid, key, .. } => self.cancel(now, cid, uuid, key),
             Request::Unlock {
                 uuid,
                 key,
                 lock_id,
                 force,
-            } => {
-                let parked = lock_id.is_some_and(|id| self.parked.get(id) == Some(&cid));
-                // Err(None): refused before the table was asked.
-                let res = if force && !self.conns[slot].admin {
-                    Err(None)
-                } else if parked {
-                    lock_id.map(|id| self.parked.remove(id));
-                    Ok(1)
-                } else {
-                    self.table.unlock(now, key, lock_id, force).map_err(Some)
-                };
-                if let Some(id) = lock_id
-                    && !self.acks.is_empty()
-                {
-                    self.acks.remove(id);
-                }
-                let (lrc, _) = self.table.counts(key);
-                let lost = matches!(res, Err(Some(TableError::NotHeld)));
-                let err = match &res {
-                    Ok(_) => None,
-                    Err(None) => Some(
-                        "force unlock is an admin act: use the Unix socket or authenticate"
-                            .to_string(),
-                    ),
-                    Err(Some(e)) => Some(e.to_string()),
-                };
-                self.send(
-                    slot,
-                    &Reply::Unlock {
-                        uuid,
-                        key,
-                        unlocked: err.is_none(),
-                        lock_request_count: lrc as u64,
-                        lost,
-                        error: err.as_deref(),
-                        warning: None,
-                    },
-                );
-            }
+            } => self.unlock(slot, cid, now, uuid, key, lock_id, force),
             Request::Extend {
                 uuid,
                 key,
                 lock_id,
                 ttl,
-            } => {
-                let res = self.table.extend(now, key, lock_id, ttl_of(ttl));
-                let err = res.as_ref().err().map(ToString::to_string);
-                self.send(
-                    slot,
-                    &Reply::Extend {
-                        uuid,
-                        key,
-                        extended: res.is_ok(),
-                        error: err.as_deref(),
-                    },
-                );
-            }
-            Request::AcquireMany(r) => {
-                let wait = wait_of(now, r.try_lock, r.wait_timeout);
-                let req = ManyRequest {
-                    conn: cid,
-                    keys: &r.keys,
-                    id: r.uuid,
-                    ttl: ttl_of(r.ttl),
-                    wait,
-                    keep_after_disconnect: r.keep_locks_after_death
-                        || self.conns[slot].keep_default,
-                };
-                match self.table.lock_many(now, &req) {
-                    Ok(out) => self.send_many(slot, r.uuid, &out, r.wait_timeout.unwrap_or(0)),
-                    Err(e) => {
-                        self.send_error(slot, "acquire-many", Some(r.uuid), None, &e.to_string())
-                    }
-                }
-            }
-            Request::ReleaseMany { uuid, lock_id } => {
-                let res = self.table.release_many(now, lock_id);
-                let err = res.as_ref().err().map(ToString::to_string);
-                self.send(
-                    slot,
-                    &Reply::ReleaseMany {
-                        uuid,
-                        lock_id,
-                        released: res.is_ok(),
-                        error: err.as_deref(),
-                    },
-                );
-            }
-            Request::Ls { uuid } => {
-                let keys: Vec<Name> = self.table.keys().cloned().collect();
-                let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
-                self.send(slot, &Reply::Ls { uuid, keys: &refs });
-            }
-            Request::LockInfo { uuid, key } => {
-                let info = self.table.info(now, key);
-                let holders: Vec<HolderInfo<'_>> = info
-                    .iter()
-                    .flat_map(|i| &i.holders)
-                    .map(|h| HolderInfo {
-                        id: &h.id,
-                        fencing_token: h.token,
-                        mode: h.mode,
-                        ttl_remaining: h.ttl_remaining.map(ms),
-                    })
-                    .collect();
-                let reply = Reply::LockInfo {
-                    uuid,
-                    key,
-                    lock_request_count: info.as_ref().map_or(0, |i| i.waiters as u64),
-                    readers_count: info.as_ref().map_or(0, |i| i.readers as u64),
-                    max: info.as_ref().map_or(1, |i| i.max),
-                    holders: &holders,
-                };
-                self.send(slot, &reply);
-            }
-            Request::Ping { uuid } => {
-                let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms);
-                self.send(
-                    slot,
-                    &Reply::Pong {
-                        uuid,
-                        server_timestamp_ms: ts,
-                    },
-                );
-            }
-            Request::SystemStats { uuid } => {
-                let s = self.table.stats();
-                let stats = encode::Stats {
-                    keys: s.keys as u64,
-                    holders: s.holders as u64,
-                    waiters: s.waiters as u64,
-                    connections: self.conns.len() as u64,
-                    grants: s.grants,
-                };
-                self.send(slot, &Reply::SystemStats { uuid, stats });
-            }
+            } => self.extend(slot, now, uuid, key, lock_id, ttl),
+            Request::AcquireMany(r) => self.acquire_many(slot, cid, now, &r),
+            Request::ReleaseMany { uuid, lock_id } => self.release_many(slot, now, uuid, lock_id),
+            Request::Ls { uuid } => self.ls(slot, uuid),
+            Request::LockInfo { uuid, key } => self.lock_info(slot, now, uuid, key),
+            Request::Ping { uuid } => self.ping(slot, uuid),
+            Request::SystemStats { uuid } => self.system_stats(slot, uuid),
             Request::Auth { uuid, .. } => {
                 self.send(
                     slot,
@@ -362,317 +425,38 @@ impl Core {
                 );
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
-            Request::Inspect { uuid, command } => {
-                // The spellings 0.2.25's broker accepts; anything else: the number of holders.
-                let result = match command {
-                    "lockcount" | "lock-count" | "lock_count" => self.table.stats().keys as u64,
-                    "clientcount" | "client-count" | "client_count" => self.conns.len() as u64,
-                    _ => self.table.stats().holders as u64,
-                };
-                self.send(slot, &Reply::Inspect { uuid, result });
-            }
+            Request::Inspect { uuid, command } => self.inspect(slot, uuid, command),
         }
         self.route_events(now);
     }
 
-    fn lock(&mut self, slot: usize, cid: ConnId, now: Instant, r: &proto::LockRequest<'_>) {
-        let req = table::LockRequest {
-            conn: cid,
-            key: r.key,
-            id: r.uuid,
-            mode: r.mode,
-            max: r.max,
-            ttl: ttl_of(r.ttl),
-            wait: wait_of(now, r.try_lock, r.wait_timeout),
-            // The Node client puts its constructor option on `version` only (see `keep_default`).
-            keep_after_disconnect: r.keep_locks_after_death || self.conns[slot].keep_default,
-        };
-        // A Node client re-sends a lock (same uuid) when its own timer fires. If the lock was
-        // granted meanwhile, the grant is already on its way; a second `acquired:true` would
-        // reach a request the client has settled and make it reject (release) the lock.
-        let retried_holder = r.retry_count > 0
-            && self
-                .table
-                .info(now, r.key)
-                .is_some_and(|i| i.holders.iter().any(|h| &*h.id == r.uuid));
-        let (outcome, lrc, readers) = match self.table.lock(now, &req) {
-            Err(e) => {
-                return self.send_error(slot, "lock", Some(r.uuid), Some(r.key), &e.to_string());
-            }
-            Ok(LockOutcome::TimedOut) => {
-                return self.send(
-                    slot,
-                    &Reply::LockTimedOut {
-                        uuid: r.uuid,
-                        key: r.key,
-                        waited_ms: 0,
-                    },
-                );
-            }
-            Ok(LockOutcome::Granted(_)) if retried_holder => (WireLock::Queued, 0, 0),
-            Ok(LockOutcome::Granted(g)) => (
-                WireLock::Granted {
-                    fencing_token: g.token,
-                },
-                g.queue_len,
-                g.readers,
-            ),
-            Ok(LockOutcome::Queued { queue_len, readers }) => {
-                (WireLock::Queued, queue_len, readers)
-            }
-            Ok(LockOutcome::Busy { queue_len, readers }) => (WireLock::Refused, queue_len, readers),
-        };
-        self.send(
-            slot,
-            &Reply::Lock {
-                uuid: r.uuid,
-                key: r.key,
-                outcome,
-                lock_request_count: lrc as u64,
-                readers_count: readers as u64,
-            },
-        );
-    }
-
-    fn send_many(&mut self, slot: usize, uuid: &str, out: &ManyOutcome, timeout_ms: u64) {
-        let tokens: SmallVec<[(&str, u64); 8]>;
-        let outcome = match out {
-            ManyOutcome::Granted(t) => {
-                tokens = t.iter().map(|(k, v)| (&**k, *v)).collect();
-                WireMany::Granted {
-                    fencing_tokens: &tokens,
-                }
-            }
-            ManyOutcome::Queued => WireMany::Queued,
-            ManyOutcome::Busy => WireMany::Refused {
-                contended_key: None,
-            },
-            ManyOutcome::TimedOut => WireMany::TimedOut {
-                waited_ms: timeout_ms,
-            },
-        };
-        self.send(
-            slot,
-            &Reply::AcquireMany {
-                uuid,
-                lock_id: uuid,
-                outcome,
-            },
-        );
-    }
-
-    /// Turns the table's events into pushed replies; a grant for a connection that is gone is
-    /// released at once.
-    pub fn route_events(&mut self, now: Instant) {
-        while let Some(ev) = self.table.poll_event() {
-            match ev {
-                Event::Granted {
-                    conn,
-                    id,
-                    key,
-                    grant,
-                } => {
-                    let Some(slot) = self.slot_of(conn) else {
-                        self.table.cancel(now, conn, &key, &id);
-                        continue;
-                    };
-                    if self.conns[slot].node_client {
-                        self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
-                        if let Some(t) = self.ack_timeout {
-                            self.expiry_order.push_back((now + t, id.clone()));
-                        }
-                        self.acks.insert(
-                            id.clone(),
-                            PendingAck {
-                                conn,
-                                key: key.clone(),
-                                pushed: now,
-                            },
-                        );
-                    }
-                    self.send(
-                        slot,
-                        &Reply::Lock {
-                            uuid: &id,
-                            key: &key,
-                            outcome: WireLock::Granted {
-                                fencing_token: grant.token,
-                            },
-                            lock_request_count: grant.queue_len as u64,
-                            readers_count: grant.readers as u64,
-                        },
-                    );
-                }
-                Event::ManyGranted { conn, id, tokens } => {
-                    let Some(slot) = self.slot_of(conn) else {
-                        self.table.release_many(now, &id).ok();
-                        continue;
-                    };
-                    self.send_many(slot, &id, &ManyOutcome::Granted(tokens), 0);
-                }
-                Event::TimedOut {
-                    conn,
-                    id,
-                    key,
-                    waited,
-                } => {
-                    let Some(slot) = self.slot_of(conn) else {
-                        continue;
-                    };
-                    match key {
-                        Some(key) => self.send(
-                            slot,
-                            &Reply::LockTimedOut {
-                                uuid: &id,
-                                key: &key,
-                                waited_ms: ms(waited),
-                            },
-                        ),
-                        None => self.send_many(slot, &id, &ManyOutcome::TimedOut, ms(waited)),
-                    }
-                }
-                Event::Expired { id, .. } => {
-                    self.acks.remove(&id);
-                }
-            }
-        }
-    }
-
-    /// Runs the acknowledgement timers that are due: ack probes, and the opt-in release of
-    /// unacknowledged pushes (`ack_timeout`).
-    pub fn ack_timers(&mut self, now: Instant) {
-        while let Some(id) = due(&mut self.probe_order, now, PROBE_DELAY, &self.acks) {
-            self.send_probe(&id);
-        }
-        if let Some(t) = self.ack_timeout {
-            while let Some(id) = due(&mut self.expiry_order, now, t, &self.acks) {
-                let Some(a) = self.acks.remove(&id) else {
-                    continue;
-                };
-                if self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released {
-                    log::note(&format!(
-                        "grant {id} of key {:?} was not acknowledged within {} ms: released \
-                         (--ack-timeout)",
-                        a.key,
-                        t.as_millis()
-                    ));
-                }
-            }
-        }
-        self.route_events(now);
-    }
-
-    /// Asks a Node client whether it took a pushed grant it has not acknowledged: the probe is
-    /// a grant for a request the client never made, which the 0.2.x client answers with
-    /// `lock-received-rejected` and nothing else. The client reads its socket in order and
-    /// acknowledges an accepted grant from the same handler, before it reads the next line;
-    /// so a probe answered while the grant is still unacknowledged proves that the client read
-    /// the grant and dropped it (a try-lock it gave up on). A client whose event loop is
-    /// stalled answers nothing until it has read, and acknowledged, the grant first.
-    fn send_probe(&mut self, id: &Name) {
-        let Some(a) = self.acks.get(id) else {
-            return;
-        };
-        let Some(slot) = self.slot_of(a.conn) else {
-            return;
-        };
-        let (uuid, key) = (format!("{PROBE_PREFIX}{id}"), a.key.clone());
-        self.send(
-            slot,
-            &Reply::Lock {
-                uuid: &uuid,
-                key: &key,
-                outcome: WireLock::Granted { fencing_token: 0 },
-                lock_request_count: 0,
-                readers_count: 0,
-            },
-        );
-    }
-
-    /// The client answered the probe of grant `id` with `lock-received-rejected`: if it has not
-    /// acknowledged the grant by now, it read it and dropped it, so the grant is released.
-    fn probe_answered(&mut self, now: Instant, cid: ConnId, id: &str) {
-        // Acknowledged meanwhile, or not this connection's: nothing to do.
-        if self.acks.get(id).is_some_and(|a| a.conn == cid)
-            && let Some(a) = self.acks.remove(id)
-            && self.table.cancel(now, cid, &a.key, id) == Cancelled::Released
-        {
-            log::note(&format!(
-                "grant {id} of key {:?}: the client read it and did not take it: released",
-                a.key
-            ));
-        }
-    }
-
-    /// The earliest acknowledgement timer, for the reactor's poll timeout.
-    pub fn next_ack_deadline(&self) -> Option<Instant> {
-        let probe = self.probe_order.front().map(|(t, _)| *t);
-        let expiry = self.expiry_order.front().map(|(t, _)| *t);
-        probe.into_iter().chain(expiry).min()
-    }
-
-    /// The connection is gone: the table releases exactly its holds.
-    pub fn disconnect(&mut self, now: Instant, id: ConnId) {
-        self.table.disconnect(now, id);
-        if !self.acks.is_empty() {
-            self.acks.retain(|_, a| a.conn != id);
-        }
-        self.parked.retain(|_, c| *c != id);
-        let mut woken = std::mem::take(&mut self.woken);
-        self.rw.disconnect(id, &mut woken);
-        self.broadcast(&mut woken);
-        self.woken = woken;
-        self.route_events(now);
-    }
-
-    /// A legacy RW message. The Node RW client sends it while holding the mutex on `key` and
-    /// waits for the answer before unlocking; when the answer must wait (a writer for readers,
-    /// a reader for the writer), the party that would clear the way needs that same mutex. So
-    /// the waiting client's mutex hold is released now ("parked") and its later unlock is
-    /// answered as done: no deadlock until TTL, as 0.2.25 had.
-    fn rw(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        op: proto::RwOp,
-        uuid: &str,
-        key: &str,
-    ) {
-        let mut woken = std::mem::take(&mut self.woken);
-        match self.rw.apply(cid, key, uuid, op, &mut woken) {
-            RwAnswer::Now { readers } => self.send(
+    /// Before the auth token: only `auth` is answered; anything else, or a wrong token, closes
+    /// the connection once the answer is out.
+    fn unauthenticated(&mut self, slot: usize, req: Request<'_>) {
+        if let Request::Auth { uuid, token } = req {
+            let ok = self
+                .auth_token
+                .as_deref()
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            self.send(
                 slot,
-                &Reply::Rw {
-                    op,
+                &Reply::Auth {
                     uuid,
-                    key,
-                    readers_count: readers,
+                    authenticated: ok,
+                    error: (!ok).then_some("wrong auth token"),
                 },
-            ),
-            RwAnswer::Full => self.send_error(
-                slot,
-                op.as_str(),
-                Some(uuid),
-                Some(key),
-                "too many read/write requests already wait for this key",
-            ),
-            RwAnswer::Deferred => {
-                let held: Option<Name> = self.table.info(now, key).and_then(|i| {
-                    i.holders
-                        .iter()
-                        .find(|h| h.conn == cid)
-                        .map(|h| h.id.clone())
-                });
-                if let Some(id) = held
-                    && self.table.cancel(now, cid, key, &id) == Cancelled::Released
-                {
-                    self.parked.insert(id, cid);
+            );
+            match self.conn_at(slot) {
+                Some(c) if ok => {
+                    c.authed = true;
+                    c.admin = true;
                 }
+                _ => self.close_after_flush(slot),
             }
+        } else {
+            self.send_error(slot, req.ty(), req.uuid(), None, "authenticate first");
+            self.close_after_flush(slot);
         }
-        self.broadcast(&mut woken);
-        self.woken = woken;
     }
 
     fn broadcast(&mut self, woken: &mut Vec<(ConnId, Name, Name)>) {
@@ -690,23 +474,6 @@ impl Core {
     }
 }
 
-/// Pops the next timer of `order` that is due at `now` and still belongs to a pending grant
-/// (pushed exactly `delay` before it: a later push of the same id has timers of its own).
-fn due(
-    order: &mut VecDeque<(Instant, Name)>,
-    now: Instant,
-    delay: Duration,
-    acks: &HashMap<Name, PendingAck, RandomState>,
-) -> Option<Name> {
-    while order.front().is_some_and(|(at, _)| *at <= now) {
-        let (at, id) = order.pop_front()?;
-        if acks.get(&id).is_some_and(|a| a.pushed + delay == at) {
-            return Some(id);
-        }
-    }
-    None
-}
-
 fn ttl_of(t: proto::Ttl) -> table::Ttl {
     match t {
         proto::Ttl::Default => table::Ttl::Default,
@@ -715,11 +482,11 @@ fn ttl_of(t: proto::Ttl) -> table::Ttl {
     }
 }
 
-fn wait_of(now: Instant, try_lock: bool, timeout_ms: Option<u64>) -> Wait {
+fn wait_of(now: Instant, try_lock: bool, timeout_ms: Option<u64>) -> table::Wait {
     match (try_lock, timeout_ms) {
-        (true, _) => Wait::No,
-        (false, Some(ms)) => Wait::Until(now + Duration::from_millis(ms)),
-        (false, None) => Wait::Forever,
+        (true, _) => table::Wait::No,
+        (false, Some(ms)) => table::Wait::Until(now + Duration::from_millis(ms)),
+        (false, None) => table::Wait::Forever,
     }
 }
 
@@ -732,11 +499,4 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(x ^ y);
     }
     diff == 0
-}
-
-/// Start-up and notable events go to stderr, one line each.
-pub(crate) mod log {
-    pub fn note(msg: &str) {
-        eprintln!("lmx: {msg}");
-    }
 }

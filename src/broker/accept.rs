@@ -1,0 +1,97 @@
+//! Taking new connections from the listeners: the connection cap, the spare descriptor that
+//! lets the broker refuse a client cleanly when the process is out of descriptors, and the
+//! registration of each socket with the poll and the core.
+
+use std::io;
+use std::time::Instant;
+
+use mio::{Interest, Token};
+
+use super::core::ConnKind;
+use super::log;
+use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER};
+use super::transport::{Io, Socket, Stream};
+use crate::table::ConnId;
+
+impl Broker {
+    /// Accepts every connection waiting on the listener `token`.
+    pub(super) fn accept(&mut self, token: Token, now: Instant) {
+        loop {
+            let accepted = match token {
+                TCP_LISTENER => match &self.tcp {
+                    Some(l) => l.accept().map(|(s, _)| {
+                        s.set_nodelay(true).ok();
+                        Io::Sniff(Stream::Tcp(s))
+                    }),
+                    None => return,
+                },
+                _ => match &self.uds {
+                    Some((l, _)) => l.accept().map(|(s, _)| Io::Ndjson(Stream::Unix(s))),
+                    None => return,
+                },
+            };
+            let io = match accepted {
+                Ok(io) => io,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_fd_exhaustion(&e) && self.spare_fd.take().is_some() => {
+                    // Out of descriptors: the spare one makes room to accept the connection
+                    // and close it at once, a refusal the client sees, instead of leaving it
+                    // hanging in the backlog. Existing connections are untouched.
+                    let refused = match token {
+                        TCP_LISTENER => self.tcp.as_ref().map(|l| l.accept().is_ok()),
+                        _ => self.uds.as_ref().map(|(l, _)| l.accept().is_ok()),
+                    };
+                    self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    if refused != Some(true) {
+                        self.retry_accept = true;
+                        return;
+                    }
+                    if !self.warned_fds {
+                        self.warned_fds = true;
+                        log::note("out of file descriptors: refusing new connections");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    log::note(&format!("accept failed: {e}; retrying shortly"));
+                    self.retry_accept = true;
+                    return;
+                }
+            };
+            self.warned_fds = false;
+            if self.socks.len() >= self.cfg.max_connections {
+                drop(io); // refused: closing at once is the clean answer a client can see
+                continue;
+            }
+            let entry = self.socks.vacant_entry();
+            let slot = entry.key();
+            let id = ConnId((self.next_gen << 32) | slot as u64);
+            self.next_gen += 1;
+            let mut sock = Socket::new(id, io, self.cfg.max_line, now);
+            let Some(stream) = sock.stream_mut() else {
+                continue;
+            };
+            if self
+                .poll
+                .registry()
+                .register(stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.needs_housekeeping |= sock.handshaking();
+            entry.insert(sock);
+            let kind = if token == UDS_LISTENER {
+                ConnKind::Unix
+            } else {
+                ConnKind::Tcp
+            };
+            self.core.open(id, kind, now);
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}

@@ -1,0 +1,253 @@
+//! The broker's settings ([`BrokerBuilder`]) and binding its listeners.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, UnixListener};
+use mio::{Interest, Poll, Waker};
+use slab::Slab;
+
+use super::core::{self, Core};
+use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER, WAKER};
+use super::{BrokerError, log};
+use crate::proto::Limits;
+use crate::proto::ndjson::DEFAULT_MAX_LINE;
+use crate::table;
+
+/// Settings of a broker; see [`Broker::builder`].
+#[derive(Debug, Clone)]
+pub struct BrokerBuilder {
+    pub(super) tcp: Option<SocketAddr>,
+    pub(super) uds: Option<PathBuf>,
+    pub(super) uds_mode: u32,
+    pub(super) table: table::Config,
+    pub(super) limits: Limits,
+    pub(super) max_line: usize,
+    pub(super) max_connections: usize,
+    pub(super) out_soft: usize,
+    pub(super) out_hard: usize,
+    pub(super) stall_timeout: Duration,
+    pub(super) handshake_timeout: Duration,
+    pub(super) ack_timeout: Option<Duration>,
+    pub(super) auth_token: Option<String>,
+    pub(super) restrict_admin: bool,
+    pub(super) spin: Duration,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        BrokerBuilder {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 6970))),
+            uds: None,
+            uds_mode: 0o600,
+            // No expiry unless asked: a lock lives until unlocked or its connection dies, the
+            // same as `lmx start`. (The Node client always sends its own ttl.)
+            table: table::Config {
+                token_seed: seed,
+                default_ttl: None,
+                ..table::Config::default()
+            },
+            limits: Limits::default(),
+            max_line: DEFAULT_MAX_LINE,
+            max_connections: 10_000,
+            out_soft: 256 * 1024,
+            out_hard: 4 * 1024 * 1024,
+            stall_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            ack_timeout: None,
+            auth_token: None,
+            restrict_admin: false,
+            spin: Duration::from_micros(30),
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// TCP address for NDJSON and WebSocket clients (default 127.0.0.1:6970; port 0 picks one).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp = Some(addr);
+        self
+    }
+    /// Serve only the Unix socket.
+    pub fn no_tcp(mut self) -> Self {
+        self.tcp = None;
+        self
+    }
+    /// Also listen on a Unix socket (NDJSON). A stale file of a dead broker is replaced.
+    pub fn uds(mut self, path: impl Into<PathBuf>) -> Self {
+        self.uds = Some(path.into());
+        self
+    }
+    /// File mode of the Unix socket (default 0600: only this user may lock).
+    pub fn uds_mode(mut self, mode: u32) -> Self {
+        self.uds_mode = mode;
+        self
+    }
+    /// TTL of locks whose request names none (default `None`: no expiry).
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.table.default_ttl = ttl;
+        self
+    }
+    /// First fencing token (default: wall-clock microseconds, so tokens rise across restarts).
+    pub fn token_seed(mut self, seed: u64) -> Self {
+        self.table.token_seed = seed;
+        self
+    }
+    /// Limits of the lock table (key length, waiters per key, requests per connection).
+    pub fn table_config(mut self, cfg: table::Config) -> Self {
+        let seed = self.table.token_seed;
+        self.table = cfg;
+        if self.table.token_seed <= 1 {
+            self.table.token_seed = seed;
+        }
+        self.limits.max_key_len = self.table.max_key_len;
+        self.limits.max_many_keys = self.table.max_keys_per_many;
+        self
+    }
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Output backlog at which a connection stops being read, and at which it is closed.
+    pub fn output_caps(mut self, soft: usize, hard: usize) -> Self {
+        self.out_soft = soft;
+        self.out_hard = hard.max(soft);
+        self
+    }
+    /// How long a connection may leave its output backed up before it is cut off (and its
+    /// locks released).
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d;
+        self
+    }
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+    /// Longest line or WebSocket message (default 64 KiB).
+    pub fn max_message(mut self, n: usize) -> Self {
+        self.max_line = n;
+        self
+    }
+    /// Opt-in: release a grant pushed to a Node client that is not acknowledged with
+    /// `lock-received` within `d`, and grant the key to the next waiter.
+    ///
+    /// Off by default, because it can break mutual exclusion: a 0.2.x client whose event loop
+    /// is blocked for longer than `d` (a large `require`, a build step) still reads the grant
+    /// afterwards and believes it holds the key, which by then is someone else's. Without it an
+    /// unacknowledged grant lives until its TTL (the npm client always sends one, 7,050 ms by
+    /// default) or until the connection closes; a try-lock the client gave up on (a "ghost")
+    /// is still released within about 200 ms by an ack probe that cannot misfire (see
+    /// `docs/protocol.md`, "Compatibility").
+    pub fn ack_timeout(mut self, d: Duration) -> Self {
+        self.ack_timeout = Some(d);
+        self
+    }
+    /// Require this shared secret before any other request.
+    pub fn auth_token(mut self, token: Option<String>) -> Self {
+        self.auth_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// How long the reactor keeps polling without sleeping after a busy turn (default 30 µs;
+    /// zero switches it off). See `BENCHMARKS.md` for what it buys and costs.
+    pub fn spin(mut self, d: Duration) -> Self {
+        self.spin = d;
+        self
+    }
+
+    /// Allow `force` unlocks only from Unix-socket connections, or from connections that
+    /// authenticated with the auth token.
+    pub fn restrict_admin(mut self, on: bool) -> Self {
+        self.restrict_admin = on;
+        self
+    }
+
+    /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
+    pub fn bind(self) -> Result<Broker, BrokerError> {
+        if self.tcp.is_none() && self.uds.is_none() {
+            return Err(BrokerError::NoListener);
+        }
+        let poll = Poll::new()?;
+        let mut tcp = match self.tcp {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let mut uds = match &self.uds {
+            Some(path) => Some((bind_uds(path, self.uds_mode)?, path.clone())),
+            None => None,
+        };
+        if let Some(l) = &mut tcp {
+            poll.registry()
+                .register(l, TCP_LISTENER, Interest::READABLE)?;
+        }
+        if let Some((l, _)) = &mut uds {
+            poll.registry()
+                .register(l, UDS_LISTENER, Interest::READABLE)?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        if let Some(addr) = local_addr
+            && !addr.ip().is_loopback()
+            && self.auth_token.is_none()
+        {
+            log::note(&format!(
+                "warning: listening on {addr}, beyond this machine, with no auth token: \
+                 anyone who can reach it can take and force locks (set --auth-token)"
+            ));
+        }
+        let core = Core::new(core::Config {
+            table: self.table.clone(),
+            limits: self.limits,
+            ack_timeout: self.ack_timeout,
+            auth_token: self.auth_token.clone(),
+            restrict_admin: self.restrict_admin,
+            wall_clock: SystemTime::now,
+        });
+        Ok(Broker {
+            poll,
+            tcp,
+            uds,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            core,
+            socks: Slab::new(),
+            scratch: Vec::with_capacity(1024),
+            flush_list: Vec::new(),
+            local_addr,
+            next_gen: 1,
+            needs_housekeeping: false,
+            retry_accept: false,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            warned_fds: false,
+            cfg: self,
+        })
+    }
+}
+
+/// Binds the Unix socket, replacing the file of a broker that died.
+fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BrokerError::UdsInUse(path.to_path_buf()));
+        }
+        // Nobody answers: the file is left over from a broker that died.
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path).map_err(|source| BrokerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}

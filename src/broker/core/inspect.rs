@@ -1,0 +1,72 @@
+//! Questions about the broker: `ls`, `lock-info`, `ping`, `system-stats`, `inspect`.
+
+use std::time::{Instant, UNIX_EPOCH};
+
+use super::{Core, ms};
+use crate::proto::Reply;
+use crate::proto::encode::{self, HolderInfo};
+use crate::table::Name;
+
+impl Core {
+    pub(super) fn ls(&mut self, slot: usize, uuid: &str) {
+        let keys: Vec<Name> = self.table.keys().cloned().collect();
+        let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
+        self.send(slot, &Reply::Ls { uuid, keys: &refs });
+    }
+
+    pub(super) fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str) {
+        let info = self.table.info(now, key);
+        let holders: Vec<HolderInfo<'_>> = info
+            .iter()
+            .flat_map(|i| &i.holders)
+            .map(|h| HolderInfo {
+                id: &h.id,
+                fencing_token: h.token,
+                mode: h.mode,
+                ttl_remaining: h.ttl_remaining.map(ms),
+            })
+            .collect();
+        let reply = Reply::LockInfo {
+            uuid,
+            key,
+            lock_request_count: info.as_ref().map_or(0, |i| i.waiters as u64),
+            readers_count: info.as_ref().map_or(0, |i| i.readers as u64),
+            max: info.as_ref().map_or(1, |i| i.max),
+            holders: &holders,
+        };
+        self.send(slot, &reply);
+    }
+
+    pub(super) fn ping(&mut self, slot: usize, uuid: &str) {
+        let ts = (self.wall_clock)().duration_since(UNIX_EPOCH).map_or(0, ms);
+        self.send(
+            slot,
+            &Reply::Pong {
+                uuid,
+                server_timestamp_ms: ts,
+            },
+        );
+    }
+
+    pub(super) fn system_stats(&mut self, slot: usize, uuid: &str) {
+        let s = self.table.stats();
+        let stats = encode::Stats {
+            keys: s.keys as u64,
+            holders: s.holders as u64,
+            waiters: s.waiters as u64,
+            connections: self.open as u64,
+            grants: s.grants,
+        };
+        self.send(slot, &Reply::SystemStats { uuid, stats });
+    }
+
+    pub(super) fn inspect(&mut self, slot: usize, uuid: Option<&str>, command: &str) {
+        // The spellings 0.2.25's broker accepts; anything else: the number of holders.
+        let result = match command {
+            "lockcount" | "lock-count" | "lock_count" => self.table.stats().keys as u64,
+            "clientcount" | "client-count" | "client_count" => self.open as u64,
+            _ => self.table.stats().holders as u64,
+        };
+        self.send(slot, &Reply::Inspect { uuid, result });
+    }
+}

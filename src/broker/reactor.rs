@@ -1,0 +1,309 @@
+//! The poll loop: one thread, one `mio::Poll`, every connection's [`Socket`] in a `Slab`
+//! (its slot is its `mio::Token` and the low bits of its [`ConnId`]). Each turn reads what
+//! is ready into the [`Core`], runs the core's timers, then hands the core's output to the
+//! sockets and closes what must close.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Poll, Token, Waker};
+use slab::Slab;
+
+use super::core::{Core, Event};
+use super::log;
+use super::transport::{Io, Socket};
+use super::{BrokerBuilder, BrokerError};
+use crate::table::ConnId;
+
+pub(super) const WAKER: Token = Token(usize::MAX);
+pub(super) const TCP_LISTENER: Token = Token(usize::MAX - 1);
+pub(super) const UDS_LISTENER: Token = Token(usize::MAX - 2);
+/// How often deadlines of connections (handshakes, stalled output) are checked while any exist.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+
+/// A bound broker, not yet running; see [`Broker::run`] and [`Broker::spawn`].
+pub struct Broker {
+    pub(super) poll: Poll,
+    pub(super) tcp: Option<TcpListener>,
+    pub(super) uds: Option<(UnixListener, PathBuf)>,
+    pub(super) waker: Arc<Waker>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) core: Core,
+    pub(super) socks: Slab<Socket>,
+    /// A WebSocket message, copied to be decoded in place.
+    pub(super) scratch: Vec<u8>,
+    /// Slots with output of the transport's own to flush this turn (see `Socket::queued`).
+    pub(super) flush_list: Vec<usize>,
+    pub(super) local_addr: Option<SocketAddr>,
+    pub(super) next_gen: u64,
+    pub(super) needs_housekeeping: bool,
+    pub(super) retry_accept: bool,
+    /// Held in reserve so that a connection can still be accepted (and refused) when the
+    /// process runs out of descriptors.
+    pub(super) spare_fd: Option<std::fs::File>,
+    pub(super) warned_fds: bool,
+    pub(super) cfg: BrokerBuilder,
+}
+
+impl Broker {
+    /// Runs the broker on this thread until shut down.
+    pub fn run(mut self) -> Result<(), BrokerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut busy = false;
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            let spun = busy && self.spin(&mut events)?;
+            if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            busy = !events.is_empty();
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    TCP_LISTENER | UDS_LISTENER => self.accept(ev.token(), now),
+                    Token(slot) => {
+                        if ev.is_writable() {
+                            self.on_writable(slot, now);
+                        }
+                        if (ev.is_read_closed() || ev.is_error())
+                            && let Some(s) = self.socks.get_mut(slot)
+                        {
+                            s.peer_closed = true;
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot, now);
+                        }
+                    }
+                }
+            }
+            // The end of a loop turn: stop, retries, timers, flushes.
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.retry_accept {
+                self.retry_accept = false;
+                self.accept(TCP_LISTENER, now);
+                self.accept(UDS_LISTENER, now);
+            }
+            self.core.handle_timeout(now);
+            if self.needs_housekeeping {
+                self.housekeeping(now);
+            }
+            self.end_turn(now);
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    /// After a busy turn, polls without sleeping for up to the spin budget: the next request
+    /// of a client in a lock/unlock loop usually arrives within microseconds, and catching it
+    /// awake saves the broker a sleep and a wake-up, which cost more than the whole lock
+    /// decision. An idle broker never spins (it only spins after a turn that had events).
+    /// True when events arrived.
+    fn spin(&mut self, events: &mut Events) -> io::Result<bool> {
+        if self.cfg.spin.is_zero() {
+            return Ok(false);
+        }
+        let until = Instant::now() + self.cfg.spin;
+        loop {
+            match self.poll.poll(events, Some(Duration::ZERO)) {
+                Ok(()) if !events.is_empty() => return Ok(true),
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+        let mut next = self.core.poll_timeout();
+        if self.needs_housekeeping || self.retry_accept {
+            let t = now + HOUSEKEEPING;
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        // Round up: waking a hair early would only spin until the deadline.
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_micros(200))
+    }
+
+    /// The slot of a live socket with this id.
+    fn slot_of(&self, id: ConnId) -> Option<usize> {
+        let slot = (id.0 & 0xffff_ffff) as usize;
+        self.socks.get(slot).filter(|s| s.id == id).map(|_| slot)
+    }
+
+    /// Lists a slot for this turn's flush, for output that is the transport's own.
+    pub(super) fn queue_flush(&mut self, slot: usize) {
+        if let Some(s) = self.socks.get_mut(slot)
+            && !std::mem::replace(&mut s.queued, true)
+        {
+            self.flush_list.push(slot);
+        }
+    }
+
+    fn on_writable(&mut self, slot: usize, now: Instant) {
+        let Some(sock) = self.socks.get(slot) else {
+            return;
+        };
+        if matches!(sock.io, Io::Handshake(_)) {
+            return self.on_readable(slot, now);
+        }
+        match self.flush(slot) {
+            Ok(true) => {
+                let Some(sock) = self.socks.get_mut(slot) else {
+                    return;
+                };
+                if sock.close_after_flush {
+                    return self.close(slot, now);
+                }
+                if sock.stalled_since.take().is_some() {
+                    // Reading stopped while output was backed up; edge-triggered readiness
+                    // will not fire again for data that already waits.
+                    self.on_readable(slot, now);
+                }
+            }
+            Ok(false) => {}
+            Err(_) => self.close(slot, now),
+        }
+    }
+
+    /// Writes what the socket takes of the core's output. Ok(true) when everything went out.
+    fn flush(&mut self, slot: usize) -> io::Result<bool> {
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return Ok(true);
+        };
+        let out = self.core.output(sock.id);
+        let (n, done) = sock.write_out(out)?;
+        self.core.consume(sock.id, n);
+        Ok(done)
+    }
+
+    /// Closes what the core asks to close, flushes what was written this turn.
+    fn end_turn(&mut self, now: Instant) {
+        // Closing a connection releases its locks and may push grants to others, which makes
+        // them dirty in turn: repeat until nothing is left to flush.
+        let mut slots = Vec::new();
+        loop {
+            while let Some(ev) = self.core.poll_event() {
+                match ev {
+                    Event::Close(id) => {
+                        if let Some(slot) = self.slot_of(id) {
+                            self.close(slot, now);
+                        }
+                    }
+                    Event::CloseAfterFlush(id) => {
+                        if let Some(slot) = self.slot_of(id) {
+                            self.socks[slot].close_after_flush = true;
+                            self.queue_flush(slot);
+                        }
+                    }
+                }
+            }
+            while let Some(id) = self.core.poll_transmit() {
+                if let Some(slot) = self.slot_of(id) {
+                    slots.push(slot);
+                }
+            }
+            std::mem::swap(&mut slots, &mut self.flush_list);
+            // `slots` now holds the transport's own list, then the core's.
+            slots.append(&mut self.flush_list);
+            if slots.is_empty() {
+                break;
+            }
+            for slot in slots.drain(..) {
+                let Some(sock) = self.socks.get_mut(slot) else {
+                    continue;
+                };
+                sock.queued = false;
+                let res = self.flush(slot);
+                let Some(sock) = self.socks.get_mut(slot) else {
+                    continue;
+                };
+                let backlog = self.core.output(sock.id).len();
+                match res {
+                    Ok(true) if sock.close_after_flush => self.close(slot, now),
+                    Ok(_) if backlog > self.cfg.out_hard => {
+                        log::note("closing a connection whose output is backed up past the cap");
+                        self.close(slot, now);
+                    }
+                    Ok(false) => {
+                        if backlog > self.cfg.out_soft && sock.stalled_since.is_none() {
+                            sock.stalled_since = Some(now);
+                            self.needs_housekeeping = true;
+                        }
+                    }
+                    Ok(true) => {}
+                    Err(_) => self.close(slot, now),
+                }
+            }
+        }
+        // Keep the allocation for the next turn.
+        self.flush_list = slots;
+    }
+
+    /// Cuts off connections that are stuck in a handshake or never read their output.
+    fn housekeeping(&mut self, now: Instant) {
+        let mut doomed = Vec::new();
+        let mut watching = false;
+        for (slot, s) in &self.socks {
+            if s.handshaking() {
+                if now.duration_since(s.opened) > self.cfg.handshake_timeout {
+                    doomed.push(slot);
+                } else {
+                    watching = true;
+                }
+            } else if let Some(since) = s.stalled_since {
+                if now.duration_since(since) > self.cfg.stall_timeout {
+                    doomed.push(slot);
+                } else {
+                    watching = true;
+                }
+            }
+        }
+        self.needs_housekeeping = watching;
+        for slot in doomed {
+            self.close(slot, now);
+        }
+    }
+
+    /// Closes the socket at `slot` and tells the core, which releases its locks.
+    pub(super) fn close(&mut self, slot: usize, now: Instant) {
+        if !self.socks.contains(slot) {
+            return;
+        }
+        let mut sock = self.socks.remove(slot);
+        if let Some(s) = sock.stream_mut() {
+            self.poll.registry().deregister(s).ok();
+        }
+        let id = sock.id;
+        drop(sock);
+        self.core.close(id, now);
+        // The last connection is gone: give back what a flood of them made the slab grow to.
+        if self.socks.is_empty() && self.socks.capacity() > 1024 {
+            self.socks.shrink_to_fit();
+        }
+    }
+
+    pub(super) fn close_all(&mut self) {
+        let now = Instant::now();
+        let slots: Vec<usize> = self.socks.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            self.close(slot, now);
+        }
+        if let Some((_, path)) = self.uds.take() {
+            std::fs::remove_file(path).ok();
+        }
+    }
+}
