@@ -1,8 +1,21 @@
-//! The broker: one thread, one `mio::Poll`, every connection in a `Slab`, every lock decision in
-//! the lock [`Table`]. This module is the only one that does network I/O.
+//! The broker: one thread, one `mio::Poll`, every lock decision in the lock
+//! [`Table`](crate::table::Table). This module is the only one that does network I/O.
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//!
+//! Layout, from the outside in:
+//! - `config`: [`BrokerBuilder`], and `bind` (the listeners; `bind_uds` for the Unix socket).
+//! - `handle`: [`Broker::spawn`], [`BrokerHandle`], [`ShutdownHandle`].
+//! - `reactor`: the poll loop ([`Broker::run`]); the end of each loop turn runs the core's
+//!   timers, then writes its output and closes what must close (`end_turn`); back-pressure
+//!   and the handshake and stall deadlines (`housekeeping`).
+//! - `accept`: new connections, the connection cap, the spare descriptor.
+//! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`), the WebSocket upgrade and
+//!   its callback (`AuthCheck`), reading messages into the core and writing its output out.
+//! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
+//!   close requests out, with a file per command; its tests drive it in memory with
+//!   simulated time.
 //!
 //! ```no_run
 //! use live_mutex::broker::Broker;
