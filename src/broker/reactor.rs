@@ -193,8 +193,9 @@ impl Broker {
     /// Closes what the core asks to close, flushes what was written this turn.
     fn end_turn(&mut self, now: Instant) {
         // Closing a connection releases its locks and may push grants to others, which makes
-        // them dirty in turn: repeat until nothing is left to flush.
-        let mut slots = Vec::new();
+        // them dirty in turn: repeat until nothing is left to flush. One list serves the turn,
+        // and the next ones: the transport's own entries, then the core's.
+        let mut slots = std::mem::take(&mut self.flush_list);
         loop {
             while let Some(ev) = self.core.poll_event() {
                 match ev {
@@ -211,14 +212,12 @@ impl Broker {
                     }
                 }
             }
+            slots.append(&mut self.flush_list);
             while let Some(id) = self.core.poll_transmit() {
                 if let Some(slot) = self.slot_of(id) {
                     slots.push(slot);
                 }
             }
-            std::mem::swap(&mut slots, &mut self.flush_list);
-            // `slots` now holds the transport's own list, then the core's.
-            slots.append(&mut self.flush_list);
             if slots.is_empty() {
                 break;
             }
@@ -249,7 +248,7 @@ impl Broker {
                 }
             }
         }
-        // Keep the allocation for the next turn.
+        // Keep the allocation for the next turn (everything queued meanwhile was taken).
         self.flush_list = slots;
     }
 
