@@ -30,7 +30,11 @@ fn held() -> (TestBroker, Wire) {
 fn assert_untouched(b: &TestBroker, holder: &mut Wire) {
     let mut c = b.connect(Transport::Uds);
     c.send(json!({"type":"ls","uuid":"ls"}));
-    assert_eq!(c.recv()["ls_result"], json!(["prod-db"]), "a key was planted");
+    assert_eq!(
+        c.recv()["ls_result"],
+        json!(["prod-db"]),
+        "a key was planted"
+    );
     let r = holder.unlock("prod-db", "h1");
     assert_eq!(r["unlocked"], true, "the holder lost its lock: {r}");
 }
@@ -74,7 +78,11 @@ fn http_request(method: &str, b: &TestBroker) -> String {
 fn post_body_does_not_run() {
     let (b, mut holder) = held();
     let got = send_raw(&b, &[http_request("POST", &b).as_bytes()]);
-    assert!(got.is_empty(), "closed without a reply, got {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "closed without a reply, got {:?}",
+        String::from_utf8_lossy(&got)
+    );
     assert_untouched(&b, &mut holder);
 }
 
@@ -105,14 +113,20 @@ fn header_line_after_garbage_closes_before_the_body() {
     let text = String::from_utf8_lossy(&got);
     // At most the error reply for `hello` (the close may discard it), nothing else.
     assert!(text.lines().all(|l| l.contains("error")), "{text}");
-    assert!(!text.contains("unlocked") && !text.contains("acquired"), "{text}");
+    assert!(
+        !text.contains("unlocked") && !text.contains("acquired"),
+        "{text}"
+    );
     assert_untouched(&b, &mut holder);
 }
 
 #[test]
 fn plain_get_with_a_body_fails_the_upgrade_and_runs_nothing() {
     let (b, mut holder) = held();
-    let req = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n{FORCE}\n{PLANT}\n", b.addr);
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\n\r\n{FORCE}\n{PLANT}\n",
+        b.addr
+    );
     let got = send_raw(&b, &[req.as_bytes()]);
     let text = String::from_utf8_lossy(&got);
     assert!(!text.contains("unlocked"), "{text}");
@@ -163,7 +177,11 @@ fn assert_forbidden(b: &TestBroker, url: &str, origin: Option<&str>) {
 #[test]
 fn websocket_with_a_foreign_origin_is_refused() {
     let (b, mut holder) = held();
-    assert_forbidden(&b, &format!("ws://{}/", b.addr), Some("http://evil.example"));
+    assert_forbidden(
+        &b,
+        &format!("ws://{}/", b.addr),
+        Some("http://evil.example"),
+    );
     // Same host, another port: another origin.
     let other = format!("http://127.0.0.1:{}", b.addr.port().wrapping_add(1));
     assert_forbidden(&b, &format!("ws://{}/", b.addr), Some(&other));
@@ -200,10 +218,12 @@ fn websocket_without_origin_and_same_origin_pages_work() {
     let mut ws = upgrade(b.addr, &format!("ws://{}/", b.addr), None).expect("no Origin");
     assert_eq!(lock_over(&mut ws, "a")["acquired"], true);
     let url = format!("ws://127.0.0.1:{port}/");
-    let mut ws = upgrade(b.addr, &url, Some(&format!("http://127.0.0.1:{port}"))).expect("127.0.0.1");
+    let mut ws =
+        upgrade(b.addr, &url, Some(&format!("http://127.0.0.1:{port}"))).expect("127.0.0.1");
     assert_eq!(lock_over(&mut ws, "b")["acquired"], true);
     let url = format!("ws://localhost:{port}/");
-    let mut ws = upgrade(b.addr, &url, Some(&format!("http://localhost:{port}"))).expect("localhost");
+    let mut ws =
+        upgrade(b.addr, &url, Some(&format!("http://localhost:{port}"))).expect("localhost");
     assert_eq!(lock_over(&mut ws, "c")["acquired"], true);
     // The common test client (no Origin) still works too.
     let mut w = b.connect(Transport::Ws);
@@ -232,7 +252,12 @@ fn allowed_origins_and_hosts_work() {
 fn lmx_start_takes_allow_origin_and_logs_refusals() {
     for (args, env) in [
         (
-            &["--allow-origin", "http://a.test", "--allow-origin", "http://b.test"][..],
+            &[
+                "--allow-origin",
+                "http://a.test",
+                "--allow-origin",
+                "http://b.test",
+            ][..],
             None,
         ),
         (&[][..], Some("http://a.test,http://b.test")),
@@ -262,18 +287,26 @@ fn lmx_start_takes_allow_origin_and_logs_refusals() {
         for o in ["http://a.test", "http://b.test"] {
             upgrade(addr, &url, Some(o)).expect("allowed origin");
         }
-        let resp = upgrade(addr, &url, Some("http://c.test")).err().expect("refused");
+        let resp = upgrade(addr, &url, Some("http://c.test"))
+            .err()
+            .expect("refused");
         assert_eq!(resp.status(), 403);
         line.clear();
         err.read_line(&mut line).unwrap();
-        assert!(line.contains("refused connection from 127.0.0.1:"), "{line}");
+        assert!(
+            line.contains("refused connection from 127.0.0.1:"),
+            "{line}"
+        );
         assert!(line.contains("http://c.test"), "{line}");
         // The NDJSON path logs too.
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         line.clear();
         err.read_line(&mut line).unwrap();
-        assert!(line.contains("refused connection from 127.0.0.1:"), "{line}");
+        assert!(
+            line.contains("refused connection from 127.0.0.1:"),
+            "{line}"
+        );
         assert!(line.contains("HTTP"), "{line}");
     }
 }
