@@ -3,6 +3,8 @@
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//! Web pages are kept out by `http_guard` (HTTP lines on NDJSON close the connection, Host and
+//! Origin rules on upgrades); vanished peers are found by `keepalive`.
 //!
 //! ```no_run
 //! use live_mutex::broker::Broker;
