@@ -44,7 +44,7 @@ pub(crate) struct StartArgs {
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
-    /// A Host name (besides localhost, 127.0.0.0/8, [::1] and the listening address) that
+    /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
     /// WebSocket upgrades may name; repeatable
     #[arg(
         long,
