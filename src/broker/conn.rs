@@ -4,6 +4,7 @@
 //! runs, and flushed once at its end, so a burst of pipelined requests costs one `write`.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
@@ -12,6 +13,7 @@ use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response,
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use super::http_guard::HttpPolicy;
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
 
@@ -64,21 +66,28 @@ impl mio::event::Source for Stream {
     }
 }
 
-pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, AuthCheck>>;
+pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, UpgradeCheck>>;
 
-/// Checks the upgrade request's `Authorization: Bearer <token>` when the broker has a token;
-/// a wrong or missing one fails the handshake with 401 and the connection is closed.
-pub(crate) struct AuthCheck(pub Option<std::sync::Arc<str>>);
+/// Judges the upgrade request: first its Host and Origin (403 when a web page or a
+/// DNS-rebinding name is behind it), then, when the broker has a token, its
+/// `Authorization: Bearer <token>` (401). Either failure ends the handshake and the connection.
+pub(crate) struct UpgradeCheck {
+    pub policy: Arc<HttpPolicy>,
+    pub token: Option<Arc<str>>,
+}
 
-impl Callback for AuthCheck {
+impl Callback for UpgradeCheck {
     fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-        let Some(token) = self.0 else {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Err(why) = self.policy.check(header("host"), header("origin")) {
+            let mut e = ErrorResponse::new(Some(why.to_string()));
+            *e.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+            return Err(e);
+        }
+        let Some(token) = self.token else {
             return Ok(resp);
         };
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        let given = header("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if super::dispatch::constant_time_eq(given.as_bytes(), token.as_bytes()) {
@@ -130,6 +139,10 @@ pub(crate) struct Conn {
     /// The peer closed its side (or the socket failed): read to the end, never stop at a short
     /// read, since no further readiness event will come.
     pub peer_closed: bool,
+    /// Sent a valid request: its lines are no longer checked for HTTP (see `http_guard`).
+    pub vetted: bool,
+    /// The TCP peer (None on the Unix socket), for logs.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Conn {
@@ -150,6 +163,8 @@ impl Conn {
             admin: true,
             keep_default: false,
             peer_closed: false,
+            vetted: false,
+            peer: None,
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//! Web pages are kept out by `http_guard` (HTTP lines on NDJSON close the connection, Host and
+//! Origin rules on upgrades); vanished peers are found by `keepalive`.
 //!
 //! ```no_run
 //! use live_mutex::broker::Broker;
@@ -15,7 +17,11 @@
 
 mod conn;
 mod dispatch;
+pub(crate) mod http_guard;
+mod keepalive;
 mod legacy_rw;
+
+pub use keepalive::Keepalive;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -34,6 +40,7 @@ use crate::proto::{Decoder, Limits};
 use crate::table::{self, ConnId, Table};
 use conn::{Conn, Io, Stream};
 use dispatch::{Core, log};
+use http_guard::{HttpPolicy, RefusalLog};
 
 const WAKER: Token = Token(usize::MAX);
 const TCP_LISTENER: Token = Token(usize::MAX - 1);
@@ -76,6 +83,9 @@ pub struct BrokerBuilder {
     auth_token: Option<String>,
     restrict_admin: bool,
     spin: Duration,
+    keepalive: Option<Keepalive>,
+    allow_hosts: Vec<String>,
+    allow_origins: Vec<String>,
 }
 
 impl Default for BrokerBuilder {
@@ -105,6 +115,9 @@ impl Default for BrokerBuilder {
             auth_token: None,
             restrict_admin: false,
             spin: Duration::from_micros(30),
+            keepalive: Some(Keepalive::default()),
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
         }
     }
 }
@@ -210,6 +223,26 @@ impl BrokerBuilder {
         self
     }
 
+    /// TCP keepalive and user timeout of accepted TCP connections, so that a client host that
+    /// vanishes (no FIN, no RST) loses its connection and locks (default
+    /// [`Keepalive::default`]: within 25 s; `None`: off, the kernel's defaults).
+    pub fn keepalive(mut self, k: Option<Keepalive>) -> Self {
+        self.keepalive = k;
+        self
+    }
+    /// Host names (besides loopback and the bound address) that HTTP requests such as the
+    /// WebSocket upgrade may carry in `Host`; a port given with a name is ignored.
+    pub fn allow_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.allow_hosts = hosts;
+        self
+    }
+    /// Origins (`scheme://host[:port]`, or `null`) whose pages may open a WebSocket, besides
+    /// the broker's own origin.
+    pub fn allow_origins(mut self, origins: Vec<String>) -> Self {
+        self.allow_origins = origins;
+        self
+    }
+
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
     pub fn bind(self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
@@ -248,6 +281,11 @@ impl BrokerBuilder {
         }
         let table = Table::new(self.table.clone());
         let core = Core::new(table, self.ack_timeout, self.auth_token.clone());
+        let policy = Arc::new(HttpPolicy::new(
+            local_addr,
+            &self.allow_hosts,
+            &self.allow_origins,
+        ));
         Ok(Broker {
             poll,
             tcp,
@@ -263,6 +301,9 @@ impl BrokerBuilder {
             retry_accept: false,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             warned_fds: false,
+            warned_keepalive: false,
+            policy,
+            refusals: RefusalLog::new(),
             cfg: self,
         })
     }
@@ -303,6 +344,10 @@ pub struct Broker {
     /// process runs out of descriptors.
     spare_fd: Option<std::fs::File>,
     warned_fds: bool,
+    warned_keepalive: bool,
+    /// Host and Origin rules of HTTP requests (the WebSocket upgrade).
+    policy: Arc<HttpPolicy>,
+    refusals: RefusalLog,
     cfg: BrokerBuilder,
 }
 
@@ -485,19 +530,26 @@ impl Broker {
         loop {
             let accepted = match token {
                 TCP_LISTENER => match &self.tcp {
-                    Some(l) => l.accept().map(|(s, _)| {
+                    Some(l) => l.accept().map(|(s, peer)| {
                         s.set_nodelay(true).ok();
-                        Io::Sniff(Stream::Tcp(s))
+                        if let Some(k) = &self.cfg.keepalive
+                            && let Err(e) = k.apply(&s)
+                            && !self.warned_keepalive
+                        {
+                            self.warned_keepalive = true;
+                            log::note(&format!("cannot set TCP keepalive: {e}"));
+                        }
+                        (Io::Sniff(Stream::Tcp(s)), Some(peer))
                     }),
                     None => return,
                 },
                 _ => match &self.uds {
-                    Some((l, _)) => l.accept().map(|(s, _)| Io::Ndjson(Stream::Unix(s))),
+                    Some((l, _)) => l.accept().map(|(s, _)| (Io::Ndjson(Stream::Unix(s)), None)),
                     None => return,
                 },
             };
-            let io = match accepted {
-                Ok(io) => io,
+            let (io, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_fd_exhaustion(&e) && self.spare_fd.take().is_some() => {
@@ -537,6 +589,7 @@ impl Broker {
             let authed = self.cfg.auth_token.is_none();
             let unix = token == UDS_LISTENER;
             let mut conn = Conn::new(id, io, self.cfg.max_line, now, authed);
+            conn.peer = peer;
             // Admin acts need the Unix socket (file permissions guard it) or a token.
             conn.admin = !self.cfg.restrict_admin || unix;
             let Some(stream) = conn.stream_mut() else {
@@ -601,8 +654,10 @@ impl Broker {
                         }
                         Ok(_) if b[0] == b'G' => {
                             let cfg = conn::ws_config(self.cfg.max_line, self.cfg.out_hard);
-                            let check =
-                                conn::AuthCheck(self.cfg.auth_token.as_deref().map(Into::into));
+                            let check = conn::UpgradeCheck {
+                                policy: self.policy.clone(),
+                                token: self.cfg.auth_token.as_deref().map(Into::into),
+                            };
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
                                 Ok(ws) => {
                                     conn.io = Io::Ws(Box::new(ws));
@@ -612,7 +667,9 @@ impl Broker {
                                     conn.io = Io::Handshake(Box::new(mid));
                                     return;
                                 }
-                                Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                                Err(HandshakeError::Failure(e)) => {
+                                    return self.handshake_failed(slot, now, &e);
+                                }
                             }
                         }
                         Ok(_) => conn.io = Io::Ndjson(stream),
@@ -635,7 +692,7 @@ impl Broker {
                         conn.io = Io::Handshake(Box::new(mid));
                         return;
                     }
-                    Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                    Err(HandshakeError::Failure(e)) => return self.handshake_failed(slot, now, &e),
                 },
                 Io::Ndjson(stream) => {
                     conn.io = Io::Ndjson(stream);
@@ -694,6 +751,20 @@ impl Broker {
                     // Framing is lost: only this connection is closed.
                     Err(_) => return self.close(slot, now),
                 }
+                if !conn.vetted {
+                    // Until its first valid request, a line that looks like HTTP means a web
+                    // page (or a confused client) is talking: close before anything it sent,
+                    // such as a POST body in the same segment, can run.
+                    if http_guard::is_http_line(&self.scratch) {
+                        return self.refuse(slot, now, "HTTP on the NDJSON port (a web page?)");
+                    }
+                    if self.handle_scratch(slot, now)
+                        && let Some(c) = self.core.conns.get_mut(slot)
+                    {
+                        c.vetted = true;
+                    }
+                    continue;
+                }
                 self.handle_scratch(slot, now);
             }
             if eof {
@@ -751,10 +822,41 @@ impl Broker {
         }
     }
 
-    fn handle_scratch(&mut self, slot: usize, now: Instant) {
+    /// Decodes and handles the message in `scratch`; true when it was a valid request.
+    fn handle_scratch(&mut self, slot: usize, now: Instant) -> bool {
         match self.decoder.decode(&mut self.scratch) {
-            Ok(req) => self.core.handle(slot, now, req),
-            Err(e) => self.core.decode_error(slot, &e),
+            Ok(req) => {
+                self.core.handle(slot, now, req);
+                true
+            }
+            Err(e) => {
+                self.core.decode_error(slot, &e);
+                false
+            }
+        }
+    }
+
+    /// Closes a connection that a web page (or something else speaking HTTP) opened, with a
+    /// rate-limited note naming its peer.
+    fn refuse(&mut self, slot: usize, now: Instant, why: &str) {
+        let peer = self.core.conns.get(slot).and_then(|c| c.peer);
+        let peer = peer.map_or_else(|| "the Unix socket".to_string(), |p| p.to_string());
+        if let Some(line) = self.refusals.refused(now, &peer, why) {
+            log::note(&line);
+        }
+        self.close(slot, now);
+    }
+
+    /// A failed WebSocket handshake closes the connection; a refusal by the Host/Origin rules
+    /// (answered 403) is also logged.
+    fn handshake_failed(&mut self, slot: usize, now: Instant, e: &tungstenite::Error) {
+        match e {
+            tungstenite::Error::Http(resp) if resp.status() == 403 => {
+                let why = resp.body().as_deref().map(String::from_utf8_lossy);
+                let why = format!("WebSocket upgrade: {}", why.unwrap_or_default());
+                self.refuse(slot, now, &why);
+            }
+            _ => self.close(slot, now),
         }
     }
 
@@ -891,6 +993,17 @@ fn answers(addr: SocketAddr) -> bool {
     }
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).is_ok() && line.trim_start().starts_with('{')
+}
+
+/// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host
+/// `x` of the older seeds is allowed so that their frames are still reached.
+#[doc(hidden)]
+pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
+    let bound = SocketAddr::from(([127, 0, 0, 1], 6970));
+    conn::UpgradeCheck {
+        policy: Arc::new(HttpPolicy::new(Some(bound), &["x".into()], &[])),
+        token: None,
+    }
 }
 
 /// The WebSocket settings the broker uses, for the fuzz harness.

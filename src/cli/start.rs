@@ -1,7 +1,7 @@
 //! `lmx start`: a broker in the foreground until SIGINT/SIGTERM.
 
 use clap::Args;
-use live_mutex::broker::Broker;
+use live_mutex::broker::{Broker, Keepalive};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +47,40 @@ pub(crate) struct StartArgs {
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
+    /// WebSocket upgrades may name; repeatable
+    #[arg(
+        long,
+        value_name = "HOST",
+        env = "LMX_ALLOW_HOST",
+        value_delimiter = ','
+    )]
+    allow_host: Vec<String>,
+    /// An origin (`http://host:port`, or `null`) whose web pages may open a WebSocket to the
+    /// broker; repeatable. Other pages get 403
+    #[arg(
+        long,
+        value_name = "ORIGIN",
+        env = "LMX_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    allow_origin: Vec<String>,
+    /// Seconds of silence before a TCP connection is probed (TCP keepalive)
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    keepalive_idle: u64,
+    /// Seconds between keepalive probes
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    keepalive_interval: u64,
+    /// Unanswered keepalive probes before the connection is dropped and its locks released
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    keepalive_count: u32,
+    /// Seconds that sent data may stay unacknowledged before the connection is dropped
+    /// (TCP_USER_TIMEOUT) [default: idle + interval × count]
+    #[arg(long, value_name = "S")]
+    tcp_user_timeout: Option<u64>,
+    /// Leave TCP keepalive off (a vanished host then keeps its locks until their TTL)
+    #[arg(long)]
+    no_keepalive: bool,
 }
 
 pub(crate) fn start(a: StartArgs) -> i32 {
@@ -76,7 +110,20 @@ fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
         .auth_token(a.auth_token)
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
-        .spin(Duration::from_micros(a.spin_us));
+        .spin(Duration::from_micros(a.spin_us))
+        .allow_hosts(a.allow_host)
+        .allow_origins(a.allow_origin)
+        .keepalive((!a.no_keepalive).then(|| {
+            let mut k = Keepalive::new(
+                Duration::from_secs(a.keepalive_idle.max(1)),
+                Duration::from_secs(a.keepalive_interval.max(1)),
+                a.keepalive_count.max(1),
+            );
+            if let Some(t) = a.tcp_user_timeout {
+                k.user_timeout = Duration::from_secs(t);
+            }
+            k
+        }));
     if let Some(p) = &a.uds {
         b = b.uds(p);
     }
