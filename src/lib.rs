@@ -29,5 +29,6 @@ pub mod proto;
 pub mod table;
 
 pub use client::{
-    BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_launch,
+    BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
+    connect_or_spawn_using, serial,
 };
