@@ -32,3 +32,8 @@ pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
     connect_or_spawn_using, serial,
 };
+/// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial("db", "cache")]` on a
+/// `#[test]` or async test fn holds those keys (all-or-nothing) for the whole test. A function
+/// and an attribute macro live in different namespaces, so both are `live_mutex::serial`.
+#[cfg(feature = "macros")]
+pub use live_mutex_macros::serial;
