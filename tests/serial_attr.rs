@@ -19,7 +19,11 @@ fn inside(keys: &[&str]) {
         .iter()
         .map(|k| {
             let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serial-{k}.inside"));
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
                 Ok(_) => Marker(p),
                 Err(e) => panic!("another test holding {k} is inside ({}: {e})", p.display()),
             }

@@ -423,7 +423,9 @@ impl Client {
         }
     }
 
-    /// Connects to [`url_from_env`].
+    /// Connects to [`url_from_env`] (`LMX_URL`, else the npm variables, else
+    /// `tcp://127.0.0.1:6970`). It never starts a broker; [`connect_or_spawn`] with
+    /// [`spawn_url_from_env`] does, defaulting to the per-user socket instead.
     ///
     /// ```no_run
     /// // LMX_URL=unix:///run/lmx.sock, or live_mutex_host / live_mutex_port as with npm

@@ -87,10 +87,7 @@ pub fn spawn_target(url: &str) -> Result<LocalAddr> {
 /// ```
 pub fn runtime_dir() -> Result<PathBuf> {
     let uid = unsafe { libc::geteuid() };
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(base) => PathBuf::from(base).join("live-mutex"),
-        None => PathBuf::from(format!("/tmp/live-mutex-{uid}")),
-    };
+    let dir = runtime_dir_path();
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -116,6 +113,13 @@ pub fn runtime_dir() -> Result<PathBuf> {
         )));
     }
     Ok(dir)
+}
+
+fn runtime_dir_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base).join("live-mutex"),
+        None => PathBuf::from(format!("/tmp/live-mutex-{}", unsafe { libc::geteuid() })),
+    }
 }
 
 /// The URL [`serial`] and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
@@ -175,6 +179,11 @@ fn spawn_with(url: &str, lmx: impl FnOnce() -> Result<PathBuf>) -> Result<Client
     }
     let lock_path = match &target {
         LocalAddr::Unix(p) => {
+            // A socket in the per-user directory, named explicitly: the directory is made (and
+            // checked) as for the default one.
+            if p.parent() == Some(runtime_dir_path().as_path()) {
+                runtime_dir()?;
+            }
             let mut s = p.as_os_str().to_owned();
             s.push(".spawn.lock");
             PathBuf::from(s)
