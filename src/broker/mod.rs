@@ -23,7 +23,7 @@ mod legacy_rw;
 
 pub use keepalive::Keepalive;
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,8 +57,6 @@ pub enum BrokerError {
     UdsInUse(PathBuf),
     #[error("nothing to listen on: give a TCP address or a Unix socket path")]
     NoListener,
-    #[error("address {0} is taken by something that does not answer as a live-mutex broker")]
-    NotABroker(SocketAddr),
     #[error("broker I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("the broker thread panicked")]
@@ -86,6 +84,7 @@ pub struct BrokerBuilder {
     keepalive: Option<Keepalive>,
     allow_hosts: Vec<String>,
     allow_origins: Vec<String>,
+    idle_exit: Option<Duration>,
 }
 
 impl Default for BrokerBuilder {
@@ -118,6 +117,7 @@ impl Default for BrokerBuilder {
             keepalive: Some(Keepalive::default()),
             allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
+            idle_exit: None,
         }
     }
 }
@@ -242,6 +242,13 @@ impl BrokerBuilder {
         self.allow_origins = origins;
         self
     }
+    /// Stop by itself once it has had no connections, no holders and no waiters for this long
+    /// (default `None`: never). Made for brokers spawned on demand (`lmx start --daemon
+    /// --idle-exit`), which nobody is left to stop once the last test process is gone.
+    pub fn idle_exit(mut self, d: Option<Duration>) -> Self {
+        self.idle_exit = d;
+        self
+    }
 
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
     pub fn bind(self) -> Result<Broker, BrokerError> {
@@ -257,14 +264,14 @@ impl BrokerBuilder {
             None => None,
         };
         let mut uds = match &self.uds {
-            Some(path) => Some((bind_uds(path, self.uds_mode)?, path.clone())),
+            Some(path) => Some(bind_uds(path, self.uds_mode)?),
             None => None,
         };
         if let Some(l) = &mut tcp {
             poll.registry()
                 .register(l, TCP_LISTENER, Interest::READABLE)?;
         }
-        if let Some((l, _)) = &mut uds {
+        if let Some(UdsListener { listener: l, .. }) = &mut uds {
             poll.registry()
                 .register(l, UDS_LISTENER, Interest::READABLE)?;
         }
@@ -304,13 +311,56 @@ impl BrokerBuilder {
             warned_keepalive: false,
             policy,
             refusals: RefusalLog::new(),
+            idle_since: Some(Instant::now()),
             cfg: self,
         })
     }
 }
 
-fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
+/// A bound Unix socket and the lock file that makes it ours.
+struct UdsListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Holds an exclusive `flock` on `<socket>.lock` for the broker's whole life: only the
+    /// holder may bind or remove the socket path, so a broker starting next to a live one can
+    /// never unlink its socket, and a socket file whose lock nobody holds is known stale.
+    _lock: std::fs::File,
+}
+
+/// The lock file beside a Unix socket that its live broker holds (`<socket>.lock`).
+pub fn uds_lock_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+fn bind_uds(path: &Path, mode: u32) -> Result<UdsListener, BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let lock_path = uds_lock_path(path);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| BrokerError::Bind {
+            addr: lock_path.display().to_string(),
+            source,
+        })?;
+    // The lock file is never removed: unlinking it would let two brokers lock two different
+    // files of the same name.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(BrokerError::UdsInUse(path.to_path_buf()));
+        }
+        return Err(BrokerError::Io(e));
+    }
     if path.exists() {
+        // Nobody holds the lock, yet something may still answer (a broker of an older version,
+        // or the npm one): never steal a live socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BrokerError::UdsInUse(path.to_path_buf()));
         }
@@ -323,14 +373,18 @@ fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
     })?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(l)
+    Ok(UdsListener {
+        listener: l,
+        path: path.to_path_buf(),
+        _lock: lock,
+    })
 }
 
 /// A bound broker, not yet running.
 pub struct Broker {
     poll: Poll,
     tcp: Option<TcpListener>,
-    uds: Option<(UnixListener, PathBuf)>,
+    uds: Option<UdsListener>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     core: Core,
@@ -348,6 +402,8 @@ pub struct Broker {
     /// Host and Origin rules of HTTP requests (the WebSocket upgrade).
     policy: Arc<HttpPolicy>,
     refusals: RefusalLog,
+    /// Since when the broker has had no connections and no locks (for `idle_exit`).
+    idle_since: Option<Instant>,
     cfg: BrokerBuilder,
 }
 
@@ -404,7 +460,7 @@ impl Broker {
     }
 
     pub fn uds_path(&self) -> Option<&Path> {
-        self.uds.as_ref().map(|(_, p)| p.as_path())
+        self.uds.as_ref().map(|u| u.path.as_path())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -479,6 +535,10 @@ impl Broker {
                 self.housekeeping(now);
             }
             self.end_turn(now);
+            if self.idle_expired(now) {
+                log::note("idle: no connections and no locks for the idle time, exiting");
+                break;
+            }
         }
         self.close_all();
         Ok(())
@@ -508,8 +568,25 @@ impl Broker {
         }
     }
 
+    /// Tracks idleness (no connection, nothing in the table) and says whether it has lasted
+    /// the configured `idle_exit`.
+    fn idle_expired(&mut self, now: Instant) -> bool {
+        let Some(limit) = self.cfg.idle_exit else {
+            return false;
+        };
+        if !self.core.conns.is_empty() || !self.core.table.is_empty() {
+            self.idle_since = None;
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        now.duration_since(since) >= limit
+    }
+
     fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
         let mut next = self.core.table.poll_timeout();
+        if let (Some(limit), Some(since)) = (self.cfg.idle_exit, self.idle_since) {
+            next = Some(next.map_or(since + limit, |n| n.min(since + limit)));
+        }
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -544,7 +621,10 @@ impl Broker {
                     None => return,
                 },
                 _ => match &self.uds {
-                    Some((l, _)) => l.accept().map(|(s, _)| (Io::Ndjson(Stream::Unix(s)), None)),
+                    Some(u) => u
+                        .listener
+                        .accept()
+                        .map(|(s, _)| (Io::Ndjson(Stream::Unix(s)), None)),
                     None => return,
                 },
             };
@@ -558,7 +638,7 @@ impl Broker {
                     // hanging in the backlog. Existing connections are untouched.
                     let refused = match token {
                         TCP_LISTENER => self.tcp.as_ref().map(|l| l.accept().is_ok()),
-                        _ => self.uds.as_ref().map(|(l, _)| l.accept().is_ok()),
+                        _ => self.uds.as_ref().map(|u| u.listener.accept().is_ok()),
                     };
                     self.spare_fd = std::fs::File::open("/dev/null").ok();
                     if refused != Some(true) {
@@ -947,52 +1027,15 @@ impl Broker {
         for slot in slots {
             self.close(slot, now);
         }
-        if let Some((_, path)) = self.uds.take() {
-            std::fs::remove_file(path).ok();
+        if let Some(u) = self.uds.take() {
+            // Removed while the lock file is still held, so no newer broker's socket is hit.
+            std::fs::remove_file(&u.path).ok();
         }
     }
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
-
-/// If a broker already answers at `addr`, returns `None`; otherwise starts one on a thread of
-/// this process. Bind is the arbiter of races: when another process binds first, its broker is
-/// used.
-pub fn ensure_broker(addr: SocketAddr) -> Result<Option<BrokerHandle>, BrokerError> {
-    if answers(addr) {
-        return Ok(None);
-    }
-    match Broker::builder().tcp(addr).bind() {
-        Ok(b) => Ok(Some(b.spawn()?)),
-        Err(BrokerError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
-            // Lost the race; the winner may still be starting.
-            for _ in 0..50 {
-                if answers(addr) {
-                    return Ok(None);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(BrokerError::NotABroker(addr))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Does a live-mutex broker (ours or the Node one) answer a ping at `addr`?
-fn answers(addr: SocketAddr) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_millis(1000))).ok();
-    if s.write_all(b"{\"type\":\"ping\",\"uuid\":\"ensure-broker\"}\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.trim_start().starts_with('{')
 }
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host

@@ -1,12 +1,12 @@
 //! The one-request commands: acquire, release, ls, info, stats, ping.
 
 use super::{Cmd, report};
-use live_mutex::{Client, LockOptions, Ttl};
+use live_mutex::{LockOptions, Ttl};
 use serde_json::json;
 use std::time::Duration;
 
-pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
-    let client = match Client::connect(url) {
+pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
+    let client = match super::connect(url, spawn) {
         Ok(c) => c,
         Err(e) => return report(url, "connect", &e),
     };

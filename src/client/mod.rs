@@ -20,17 +20,22 @@
 mod conn;
 mod error;
 mod guard;
+mod spawn;
 mod url;
 
 pub use conn::BrokerKind;
 pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
+#[doc(hidden)]
+pub use spawn::__serial_attr;
+pub use spawn::{
+    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
+    spawn_target, spawn_url_from_env,
+};
 
-use crate::broker::BrokerHandle;
 use conn::{Conn, err_text, new_id};
 use guard::{Unlocked, call, ttl_json, unlocked};
 use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
@@ -418,7 +423,9 @@ impl Client {
         }
     }
 
-    /// Connects to [`url_from_env`].
+    /// Connects to [`url_from_env`] (`LMX_URL`, else the npm variables, else
+    /// `tcp://127.0.0.1:6970`). It never starts a broker; [`connect_or_spawn`] with
+    /// [`spawn_url_from_env`] does, defaulting to the per-user socket instead.
     ///
     /// ```no_run
     /// // LMX_URL=unix:///run/lmx.sock, or live_mutex_host / live_mutex_port as with npm
@@ -866,27 +873,6 @@ impl Client {
             }),
         }
     }
-}
-
-/// Connects to the broker at `addr`, first starting one on a thread of this process if nothing
-/// answers there, so a test suite's processes need no separate broker. When several processes
-/// race, binding the port decides: one hosts the broker, the others connect to it. Keep the
-/// returned handle alive while others may need the broker; shut it down with
-/// [`BrokerHandle::shutdown`](crate::broker::BrokerHandle::shutdown).
-///
-/// ```
-/// # let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-/// let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-/// let (client, hosted) = live_mutex::connect_or_launch(addr)?;
-/// assert!(hosted.is_some(), "nobody was listening, so this process hosts the broker");
-/// let (_again, none) = live_mutex::connect_or_launch(addr)?;
-/// assert!(none.is_none());
-/// client.lock("k")?.unlock()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn connect_or_launch(addr: SocketAddr) -> Result<(Client, Option<BrokerHandle>)> {
-    let hosted = crate::broker::ensure_broker(addr)?;
-    Ok((Client::connect(&format!("tcp://{addr}"))?, hosted))
 }
 
 fn bad(v: &Value, what: &str) -> Error {
