@@ -39,34 +39,7 @@ use url::Endpoint;
 /// the broker decides, this only guards against a broker that never answers.
 const SLACK: Duration = Duration::from_secs(1);
 
-/// How long a lock may be held.
-///
-/// ```
-/// use live_mutex::{LockOptions, Ttl};
-/// use std::time::Duration;
-/// let forever = LockOptions::new().ttl(Ttl::Never);
-/// let short = LockOptions::new().ttl(Duration::from_secs(5)); // Ttl::After
-/// assert_eq!(short.ttl, Ttl::After(Duration::from_secs(5)));
-/// # drop(forever);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Ttl {
-    /// Whatever the broker is configured with (the npm broker: 5 s).
-    #[default]
-    BrokerDefault,
-    /// Until released or until the connection drops.
-    Never,
-    /// Expires this long after the grant unless extended.
-    After(Duration),
-}
-
-impl From<Duration> for Ttl {
-    fn from(d: Duration) -> Ttl {
-        Ttl::After(d)
-    }
-}
-
-/// How a lock shares its key with other holders (the table's own type).
+/// How long a lock may be held, and how it shares its key: the protocol's own types.
 ///
 /// ```
 /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -77,7 +50,7 @@ impl From<Duration> for Ttl {
 /// # drop((r1, r2));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub use crate::table::Mode;
+pub use crate::proto::{Mode, Ttl};
 
 /// Options for [`Client::lock_with`]. Build with the methods, or with struct syntax and
 /// `..Default::default()`.
