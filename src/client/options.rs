@@ -5,7 +5,7 @@ use super::{Mode, Ttl};
 use crate::proto::{AcquireMany, LockRequest, Request};
 use std::time::Duration;
 
-/// Options for [`Client::lock_with`]. Build with the methods, or with struct syntax and
+/// Options for [`Client::lock_with`](super::Client::lock_with). Build with the methods, or with struct syntax and
 /// `..Default::default()`.
 ///
 /// ```

@@ -38,7 +38,7 @@ pub enum DecodeErrorKind {
 }
 
 /// A rejected message, with whatever `uuid` / `key` / `type` could be read so the error reply
-/// reaches the waiting caller (see [`encode::decode_error`]).
+/// reaches the waiting caller (see [`decode_error`](super::encode::decode_error)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
 pub struct DecodeError {
