@@ -346,64 +346,37 @@ impl Session {
                 return;
             }
         }
-        let Some(wants) = self.pending.remove(&id) else {
+        let Some(wants) = self.pending.get(&id) else {
             return;
         };
         let answer = match wants {
             Wants::Lock {
-                key,
-                try_only,
-                resend,
-            } => match lock_answer(&reply, try_only) {
-                Step::Done(a) => {
-                    if a == Answer::NotGranted && try_only && node {
-                        // The npm broker queued it anyway: withdraw it.
-                        self.cancel(uuid, &key);
-                    }
-                    a
-                }
-                Step::Wait => {
-                    self.pending.insert(
-                        id,
-                        Wants::Lock {
-                            key,
-                            try_only,
-                            resend,
-                        },
-                    );
-                    return;
-                }
+                try_only, resend, ..
+            } => match lock_answer(&reply, *try_only) {
+                Step::Done(a) => a,
+                Step::Wait => return,
                 Step::Resend => {
-                    self.out.extend_from_slice(&resend);
-                    self.pending.insert(
-                        id,
-                        Wants::Lock {
-                            key,
-                            try_only,
-                            resend,
-                        },
-                    );
+                    self.out.extend_from_slice(resend);
                     return;
                 }
             },
-            Wants::Many {
-                first_key,
-                try_only,
-            } => match many_answer(&reply, try_only) {
+            Wants::Many { try_only, .. } => match many_answer(&reply, *try_only) {
                 Some(a) => a,
-                None => {
-                    self.pending.insert(
-                        id,
-                        Wants::Many {
-                            first_key,
-                            try_only,
-                        },
-                    );
-                    return;
-                }
+                None => return,
             },
-            other => other_answer(&reply, &other),
+            other => other_answer(&reply, other),
         };
+        if let Some(Wants::Lock {
+            key,
+            try_only: true,
+            ..
+        }) = self.pending.remove(&id)
+            && answer == Answer::NotGranted
+            && node
+        {
+            // The npm broker queued the try-lock anyway: withdraw it.
+            self.cancel(uuid, &key);
+        }
         self.events.push_back(Event::Answer { id, answer });
     }
 
