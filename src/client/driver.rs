@@ -99,21 +99,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Writes whatever the session has to send. Lock order: write side, then state.
-    fn flush(&self) -> Result<()> {
+    /// Runs `f` on the state, then writes whatever the session has to send, in one pass:
+    /// one lock of the state per request. Lock order: write side, then state.
+    fn send_with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut w = lock(&self.write);
-        lock(&self.state).session.transmit(&mut w.buf);
+        let t = {
+            let mut st = lock(&self.state);
+            if st.dead {
+                return Err(Error::ConnectionLost);
+            }
+            let t = f(&mut st)?;
+            st.session.transmit(&mut w.buf);
+            t
+        };
         if w.buf.is_empty() {
-            return Ok(());
+            return Ok(t);
         }
         let WriteSide { writer, buf } = &mut *w;
         let r = writer.send(buf);
         buf.clear();
         drop(w);
-        r.map_err(|_| {
-            self.fail();
-            Error::ConnectionLost
-        })
+        match r {
+            Ok(()) => Ok(t),
+            Err(_) => {
+                self.fail();
+                Err(Error::ConnectionLost)
+            }
+        }
+    }
+
+    /// Writes whatever the session has to send.
+    fn flush(&self) -> Result<()> {
+        self.send_with(|_| Ok(()))
     }
 
     /// Marks the connection dead: every waiter sees its channel close, every guard sees
@@ -370,24 +387,19 @@ impl Conn {
     /// session registers the request before its bytes leave, so no reply can overtake it.
     pub(crate) fn request(&self, req: &Request<'_>) -> Result<Pending> {
         let (tx, rx) = mpsc::channel();
-        let id = {
-            let mut st = lock(&self.shared.state);
-            if st.dead {
-                return Err(Error::ConnectionLost);
-            }
-            let Some(id) = st.session.request(req) else {
-                return Err(Error::Protocol("request without an id".into()));
-            };
+        let id = self.shared.send_with(|st| {
+            let id = st
+                .session
+                .request(req)
+                .ok_or_else(|| Error::Protocol("request without an id".into()))?;
             st.waiters.insert(id, tx);
-            id
-        };
-        let p = Pending {
+            Ok(id)
+        })?;
+        Ok(Pending {
             id,
             rx,
             shared: self.shared.clone(),
-        };
-        self.shared.flush()?;
-        Ok(p)
+        })
     }
 
     /// Sends a request and waits for its answer, bounded by `timeout`.
@@ -397,14 +409,10 @@ impl Conn {
 
     /// Fire-and-forget: a guard's release on drop, whose reply nobody waits for.
     pub(crate) fn notify(&self, req: &Request<'_>) -> Result<()> {
-        {
-            let mut st = lock(&self.shared.state);
-            if st.dead {
-                return Err(Error::ConnectionLost);
-            }
+        self.shared.send_with(|st| {
             st.session.notify(req);
-        }
-        self.shared.flush()
+            Ok(())
+        })
     }
 
     pub(crate) fn is_dead(&self) -> bool {
