@@ -16,10 +16,14 @@
 //! Layout, from the core outwards:
 //! - [`table`]: every lock decision, as a state machine with no I/O and no clock (`now` is
 //!   passed in): FIFO queues, semaphores, read/write locks, TTLs, fencing tokens, acquire-many.
-//! - [`proto`]: the wire format: requests decoded in place, replies encoded, NDJSON framing.
+//! - [`proto`]: the wire format, both directions with one set of types (requests decoded in
+//!   place by the broker and encoded by the client; replies encoded by the broker and decoded
+//!   by the client), NDJSON framing, and [`proto::session`]: the client's side of a connection
+//!   as a sans-IO state machine (pending requests by id, the npm broker's quirks).
 //! - [`broker`]: the `mio` reactor around the table, the only code that touches sockets;
 //!   run it as `lmx start` (`--daemon` to detach) or embed it with `Broker::builder()`.
-//! - [`client`]: a thread-safe, pipelining client with RAII guards, used by `lmx`;
+//! - [`client`]: a thread-safe, pipelining client with RAII guards, used by `lmx`; it drives a
+//!   [`proto::session::Session`] over a blocking socket and knows nothing of the table;
 //!   [`connect_or_spawn`] starts a broker daemon on demand, and [`serial()`](fn@serial) /
 //!   `#[live_mutex::serial("key")]` serialise tests across processes.
 //!

@@ -306,7 +306,13 @@ impl Core {
             Request::Ls { uuid } => {
                 let keys: Vec<Name> = self.table.keys().cloned().collect();
                 let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
-                self.send(slot, &Reply::Ls { uuid, keys: &refs });
+                self.send(
+                    slot,
+                    &Reply::Ls {
+                        uuid,
+                        keys: refs.into(),
+                    },
+                );
             }
             Request::LockInfo { uuid, key } => {
                 let info = self.table.info(now, key);
@@ -314,10 +320,10 @@ impl Core {
                     .iter()
                     .flat_map(|i| &i.holders)
                     .map(|h| HolderInfo {
-                        id: &h.id,
-                        fencing_token: h.token,
-                        mode: h.mode,
-                        ttl_remaining: h.ttl_remaining.map(ms),
+                        id: (*h.id).into(),
+                        fencing_token: Some(h.token),
+                        mode: wire_mode(h.mode),
+                        ttl_remaining: h.ttl_remaining,
                     })
                     .collect();
                 let reply = Reply::LockInfo {
@@ -325,8 +331,9 @@ impl Core {
                     key,
                     lock_request_count: info.as_ref().map_or(0, |i| i.waiters as u64),
                     readers_count: info.as_ref().map_or(0, |i| i.readers as u64),
-                    max: info.as_ref().map_or(1, |i| i.max),
-                    holders: &holders,
+                    is_locked: !holders.is_empty(),
+                    max: Some(info.as_ref().map_or(1, |i| i.max)),
+                    holders: holders.into(),
                 };
                 self.send(slot, &reply);
             }
@@ -380,7 +387,7 @@ impl Core {
             conn: cid,
             key: r.key,
             id: r.uuid,
-            mode: r.mode,
+            mode: table_mode(r.mode),
             max: r.max,
             ttl: ttl_of(r.ttl),
             wait: wait_of(now, r.try_lock, r.wait_timeout),
@@ -412,7 +419,7 @@ impl Core {
             Ok(LockOutcome::Granted(_)) if retried_holder => (WireLock::Queued, 0, 0),
             Ok(LockOutcome::Granted(g)) => (
                 WireLock::Granted {
-                    fencing_token: g.token,
+                    fencing_token: Some(g.token),
                 },
                 g.queue_len,
                 g.readers,
@@ -440,7 +447,7 @@ impl Core {
             ManyOutcome::Granted(t) => {
                 tokens = t.iter().map(|(k, v)| (&**k, *v)).collect();
                 WireMany::Granted {
-                    fencing_tokens: &tokens,
+                    fencing_tokens: (&tokens[..]).into(),
                 }
             }
             ManyOutcome::Queued => WireMany::Queued,
@@ -496,7 +503,7 @@ impl Core {
                             uuid: &id,
                             key: &key,
                             outcome: WireLock::Granted {
-                                fencing_token: grant.token,
+                                fencing_token: Some(grant.token),
                             },
                             lock_request_count: grant.queue_len as u64,
                             readers_count: grant.readers as u64,
@@ -582,7 +589,7 @@ impl Core {
             &Reply::Lock {
                 uuid: &uuid,
                 key: &key,
-                outcome: WireLock::Granted { fencing_token: 0 },
+                outcome: WireLock::Granted { fencing_token: None },
                 lock_request_count: 0,
                 readers_count: 0,
             },
@@ -707,11 +714,27 @@ fn due(
     None
 }
 
+fn table_mode(m: proto::Mode) -> table::Mode {
+    match m {
+        proto::Mode::Exclusive => table::Mode::Exclusive,
+        proto::Mode::Read => table::Mode::Read,
+        proto::Mode::Write => table::Mode::Write,
+    }
+}
+
+fn wire_mode(m: table::Mode) -> proto::Mode {
+    match m {
+        table::Mode::Exclusive => proto::Mode::Exclusive,
+        table::Mode::Read => proto::Mode::Read,
+        table::Mode::Write => proto::Mode::Write,
+    }
+}
+
 fn ttl_of(t: proto::Ttl) -> table::Ttl {
     match t {
-        proto::Ttl::Default => table::Ttl::Default,
+        proto::Ttl::BrokerDefault => table::Ttl::Default,
         proto::Ttl::Never => table::Ttl::Never,
-        proto::Ttl::Ms(n) => table::Ttl::After(Duration::from_millis(n)),
+        proto::Ttl::After(d) => table::Ttl::After(d),
     }
 }
 
