@@ -62,7 +62,7 @@ fn encoding(c: &mut Criterion) {
         uuid,
         key: "foo",
         outcome: LockOutcome::Granted {
-            fencing_token: 1_764_000_000_000_000,
+            fencing_token: Some(1_764_000_000_000_000),
         },
         lock_request_count: 0,
         readers_count: 0,

@@ -10,11 +10,16 @@ use crate::proto::Decoder;
 use crate::proto::ndjson::LineFramer;
 use crate::table::{Config, ConnId, LockRequest, Mode, Table, Ttl, Wait};
 
-/// Any bytes as one request: decoding returns, never panics; an error still encodes.
+/// Any bytes as one request: decoding returns, never panics; an error still encodes. The HTTP
+/// recogniser of the NDJSON port returns too, and never calls a valid request HTTP (that would
+/// refuse a real client).
 pub fn decode(data: &[u8]) {
+    let http = crate::broker::http_guard::is_http_line(data);
     let mut buf = data.to_vec();
     let mut d = Decoder::default();
-    if let Err(e) = d.decode(&mut buf) {
+    let decoded = d.decode(&mut buf);
+    assert!(!(http && decoded.is_ok()), "a valid request taken for HTTP");
+    if let Err(e) = decoded {
         let mut out = Vec::new();
         crate::proto::encode::decode_error(&e, &mut out);
         assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
@@ -91,8 +96,9 @@ impl Write for MemStream<'_> {
     }
 }
 
-/// The server side of a WebSocket (handshake, then frames) with the broker's settings, fed
-/// from the fuzz input; each text message is decoded as a request.
+/// The server side of a WebSocket (handshake with the broker's Host and Origin check, then
+/// frames) with the broker's settings, fed from the fuzz input; each text message is decoded
+/// as a request.
 pub fn ws_server(data: &[u8]) {
     use tungstenite::HandshakeError;
     let cfg = crate::broker::fuzz_ws_config();
@@ -100,7 +106,8 @@ pub fn ws_server(data: &[u8]) {
         input: data,
         step: 0,
     };
-    let mut hs = tungstenite::accept_with_config(stream, Some(cfg));
+    let check = crate::broker::fuzz_upgrade_check();
+    let mut hs = tungstenite::accept_hdr_with_config(stream, check, Some(cfg));
     for _ in 0..64 {
         match hs {
             Err(HandshakeError::Interrupted(mid)) => hs = mid.handshake(),

@@ -1,4 +1,4 @@
-//! Taking new connections from the listeners: the connection cap, the spare descriptor that
+//! Taking new connections from the listeners: TCP keepalive, the connection cap, the spare descriptor that
 //! lets the broker refuse a client cleanly when the process is out of descriptors, and the
 //! registration of each socket with the poll and the core.
 
@@ -19,19 +19,29 @@ impl Broker {
         loop {
             let accepted = match token {
                 TCP_LISTENER => match &self.tcp {
-                    Some(l) => l.accept().map(|(s, _)| {
+                    Some(l) => l.accept().map(|(s, peer)| {
                         s.set_nodelay(true).ok();
-                        Io::Sniff(Stream::Tcp(s))
+                        if let Some(k) = &self.cfg.keepalive
+                            && let Err(e) = k.apply(&s)
+                            && !self.warned_keepalive
+                        {
+                            self.warned_keepalive = true;
+                            log::note(&format!("cannot set TCP keepalive: {e}"));
+                        }
+                        (Io::Sniff(Stream::Tcp(s)), Some(peer))
                     }),
                     None => return,
                 },
                 _ => match &self.uds {
-                    Some((l, _)) => l.accept().map(|(s, _)| Io::Ndjson(Stream::Unix(s))),
+                    Some(u) => u
+                        .listener
+                        .accept()
+                        .map(|(s, _)| (Io::Ndjson(Stream::Unix(s)), None)),
                     None => return,
                 },
             };
-            let io = match accepted {
-                Ok(io) => io,
+            let (io, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_fd_exhaustion(&e) && self.spare_fd.take().is_some() => {
@@ -40,7 +50,7 @@ impl Broker {
                     // hanging in the backlog. Existing connections are untouched.
                     let refused = match token {
                         TCP_LISTENER => self.tcp.as_ref().map(|l| l.accept().is_ok()),
-                        _ => self.uds.as_ref().map(|(l, _)| l.accept().is_ok()),
+                        _ => self.uds.as_ref().map(|u| u.listener.accept().is_ok()),
                     };
                     self.spare_fd = std::fs::File::open("/dev/null").ok();
                     if refused != Some(true) {
@@ -69,6 +79,7 @@ impl Broker {
             let id = ConnId((self.next_gen << 32) | slot as u64);
             self.next_gen += 1;
             let mut sock = Socket::new(id, io, self.cfg.max_line, now);
+            sock.peer = peer;
             let Some(stream) = sock.stream_mut() else {
                 continue;
             };

@@ -1,18 +1,20 @@
 //! The broker's settings ([`BrokerBuilder`]) and binding its listeners.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Poll, Waker};
 use slab::Slab;
 
 use super::core::{self, Core};
+use super::http_guard::{HttpPolicy, RefusalLog};
 use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER, WAKER};
-use super::{BrokerError, log};
+use super::{BrokerError, Keepalive, log};
 use crate::proto::Limits;
 use crate::proto::ndjson::DEFAULT_MAX_LINE;
 use crate::table;
@@ -35,6 +37,10 @@ pub struct BrokerBuilder {
     pub(super) auth_token: Option<String>,
     pub(super) restrict_admin: bool,
     pub(super) spin: Duration,
+    pub(super) keepalive: Option<Keepalive>,
+    pub(super) allow_hosts: Vec<String>,
+    pub(super) allow_origins: Vec<String>,
+    pub(super) idle_exit: Option<Duration>,
 }
 
 impl Default for BrokerBuilder {
@@ -64,6 +70,10 @@ impl Default for BrokerBuilder {
             auth_token: None,
             restrict_admin: false,
             spin: Duration::from_micros(30),
+            keepalive: Some(Keepalive::default()),
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
+            idle_exit: None,
         }
     }
 }
@@ -169,6 +179,33 @@ impl BrokerBuilder {
         self
     }
 
+    /// TCP keepalive and user timeout of accepted TCP connections, so that a client host that
+    /// vanishes (no FIN, no RST) loses its connection and locks (default
+    /// [`Keepalive::default`]: within 25 s; `None`: off, the kernel's defaults).
+    pub fn keepalive(mut self, k: Option<Keepalive>) -> Self {
+        self.keepalive = k;
+        self
+    }
+    /// Host names (besides loopback and the bound address) that HTTP requests such as the
+    /// WebSocket upgrade may carry in `Host`; a port given with a name is ignored.
+    pub fn allow_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.allow_hosts = hosts;
+        self
+    }
+    /// Origins (`scheme://host[:port]`, or `null`) whose pages may open a WebSocket, besides
+    /// the broker's own origin.
+    pub fn allow_origins(mut self, origins: Vec<String>) -> Self {
+        self.allow_origins = origins;
+        self
+    }
+    /// Stop by itself once it has had no connections, no holders and no waiters for this long
+    /// (default `None`: never). Made for brokers spawned on demand (`lmx start --daemon
+    /// --idle-exit`), which nobody is left to stop once the last test process is gone.
+    pub fn idle_exit(mut self, d: Option<Duration>) -> Self {
+        self.idle_exit = d;
+        self
+    }
+
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
     pub fn bind(self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
@@ -183,14 +220,14 @@ impl BrokerBuilder {
             None => None,
         };
         let mut uds = match &self.uds {
-            Some(path) => Some((bind_uds(path, self.uds_mode)?, path.clone())),
+            Some(path) => Some(bind_uds(path, self.uds_mode)?),
             None => None,
         };
         if let Some(l) = &mut tcp {
             poll.registry()
                 .register(l, TCP_LISTENER, Interest::READABLE)?;
         }
-        if let Some((l, _)) = &mut uds {
+        if let Some(UdsListener { listener: l, .. }) = &mut uds {
             poll.registry()
                 .register(l, UDS_LISTENER, Interest::READABLE)?;
         }
@@ -213,6 +250,11 @@ impl BrokerBuilder {
             restrict_admin: self.restrict_admin,
             wall_clock: SystemTime::now,
         });
+        let policy = Arc::new(HttpPolicy::new(
+            local_addr,
+            &self.allow_hosts,
+            &self.allow_origins,
+        ));
         Ok(Broker {
             poll,
             tcp,
@@ -229,14 +271,59 @@ impl BrokerBuilder {
             retry_accept: false,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             warned_fds: false,
+            warned_keepalive: false,
+            policy,
+            refusals: RefusalLog::new(),
+            idle_since: Some(Instant::now()),
             cfg: self,
         })
     }
 }
 
-/// Binds the Unix socket, replacing the file of a broker that died.
-fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
+/// A bound Unix socket and the lock file that makes it ours.
+pub(super) struct UdsListener {
+    pub(super) listener: UnixListener,
+    pub(super) path: PathBuf,
+    /// Holds an exclusive `flock` on `<socket>.lock` for the broker's whole life: only the
+    /// holder may bind or remove the socket path, so a broker starting next to a live one can
+    /// never unlink its socket, and a socket file whose lock nobody holds is known stale.
+    _lock: std::fs::File,
+}
+
+/// The lock file beside a Unix socket that its live broker holds (`<socket>.lock`).
+pub fn uds_lock_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+fn bind_uds(path: &Path, mode: u32) -> Result<UdsListener, BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let lock_path = uds_lock_path(path);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| BrokerError::Bind {
+            addr: lock_path.display().to_string(),
+            source,
+        })?;
+    // The lock file is never removed: unlinking it would let two brokers lock two different
+    // files of the same name.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(BrokerError::UdsInUse(path.to_path_buf()));
+        }
+        return Err(BrokerError::Io(e));
+    }
     if path.exists() {
+        // Nobody holds the lock, yet something may still answer (a broker of an older version,
+        // or the npm one): never steal a live socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BrokerError::UdsInUse(path.to_path_buf()));
         }
@@ -249,5 +336,9 @@ fn bind_uds(path: &Path, mode: u32) -> Result<UnixListener, BrokerError> {
     })?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(l)
+    Ok(UdsListener {
+        listener: l,
+        path: path.to_path_buf(),
+        _lock: lock,
+    })
 }

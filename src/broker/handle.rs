@@ -64,7 +64,7 @@ impl Broker {
     }
 
     pub fn uds_path(&self) -> Option<&Path> {
-        self.uds.as_ref().map(|(_, p)| p.as_path())
+        self.uds.as_ref().map(|u| u.path.as_path())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {

@@ -3,16 +3,21 @@
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//! Web pages are kept out by `http_guard` (HTTP lines on NDJSON close the connection, Host and
+//! Origin rules on upgrades); vanished peers are found by `keepalive`.
 //!
 //! Layout, from the outside in:
-//! - `config`: [`BrokerBuilder`], and `bind` (the listeners; `bind_uds` for the Unix socket).
+//! - `config`: [`BrokerBuilder`], and `bind` (the listeners; `bind_uds` for the Unix socket
+//!   and the lock file beside it).
 //! - `handle`: [`Broker::spawn`], [`BrokerHandle`], [`ShutdownHandle`].
 //! - `reactor`: the poll loop ([`Broker::run`]); the end of each loop turn runs the core's
 //!   timers, then writes its output and closes what must close (`end_turn`); back-pressure
-//!   and the handshake and stall deadlines (`housekeeping`).
-//! - `accept`: new connections, the connection cap, the spare descriptor.
-//! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`), the WebSocket upgrade and
-//!   its callback (`AuthCheck`), reading messages into the core and writing its output out.
+//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`.
+//! - `accept`: new connections, TCP keepalive, the connection cap, the spare descriptor.
+//! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
+//!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
+//!   and writing its output out.
+//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
 //!   close requests out, with a file per command; its tests drive it in memory with
 //!   simulated time.
@@ -30,18 +35,22 @@ mod accept;
 mod config;
 mod core;
 mod handle;
+pub(crate) mod http_guard;
+mod keepalive;
 mod reactor;
 mod transport;
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::proto::ndjson::DEFAULT_MAX_LINE;
+use http_guard::HttpPolicy;
 
-pub use config::BrokerBuilder;
+pub use config::{BrokerBuilder, uds_lock_path};
 pub use handle::{BrokerHandle, ShutdownHandle};
+pub use keepalive::Keepalive;
 pub use reactor::Broker;
 
 /// Errors of starting or running a broker.
@@ -53,50 +62,21 @@ pub enum BrokerError {
     UdsInUse(PathBuf),
     #[error("nothing to listen on: give a TCP address or a Unix socket path")]
     NoListener,
-    #[error("address {0} is taken by something that does not answer as a live-mutex broker")]
-    NotABroker(SocketAddr),
     #[error("broker I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("the broker thread panicked")]
     Panicked,
 }
 
-/// If a broker already answers at `addr`, returns `None`; otherwise starts one on a thread of
-/// this process. Bind is the arbiter of races: when another process binds first, its broker is
-/// used.
-pub fn ensure_broker(addr: SocketAddr) -> Result<Option<BrokerHandle>, BrokerError> {
-    if answers(addr) {
-        return Ok(None);
+/// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host
+/// `x` of the older seeds is allowed so that their frames are still reached.
+#[doc(hidden)]
+pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
+    let bound = SocketAddr::from(([127, 0, 0, 1], 6970));
+    transport::UpgradeCheck {
+        policy: Arc::new(HttpPolicy::new(Some(bound), &["x".into()], &[])),
+        token: None,
     }
-    match Broker::builder().tcp(addr).bind() {
-        Ok(b) => Ok(Some(b.spawn()?)),
-        Err(BrokerError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
-            // Lost the race; the winner may still be starting.
-            for _ in 0..50 {
-                if answers(addr) {
-                    return Ok(None);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(BrokerError::NotABroker(addr))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Does a live-mutex broker (ours or the Node one) answer a ping at `addr`?
-fn answers(addr: SocketAddr) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_millis(1000))).ok();
-    if s.write_all(b"{\"type\":\"ping\",\"uuid\":\"ensure-broker\"}\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.trim_start().starts_with('{')
 }
 
 /// The WebSocket settings the broker uses, for the fuzz harness.

@@ -5,16 +5,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, UnixListener};
+use mio::net::TcpListener;
 use mio::{Events, Poll, Token, Waker};
 use slab::Slab;
 
+use super::config::UdsListener;
 use super::core::{Core, Event};
+use super::http_guard::{HttpPolicy, RefusalLog};
 use super::log;
 use super::transport::{Io, Socket};
 use super::{BrokerBuilder, BrokerError};
@@ -30,7 +31,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(50);
 pub struct Broker {
     pub(super) poll: Poll,
     pub(super) tcp: Option<TcpListener>,
-    pub(super) uds: Option<(UnixListener, PathBuf)>,
+    pub(super) uds: Option<UdsListener>,
     pub(super) waker: Arc<Waker>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) core: Core,
@@ -47,6 +48,12 @@ pub struct Broker {
     /// process runs out of descriptors.
     pub(super) spare_fd: Option<std::fs::File>,
     pub(super) warned_fds: bool,
+    pub(super) warned_keepalive: bool,
+    /// Host and Origin rules of HTTP requests (the WebSocket upgrade).
+    pub(super) policy: Arc<HttpPolicy>,
+    pub(super) refusals: RefusalLog,
+    /// Since when the broker has had no connections and no locks (for `idle_exit`).
+    pub(super) idle_since: Option<Instant>,
     pub(super) cfg: BrokerBuilder,
 }
 
@@ -99,6 +106,10 @@ impl Broker {
                 self.housekeeping(now);
             }
             self.end_turn(now);
+            if self.idle_expired(now) {
+                log::note("idle: no connections and no locks for the idle time, exiting");
+                break;
+            }
         }
         self.close_all();
         Ok(())
@@ -128,8 +139,25 @@ impl Broker {
         }
     }
 
+    /// Tracks idleness (no connection, nothing in the table) and says whether it has lasted
+    /// the configured `idle_exit`.
+    fn idle_expired(&mut self, now: Instant) -> bool {
+        let Some(limit) = self.cfg.idle_exit else {
+            return false;
+        };
+        if !self.socks.is_empty() || !self.core.is_idle() {
+            self.idle_since = None;
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        now.duration_since(since) >= limit
+    }
+
     fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
         let mut next = self.core.poll_timeout();
+        if let (Some(limit), Some(since)) = (self.cfg.idle_exit, self.idle_since) {
+            next = Some(next.map_or(since + limit, |n| n.min(since + limit)));
+        }
         if self.needs_housekeeping || self.retry_accept {
             let t = now + HOUSEKEEPING;
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -301,8 +329,9 @@ impl Broker {
         for slot in slots {
             self.close(slot, now);
         }
-        if let Some((_, path)) = self.uds.take() {
-            std::fs::remove_file(path).ok();
+        if let Some(u) = self.uds.take() {
+            // Removed while the lock file is still held, so no newer broker's socket is hit.
+            std::fs::remove_file(&u.path).ok();
         }
     }
 }

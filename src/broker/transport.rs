@@ -5,6 +5,7 @@
 //! writes them once at its end, so a burst of pipelined requests costs one `write`.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
@@ -13,7 +14,8 @@ use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response,
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
-use super::Broker;
+use super::http_guard::{self, HttpPolicy};
+use super::{Broker, log};
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
 
@@ -66,21 +68,29 @@ impl mio::event::Source for Stream {
     }
 }
 
-pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, AuthCheck>>;
+pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, UpgradeCheck>>;
 
-/// Checks the upgrade request's `Authorization: Bearer <token>` when the broker has a token;
-/// a wrong or missing one fails the handshake with 401 and the connection is closed.
-pub(crate) struct AuthCheck(pub Option<std::sync::Arc<str>>);
+/// The WebSocket upgrade's callback. Judges the upgrade request: first its Host and Origin
+/// (403 when a web page or a DNS-rebinding name is behind it), then, when the broker has a
+/// token, its `Authorization: Bearer <token>` (401). Either failure ends the handshake and the
+/// connection.
+pub(crate) struct UpgradeCheck {
+    pub policy: Arc<HttpPolicy>,
+    pub token: Option<Arc<str>>,
+}
 
-impl Callback for AuthCheck {
+impl Callback for UpgradeCheck {
     fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-        let Some(token) = self.0 else {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Err(why) = self.policy.check(header("host"), header("origin")) {
+            let mut e = ErrorResponse::new(Some(why.to_string()));
+            *e.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+            return Err(e);
+        }
+        let Some(token) = self.token else {
             return Ok(resp);
         };
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        let given = header("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if super::core::constant_time_eq(given.as_bytes(), token.as_bytes()) {
@@ -124,6 +134,10 @@ pub(crate) struct Socket {
     /// The peer closed its side (or the socket failed): read to the end, never stop at a short
     /// read, since no further readiness event will come.
     pub peer_closed: bool,
+    /// Sent a valid request: its lines are no longer checked for HTTP (see `http_guard`).
+    pub vetted: bool,
+    /// The TCP peer (None on the Unix socket), for logs.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Socket {
@@ -138,6 +152,8 @@ impl Socket {
             ws_unflushed: false,
             queued: false,
             peer_closed: false,
+            vetted: false,
+            peer: None,
         }
     }
 
@@ -238,7 +254,10 @@ impl Broker {
                         Ok(_) if b[0] == b'G' => {
                             // The WebSocket upgrade; `AuthCheck` is its callback.
                             let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
-                            let check = AuthCheck(self.cfg.auth_token.as_deref().map(Into::into));
+                            let check = UpgradeCheck {
+                                policy: self.policy.clone(),
+                                token: self.cfg.auth_token.as_deref().map(Into::into),
+                            };
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
                                 Ok(ws) => {
                                     sock.io = Io::Ws(Box::new(ws));
@@ -248,7 +267,9 @@ impl Broker {
                                     sock.io = Io::Handshake(Box::new(mid));
                                     return;
                                 }
-                                Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                                Err(HandshakeError::Failure(e)) => {
+                                    return self.handshake_failed(slot, now, &e);
+                                }
                             }
                         }
                         Ok(_) => sock.io = Io::Ndjson(stream),
@@ -271,7 +292,7 @@ impl Broker {
                         sock.io = Io::Handshake(Box::new(mid));
                         return;
                     }
-                    Err(HandshakeError::Failure(_)) => return self.close(slot, now),
+                    Err(HandshakeError::Failure(e)) => return self.handshake_failed(slot, now, &e),
                 },
                 Io::Ndjson(stream) => {
                     sock.io = Io::Ndjson(stream);
@@ -326,6 +347,20 @@ impl Broker {
                     // Framing is lost: only this connection is closed.
                     Err(_) => return self.close(slot, now),
                 };
+                if !sock.vetted {
+                    // Until its first valid request, a line that looks like HTTP means a web
+                    // page (or a confused client) is talking: close before anything it sent,
+                    // such as a POST body in the same segment, can run.
+                    if http_guard::is_http_line(line) {
+                        return self.refuse(slot, now, "HTTP on the NDJSON port (a web page?)");
+                    }
+                    if self.core.handle_message(id, line, now)
+                        && let Some(s) = self.socks.get_mut(slot)
+                    {
+                        s.vetted = true;
+                    }
+                    continue;
+                }
                 self.core.handle_message(id, line, now);
             }
             if eof {
@@ -378,6 +413,30 @@ impl Broker {
                 }
                 Err(_) => return self.close(slot, now),
             }
+        }
+    }
+
+    /// Closes a connection that a web page (or something else speaking HTTP) opened, with a
+    /// rate-limited note naming its peer.
+    fn refuse(&mut self, slot: usize, now: Instant, why: &str) {
+        let peer = self.socks.get(slot).and_then(|s| s.peer);
+        let peer = peer.map_or_else(|| "the Unix socket".to_string(), |p| p.to_string());
+        if let Some(line) = self.refusals.refused(now, &peer, why) {
+            log::note(&line);
+        }
+        self.close(slot, now);
+    }
+
+    /// A failed WebSocket handshake closes the connection; a refusal by the Host/Origin rules
+    /// (answered 403) is also logged.
+    fn handshake_failed(&mut self, slot: usize, now: Instant, e: &tungstenite::Error) {
+        match e {
+            tungstenite::Error::Http(resp) if resp.status() == 403 => {
+                let why = resp.body().as_deref().map(String::from_utf8_lossy);
+                let why = format!("WebSocket upgrade: {}", why.unwrap_or_default());
+                self.refuse(slot, now, &why);
+            }
+            _ => self.close(slot, now),
         }
     }
 }

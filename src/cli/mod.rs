@@ -1,10 +1,11 @@
 mod bench;
+mod daemon;
 mod ops;
 mod run;
 mod start;
 
 use clap::{Parser, Subcommand};
-use live_mutex::Error;
+use live_mutex::{Client, Error};
 
 pub(crate) const EXIT_FAIL: i32 = 1;
 pub(crate) const EXIT_USAGE: i32 = 64;
@@ -19,6 +20,10 @@ Environment:
   live_mutex_host, live_mutex_port
                      used when LMX_URL is unset (default tcp://127.0.0.1:6970)
   LMX_AUTH_TOKEN     auth token, unless the URL carries one (?token=T or T@HOST)
+  LMX_SPAWN=1        like --spawn; then with no LMX_URL and neither npm variable, the URL is
+                     the per-user socket unix://$XDG_RUNTIME_DIR/live-mutex/broker.sock
+                     (else unix:///tmp/live-mutex-$UID/broker.sock)
+  LMX_IDLE_EXIT      seconds a spawned broker stays up with nothing to do (default 300)
 
 Exit status:
   0      success (lmx run: the command's own status)
@@ -43,6 +48,10 @@ pub(crate) struct Cli {
     /// Machine-readable output (one JSON object)
     #[arg(long, global = true)]
     json: bool,
+    /// If no broker answers at a local URL, start one (`lmx start --daemon`) that outlives
+    /// this process, exactly one per address however many race
+    #[arg(long, global = true, env = "LMX_SPAWN")]
+    spawn: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -89,16 +98,35 @@ enum Cmd {
 
 pub(crate) fn main() -> i32 {
     let cli = Cli::parse();
-    let url = cli
-        .url
-        .clone()
-        .unwrap_or_else(live_mutex::client::url_from_env);
-    match cli.cmd {
-        Cmd::Run(args) => run::run(&url, args),
-        Cmd::Start(args) => start::start(args),
-        Cmd::Bench(args) => bench::bench(&url, cli.json, args),
-        cmd => ops::op(&url, cli.json, cmd),
+    // No thread may exist before a daemon forks: handled before anything else.
+    if let Cmd::Start(args) = cli.cmd {
+        return start::start(args, cli.url.as_deref());
     }
+    let url = match (&cli.url, cli.spawn) {
+        (Some(u), _) => u.clone(),
+        (None, false) => live_mutex::client::url_from_env(),
+        (None, true) => match live_mutex::client::spawn_url_from_env() {
+            Ok(u) => u,
+            Err(e) => return report("", "--spawn", &e),
+        },
+    };
+    let spawn = cli.spawn;
+    match cli.cmd {
+        Cmd::Run(args) => run::run(&url, spawn, args),
+        Cmd::Start(_) => unreachable!("handled above"),
+        Cmd::Bench(args) => bench::bench(&url, cli.json, args),
+        cmd => ops::op(&url, spawn, cli.json, cmd),
+    }
+}
+
+/// Connects, spawning a broker first with `--spawn` (this very binary, so the broker is the
+/// same version as the client).
+pub(crate) fn connect(url: &str, spawn: bool) -> Result<Client, Error> {
+    if !spawn {
+        return Client::connect(url);
+    }
+    let me = std::env::current_exe()?;
+    live_mutex::connect_or_spawn_using(url, &me)
 }
 
 /// Prints `e` in terms of what the user asked for and picks the documented exit status.
@@ -107,6 +135,7 @@ pub(crate) fn report(url: &str, what: &str, e: &Error) -> i32 {
         Error::Io(_) | Error::ConnectionLost => (EXIT_UNAVAILABLE, format!("broker at {url}: {e}")),
         Error::TimedOut => (EXIT_NOT_ACQUIRED, format!("{what}: timed out")),
         Error::Config(_) => (EXIT_USAGE, e.to_string()),
+        Error::Spawn(_) => (EXIT_UNAVAILABLE, e.to_string()),
         Error::Protocol(_) => (EXIT_SOFTWARE, format!("broker at {url}: {e}")),
         _ => (EXIT_FAIL, format!("{what}: {e}")),
     };

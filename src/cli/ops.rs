@@ -1,12 +1,12 @@
 //! The one-request commands: acquire, release, ls, info, stats, ping.
 
 use super::{Cmd, report};
-use live_mutex::{Client, LockOptions, Ttl};
+use live_mutex::{LockOptions, Ttl};
 use serde_json::json;
 use std::time::Duration;
 
-pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
-    let client = match Client::connect(url) {
+pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
+    let client = match super::connect(url, spawn) {
         Ok(c) => c,
         Err(e) => return report(url, "connect", &e),
     };
@@ -64,12 +64,18 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
                         .ttl_remaining
                         .map_or("no expiry".into(), |d| format!("{} ms left", ms(d)));
                     let tok = x.fencing_token.map_or("-".into(), |t| t.to_string());
-                    h.push_str(&format!("\n  {} {} token {} {}", x.id, x.mode, tok, ttl));
+                    h.push_str(&format!(
+                        "\n  {} {} token {} {}",
+                        x.id,
+                        x.mode.as_str(),
+                        tok,
+                        ttl
+                    ));
                 }
                 let holders: Vec<_> = i
                     .holders
                     .iter()
-                    .map(|x| json!({"id":x.id,"mode":x.mode,"fencingToken":x.fencing_token,"ttlRemaining":x.ttl_remaining.map(ms)}))
+                    .map(|x| json!({"id":x.id,"mode":x.mode.as_str(),"fencingToken":x.fencing_token,"ttlRemaining":x.ttl_remaining.map(ms)}))
                     .collect();
                 let j = json!({"key":i.key,"isLocked":i.is_locked,"holders":holders,"waiters":i.waiters,"readers":i.readers,"max":i.max});
                 out(h, j)
@@ -82,7 +88,10 @@ pub(super) fn op(url: &str, as_json: bool, cmd: Cmd) -> i32 {
                     "keys        {}\nholders     {}\nwaiters     {}\nconnections {}\ngrants      {}",
                     s.keys, s.holders, s.waiters, s.connections, s.grants
                 );
-                out(h, s.raw)
+                out(
+                    h,
+                    json!({"keys":s.keys,"holders":s.holders,"waiters":s.waiters,"connections":s.connections,"grants":s.grants}),
+                )
             }
             Err(e) => report(url, "stats", &e),
         },

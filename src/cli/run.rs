@@ -2,7 +2,7 @@
 
 use super::{EXIT_LOST, report};
 use clap::Args;
-use live_mutex::{Client, Error, LockOptions, Mode, Ttl};
+use live_mutex::{Error, LockOptions, Mode, Ttl};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::sync::mpsc;
@@ -42,8 +42,8 @@ enum Ev {
     Signal(i32),
 }
 
-pub(crate) fn run(url: &str, a: RunArgs) -> i32 {
-    let client = match Client::connect(url) {
+pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
+    let client = match super::connect(url, spawn) {
         Ok(c) => c,
         Err(e) => return report(url, "connect", &e),
     };

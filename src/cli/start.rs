@@ -1,19 +1,21 @@
-//! `lmx start`: a broker in the foreground until SIGINT/SIGTERM.
+//! `lmx start`: a broker in the foreground until SIGINT/SIGTERM, or detached (`--daemon`).
 
+use super::daemon;
 use clap::Args;
-use live_mutex::broker::Broker;
+use live_mutex::broker::{Broker, BrokerBuilder, BrokerError, Keepalive};
+use live_mutex::client::{LocalAddr, runtime_dir, spawn_target};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub(crate) struct StartArgs {
-    /// Interface to listen on (NDJSON and WebSocket on the same port)
-    #[arg(long, env = "live_mutex_host", default_value = "127.0.0.1")]
-    host: String,
-    /// TCP port
-    #[arg(long, env = "live_mutex_port", default_value_t = 6970)]
-    port: u16,
+    /// Interface to listen on (NDJSON and WebSocket on the same port) [default: 127.0.0.1]
+    #[arg(long, env = "live_mutex_host")]
+    host: Option<String>,
+    /// TCP port [default: 6970]
+    #[arg(long, env = "live_mutex_port")]
+    port: Option<u16>,
     /// Also listen on this Unix socket (NDJSON)
     #[arg(long, value_name = "PATH")]
     uds: Option<PathBuf>,
@@ -47,10 +49,67 @@ pub(crate) struct StartArgs {
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
+    /// WebSocket upgrades may name; repeatable
+    #[arg(
+        long,
+        value_name = "HOST",
+        env = "LMX_ALLOW_HOST",
+        value_delimiter = ','
+    )]
+    allow_host: Vec<String>,
+    /// An origin (`http://host:port`, or `null`) whose web pages may open a WebSocket to the
+    /// broker; repeatable. Other pages get 403
+    #[arg(
+        long,
+        value_name = "ORIGIN",
+        env = "LMX_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    allow_origin: Vec<String>,
+    /// Seconds of silence before a TCP connection is probed (TCP keepalive)
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    keepalive_idle: u64,
+    /// Seconds between keepalive probes
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    keepalive_interval: u64,
+    /// Unanswered keepalive probes before the connection is dropped and its locks released
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    keepalive_count: u32,
+    /// Seconds that sent data may stay unacknowledged before the connection is dropped
+    /// (TCP_USER_TIMEOUT) [default: idle + interval × count]
+    #[arg(long, value_name = "S")]
+    tcp_user_timeout: Option<u64>,
+    /// Leave TCP keepalive off (a vanished host then keeps its locks until their TTL)
+    #[arg(long)]
+    no_keepalive: bool,
+    /// Detach (new session, stdio to /dev/null or --log) and exit 0 once the broker listens,
+    /// or at once if a broker already answers at the address. With no --host/--port/--uds:
+    /// --url, else $LMX_URL, else the per-user socket ($XDG_RUNTIME_DIR/live-mutex/broker.sock,
+    /// else /tmp/live-mutex-$UID/broker.sock)
+    #[arg(long)]
+    pub(crate) daemon: bool,
+    /// With --daemon: append the broker's log here instead of discarding it
+    #[arg(long, value_name = "FILE", requires = "daemon")]
+    pub(crate) log: Option<PathBuf>,
+    /// Exit (removing the Unix socket) after this many seconds with no connections and no
+    /// locks [default: never]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    idle_exit: Option<u64>,
 }
 
-pub(crate) fn start(a: StartArgs) -> i32 {
-    match serve(a) {
+pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
+    let listen = match listen(&a, url) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lmx start: {e}");
+            return super::EXIT_USAGE;
+        }
+    };
+    if a.daemon {
+        return daemon::daemon(&a, listen, |b| builder(&a, b));
+    }
+    match serve(builder(&a, listen.builder()), |_| {}) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lmx start: {e}");
@@ -59,40 +118,147 @@ pub(crate) fn start(a: StartArgs) -> i32 {
     }
 }
 
-fn serve(a: StartArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let addr = (a.host.as_str(), a.port)
+/// Where to listen: `--host`/`--port`/`--uds` if any is given; else `--url`; else, for
+/// `--daemon`, `$LMX_URL` or the per-user socket; else 127.0.0.1:6970, the npm default.
+pub(crate) struct Listen {
+    tcp: Option<std::net::SocketAddr>,
+    uds: Option<PathBuf>,
+}
+
+impl Listen {
+    /// A URL clients can use to reach it (the Unix socket if there is one).
+    pub(crate) fn url(&self) -> String {
+        match (&self.uds, self.tcp) {
+            (Some(p), _) => format!("unix://{}", p.display()),
+            (None, Some(a)) => format!("tcp://{a}"),
+            (None, None) => String::new(),
+        }
+    }
+    pub(crate) fn builder(&self) -> BrokerBuilder {
+        let mut b = Broker::builder().no_tcp();
+        if let Some(a) = self.tcp {
+            b = b.tcp(a);
+        }
+        if let Some(p) = &self.uds {
+            b = b.uds(p);
+        }
+        b
+    }
+}
+
+fn listen(a: &StartArgs, url: Option<&str>) -> Result<Listen, Box<dyn std::error::Error>> {
+    let explicit = a.host.is_some() || a.port.is_some() || a.uds.is_some();
+    let from_url = |u: &str| -> Result<Listen, Box<dyn std::error::Error>> {
+        Ok(match spawn_target(u)? {
+            LocalAddr::Unix(p) => Listen {
+                tcp: None,
+                uds: Some(p),
+            },
+            LocalAddr::Tcp(t) => Listen {
+                tcp: Some(t),
+                uds: None,
+            },
+        })
+    };
+    if !explicit {
+        if let Some(u) = url {
+            return from_url(u);
+        }
+        if a.daemon {
+            return match std::env::var("LMX_URL").ok().filter(|u| !u.is_empty()) {
+                Some(u) => from_url(&u),
+                None => Ok(Listen {
+                    tcp: None,
+                    uds: Some(runtime_dir()?.join("broker.sock")),
+                }),
+            };
+        }
+    }
+    let host = a.host.as_deref().unwrap_or("127.0.0.1");
+    let addr = (host, a.port.unwrap_or(6970))
         .to_socket_addrs()?
         .next()
         .ok_or("host has no address")?;
-    // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    // Absolute, since a daemon changes to `/` and removes its socket at exit.
+    let uds = a.uds.as_deref().map(std::path::absolute).transpose()?;
+    Ok(Listen {
+        tcp: Some(addr),
+        uds,
+    })
+}
+
+fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
     let uds_mode = u32::from_str_radix(&a.uds_mode, 8)
         .map_err(|_| "--uds-mode takes an octal mode such as 600")?;
-    let mut b = Broker::builder()
-        .tcp(addr)
-        .default_ttl(a.default_ttl.map(Duration::from_millis))
+    let b = match a.ack_timeout {
+        Some(ms) => b.ack_timeout(Duration::from_millis(ms)),
+        None => b,
+    };
+    Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
         .uds_mode(uds_mode)
-        .auth_token(a.auth_token)
+        .auth_token(a.auth_token.clone())
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
-        .spin(Duration::from_micros(a.spin_us));
-    if let Some(p) = &a.uds {
-        b = b.uds(p);
-    }
-    if let Some(ms) = a.ack_timeout {
-        b = b.ack_timeout(Duration::from_millis(ms));
-    }
-    let broker = b.bind()?.spawn()?;
+        .spin(Duration::from_micros(a.spin_us))
+        .allow_hosts(a.allow_host.clone())
+        .allow_origins(a.allow_origin.clone())
+        .keepalive((!a.no_keepalive).then(|| {
+            let mut k = Keepalive::new(
+                Duration::from_secs(a.keepalive_idle.max(1)),
+                Duration::from_secs(a.keepalive_interval.max(1)),
+                a.keepalive_count.max(1),
+            );
+            if let Some(t) = a.tcp_user_timeout {
+                k.user_timeout = Duration::from_secs(t);
+            }
+            k
+        }))
+        .idle_exit(a.idle_exit.map(Duration::from_secs)))
+}
+
+/// Binds, tells `ready` (a daemon's readiness pipe), then runs on this thread until SIGINT,
+/// SIGTERM or the idle time.
+pub(crate) fn serve(
+    b: Result<BrokerBuilder, String>,
+    ready: impl FnOnce(&Broker),
+) -> Result<(), Box<dyn std::error::Error>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let broker = bind(b?)?;
     if let Some(addr) = broker.local_addr() {
         eprintln!("lmx: listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket)");
     }
     if let Some(p) = broker.uds_path() {
         eprintln!("lmx: listening on unix://{} (NDJSON)", p.display());
     }
-    let sig = signals.forever().next();
-    eprintln!("lmx: signal {}, shutting down", sig.unwrap_or(0));
-    broker.shutdown();
-    broker.join()?;
+    ready(&broker);
+    let stop = broker.shutdown_handle();
+    let sigs = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("lmx: signal {sig}, shutting down");
+            stop.shutdown();
+        }
+    });
+    broker.run()?;
+    sigs.close();
     Ok(())
+}
+
+/// Binds; a Unix socket whose lock file is held by a broker that does not answer (one still
+/// starting, or one exiting after its idle time) is waited for, briefly.
+fn bind(b: BrokerBuilder) -> Result<Broker, BrokerError> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match b.clone().bind() {
+            Err(BrokerError::UdsInUse(p))
+                if Instant::now() < deadline
+                    && std::os::unix::net::UnixStream::connect(&p).is_err() =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }

@@ -38,9 +38,11 @@ pub enum Error {
     /// A bad URL or option, caught before anything was sent.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// No broker answered and none could be started here ([`crate::connect_or_launch`]).
-    #[error("cannot start a broker: {0}")]
-    Broker(#[from] crate::broker::BrokerError),
+    /// No broker answered and none could be spawned ([`crate::connect_or_spawn`]): the text
+    /// says why (no `lmx` binary, a remote address, an unsafe runtime directory, a daemon that
+    /// never came up).
+    #[error("cannot spawn a broker: {0}")]
+    Spawn(String),
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -1,6 +1,10 @@
-use super::conn::{Conn, err_text, new_id};
+//! The guards: a held lock (or several) tied to its connection, released when dropped.
+
+use super::driver::{Conn, new_uuid};
 use super::error::{Error, Result};
-use serde_json::{Value, json};
+use super::{refusal, unlock_request};
+use crate::proto::session::{Answer, Unlocked};
+use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,40 +47,13 @@ impl std::fmt::Debug for LockGuard {
     }
 }
 
-/// Sends `msg` and waits for its one reply, bounded by the request time-out.
-pub(crate) fn call(
-    conn: &Conn,
-    timeout: Duration,
-    msg: impl FnOnce(&str) -> Value,
-) -> Result<Value> {
-    let (id, uuid) = new_id();
-    let p = conn.request(id, &msg(&uuid))?;
-    p.recv(Some(Instant::now() + timeout))
-}
-
-pub(crate) enum Unlocked {
-    Yes,
-    Lost,
-    NotHeld,
-}
-
-/// Reads an unlock reply. The npm broker answers an unlock of a key it no longer knows with
-/// `unlocked:true` plus a warning: for a holder that means the lock had expired.
-pub(crate) fn unlocked(v: &Value) -> Result<Unlocked> {
-    match v.get("unlocked").and_then(Value::as_bool) {
-        Some(true) if v.get("warning").is_some() => Ok(Unlocked::Lost),
-        Some(true) => Ok(Unlocked::Yes),
-        Some(false) if v.get("lost").and_then(Value::as_bool) == Some(true) => Ok(Unlocked::Lost),
-        Some(false) => Ok(Unlocked::NotHeld),
-        None => Err(err_text(v).map_or_else(
-            || Error::Protocol(format!("bad unlock reply: {v}")),
-            Error::Rejected,
-        )),
+/// A lost connection while releasing means the lock is gone anyway.
+fn lost_if_disconnected(e: Error) -> Error {
+    if matches!(e, Error::ConnectionLost) {
+        Error::LockLost
+    } else {
+        e
     }
-}
-
-pub(crate) fn ttl_json(ttl: Option<Duration>) -> Value {
-    ttl.map_or(Value::Null, |d| json!(d.as_millis() as u64))
 }
 
 impl LockGuard {
@@ -189,21 +166,14 @@ impl LockGuard {
             return Err(Error::LockLost);
         }
         let (key, id) = (&self.key, &self.id);
-        let v = call(
-            &self.conn,
-            self.timeout,
-            |u| json!({"type":"unlock","uuid":u,"key":key,"_uuid":id,"force":false}),
-        )
-        .map_err(|e| {
-            if matches!(e, Error::ConnectionLost) {
-                Error::LockLost
-            } else {
-                e
-            }
-        })?;
-        match unlocked(&v)? {
-            Unlocked::Yes => Ok(()),
-            Unlocked::Lost | Unlocked::NotHeld => Err(Error::LockLost),
+        let answer = self
+            .conn
+            .call(self.timeout, &unlock_request(&new_uuid(), key, id))
+            .map_err(lost_if_disconnected)?;
+        match answer {
+            Answer::Unlocked(Unlocked::Yes) => Ok(()),
+            Answer::Unlocked(_) => Err(Error::LockLost),
+            a => Err(refusal(a)),
         }
     }
 
@@ -224,26 +194,25 @@ impl LockGuard {
             self.lost = true;
             return Err(Error::LockLost);
         }
-        let (key, id) = (&self.key, &self.id);
-        let v = call(
-            &self.conn,
-            self.timeout,
-            |u| json!({"type":"extend","uuid":u,"key":key,"_uuid":id,"ttl":ttl_json(ttl)}),
-        )?;
+        let (key, lock_id) = (&self.key, &self.id);
+        let extend = Request::Extend {
+            uuid: &new_uuid(),
+            key,
+            lock_id,
+            ttl: ttl.map_or(Ttl::Never, Ttl::After),
+        };
+        let answer = self.conn.call(self.timeout, &extend)?;
         let received = Instant::now();
-        match v.get("extended").and_then(Value::as_bool) {
-            Some(true) => {
+        match answer {
+            Answer::Extended(true) => {
                 self.expires = ttl.map(|t| received + t);
                 Ok(())
             }
-            Some(false) => {
+            Answer::Extended(false) => {
                 self.lost = true;
                 Err(Error::LockLost)
             }
-            None => Err(err_text(&v).map_or_else(
-                || Error::Protocol(format!("bad extend reply: {v}")),
-                Error::Rejected,
-            )),
+            a => Err(refusal(a)),
         }
     }
 
@@ -269,10 +238,9 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
             self.finish();
-            let (_, u) = new_id();
-            let _ = self.conn.send(
-                &json!({"type":"unlock","uuid":u,"key":self.key,"_uuid":self.id,"force":false}),
-            );
+            let _ = self
+                .conn
+                .notify(&unlock_request(&new_uuid(), &self.key, &self.id));
         }
     }
 }
@@ -296,14 +264,6 @@ pub struct ManyGuard {
     pub(crate) tokens: HashMap<String, u64>,
     pub(crate) done: bool,
     pub(crate) timeout: Duration,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("dead", &self.is_dead())
-            .finish()
-    }
 }
 
 impl ManyGuard {
@@ -357,26 +317,21 @@ impl ManyGuard {
         if self.conn.is_dead() {
             return Err(Error::LockLost);
         }
-        let id = &self.id;
-        let v = call(
-            &self.conn,
-            self.timeout,
-            |u| json!({"type":"release-many","uuid":u,"lockUuid":id}),
-        )
-        .map_err(|e| {
-            if matches!(e, Error::ConnectionLost) {
-                Error::LockLost
-            } else {
-                e
-            }
-        })?;
-        match v.get("released").and_then(Value::as_bool) {
-            Some(true) => Ok(()),
-            Some(false) => Err(Error::LockLost),
-            None => Err(err_text(&v).map_or_else(
-                || Error::Protocol(format!("bad release-many reply: {v}")),
-                Error::Rejected,
-            )),
+        let lock_id = &self.id;
+        let answer = self
+            .conn
+            .call(
+                self.timeout,
+                &Request::ReleaseMany {
+                    uuid: &new_uuid(),
+                    lock_id,
+                },
+            )
+            .map_err(lost_if_disconnected)?;
+        match answer {
+            Answer::Released(true) => Ok(()),
+            Answer::Released(false) => Err(Error::LockLost),
+            a => Err(refusal(a)),
         }
     }
 }
@@ -384,10 +339,11 @@ impl ManyGuard {
 impl Drop for ManyGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
-            let (_, u) = new_id();
-            let _ = self
-                .conn
-                .send(&json!({"type":"release-many","uuid":u,"lockUuid":self.id}));
+            let lock_id = &self.id;
+            let _ = self.conn.notify(&Request::ReleaseMany {
+                uuid: &new_uuid(),
+                lock_id,
+            });
         }
     }
 }

@@ -17,20 +17,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod conn;
+mod driver;
 mod error;
 mod guard;
+mod options;
+mod spawn;
+mod transport;
 mod url;
 
-pub use conn::BrokerKind;
+pub use crate::proto::session::{BrokerKind, LockInfo};
+pub use crate::proto::{HolderInfo, Stats};
 pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
+pub use options::LockOptions;
+#[doc(hidden)]
+pub use spawn::__serial_attr;
+pub use spawn::{
+    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
+    spawn_target, spawn_url_from_env,
+};
 
-use crate::broker::BrokerHandle;
-use conn::{Conn, err_text, new_id};
-use guard::{Unlocked, call, ttl_json, unlocked};
-use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
+use crate::proto::Request;
+use crate::proto::session::{Answer, Unlocked};
+use driver::{Conn, Pending, new_uuid};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
@@ -39,34 +48,7 @@ use url::Endpoint;
 /// the broker decides, this only guards against a broker that never answers.
 const SLACK: Duration = Duration::from_secs(1);
 
-/// How long a lock may be held.
-///
-/// ```
-/// use live_mutex::{LockOptions, Ttl};
-/// use std::time::Duration;
-/// let forever = LockOptions::new().ttl(Ttl::Never);
-/// let short = LockOptions::new().ttl(Duration::from_secs(5)); // Ttl::After
-/// assert_eq!(short.ttl, Ttl::After(Duration::from_secs(5)));
-/// # drop(forever);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Ttl {
-    /// Whatever the broker is configured with (the npm broker: 5 s).
-    #[default]
-    BrokerDefault,
-    /// Until released or until the connection drops.
-    Never,
-    /// Expires this long after the grant unless extended.
-    After(Duration),
-}
-
-impl From<Duration> for Ttl {
-    fn from(d: Duration) -> Ttl {
-        Ttl::After(d)
-    }
-}
-
-/// How a lock shares its key with other holders (the table's own type).
+/// How long a lock may be held, and how it shares its key: the protocol's own types.
 ///
 /// ```
 /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -77,174 +59,7 @@ impl From<Duration> for Ttl {
 /// # drop((r1, r2));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub use crate::table::Mode;
-
-/// Options for [`Client::lock_with`]. Build with the methods, or with struct syntax and
-/// `..Default::default()`.
-///
-/// ```
-/// use live_mutex::{LockOptions, Mode};
-/// use std::time::Duration;
-/// let o = LockOptions::new().ttl(Duration::from_secs(30)).timeout(Duration::from_secs(5)).mode(Mode::Read);
-/// assert_eq!(o.wait_timeout, Some(Duration::from_secs(5)));
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct LockOptions {
-    /// Lifetime of the lock once granted.
-    pub ttl: Ttl,
-    /// Longest wait in the queue (`None`: wait until granted). Decided by the broker.
-    pub wait_timeout: Option<Duration>,
-    /// Do not queue: fail at once if the key is busy.
-    pub try_only: bool,
-    /// Semaphore size: up to this many holders of the key at once.
-    pub max: Option<u32>,
-    /// Exclusive, read or write.
-    pub mode: Mode,
-    /// Keep the lock when this connection closes (until its TTL or an explicit release).
-    pub keep_after_disconnect: bool,
-}
-
-impl LockOptions {
-    /// Defaults: broker TTL, wait forever, exclusive, released when the connection drops.
-    ///
-    /// ```
-    /// assert!(!live_mutex::LockOptions::new().try_only);
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets [`ttl`](Self::ttl).
-    ///
-    /// ```
-    /// use live_mutex::{LockOptions, Ttl};
-    /// assert_eq!(LockOptions::new().ttl(Ttl::Never).ttl, Ttl::Never);
-    /// ```
-    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
-        self.ttl = ttl.into();
-        self
-    }
-    /// Sets [`wait_timeout`](Self::wait_timeout).
-    ///
-    /// ```
-    /// let o = live_mutex::LockOptions::new().timeout(std::time::Duration::from_millis(10));
-    /// assert!(o.wait_timeout.is_some());
-    /// ```
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.wait_timeout = Some(t);
-        self
-    }
-    /// Sets [`try_only`](Self::try_only).
-    ///
-    /// ```
-    /// assert!(live_mutex::LockOptions::new().try_only().try_only);
-    /// ```
-    pub fn try_only(mut self) -> Self {
-        self.try_only = true;
-        self
-    }
-    /// Sets [`max`](Self::max).
-    ///
-    /// ```
-    /// assert_eq!(live_mutex::LockOptions::new().max(3).max, Some(3));
-    /// ```
-    pub fn max(mut self, n: u32) -> Self {
-        self.max = Some(n);
-        self
-    }
-    /// Sets [`mode`](Self::mode).
-    ///
-    /// ```
-    /// use live_mutex::{LockOptions, Mode};
-    /// assert_eq!(LockOptions::new().mode(Mode::Read).mode, Mode::Read);
-    /// ```
-    pub fn mode(mut self, m: Mode) -> Self {
-        self.mode = m;
-        self
-    }
-    /// Sets [`keep_after_disconnect`](Self::keep_after_disconnect).
-    ///
-    /// ```
-    /// assert!(live_mutex::LockOptions::new().keep_after_disconnect().keep_after_disconnect);
-    /// ```
-    pub fn keep_after_disconnect(mut self) -> Self {
-        self.keep_after_disconnect = true;
-        self
-    }
-}
-
-/// A lock holder as reported by [`Client::info`].
-///
-/// ```
-/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
-/// let g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(std::time::Duration::from_secs(9)))?;
-/// let h = &client.info("k")?.holders[0];
-/// assert_eq!((h.id.as_str(), h.fencing_token, h.mode.as_str()), (g.id(), g.fencing_token(), "exclusive"));
-/// assert!(h.ttl_remaining.unwrap() <= std::time::Duration::from_secs(9));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// Lock id.
-    pub id: String,
-    /// Fencing token of the grant.
-    pub fencing_token: Option<u64>,
-    /// `exclusive`, `read` or `write`.
-    pub mode: String,
-    /// Time left before expiry; `None` if it never expires.
-    pub ttl_remaining: Option<Duration>,
-}
-
-/// The state of one key, from [`Client::info`].
-///
-/// ```
-/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
-/// let info = client.info("nobody-holds-this")?;
-/// assert!(!info.is_locked && info.holders.is_empty() && info.waiters == 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LockInfo {
-    /// The key asked about.
-    pub key: String,
-    /// Whether anyone holds it.
-    pub is_locked: bool,
-    /// Current holders.
-    pub holders: Vec<Holder>,
-    /// Requests waiting in the queue.
-    pub waiters: u64,
-    /// Read holders.
-    pub readers: u64,
-    /// Semaphore size, if the broker reports it.
-    pub max: Option<u64>,
-}
-
-/// Broker-wide counters, from [`Client::stats`].
-///
-/// ```
-/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
-/// let s = client.stats()?;
-/// assert!(s.connections >= 1);
-/// assert!(s.raw.is_object());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Stats {
-    /// Keys with holders or waiters.
-    pub keys: u64,
-    /// Held locks.
-    pub holders: u64,
-    /// Queued requests.
-    pub waiters: u64,
-    /// Open connections.
-    pub connections: u64,
-    /// Grants since start.
-    pub grants: u64,
-    /// The broker's whole `stats` object, including fields this version does not know.
-    pub raw: Value,
-}
+pub use crate::proto::{Mode, Ttl};
 
 /// Answer to [`Client::ping`].
 ///
@@ -418,7 +233,9 @@ impl Client {
         }
     }
 
-    /// Connects to [`url_from_env`].
+    /// Connects to [`url_from_env`] (`LMX_URL`, else the npm variables, else
+    /// `tcp://127.0.0.1:6970`). It never starts a broker; [`connect_or_spawn`] with
+    /// [`spawn_url_from_env`] does, defaulting to the per-user socket instead.
     ///
     /// ```no_run
     /// // LMX_URL=unix:///run/lmx.sock, or live_mutex_host / live_mutex_port as with npm
@@ -475,8 +292,8 @@ impl Client {
         }
     }
 
-    fn call(&self, msg: impl FnOnce(&str) -> Value) -> Result<Value> {
-        call(&*self.conn()?, self.inner.request_timeout, msg)
+    fn call(&self, req: &Request<'_>) -> Result<Answer> {
+        self.conn()?.call(self.inner.request_timeout, req)
     }
 
     /// Blocks until `key` is granted, with the broker's default TTL.
@@ -531,86 +348,31 @@ impl Client {
 
     fn acquire(&self, key: &str, o: &LockOptions) -> Result<Option<LockGuard>> {
         let conn = self.conn()?;
-        let node = conn.kind() == BrokerKind::Node;
-        let (id, uuid) = new_id();
-        let mut m = Map::new();
-        m.insert("type".into(), "lock".into());
-        m.insert("uuid".into(), uuid.clone().into());
-        m.insert("key".into(), key.into());
-        match o.ttl {
-            Ttl::BrokerDefault => {}
-            Ttl::Never => _ = m.insert("ttl".into(), Value::Null),
-            Ttl::After(d) => _ = m.insert("ttl".into(), ttl_json(Some(d))),
-        }
-        m.insert("max".into(), o.max.map_or(Value::Null, Value::from));
-        m.insert("keepLocksAfterDeath".into(), o.keep_after_disconnect.into());
-        m.insert("retryCount".into(), 0.into());
-        if o.try_only {
-            m.insert("wait".into(), false.into());
-        }
-        if let Some(t) = o.wait_timeout {
-            m.insert("waitTimeout".into(), (t.as_millis() as u64).into());
-        }
-        if o.mode != Mode::Exclusive {
-            let mode = if o.mode == Mode::Read {
-                "read"
-            } else {
-                "write"
-            };
-            m.insert("mode".into(), mode.into());
-        }
-        let msg = Value::Object(m);
-        let p = conn.request(id, &msg)?;
         // The npm broker knows no wait time-out: there the client's own timer is the deadline.
-        let limit = o.wait_timeout.map(|t| if node { t } else { t + SLACK });
-        let deadline = limit.map(|l| Instant::now() + l);
-        let cancel = || conn.send(&json!({"type":"lock-client-timeout","uuid":uuid,"key":key}));
-        loop {
-            let v = match p.recv(deadline) {
-                Err(Error::TimedOut) => {
-                    cancel()?;
-                    return Ok(None);
-                }
-                r => r?,
-            };
-            if v.get("timedOut").and_then(Value::as_bool) == Some(true) {
-                return Ok(None);
-            }
-            match v.get("acquired").and_then(Value::as_bool) {
-                Some(true) => {
-                    let expires = match o.ttl {
-                        Ttl::After(d) => Some(Instant::now() + d),
-                        _ => None,
-                    };
-                    return Ok(Some(LockGuard {
-                        conn: conn.clone(),
-                        key: key.to_string(),
-                        id: uuid,
-                        token: v.get("fencingToken").and_then(Value::as_u64),
-                        expires,
-                        lost: false,
-                        done: false,
-                        timeout: self.inner.request_timeout,
-                        hooks: Mutex::new(Vec::new()),
-                    }));
-                }
-                _ if v.get("error").is_some() => {
-                    return Err(Error::Rejected(err_text(&v).unwrap_or_default()));
-                }
-                Some(false)
-                    if o.try_only && v.get("queued").and_then(Value::as_bool) != Some(true) =>
-                {
-                    if node {
-                        cancel()?;
-                    }
-                    return Ok(None);
-                }
-                Some(false) => {}
-                None if v.get("reelection").and_then(Value::as_bool) == Some(true) => {
-                    conn.send(&msg)?
-                }
-                None => return Err(Error::Protocol(format!("bad lock reply: {v}"))),
-            }
+        let slack = if conn.kind() == BrokerKind::Node {
+            Duration::ZERO
+        } else {
+            SLACK
+        };
+        let p = conn.request(&o.lock_request(&new_uuid(), key))?;
+        let id = p.uuid();
+        match await_grant(p, o.wait_timeout.map(|t| t + slack))? {
+            Some(Answer::Locked { fencing_token }) => Ok(Some(LockGuard {
+                expires: match o.ttl {
+                    Ttl::After(d) => Some(Instant::now() + d),
+                    _ => None,
+                },
+                conn,
+                key: key.to_string(),
+                id,
+                token: fencing_token,
+                lost: false,
+                done: false,
+                timeout: self.inner.request_timeout,
+                hooks: Mutex::new(Vec::new()),
+            })),
+            None | Some(Answer::NotGranted) => Ok(None),
+            Some(a) => Err(refusal(a)),
         }
     }
 
@@ -641,62 +403,19 @@ impl Client {
     /// ```
     pub fn lock_many_with<S: AsRef<str>>(&self, keys: &[S], o: &LockOptions) -> Result<ManyGuard> {
         let conn = self.conn()?;
-        let (id, uuid) = new_id();
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-        let mut msg = json!({"type":"acquire-many","uuid":uuid,"keys":keys,"keepLocksAfterDeath":o.keep_after_disconnect});
-        match o.ttl {
-            Ttl::BrokerDefault => {}
-            Ttl::Never => msg["ttl"] = Value::Null,
-            Ttl::After(d) => msg["ttl"] = ttl_json(Some(d)),
-        }
-        if o.try_only {
-            msg["wait"] = false.into();
-        }
-        if let Some(t) = o.wait_timeout {
-            msg["waitTimeout"] = (t.as_millis() as u64).into();
-        }
-        let p = conn.request(id, &msg)?;
-        let deadline = o.wait_timeout.map(|t| Instant::now() + t + SLACK);
-        loop {
-            let v = match p.recv(deadline) {
-                Err(Error::TimedOut) => {
-                    // The broker cancels a group by its id; `key` only satisfies the decoder.
-                    conn.send(
-                        &json!({"type":"lock-client-timeout","uuid":uuid,"key":keys.first()}),
-                    )?;
-                    return Err(Error::TimedOut);
-                }
-                r => r?,
-            };
-            if v.get("timedOut").and_then(Value::as_bool) == Some(true) {
-                return Err(Error::TimedOut);
-            }
-            match v.get("acquired").and_then(Value::as_bool) {
-                Some(true) => {
-                    let tokens = v.get("fencingTokens").and_then(Value::as_object).map(|m| {
-                        m.iter()
-                            .filter_map(|(k, t)| Some((k.clone(), t.as_u64()?)))
-                            .collect()
-                    });
-                    return Ok(ManyGuard {
-                        conn: conn.clone(),
-                        id: uuid,
-                        tokens: tokens.unwrap_or_default(),
-                        done: false,
-                        timeout: self.inner.request_timeout,
-                    });
-                }
-                _ if v.get("error").is_some() => {
-                    return Err(Error::Rejected(err_text(&v).unwrap_or_default()));
-                }
-                Some(false)
-                    if o.try_only && v.get("queued").and_then(Value::as_bool) != Some(true) =>
-                {
-                    return Err(Error::TimedOut);
-                }
-                Some(false) => {}
-                None => return Err(Error::Protocol(format!("bad acquire-many reply: {v}"))),
-            }
+        let p = conn.request(&o.many_request(&new_uuid(), &keys))?;
+        let id = p.uuid();
+        match await_grant(p, o.wait_timeout.map(|t| t + SLACK))? {
+            Some(Answer::ManyLocked(tokens)) => Ok(ManyGuard {
+                conn,
+                id,
+                tokens: tokens.into_iter().collect(),
+                done: false,
+                timeout: self.inner.request_timeout,
+            }),
+            None | Some(Answer::NotGranted) => Err(Error::TimedOut),
+            Some(a) => Err(refusal(a)),
         }
     }
 
@@ -713,11 +432,10 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unlock(&self, key: &str, id: &str) -> Result<()> {
-        let v =
-            self.call(|u| json!({"type":"unlock","uuid":u,"key":key,"_uuid":id,"force":false}))?;
-        match unlocked(&v)? {
-            Unlocked::Yes => Ok(()),
-            Unlocked::Lost | Unlocked::NotHeld => Err(Error::NotHeld),
+        match self.call(&unlock_request(&new_uuid(), key, id))? {
+            Answer::Unlocked(Unlocked::Yes) => Ok(()),
+            Answer::Unlocked(_) => Err(Error::NotHeld),
+            a => Err(refusal(a)),
         }
     }
 
@@ -733,10 +451,18 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn force_unlock(&self, key: &str) -> Result<()> {
-        let v = self.call(|u| json!({"type":"unlock","uuid":u,"key":key,"force":true}))?;
-        match unlocked(&v)? {
-            Unlocked::NotHeld => Err(err_text(&v).map_or(Error::NotHeld, Error::Rejected)),
-            _ => Ok(()),
+        let unlock = Request::Unlock {
+            uuid: &new_uuid(),
+            key,
+            lock_id: None,
+            force: true,
+        };
+        match self.call(&unlock)? {
+            Answer::Unlocked(Unlocked::NotHeld(e)) => {
+                Err(e.map_or(Error::NotHeld, Error::Rejected))
+            }
+            Answer::Unlocked(_) => Ok(()),
+            a => Err(refusal(a)),
         }
     }
 
@@ -750,15 +476,10 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn ls(&self) -> Result<Vec<String>> {
-        let v = self.call(|u| json!({"type":"ls","uuid":u}))?;
-        let list = v
-            .get("ls_result")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad(&v, "ls"))?;
-        Ok(list
-            .iter()
-            .map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_string))
-            .collect())
+        match self.call(&Request::Ls { uuid: &new_uuid() })? {
+            Answer::Keys(keys) => Ok(keys),
+            a => Err(refusal(a)),
+        }
     }
 
     /// Holders and queue of `key`.
@@ -773,40 +494,16 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn info(&self, key: &str) -> Result<LockInfo> {
-        let v = self.call(|u| json!({"type":"lock-info-request","uuid":u,"key":key}))?;
-        if v.get("lockInfo").is_none() {
-            return Err(bad(&v, "lock-info"));
+        match self.call(&Request::LockInfo {
+            uuid: &new_uuid(),
+            key,
+        })? {
+            Answer::Info(info) => Ok(LockInfo {
+                key: key.to_string(),
+                ..info
+            }),
+            a => Err(refusal(a)),
         }
-        let n = |f: &str| v.get(f).and_then(Value::as_u64);
-        let holders = v.get("holders").and_then(Value::as_array).map(|hs| {
-            hs.iter()
-                .map(|h| Holder {
-                    id: h
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    fencing_token: h.get("fencingToken").and_then(Value::as_u64),
-                    mode: h
-                        .get("mode")
-                        .and_then(Value::as_str)
-                        .unwrap_or("exclusive")
-                        .to_string(),
-                    ttl_remaining: h
-                        .get("ttlRemaining")
-                        .and_then(Value::as_u64)
-                        .map(Duration::from_millis),
-                })
-                .collect()
-        });
-        Ok(LockInfo {
-            key: key.to_string(),
-            is_locked: v.get("isLocked").and_then(Value::as_bool).unwrap_or(false),
-            holders: holders.unwrap_or_default(),
-            waiters: n("lockRequestCount").unwrap_or(0),
-            readers: n("readersCount").unwrap_or(0),
-            max: n("max"),
-        })
     }
 
     /// Broker-wide counters.
@@ -819,21 +516,10 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Result<Stats> {
-        let v = self.call(|u| json!({"type":"system-stats-request","uuid":u}))?;
-        let raw = v
-            .get("stats")
-            .filter(|s| s.is_object())
-            .cloned()
-            .ok_or_else(|| bad(&v, "stats"))?;
-        let n = |f: &str| raw.get(f).and_then(Value::as_u64).unwrap_or(0);
-        Ok(Stats {
-            keys: n("keys"),
-            holders: n("holders"),
-            waiters: n("waiters"),
-            connections: n("connections"),
-            grants: n("grants"),
-            raw: raw.clone(),
-        })
+        match self.call(&Request::SystemStats { uuid: &new_uuid() })? {
+            Answer::Stats(s) => Ok(s),
+            a => Err(refusal(a)),
+        }
     }
 
     /// One round trip to the broker. The npm broker does not know `ping` and answers with an
@@ -849,51 +535,57 @@ impl Client {
     pub fn ping(&self) -> Result<Pong> {
         let conn = self.conn()?;
         let t = Instant::now();
-        let v = call(
-            &conn,
+        let answer = conn.call(
             self.inner.request_timeout,
-            |u| json!({"type":"ping","uuid":u}),
+            &Request::Ping { uuid: &new_uuid() },
         )?;
         let rtt = t.elapsed();
-        match conn.kind() {
-            BrokerKind::Rust if v.get("type").and_then(Value::as_str) != Some("pong") => {
-                Err(bad(&v, "ping"))
-            }
-            broker => Ok(Pong {
+        match (conn.kind(), answer) {
+            (broker, Answer::Pong(server_time_ms)) => Ok(Pong {
                 rtt,
                 broker,
-                server_time_ms: v.get("serverTimestamp").and_then(Value::as_u64),
+                server_time_ms,
             }),
+            // The npm broker knows no `ping`; its error still measures the round trip.
+            (BrokerKind::Node, _) => Ok(Pong {
+                rtt,
+                broker: BrokerKind::Node,
+                server_time_ms: None,
+            }),
+            (BrokerKind::Rust, a) => Err(refusal(a)),
         }
     }
 }
 
-/// Connects to the broker at `addr`, first starting one on a thread of this process if nothing
-/// answers there, so a test suite's processes need no separate broker. When several processes
-/// race, binding the port decides: one hosts the broker, the others connect to it. Keep the
-/// returned handle alive while others may need the broker; shut it down with
-/// [`BrokerHandle::shutdown`](crate::broker::BrokerHandle::shutdown).
-///
-/// ```
-/// # let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-/// let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-/// let (client, hosted) = live_mutex::connect_or_launch(addr)?;
-/// assert!(hosted.is_some(), "nobody was listening, so this process hosts the broker");
-/// let (_again, none) = live_mutex::connect_or_launch(addr)?;
-/// assert!(none.is_none());
-/// client.lock("k")?.unlock()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn connect_or_launch(addr: SocketAddr) -> Result<(Client, Option<BrokerHandle>)> {
-    let hosted = crate::broker::ensure_broker(addr)?;
-    Ok((Client::connect(&format!("tcp://{addr}"))?, hosted))
+/// Waits for a lock's or acquire-many's answer until `limit` from now; `None` once the wait
+/// ran out, after the request was given up (a lock is cancelled at the broker).
+fn await_grant(p: Pending, limit: Option<Duration>) -> Result<Option<Answer>> {
+    match p.recv(limit.map(|l| Instant::now() + l)) {
+        Err(Error::TimedOut) => {
+            p.give_up()?;
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
 }
 
-fn bad(v: &Value, what: &str) -> Error {
-    err_text(v).map_or_else(
-        || Error::Protocol(format!("bad {what} reply: {v}")),
-        Error::Rejected,
-    )
+/// The `unlock` request that releases lock `id` on `key`.
+pub(crate) fn unlock_request<'a>(uuid: &'a str, key: &'a str, id: &'a str) -> Request<'a> {
+    Request::Unlock {
+        uuid,
+        key,
+        lock_id: Some(id),
+        force: false,
+    }
+}
+
+/// The error for an answer that is not the one asked for.
+pub(crate) fn refusal(a: Answer) -> Error {
+    match a {
+        Answer::Rejected(e) | Answer::Unknown(e) => Error::Rejected(e),
+        Answer::Unexpected(e) => Error::Protocol(e),
+        a => Error::Protocol(format!("unexpected answer: {a:?}")),
+    }
 }
 
 /// The broker URL from the environment: `LMX_URL`, else `tcp://$live_mutex_host:$live_mutex_port`

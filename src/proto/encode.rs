@@ -1,169 +1,138 @@
-//! Reply encoding: one JSON object per call, appended to the caller's buffer with no trailing
-//! newline (NDJSON adds `\n`, WebSocket sends the object as one text frame).
+//! Encoding, both directions: [`Reply::encode`] (the broker's side) and [`Request::encode`]
+//! (the client's side). One JSON object per call, appended to the caller's buffer with no
+//! trailing newline (NDJSON adds `\n`, WebSocket sends the object as one text frame).
 //!
 //! Field names are written as literals and numbers with `itoa`, so a lock or unlock reply costs
 //! one pass over the echoed strings and no allocation beyond the buffer's own growth. Every
 //! reply starts with `type` and echoes `uuid` / `key`; `error` appears only on failure because
 //! the Node client treats any `error` field as a failed request.
 
-use super::{DecodeError, Mode, PROTOCOL_VERSION, RwOp};
+pub use super::reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats};
+use super::{AcquireMany, CancelReason, LockRequest, Mode, Request, Ttl};
+use super::{DecodeError, PROTOCOL_VERSION, RwOp};
+use std::time::Duration;
 
-/// Immediate answer to a `lock` (or the later push with the same `uuid`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockOutcome {
-    Granted {
-        fencing_token: u64,
-    },
-    /// Enqueued: a push with `acquired:true` follows (or a timeout).
-    Queued,
-    /// `wait:false` and not grantable now: never queued.
-    Refused,
+/// Whole milliseconds, as every duration travels.
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// Answer to an `acquire-many`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManyOutcome<'a> {
-    Granted {
-        fencing_tokens: &'a [(&'a str, u64)],
-    },
-    Queued,
-    Refused {
-        contended_key: Option<&'a str>,
-    },
-    TimedOut {
-        waited_ms: u64,
-    },
+impl Request<'_> {
+    /// Appends this request as one JSON object, as the client sends it. Optional fields at
+    /// their default are left out, except the ones the npm broker expects on every `lock`
+    /// (`max`, `keepLocksAfterDeath`, `retryCount`); decoding the bytes gives `self` back.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Obj::new(out);
+        if let Request::Inspect { uuid, command } = self {
+            w.str("inspectCommand", command).opt_str("uuid", *uuid);
+            w.finish();
+            return;
+        }
+        w.str("type", self.ty());
+        match self {
+            Request::Version {
+                value,
+                keep_locks_after_death,
+            } => {
+                w.str("value", value)
+                    .bool("keepLocksAfterDeath", *keep_locks_after_death);
+            }
+            Request::VersionMismatchConfirmed | Request::Inspect { .. } => {}
+            Request::Lock(LockRequest {
+                uuid,
+                key,
+                ttl,
+                max,
+                try_lock,
+                wait_timeout,
+                mode,
+                keep_locks_after_death,
+                retry_count,
+            }) => {
+                w.str("uuid", uuid).str("key", key).ttl(*ttl);
+                match max {
+                    Some(m) => w.u64("max", u64::from(*m)),
+                    None => w.null("max"),
+                };
+                w.bool("keepLocksAfterDeath", *keep_locks_after_death)
+                    .u64("retryCount", u64::from(*retry_count));
+                w.wait(*try_lock, *wait_timeout);
+                if *mode != Mode::Exclusive {
+                    w.str("mode", mode.as_str());
+                }
+            }
+            Request::LockReceived { uuid, key }
+            | Request::Cancel { uuid, key, .. }
+            | Request::LockInfo { uuid, key }
+            | Request::Rw { uuid, key, .. } => {
+                w.str("uuid", uuid).str("key", key);
+            }
+            Request::Unlock {
+                uuid,
+                key,
+                lock_id,
+                force,
+            } => {
+                w.str("uuid", uuid)
+                    .str("key", key)
+                    .opt_str("_uuid", *lock_id)
+                    .bool("force", *force);
+            }
+            Request::Extend {
+                uuid,
+                key,
+                lock_id,
+                ttl,
+            } => {
+                w.str("uuid", uuid)
+                    .str("key", key)
+                    .str("_uuid", lock_id)
+                    .ttl(*ttl);
+            }
+            Request::AcquireMany(AcquireMany {
+                uuid,
+                keys,
+                ttl,
+                try_lock,
+                wait_timeout,
+                keep_locks_after_death,
+            }) => {
+                w.str("uuid", uuid).field("keys");
+                write_list(w.out, keys.iter(), |o, k| write_str(o, k));
+                w.bool("keepLocksAfterDeath", *keep_locks_after_death)
+                    .ttl(*ttl)
+                    .wait(*try_lock, *wait_timeout);
+            }
+            Request::ReleaseMany { uuid, lock_id } => {
+                w.str("uuid", uuid).str("lockUuid", lock_id);
+            }
+            Request::Ls { uuid } | Request::Ping { uuid } | Request::SystemStats { uuid } => {
+                w.str("uuid", uuid);
+            }
+            Request::Auth { uuid, token } => {
+                w.opt_str("uuid", *uuid).str("token", token);
+            }
+        }
+        w.finish();
+    }
 }
 
-/// One holder in a `lock-info-response`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HolderInfo<'a> {
-    pub id: &'a str,
-    pub fencing_token: u64,
-    pub mode: Mode,
-    /// `None`: holds without expiry.
-    pub ttl_remaining: Option<u64>,
-}
-
-/// Broker-wide counters for `system-stats-response`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    pub keys: u64,
-    pub holders: u64,
-    pub waiters: u64,
-    pub connections: u64,
-    pub grants: u64,
-}
-
-/// Every reply shape the broker sends (docs/protocol.md shows each on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply<'a> {
-    Lock {
-        uuid: &'a str,
-        key: &'a str,
-        outcome: LockOutcome,
-        lock_request_count: u64,
-        readers_count: u64,
-    },
-    /// Pushed when a broker-side `waitTimeout` expires.
-    LockTimedOut {
-        uuid: &'a str,
-        key: &'a str,
-        waited_ms: u64,
-    },
-    /// 0.2.x re-election push: the waiter was dequeued and must re-send its `lock`.
-    Reelection {
-        uuid: &'a str,
-        key: &'a str,
-        lock_request_count: u64,
-    },
-    /// `lost`: the lock had already expired or been forced away (then `unlocked` is false).
-    Unlock {
-        uuid: &'a str,
-        key: &'a str,
-        unlocked: bool,
-        lock_request_count: u64,
-        lost: bool,
-        error: Option<&'a str>,
-        warning: Option<&'a str>,
-    },
-    Extend {
-        uuid: &'a str,
-        key: &'a str,
-        extended: bool,
-        error: Option<&'a str>,
-    },
-    /// `lock_id` is the `uuid` of the `acquire-many`.
-    AcquireMany {
-        uuid: &'a str,
-        lock_id: &'a str,
-        outcome: ManyOutcome<'a>,
-    },
-    ReleaseMany {
-        uuid: &'a str,
-        lock_id: &'a str,
-        released: bool,
-        error: Option<&'a str>,
-    },
-    Ls {
-        uuid: &'a str,
-        keys: &'a [&'a str],
-    },
-    LockInfo {
-        uuid: &'a str,
-        key: &'a str,
-        lock_request_count: u64,
-        readers_count: u64,
-        max: u32,
-        holders: &'a [HolderInfo<'a>],
-    },
-    Pong {
-        uuid: &'a str,
-        server_timestamp_ms: u64,
-    },
-    SystemStats {
-        uuid: &'a str,
-        stats: Stats,
-    },
-    Auth {
-        uuid: Option<&'a str>,
-        authenticated: bool,
-        error: Option<&'a str>,
-    },
-    VersionMismatch {
-        client_version: &'a str,
-    },
-    /// Legacy RW success; `readers_count` is sent only by the two `register-*` replies.
-    Rw {
-        op: RwOp,
-        uuid: &'a str,
-        key: &'a str,
-        readers_count: u64,
-    },
-    /// Legacy RW: a deferred `register-*` request may now proceed.
-    BroadcastResult {
-        uuid: &'a str,
-        key: &'a str,
-    },
-    Inspect {
-        uuid: Option<&'a str>,
-        result: u64,
-    },
-    /// A failed request. `ty` echoes the request type (`"error"` when unknown); for types whose
-    /// success flag the Node client checks, the flag is sent as `false` too.
-    Error {
-        ty: Option<&'a str>,
-        uuid: Option<&'a str>,
-        key: Option<&'a str>,
-        error: &'a str,
-    },
+impl CancelReason {
+    /// The request `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Rejected => "lock-received-rejected",
+            CancelReason::ClientTimeout => "lock-client-timeout",
+            CancelReason::ClientError => "lock-client-error",
+        }
+    }
 }
 
 impl Reply<'_> {
     /// Appends this reply as one JSON object.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Obj::new(out);
-        match *self {
+        match self {
             Reply::Lock {
                 uuid,
                 key,
@@ -173,12 +142,15 @@ impl Reply<'_> {
             } => {
                 w.head("lock", uuid, key)
                     .bool("acquired", matches!(outcome, LockOutcome::Granted { .. }));
-                w.u64("lockRequestCount", lock_request_count)
-                    .u64("readersCount", readers_count);
+                w.u64("lockRequestCount", *lock_request_count)
+                    .u64("readersCount", *readers_count);
                 match outcome {
-                    LockOutcome::Granted { fencing_token } => w.u64("fencingToken", fencing_token),
+                    LockOutcome::Granted { fencing_token } => {
+                        w.opt_u64("fencingToken", *fencing_token)
+                    }
                     LockOutcome::Queued => w.bool("queued", true),
                     LockOutcome::Refused => w.bool("queued", false),
+                    LockOutcome::NotGranted => &mut w,
                 };
             }
             Reply::LockTimedOut {
@@ -189,7 +161,7 @@ impl Reply<'_> {
                 w.head("lock", uuid, key)
                     .bool("acquired", false)
                     .bool("timedOut", true);
-                w.timeout_error(waited_ms);
+                w.timeout_error(*waited_ms);
             }
             Reply::Reelection {
                 uuid,
@@ -197,7 +169,7 @@ impl Reply<'_> {
                 lock_request_count,
             } => {
                 w.head("lock", uuid, key)
-                    .u64("lockRequestCount", lock_request_count)
+                    .u64("lockRequestCount", *lock_request_count)
                     .bool("reelection", true);
             }
             Reply::Unlock {
@@ -210,12 +182,12 @@ impl Reply<'_> {
                 warning,
             } => {
                 w.head("unlock", uuid, key)
-                    .bool("unlocked", unlocked)
-                    .u64("lockRequestCount", lock_request_count);
-                if lost {
+                    .bool("unlocked", *unlocked)
+                    .u64("lockRequestCount", *lock_request_count);
+                if *lost {
                     w.bool("lost", true);
                 }
-                w.opt_str("error", error).opt_str("warning", warning);
+                w.opt_str("error", *error).opt_str("warning", *warning);
             }
             Reply::Extend {
                 uuid,
@@ -224,8 +196,8 @@ impl Reply<'_> {
                 error,
             } => {
                 w.head("extend", uuid, key)
-                    .bool("extended", extended)
-                    .opt_str("error", error);
+                    .bool("extended", *extended)
+                    .opt_str("error", *error);
             }
             Reply::AcquireMany {
                 uuid,
@@ -239,7 +211,7 @@ impl Reply<'_> {
                     ManyOutcome::Granted { fencing_tokens } => {
                         w.field("fencingTokens");
                         let mut t = Obj::new(w.out);
-                        for &(k, tok) in fencing_tokens {
+                        for &(k, tok) in fencing_tokens.iter() {
                             t.sep();
                             write_str(t.out, k);
                             t.out.push(b':');
@@ -253,10 +225,10 @@ impl Reply<'_> {
                     }
                     ManyOutcome::Refused { contended_key } => {
                         w.bool("queued", false)
-                            .opt_str("contendedKey", contended_key);
+                            .opt_str("contendedKey", *contended_key);
                     }
                     ManyOutcome::TimedOut { waited_ms } => {
-                        w.bool("timedOut", true).timeout_error(waited_ms);
+                        w.bool("timedOut", true).timeout_error(*waited_ms);
                     }
                 }
             }
@@ -269,7 +241,7 @@ impl Reply<'_> {
                 w.str("type", "release-many")
                     .str("uuid", uuid)
                     .str("lockUuid", lock_id);
-                w.bool("released", released).opt_str("error", error);
+                w.bool("released", *released).opt_str("error", *error);
             }
             Reply::Ls { uuid, keys } => {
                 w.str("type", "ls").str("uuid", uuid).field("ls_result");
@@ -278,6 +250,7 @@ impl Reply<'_> {
             Reply::LockInfo {
                 uuid,
                 key,
+                is_locked,
                 lock_request_count,
                 readers_count,
                 max,
@@ -287,19 +260,18 @@ impl Reply<'_> {
                     .str("uuid", uuid)
                     .str("key", key)
                     .bool("lockInfo", true);
-                w.bool("isLocked", !holders.is_empty())
-                    .field("lockholderUUIDs");
-                write_list(w.out, holders.iter(), |o, h| write_str(o, h.id));
-                w.u64("lockRequestCount", lock_request_count)
-                    .u64("readersCount", readers_count);
-                w.u64("max", max.into()).field("holders");
+                w.bool("isLocked", *is_locked).field("lockholderUUIDs");
+                write_list(w.out, holders.iter(), |o, h| write_str(o, &h.id));
+                w.u64("lockRequestCount", *lock_request_count)
+                    .u64("readersCount", *readers_count);
+                w.opt_u64("max", max.map(u64::from)).field("holders");
                 write_list(w.out, holders.iter(), |o, h| {
                     let mut ho = Obj::new(o);
-                    ho.str("id", h.id)
-                        .u64("fencingToken", h.fencing_token)
+                    ho.str("id", &h.id)
+                        .opt_u64("fencingToken", h.fencing_token)
                         .str("mode", h.mode.as_str());
                     match h.ttl_remaining {
-                        Some(ms) => ho.u64("ttlRemaining", ms),
+                        Some(d) => ho.u64("ttlRemaining", ms(d)),
                         None => ho.null("ttlRemaining"),
                     };
                     ho.finish();
@@ -312,7 +284,7 @@ impl Reply<'_> {
                 w.str("type", "pong")
                     .str("uuid", uuid)
                     .bool("ping", true)
-                    .u64("serverTimestamp", server_timestamp_ms);
+                    .u64("serverTimestamp", *server_timestamp_ms);
             }
             Reply::SystemStats { uuid, stats } => {
                 w.str("type", "system-stats-response")
@@ -332,9 +304,9 @@ impl Reply<'_> {
                 error,
             } => {
                 w.str("type", "auth")
-                    .opt_str("uuid", uuid)
-                    .bool("authenticated", authenticated);
-                w.opt_str("error", error);
+                    .opt_str("uuid", *uuid)
+                    .bool("authenticated", *authenticated);
+                w.opt_str("error", *error);
             }
             Reply::VersionMismatch { client_version } => {
                 w.str("type", "version-mismatch").field("versions");
@@ -355,7 +327,7 @@ impl Reply<'_> {
                     RwOp::RegisterWriteFlagCheck | RwOp::RegisterWriteFlagAndReadersCheck
                 ) {
                     w.bool("writerFlag", false)
-                        .u64("readersCount", readers_count);
+                        .u64("readersCount", *readers_count);
                 }
             }
             Reply::BroadcastResult { uuid, key } => {
@@ -363,8 +335,8 @@ impl Reply<'_> {
             }
             Reply::Inspect { uuid, result } => {
                 w.str("type", "inspect")
-                    .opt_str("uuid", uuid)
-                    .u64("inspectResult", result);
+                    .opt_str("uuid", *uuid)
+                    .u64("inspectResult", *result);
             }
             Reply::Error {
                 ty,
@@ -373,8 +345,8 @@ impl Reply<'_> {
                 error,
             } => {
                 w.str("type", ty.unwrap_or("error"))
-                    .opt_str("uuid", uuid)
-                    .opt_str("key", key);
+                    .opt_str("uuid", *uuid)
+                    .opt_str("key", *key);
                 if let Some(flag) = ty.and_then(failure_flag) {
                     w.bool(flag, false);
                 }
@@ -449,6 +421,12 @@ impl<'o> Obj<'o> {
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self
     }
+    fn opt_u64(&mut self, name: &'static str, v: Option<u64>) -> &mut Self {
+        if let Some(v) = v {
+            self.u64(name, v);
+        }
+        self
+    }
     fn bool(&mut self, name: &'static str, v: bool) -> &mut Self {
         self.field(name);
         self.out
@@ -459,6 +437,21 @@ impl<'o> Obj<'o> {
         self.field(name);
         self.out.extend_from_slice(b"null");
         self
+    }
+    /// `ttl`: left out for the broker's default, `null` for never.
+    fn ttl(&mut self, ttl: Ttl) -> &mut Self {
+        match ttl {
+            Ttl::BrokerDefault => self,
+            Ttl::Never => self.null("ttl"),
+            Ttl::After(d) => self.u64("ttl", ms(d)),
+        }
+    }
+    /// `wait:false` for a try-lock, and the broker-side wait time-out if any.
+    fn wait(&mut self, try_lock: bool, wait_timeout: Option<u64>) -> &mut Self {
+        if try_lock {
+            self.bool("wait", false);
+        }
+        self.opt_u64("waitTimeout", wait_timeout)
     }
     fn head(&mut self, ty: &'static str, uuid: &str, key: &str) -> &mut Self {
         self.str("type", ty).str("uuid", uuid).str("key", key)

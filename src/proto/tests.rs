@@ -4,6 +4,7 @@
 use super::encode::{self, HolderInfo, LockOutcome, ManyOutcome, Stats};
 use super::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 const U: &str = "8650931b-4909-4955-9c19-ce805365af0e";
@@ -24,6 +25,11 @@ fn enc(r: Reply<'_>) -> Value {
     let mut out = Vec::new();
     r.encode(&mut out);
     assert!(!out.contains(&b'\n'));
+    // Whatever the broker sends, the client's decoder reads.
+    let mut copy = out.clone();
+    if let Err(e) = decode_reply(&mut copy) {
+        panic!("{e}: {}", String::from_utf8_lossy(&out));
+    }
     serde_json::from_slice(&out)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
 }
@@ -43,7 +49,7 @@ fn decodes_the_0_2_25_captures() {
     let want = LockRequest {
         uuid: U,
         key: "foo",
-        ttl: Ttl::Ms(7050),
+        ttl: Ttl::After(Duration::from_millis(7050)),
         max: None,
         try_lock: false,
         wait_timeout: None,
@@ -112,7 +118,11 @@ fn decodes_typed_fields() {
     };
     assert_eq!(
         (&m.keys[..], m.ttl, m.wait_timeout),
-        (&["b", "a", "c"][..], Ttl::Ms(5000), Some(1000))
+        (
+            &["b", "a", "c"][..],
+            Ttl::After(Duration::from_millis(5000)),
+            Some(1000)
+        )
     );
     let mut b = file("requests/unlock-force.json");
     assert!(matches!(
@@ -155,13 +165,16 @@ fn ttl_max_and_flag_forms() {
         other => panic!("{extra}: {other:?}"),
     };
     for (extra, ttl) in [
-        ("", Ttl::Default),
-        (r#","ttl":0"#, Ttl::Default),
-        (r#","ttl":false"#, Ttl::Default),
+        ("", Ttl::BrokerDefault),
+        (r#","ttl":0"#, Ttl::BrokerDefault),
+        (r#","ttl":false"#, Ttl::BrokerDefault),
         (r#","ttl":null"#, Ttl::Never),
-        (r#","ttl":1e3"#, Ttl::Ms(1000)),
-        (r#","ttl":7050.0"#, Ttl::Ms(7050)),
-        (r#","ttl":2147483647"#, Ttl::Ms(MAX_TTL_MS)),
+        (r#","ttl":1e3"#, Ttl::After(Duration::from_millis(1000))),
+        (r#","ttl":7050.0"#, Ttl::After(Duration::from_millis(7050))),
+        (
+            r#","ttl":2147483647"#,
+            Ttl::After(Duration::from_millis(MAX_TTL_MS)),
+        ),
     ] {
         assert_eq!(lock(extra).ttl, ttl, "{extra}");
     }
@@ -492,7 +505,9 @@ fn lock_and_unlock_replies_match_the_capture() {
     let granted = Reply::Lock {
         uuid: U,
         key: "foo",
-        outcome: LockOutcome::Granted { fencing_token: 42 },
+        outcome: LockOutcome::Granted {
+            fencing_token: Some(42),
+        },
         lock_request_count: 0,
         readers_count: 0,
     };
@@ -512,7 +527,7 @@ fn lock_and_unlock_replies_match_the_capture() {
         error: None,
         warning: None,
     };
-    assert_eq!(enc(unlock), capture);
+    assert_eq!(enc(unlock.clone()), capture);
     let mut out = Vec::new();
     unlock.encode(&mut out);
     assert!(
@@ -591,7 +606,7 @@ fn every_reply_shape() {
     };
     assert_eq!(
         many(ManyOutcome::Granted {
-            fencing_tokens: &[("a", 7), ("b\"", 8)]
+            fencing_tokens: (&[("a", 7), ("b\"", 8)][..]).into()
         }),
         json!({"type":"acquire-many","uuid":u,"acquired":true,"lockUuid":u,"fencingTokens":{"a":7,"b\"":8}})
     );
@@ -621,24 +636,27 @@ fn every_reply_shape() {
     assert_eq!(
         enc(Reply::Ls {
             uuid: u,
-            keys: &["a", "b"]
+            keys: (&["a", "b"][..]).into()
         }),
         json!({"type":"ls","uuid":u,"ls_result":["a","b"]})
     );
     assert_eq!(
-        enc(Reply::Ls { uuid: u, keys: &[] }),
+        enc(Reply::Ls {
+            uuid: u,
+            keys: Vec::new().into()
+        }),
         json!({"type":"ls","uuid":u,"ls_result":[]})
     );
     let holders = [
         HolderInfo {
-            id: "h1",
-            fencing_token: 5,
+            id: "h1".into(),
+            fencing_token: Some(5),
             mode: Mode::Read,
-            ttl_remaining: Some(100),
+            ttl_remaining: Some(Duration::from_millis(100)),
         },
         HolderInfo {
-            id: "h2",
-            fencing_token: 6,
+            id: "h2".into(),
+            fencing_token: Some(6),
             mode: Mode::Read,
             ttl_remaining: None,
         },
@@ -649,8 +667,9 @@ fn every_reply_shape() {
             key: k,
             lock_request_count: 1,
             readers_count: 2,
-            max: 1,
-            holders: &holders
+            is_locked: true,
+            max: Some(1),
+            holders: (&holders[..]).into()
         }),
         json!({"type":"lock-info-response","uuid":u,"key":k,"lockInfo":true,"isLocked":true,"lockholderUUIDs":["h1","h2"],
             "lockRequestCount":1,"readersCount":2,"max":1,"holders":[

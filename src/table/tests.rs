@@ -1,6 +1,7 @@
 //! Unit tests of the lock rules, one rule or race per test, in simulated time.
 
 use super::*;
+use std::time::Instant;
 
 const A: ConnId = ConnId(1);
 const B: ConnId = ConnId(2);

@@ -2,7 +2,7 @@
 
 use std::time::{Instant, UNIX_EPOCH};
 
-use super::{Core, ms};
+use super::{Core, ms, wire_mode};
 use crate::proto::Reply;
 use crate::proto::encode::{self, HolderInfo};
 use crate::table::Name;
@@ -11,7 +11,13 @@ impl Core {
     pub(super) fn ls(&mut self, slot: usize, uuid: &str) {
         let keys: Vec<Name> = self.table.keys().cloned().collect();
         let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
-        self.send(slot, &Reply::Ls { uuid, keys: &refs });
+        self.send(
+            slot,
+            &Reply::Ls {
+                uuid,
+                keys: refs.into(),
+            },
+        );
     }
 
     pub(super) fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str) {
@@ -20,10 +26,10 @@ impl Core {
             .iter()
             .flat_map(|i| &i.holders)
             .map(|h| HolderInfo {
-                id: &h.id,
-                fencing_token: h.token,
-                mode: h.mode,
-                ttl_remaining: h.ttl_remaining.map(ms),
+                id: (*h.id).into(),
+                fencing_token: Some(h.token),
+                mode: wire_mode(h.mode),
+                ttl_remaining: h.ttl_remaining,
             })
             .collect();
         let reply = Reply::LockInfo {
@@ -31,8 +37,9 @@ impl Core {
             key,
             lock_request_count: info.as_ref().map_or(0, |i| i.waiters as u64),
             readers_count: info.as_ref().map_or(0, |i| i.readers as u64),
-            max: info.as_ref().map_or(1, |i| i.max),
-            holders: &holders,
+            is_locked: !holders.is_empty(),
+            max: Some(info.as_ref().map_or(1, |i| i.max)),
+            holders: holders.into(),
         };
         self.send(slot, &reply);
     }

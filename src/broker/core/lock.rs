@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::acks::{PROBE_DELAY, PROBE_PREFIX, PendingAck};
-use super::{Core, ms, ttl_of, wait_of};
+use super::{Core, ms, table_mode, ttl_of, wait_of};
 use crate::proto::encode::LockOutcome as WireLock;
 use crate::proto::{self, Reply};
 use crate::table::{self, ConnId, Event, LockOutcome, ManyOutcome, TableError};
@@ -22,7 +22,7 @@ impl Core {
             conn: cid,
             key: r.key,
             id: r.uuid,
-            mode: r.mode,
+            mode: table_mode(r.mode),
             max: r.max,
             ttl: ttl_of(r.ttl),
             wait: wait_of(now, r.try_lock, r.wait_timeout),
@@ -54,7 +54,7 @@ impl Core {
             Ok(LockOutcome::Granted(_)) if retried_holder => (WireLock::Queued, 0, 0),
             Ok(LockOutcome::Granted(g)) => (
                 WireLock::Granted {
-                    fencing_token: g.token,
+                    fencing_token: Some(g.token),
                 },
                 g.queue_len,
                 g.readers,
@@ -202,7 +202,7 @@ impl Core {
                             uuid: &id,
                             key: &key,
                             outcome: WireLock::Granted {
-                                fencing_token: grant.token,
+                                fencing_token: Some(grant.token),
                             },
                             lock_request_count: grant.queue_len as u64,
                             readers_count: grant.readers as u64,

@@ -58,7 +58,7 @@ impl Core {
             ManyOutcome::Granted(t) => {
                 tokens = t.iter().map(|(k, v)| (&**k, *v)).collect();
                 WireMany::Granted {
-                    fencing_tokens: &tokens,
+                    fencing_tokens: (&tokens[..]).into(),
                 }
             }
             ManyOutcome::Queued => WireMany::Queued,

@@ -222,20 +222,30 @@ impl Core {
     }
 
     /// Handles one message of `conn`: one JSON object, decoded in place (`msg` is scribbled on).
-    pub fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) {
+    /// True when it was a valid request (the transport's HTTP guard stops looking after one).
+    pub fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) -> bool {
         let Some(slot) = self.slot_of(conn) else {
-            return;
+            return false;
         };
         match self.decoder.decode(msg) {
-            Ok(req) => self.handle(slot, conn, now, req),
+            Ok(req) => {
+                self.handle(slot, conn, now, req);
+                true
+            }
             Err(e) => {
                 if let Some(c) = self.conn_at(slot) {
                     encode::decode_error(&e, &mut c.out);
                     c.out.push(b'\n');
                 }
                 self.mark_dirty(slot);
+                false
             }
         }
+    }
+
+    /// No connection is open and the table holds nothing (for the broker's `idle_exit`).
+    pub fn is_idle(&self) -> bool {
+        self.open == 0 && self.table.is_empty()
     }
 
     /// Runs what is due at `now`: lock TTLs, wait deadlines, ack probes.
@@ -474,11 +484,27 @@ impl Core {
     }
 }
 
+fn table_mode(m: proto::Mode) -> table::Mode {
+    match m {
+        proto::Mode::Exclusive => table::Mode::Exclusive,
+        proto::Mode::Read => table::Mode::Read,
+        proto::Mode::Write => table::Mode::Write,
+    }
+}
+
+fn wire_mode(m: table::Mode) -> proto::Mode {
+    match m {
+        table::Mode::Exclusive => proto::Mode::Exclusive,
+        table::Mode::Read => proto::Mode::Read,
+        table::Mode::Write => proto::Mode::Write,
+    }
+}
+
 fn ttl_of(t: proto::Ttl) -> table::Ttl {
     match t {
-        proto::Ttl::Default => table::Ttl::Default,
+        proto::Ttl::BrokerDefault => table::Ttl::Default,
         proto::Ttl::Never => table::Ttl::Never,
-        proto::Ttl::Ms(n) => table::Ttl::After(Duration::from_millis(n)),
+        proto::Ttl::After(d) => table::Ttl::After(d),
     }
 }
 

@@ -1,0 +1,491 @@
+//! Drives one [`Session`] over one blocking transport, shared by any number of threads: the
+//! session decides what to send and what each reply means; this file only moves bytes, routes
+//! each answer to the thread that waits for it, and keeps time.
+//!
+//! Reading is leader/follower: a thread waiting for an answer takes the read half itself if
+//! nobody else holds it, reads until its own answer arrives and routes every other one to its
+//! waiter's channel; then it hands the read half on (nudges another waiter). So a thread alone
+//! on its connection reads its replies straight off the socket, with no thread hop per reply.
+//! A background thread reads only while nobody waits (to notice a dropped connection and run
+//! the guards' `on_lost` hooks, and so the session can answer grants nobody waits for); it
+//! steps aside as soon as a caller waits.
+
+use super::error::{Error, Result};
+use super::transport::{Reader, Stream, Writer, connect};
+use super::url::Endpoint;
+use crate::proto::Request;
+use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
+use ahash::RandomState;
+use hashbrown::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A caller holding the read half wakes this often to check its deadline.
+const CALLER_READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// The background reader takes the read half only after nobody has waited for this long...
+const BG_IDLE: Duration = Duration::from_millis(20);
+/// ...and then wakes this often to step aside for a caller (who otherwise gets its reply
+/// through it, one thread hop later).
+const BG_READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// A waiter that is not reading re-checks whether the read half became free at least this often
+/// (only a safety net: whoever releases the read half nudges a waiter).
+const FOLLOWER_PARK: Duration = Duration::from_secs(1);
+
+type LostHook = Box<dyn FnOnce() + Send>;
+
+/// What a waiter's channel carries: its answer, or `None`, a nudge ("the read half may be
+/// free, try to take it").
+type Msg = Option<Answer>;
+
+struct State {
+    dead: bool,
+    session: Session,
+    waiters: HashMap<RequestId, Sender<Msg>, RandomState>,
+    on_lost: Vec<(u64, LostHook)>,
+    next_hook: u64,
+    /// Requests whose caller is inside [`Pending::recv`] right now.
+    waiting: Vec<RequestId>,
+    /// When the last caller left [`Pending::recv`].
+    last_wait: Instant,
+}
+
+impl State {
+    /// Hands every answer the session has to its waiter.
+    fn route(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            if let Event::Answer { id, answer } = ev
+                && let Some(tx) = self.waiters.get(&id)
+            {
+                let _ = tx.send(Some(answer));
+            }
+        }
+    }
+}
+
+/// The write half and the bytes being written.
+struct WriteSide {
+    writer: Writer,
+    buf: Vec<u8>,
+}
+
+/// The read half and what a time-out left of a partial message.
+struct ReadSide {
+    reader: Reader,
+    buf: Vec<u8>,
+    timeout: Option<Duration>,
+}
+
+enum ReadOutcome {
+    Message,
+    TimedOut,
+    Closed,
+}
+
+struct Shared {
+    write: Mutex<WriteSide>,
+    state: Mutex<State>,
+    read: Mutex<ReadSide>,
+    node: AtomicBool,
+    dead: AtomicBool,
+    closer: Stream,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves no broken invariant worth refusing service for.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Runs `f` on the state, then writes whatever the session has to send, in one pass:
+    /// one lock of the state per request. Lock order: write side, then state.
+    fn send_with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut w = lock(&self.write);
+        let t = {
+            let mut st = lock(&self.state);
+            if st.dead {
+                return Err(Error::ConnectionLost);
+            }
+            let t = f(&mut st)?;
+            st.session.transmit(&mut w.buf);
+            t
+        };
+        if w.buf.is_empty() {
+            return Ok(t);
+        }
+        let WriteSide { writer, buf } = &mut *w;
+        let r = writer.send(buf);
+        buf.clear();
+        drop(w);
+        match r {
+            Ok(()) => Ok(t),
+            Err(_) => {
+                self.fail();
+                Err(Error::ConnectionLost)
+            }
+        }
+    }
+
+    /// Writes whatever the session has to send.
+    fn flush(&self) -> Result<()> {
+        self.send_with(|_| Ok(()))
+    }
+
+    /// Marks the connection dead: every waiter sees its channel close, every guard sees
+    /// `is_lost`, and the socket is shut so the reader thread ends.
+    fn fail(&self) {
+        let mut st = lock(&self.state);
+        if st.dead {
+            return;
+        }
+        st.dead = true;
+        self.dead.store(true, Ordering::Release);
+        st.session.connection_lost();
+        while st.session.poll_event().is_some() {}
+        st.waiters.clear();
+        let hooks = std::mem::take(&mut st.on_lost);
+        drop(st);
+        self.closer.shutdown();
+        hooks.into_iter().for_each(|(_, h)| h());
+    }
+
+    /// Reads one message (or a time-out) with the read half and hands it to the session.
+    fn read_one(&self, rs: &mut ReadSide, timeout: Duration) -> ReadOutcome {
+        if rs.timeout != Some(timeout) {
+            if self.closer.set_read_timeout(Some(timeout)).is_err() {
+                return ReadOutcome::Closed;
+            }
+            rs.timeout = Some(timeout);
+        }
+        match rs.reader.next(&mut rs.buf) {
+            Ok(true) => {
+                let send = {
+                    let mut st = lock(&self.state);
+                    st.session.handle_line(&mut rs.buf);
+                    st.route();
+                    st.session.wants_transmit()
+                };
+                rs.buf.clear();
+                // Acks and hand-backs the session produced.
+                if send {
+                    let _ = self.flush();
+                }
+                ReadOutcome::Message
+            }
+            Ok(false) => ReadOutcome::Closed,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                ReadOutcome::TimedOut
+            }
+            Err(_) => ReadOutcome::Closed,
+        }
+    }
+
+    /// Called by a thread that no longer holds the read half: if another caller waits and the
+    /// read half is free, nudge that caller so it takes over.
+    fn hand_off(&self, st: &State) {
+        if let Some(id) = st.waiting.first()
+            && let Ok(free) = self.read.try_lock()
+        {
+            drop(free);
+            if let Some(tx) = st.waiters.get(id) {
+                let _ = tx.send(None);
+            }
+        }
+    }
+}
+
+/// A live connection. Dropping the last handle (client and guards) closes the socket, which
+/// makes the broker release whatever it still holds for us.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.fail();
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("dead", &self.is_dead())
+            .finish()
+    }
+}
+
+/// An in-flight request: its answer arrives on `rx`. Dropping it unanswered gives the request
+/// up (a lock is cancelled at the broker).
+pub(crate) struct Pending {
+    id: RequestId,
+    rx: Receiver<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl Pending {
+    /// Waits for the answer until `deadline`: [`Error::TimedOut`] after it, and
+    /// [`Error::ConnectionLost`] if the connection drops first.
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Answer> {
+        lock(&self.shared.state).waiting.push(self.id);
+        let r = self.wait(deadline);
+        let mut st = lock(&self.shared.state);
+        if let Some(i) = st.waiting.iter().position(|&w| w == self.id) {
+            st.waiting.swap_remove(i);
+        }
+        st.last_wait = Instant::now();
+        self.shared.hand_off(&st);
+        r
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<Answer> {
+        let sh = &self.shared;
+        loop {
+            match self.rx.try_recv() {
+                Ok(Some(a)) => return Ok(a),
+                Ok(None) | Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Err(Error::ConnectionLost),
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Error::TimedOut);
+            }
+            if let Ok(mut rs) = sh.read.try_lock() {
+                // Our answer may have been routed to us just before the read half came free.
+                match self.rx.try_recv() {
+                    Ok(Some(a)) => return Ok(a),
+                    Ok(None) | Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => return Err(Error::ConnectionLost),
+                }
+                if sh.dead.load(Ordering::Acquire) {
+                    return Err(Error::ConnectionLost);
+                }
+                let t = left.map_or(CALLER_READ_TIMEOUT, |l| l.min(CALLER_READ_TIMEOUT));
+                // SO_RCVTIMEO has microsecond resolution; zero would mean "no time-out".
+                let t = t.max(Duration::from_millis(1));
+                if let ReadOutcome::Closed = sh.read_one(&mut rs, t) {
+                    drop(rs);
+                    sh.fail();
+                }
+            } else {
+                let park = left.map_or(FOLLOWER_PARK, |l| l.min(FOLLOWER_PARK));
+                match self.rx.recv_timeout(park) {
+                    Ok(Some(a)) => return Ok(a),
+                    Ok(None) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Err(Error::ConnectionLost),
+                }
+            }
+        }
+    }
+
+    /// The request's id as sent (`uuid`): a lock's id.
+    pub(crate) fn uuid(&self) -> String {
+        self.id.to_string()
+    }
+
+    /// Gives the request up now and sends what that takes (a lock's cancel).
+    pub(crate) fn give_up(self) -> Result<()> {
+        self.forget();
+        self.shared.flush()
+    }
+
+    /// Drops the waiter and tells the session; `true` if that left bytes to send.
+    fn forget(&self) -> bool {
+        let mut st = lock(&self.shared.state);
+        st.waiters.remove(&self.id);
+        st.session.give_up(self.id);
+        st.session.wants_transmit()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.forget() {
+            let _ = self.shared.flush();
+        }
+    }
+}
+
+impl Conn {
+    pub(crate) fn open(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Conn> {
+        let (reader, writer, closer) = connect(ep, token, timeout)?;
+        let shared = Arc::new(Shared {
+            write: Mutex::new(WriteSide {
+                writer,
+                buf: Vec::with_capacity(4096),
+            }),
+            state: Mutex::new(State {
+                dead: false,
+                session: Session::new(),
+                waiters: HashMap::default(),
+                on_lost: Vec::new(),
+                next_hook: 0,
+                waiting: Vec::new(),
+                last_wait: Instant::now(),
+            }),
+            read: Mutex::new(ReadSide {
+                reader,
+                buf: Vec::with_capacity(4096),
+                timeout: None,
+            }),
+            node: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            closer,
+        });
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("lmx-client-reader".into())
+            .spawn(move || background_reader(sh))?;
+        let conn = Conn { shared };
+        // Over WebSocket the token also rides in the upgrade request; the message is what our
+        // broker checks on every transport.
+        let auth = match token {
+            Some(token) => Some(conn.request(&Request::Auth {
+                uuid: Some(&new_uuid()),
+                token,
+            })?),
+            None => None,
+        };
+        let ping = conn.request(&Request::Ping { uuid: &new_uuid() })?;
+        let reply = ping.recv(Some(Instant::now() + timeout));
+        let auth_err = auth
+            .and_then(|a| a.rx.try_recv().ok().flatten())
+            .and_then(|a| match a {
+                Answer::Rejected(e) | Answer::Unknown(e) => Some(e),
+                _ => None,
+            });
+        match reply {
+            Ok(Answer::Pong(_)) => {
+                if let Some(e) = auth_err {
+                    return Err(Error::Rejected(e));
+                }
+            }
+            // Our broker echoes the type in errors ("authenticate first"); the npm broker
+            // answers an unknown type with a type-less "Malformed data" error.
+            Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
+            Ok(Answer::Unknown(_)) => {
+                conn.shared.node.store(true, Ordering::Relaxed);
+                lock(&conn.shared.state)
+                    .session
+                    .set_broker(BrokerKind::Node);
+            }
+            Ok(a) => return Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
+            Err(e) => return Err(auth_err.map_or(e, Error::Rejected)),
+        }
+        Ok(conn)
+    }
+
+    /// Sends `req` (its `uuid` from [`new_uuid`]) and returns its [`Pending`] answer. The
+    /// session registers the request before its bytes leave, so no reply can overtake it.
+    pub(crate) fn request(&self, req: &Request<'_>) -> Result<Pending> {
+        let (tx, rx) = mpsc::channel();
+        let id = self.shared.send_with(|st| {
+            let id = st
+                .session
+                .request(req)
+                .ok_or_else(|| Error::Protocol("request without an id".into()))?;
+            st.waiters.insert(id, tx);
+            Ok(id)
+        })?;
+        Ok(Pending {
+            id,
+            rx,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Sends a request and waits for its answer, bounded by `timeout`.
+    pub(crate) fn call(&self, timeout: Duration, req: &Request<'_>) -> Result<Answer> {
+        self.request(req)?.recv(Some(Instant::now() + timeout))
+    }
+
+    /// Fire-and-forget: a guard's release on drop, whose reply nobody waits for.
+    pub(crate) fn notify(&self, req: &Request<'_>) -> Result<()> {
+        self.shared.send_with(|st| {
+            st.session.notify(req);
+            Ok(())
+        })
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn kind(&self) -> BrokerKind {
+        if self.shared.node.load(Ordering::Relaxed) {
+            BrokerKind::Node
+        } else {
+            BrokerKind::Rust
+        }
+    }
+
+    /// Runs `f` once when the connection dies (at once if it already has); the id returned
+    /// lets a guard that is released first withdraw it.
+    pub(crate) fn on_lost(&self, f: LostHook) -> Option<u64> {
+        let mut st = lock(&self.shared.state);
+        if st.dead {
+            drop(st);
+            f();
+            return None;
+        }
+        st.next_hook += 1;
+        let id = st.next_hook;
+        st.on_lost.push((id, f));
+        Some(id)
+    }
+
+    pub(crate) fn forget_hooks(&self, ids: &[u64]) {
+        if !ids.is_empty() {
+            lock(&self.shared.state)
+                .on_lost
+                .retain(|(id, _)| !ids.contains(id));
+        }
+    }
+}
+
+/// A fresh request id in its wire form.
+pub(crate) fn new_uuid() -> String {
+    RequestId::random().to_string()
+}
+
+/// Reads while no caller waits, so that a dropped connection is noticed (guards report
+/// `is_lost`, `on_lost` hooks run) and grants nobody waits for are answered; steps aside when a
+/// caller starts waiting.
+fn background_reader(shared: Arc<Shared>) {
+    loop {
+        loop {
+            let st = lock(&shared.state);
+            if st.dead {
+                return;
+            }
+            let quiet = st.last_wait.elapsed();
+            if st.waiting.is_empty() && quiet >= BG_IDLE {
+                break;
+            }
+            drop(st);
+            std::thread::sleep(BG_IDLE.saturating_sub(quiet).max(Duration::from_millis(1)));
+        }
+        let mut rs = lock(&shared.read);
+        loop {
+            if let ReadOutcome::Closed = shared.read_one(&mut rs, BG_READ_TIMEOUT) {
+                drop(rs);
+                shared.fail();
+                return;
+            }
+            if !lock(&shared.state).waiting.is_empty() {
+                break;
+            }
+        }
+        drop(rs);
+        let st = lock(&shared.state);
+        shared.hand_off(&st);
+    }
+}

@@ -1,0 +1,134 @@
+//! What a caller may ask of a lock ([`LockOptions`]), and the one place that turns those
+//! options into the protocol's requests, for one key and for several.
+
+use super::{Mode, Ttl};
+use crate::proto::{AcquireMany, LockRequest, Request};
+use std::time::Duration;
+
+/// Options for [`Client::lock_with`](super::Client::lock_with). Build with the methods, or with struct syntax and
+/// `..Default::default()`.
+///
+/// ```
+/// use live_mutex::{LockOptions, Mode};
+/// use std::time::Duration;
+/// let o = LockOptions::new().ttl(Duration::from_secs(30)).timeout(Duration::from_secs(5)).mode(Mode::Read);
+/// assert_eq!(o.wait_timeout, Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LockOptions {
+    /// Lifetime of the lock once granted.
+    pub ttl: Ttl,
+    /// Longest wait in the queue (`None`: wait until granted). Decided by the broker.
+    pub wait_timeout: Option<Duration>,
+    /// Do not queue: fail at once if the key is busy.
+    pub try_only: bool,
+    /// Semaphore size: up to this many holders of the key at once.
+    pub max: Option<u32>,
+    /// Exclusive, read or write.
+    pub mode: Mode,
+    /// Keep the lock when this connection closes (until its TTL or an explicit release).
+    pub keep_after_disconnect: bool,
+}
+
+impl LockOptions {
+    /// Defaults: broker TTL, wait forever, exclusive, released when the connection drops.
+    ///
+    /// ```
+    /// assert!(!live_mutex::LockOptions::new().try_only);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets [`ttl`](Self::ttl).
+    ///
+    /// ```
+    /// use live_mutex::{LockOptions, Ttl};
+    /// assert_eq!(LockOptions::new().ttl(Ttl::Never).ttl, Ttl::Never);
+    /// ```
+    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        self.ttl = ttl.into();
+        self
+    }
+    /// Sets [`wait_timeout`](Self::wait_timeout).
+    ///
+    /// ```
+    /// let o = live_mutex::LockOptions::new().timeout(std::time::Duration::from_millis(10));
+    /// assert!(o.wait_timeout.is_some());
+    /// ```
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.wait_timeout = Some(t);
+        self
+    }
+    /// Sets [`try_only`](Self::try_only).
+    ///
+    /// ```
+    /// assert!(live_mutex::LockOptions::new().try_only().try_only);
+    /// ```
+    pub fn try_only(mut self) -> Self {
+        self.try_only = true;
+        self
+    }
+    /// Sets [`max`](Self::max).
+    ///
+    /// ```
+    /// assert_eq!(live_mutex::LockOptions::new().max(3).max, Some(3));
+    /// ```
+    pub fn max(mut self, n: u32) -> Self {
+        self.max = Some(n);
+        self
+    }
+    /// Sets [`mode`](Self::mode).
+    ///
+    /// ```
+    /// use live_mutex::{LockOptions, Mode};
+    /// assert_eq!(LockOptions::new().mode(Mode::Read).mode, Mode::Read);
+    /// ```
+    pub fn mode(mut self, m: Mode) -> Self {
+        self.mode = m;
+        self
+    }
+    /// Sets [`keep_after_disconnect`](Self::keep_after_disconnect).
+    ///
+    /// ```
+    /// assert!(live_mutex::LockOptions::new().keep_after_disconnect().keep_after_disconnect);
+    /// ```
+    pub fn keep_after_disconnect(mut self) -> Self {
+        self.keep_after_disconnect = true;
+        self
+    }
+}
+
+impl LockOptions {
+    /// The broker-side wait time-out, in whole milliseconds.
+    fn wait_ms(&self) -> Option<u64> {
+        self.wait_timeout
+            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// The `lock` request for `key`.
+    pub(crate) fn lock_request<'a>(&self, uuid: &'a str, key: &'a str) -> Request<'a> {
+        Request::Lock(LockRequest {
+            uuid,
+            key,
+            ttl: self.ttl,
+            max: self.max,
+            try_lock: self.try_only,
+            wait_timeout: self.wait_ms(),
+            mode: self.mode,
+            keep_locks_after_death: self.keep_after_disconnect,
+            retry_count: 0,
+        })
+    }
+
+    /// The `acquire-many` request for `keys` (`max` and `mode` do not apply).
+    pub(crate) fn many_request<'a>(&self, uuid: &'a str, keys: &[&'a str]) -> Request<'a> {
+        Request::AcquireMany(AcquireMany {
+            uuid,
+            keys: keys.iter().copied().collect(),
+            ttl: self.ttl,
+            try_lock: self.try_only,
+            wait_timeout: self.wait_ms(),
+            keep_locks_after_death: self.keep_after_disconnect,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! A broker started on demand, as its own daemon process, so that it outlives whichever
+//! short-lived process (a test under `cargo nextest`, a CI step) happened to need it first.
+//!
+//! A broker embedded in one of many peer processes dies with that process, taking every other
+//! process's locks with it, possibly in the middle of their critical sections. So the only
+//! automatic start here is [`connect_or_spawn`]: connect, and if nothing answers at a local
+//! address, spawn `lmx start --daemon` for it (exactly one per address, however many processes
+//! race) and connect to that.
+
+use super::guard::{LockGuard, ManyGuard};
+use super::url::{self, Endpoint};
+use super::{Client, Error, LockOptions, Result, Ttl};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest wait for a spawned `lmx start --daemon` to report a listening broker. A broker binds
+/// in milliseconds; this only bounds a wrong `LMX_BIN` or a wedged machine.
+const SPAWN_WAIT: Duration = Duration::from_secs(10);
+/// Idle time after which a spawned broker exits, unless `LMX_IDLE_EXIT` says otherwise.
+const DEFAULT_IDLE_EXIT_SECS: u64 = 300;
+/// Name of the per-user socket in [`runtime_dir`].
+const SOCKET_NAME: &str = "broker.sock";
+
+/// Where a broker for a local URL listens: what `lmx start --daemon` binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAddr {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A loopback TCP address (NDJSON and WebSocket).
+    Tcp(SocketAddr),
+}
+
+/// The address a broker for `url` would listen on, if that broker may be spawned on this host:
+/// a Unix socket, or a TCP/WebSocket URL whose host is loopback. Any other URL is an error,
+/// since a broker started here would not be the one other hosts reach.
+///
+/// ```
+/// use live_mutex::client::{spawn_target, LocalAddr};
+/// assert_eq!(spawn_target("unix:///tmp/x.sock")?, LocalAddr::Unix("/tmp/x.sock".into()));
+/// assert!(matches!(spawn_target("tcp://127.0.0.1:7000")?, LocalAddr::Tcp(_)));
+/// assert!(spawn_target("tcp://10.0.0.1:7000").is_err());
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn spawn_target(url: &str) -> Result<LocalAddr> {
+    let (host, port) = match url::parse(url)?.0 {
+        Endpoint::Unix(p) => return Ok(LocalAddr::Unix(p)),
+        Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => (host, port),
+    };
+    let remote = || {
+        Error::Spawn(format!(
+            "{url} is not a local address: a broker is only spawned for a Unix socket or a \
+             loopback TCP address (start the remote broker there, e.g. `lmx start --daemon`)"
+        ))
+    };
+    // Only literal loopback addresses and `localhost` are resolved: a remote name is refused
+    // without a DNS lookup.
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) if host.eq_ignore_ascii_case("localhost") => (host.as_str(), port)
+            .to_socket_addrs()?
+            .find(|a| a.ip().is_loopback())
+            .ok_or_else(remote)?,
+        Err(_) => return Err(remote()),
+    };
+    if !addr.ip().is_loopback() {
+        return Err(remote());
+    }
+    Ok(LocalAddr::Tcp(addr))
+}
+
+/// The per-user directory of spawned brokers' sockets and lock files, created if missing:
+/// `$XDG_RUNTIME_DIR/live-mutex/`, else `/tmp/live-mutex-$UID/`. It must be a directory owned
+/// by this user that nobody else may enter (mode 0700), so that two users of one host neither
+/// share a broker nor can plant a socket for each other; anything else is an error.
+///
+/// ```no_run
+/// let dir = live_mutex::client::runtime_dir()?;
+/// println!("spawned brokers live in {}", dir.display());
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn runtime_dir() -> Result<PathBuf> {
+    let uid = unsafe { libc::geteuid() };
+    let dir = runtime_dir_path();
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::Spawn(format!(
+                "cannot create the runtime directory {}: {e} (set XDG_RUNTIME_DIR to a \
+                 writable directory, or LMX_URL)",
+                dir.display()
+            )));
+        }
+    }
+    let md = std::fs::symlink_metadata(&dir)
+        .map_err(|e| Error::Spawn(format!("runtime directory {}: {e}", dir.display())))?;
+    if !md.is_dir() || md.uid() != uid || md.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Spawn(format!(
+            "runtime directory {} is not a private directory of this user (want a directory \
+             owned by uid {uid} with mode 0700; found uid {}, mode {:o}{}): remove it or set \
+             XDG_RUNTIME_DIR",
+            dir.display(),
+            md.uid(),
+            md.permissions().mode() & 0o7777,
+            if md.is_dir() { "" } else { ", not a directory" }
+        )));
+    }
+    Ok(dir)
+}
+
+fn runtime_dir_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base).join("live-mutex"),
+        None => PathBuf::from(format!("/tmp/live-mutex-{}", unsafe { libc::geteuid() })),
+    }
+}
+
+/// The URL [`serial`] and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
+/// `live_mutex_host`/`live_mutex_port` if either is set, else the per-user Unix socket
+/// `unix://<runtime_dir>/broker.sock`.
+///
+/// ```no_run
+/// let url = live_mutex::client::spawn_url_from_env()?;
+/// assert!(url.starts_with("unix://") || std::env::var("LMX_URL").is_ok());
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn spawn_url_from_env() -> Result<String> {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+    if set("LMX_URL") || set("live_mutex_host") || set("live_mutex_port") {
+        return Ok(super::url_from_env());
+    }
+    let sock = runtime_dir()?.join(SOCKET_NAME);
+    Ok(format!("unix://{}", sock.display()))
+}
+
+/// Connects to the broker at `url`; if nothing answers and the address is local (a Unix
+/// socket, or a loopback TCP address), spawns `lmx start --daemon --idle-exit N` for it and
+/// connects to that. However many processes race, one broker per address results: spawners
+/// take turns on an `flock` (beside the socket, or in [`runtime_dir`] for TCP) and look again
+/// before spawning, and the broker itself holds a lock file beside its socket for life.
+///
+/// The broker is a daemon of its own, so it outlives the process that spawned it; it exits
+/// after `LMX_IDLE_EXIT` seconds (default 300) with no connections and no locks. The `lmx`
+/// binary is `LMX_BIN`, else `lmx` on `PATH` (`cargo install live-mutex`).
+///
+/// ```no_run
+/// let client = live_mutex::connect_or_spawn(&live_mutex::client::spawn_url_from_env()?)?;
+/// let _g = client.lock("fixture-db")?;
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn connect_or_spawn(url: &str) -> Result<Client> {
+    spawn_with(url, || find_lmx(None))
+}
+
+/// [`connect_or_spawn`] with the `lmx` binary to run given explicitly (what `lmx --spawn`
+/// uses: itself).
+///
+/// ```no_run
+/// let c = live_mutex::connect_or_spawn_using("unix:///tmp/my.sock", "/usr/local/bin/lmx".as_ref())?;
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn connect_or_spawn_using(url: &str, lmx: &Path) -> Result<Client> {
+    spawn_with(url, || Ok(lmx.to_path_buf()))
+}
+
+/// `lmx` names the binary to spawn; it is only looked for when a spawn is needed.
+fn spawn_with(url: &str, lmx: impl FnOnce() -> Result<PathBuf>) -> Result<Client> {
+    // Refuse a remote URL before touching the network.
+    let target = spawn_target(url)?;
+    if let Some(c) = probe(url)? {
+        return Ok(c);
+    }
+    let lock_path = match &target {
+        LocalAddr::Unix(p) => {
+            // A socket in the per-user directory, named explicitly: the directory is made (and
+            // checked) as for the default one.
+            if p.parent() == Some(runtime_dir_path().as_path()) {
+                runtime_dir()?;
+            }
+            let mut s = p.as_os_str().to_owned();
+            s.push(".spawn.lock");
+            PathBuf::from(s)
+        }
+        LocalAddr::Tcp(a) => runtime_dir()?.join(format!("tcp-{}-{}.spawn.lock", a.ip(), a.port())),
+    };
+    let _turn = SpawnLock::take(&lock_path)?;
+    // Whoever held the lock before us may have started the broker.
+    if let Some(c) = probe(url)? {
+        return Ok(c);
+    }
+    let lmx = lmx()?;
+    run_daemon(&lmx, url)?;
+    match probe(url)? {
+        Some(c) => Ok(c),
+        None => Err(Error::Spawn(format!(
+            "`{} start --daemon` exited 0 but no broker answers at {url}: is LMX_BIN an lmx \
+             binary?",
+            lmx.display()
+        ))),
+    }
+}
+
+/// Connects, or `None` if nothing answers (refused, no socket file, dropped at once).
+fn probe(url: &str) -> Result<Option<Client>> {
+    match Client::builder(url).connect() {
+        Ok(c) => Ok(Some(c)),
+        Err(Error::Io(_) | Error::ConnectionLost) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An exclusive `flock` held until dropped (closing the file releases it).
+struct SpawnLock(#[allow(dead_code)] std::fs::File);
+
+impl SpawnLock {
+    fn take(path: &Path) -> Result<SpawnLock> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                Error::Spawn(format!(
+                    "cannot open the spawn lock {}: {e}",
+                    path.display()
+                ))
+            })?;
+        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Spawn(format!("flock {}: {e}", path.display())));
+            }
+        }
+        Ok(SpawnLock(f))
+    }
+}
+
+/// `LMX_BIN`, else `hint`, else `lmx` on `PATH`.
+fn find_lmx(hint: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LMX_BIN").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(h) = hint.filter(|h| h.is_file()) {
+        return Ok(h.to_path_buf());
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("lmx"))
+            .find(|p| {
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+            })
+    });
+    on_path.ok_or_else(|| {
+        Error::Spawn(
+            "no `lmx` binary to start a broker with: install it with `cargo install \
+             live-mutex`, or set LMX_BIN=/path/to/lmx"
+                .into(),
+        )
+    })
+}
+
+/// Runs `lmx --url URL start --daemon --idle-exit N` and waits (bounded) for it to report.
+fn run_daemon(lmx: &Path, url: &str) -> Result<()> {
+    let idle = match std::env::var("LMX_IDLE_EXIT") {
+        Ok(v) if !v.is_empty() => v.parse::<u64>().map_err(|_| {
+            Error::Config(format!("LMX_IDLE_EXIT={v:?} is not a number of seconds"))
+        })?,
+        _ => DEFAULT_IDLE_EXIT_SECS,
+    };
+    let mut child = Command::new(lmx)
+        .args(["--url", url, "start", "--daemon", "--idle-exit"])
+        .arg(idle.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own group, so that a wrong LMX_BIN can be killed with whatever it started.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Spawn(format!("cannot run {}: {e}", lmx.display())))?;
+    let deadline = Instant::now() + SPAWN_WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            child.wait().ok();
+            return Err(Error::Spawn(format!(
+                "`{} start --daemon` did not report a listening broker within {} s: is LMX_BIN \
+                 an lmx binary?",
+                lmx.display(),
+                SPAWN_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    if let Some(err) = child.stderr.as_mut() {
+        // Not blocking: something the child left behind may still hold the pipe open.
+        unsafe { libc::fcntl(err.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut buf = vec![0u8; 16 << 10];
+        if let Ok(n) = err.read(&mut buf) {
+            text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        }
+    }
+    Err(Error::Spawn(format!(
+        "`{} start --daemon` failed ({status}){}{text}",
+        lmx.display(),
+        if text.is_empty() { "" } else { ": " }
+    )))
+}
+
+/// The one client [`serial`] shares within a process.
+static SERIAL: Mutex<Option<Client>> = Mutex::new(None);
+
+fn serial_client(hint: Option<&Path>) -> Result<Client> {
+    let mut slot = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = &*slot {
+        return Ok(c.clone());
+    }
+    let url = spawn_url_from_env()?;
+    let c = match spawn_target(&url) {
+        Ok(_) => spawn_with(&url, || find_lmx(hint))?,
+        // A remote LMX_URL (one shared broker in CI) is connected to, never spawned.
+        Err(_) => Client::connect(&url)?,
+    };
+    *slot = Some(c.clone());
+    Ok(c)
+}
+
+/// Holds `key` until the guard drops, across every process that calls it with the same key:
+/// the cross-process counterpart of `serial_test`'s `#[serial]`. One client per process,
+/// connected with [`connect_or_spawn`] to [`spawn_url_from_env`] (by default the per-user
+/// socket, a broker spawned on first use); a remote `LMX_URL` is connected to as is. The lock
+/// never expires: it lasts until the guard drops or the process dies.
+///
+/// ```no_run
+/// #[test]
+/// fn migrates() {
+///     let _db = live_mutex::serial("db").unwrap();
+///     // ... no other test process touches the database now ...
+/// }
+/// ```
+pub fn serial(key: &str) -> Result<LockGuard> {
+    serial_client(None)?.lock_with(key, &LockOptions::new().ttl(Ttl::Never))
+}
+
+/// [`serial`] for several keys, taken all-or-nothing, so two callers with overlapping keys can
+/// never deadlock on each other.
+///
+/// ```no_run
+/// let _g = live_mutex::client::serial_many(&["db", "cache"])?;
+/// # Ok::<(), live_mutex::Error>(())
+/// ```
+pub fn serial_many<S: AsRef<str>>(keys: &[S]) -> Result<ManyGuard> {
+    serial_client(None)?.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never))
+}
+
+/// What `#[live_mutex::serial(..)]` expands to. `lmx_hint` is the `lmx` built by the same
+/// package (`CARGO_BIN_EXE_lmx`, which only this crate's own tests have), used when neither
+/// `LMX_BIN` is set nor a URL needs no spawn.
+#[doc(hidden)]
+pub fn __serial_attr(keys: &[&str], lmx_hint: Option<&str>) -> ManyGuard {
+    let taken = serial_client(lmx_hint.map(Path::new))
+        .and_then(|c| c.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never)));
+    match taken {
+        Ok(g) => g,
+        Err(e) => panic!("#[live_mutex::serial({keys:?})]: {e}"),
+    }
+}

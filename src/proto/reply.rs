@@ -1,0 +1,207 @@
+//! The reply vocabulary: every message a broker sends back, as one set of types that the
+//! broker encodes (`encode.rs`) and the client decodes (`reply_decode.rs`).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use super::{Mode, RwOp};
+
+/// Immediate answer to a `lock` (or the later push with the same `uuid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// `fencing_token` is `None` only from the npm broker, which has none.
+    Granted { fencing_token: Option<u64> },
+    /// Enqueued: a push with `acquired:true` follows (or a timeout).
+    Queued,
+    /// `wait:false` and not grantable now: never queued.
+    Refused,
+    /// `acquired:false` with no `queued` field: the npm broker's answer to a contended lock
+    /// (it always queues). This broker never sends it.
+    NotGranted,
+}
+
+/// Answer to an `acquire-many`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManyOutcome<'a> {
+    /// Each key with its fencing token.
+    Granted {
+        fencing_tokens: Cow<'a, [(&'a str, u64)]>,
+    },
+    Queued,
+    Refused {
+        contended_key: Option<&'a str>,
+    },
+    TimedOut {
+        waited_ms: u64,
+    },
+}
+
+/// One holder in a `lock-info-response` (what [`crate::Client::info`] reports).
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(std::time::Duration::from_secs(9)))?;
+/// let h = &client.info("k")?.holders[0];
+/// assert_eq!((&*h.id, h.fencing_token, h.mode.as_str()), (g.id(), g.fencing_token(), "exclusive"));
+/// assert!(h.ttl_remaining.unwrap() <= std::time::Duration::from_secs(9));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderInfo<'a> {
+    /// Lock id.
+    pub id: Cow<'a, str>,
+    /// Fencing token of the grant (`None` if the broker does not say).
+    pub fencing_token: Option<u64>,
+    /// Exclusive, read or write.
+    pub mode: Mode,
+    /// Time left before expiry, in whole milliseconds on the wire; `None`: never expires.
+    pub ttl_remaining: Option<Duration>,
+}
+
+impl HolderInfo<'_> {
+    /// The same holder, owning its id.
+    pub fn into_owned(self) -> HolderInfo<'static> {
+        HolderInfo {
+            id: Cow::Owned(self.id.into_owned()),
+            fencing_token: self.fencing_token,
+            mode: self.mode,
+            ttl_remaining: self.ttl_remaining,
+        }
+    }
+}
+
+/// Broker-wide counters of a `system-stats-response` (what [`crate::Client::stats`] returns).
+/// A counter the broker leaves out reads as 0.
+///
+/// ```
+/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+/// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+/// let s = client.stats()?;
+/// assert!(s.connections >= 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Keys with holders or waiters.
+    pub keys: u64,
+    /// Held locks.
+    pub holders: u64,
+    /// Queued requests.
+    pub waiters: u64,
+    /// Open connections.
+    pub connections: u64,
+    /// Grants since start.
+    pub grants: u64,
+}
+
+/// Every reply shape a broker sends (docs/protocol.md shows each on the wire): encoded by this
+/// broker ([`Reply::encode`]), decoded by the client ([`super::ReplyDecoder`]). Lists are
+/// [`Cow`] so the broker encodes from borrowed slices and the decoder fills owned ones, both
+/// with strings borrowed from the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Lock {
+        uuid: &'a str,
+        key: &'a str,
+        outcome: LockOutcome,
+        lock_request_count: u64,
+        readers_count: u64,
+    },
+    /// Pushed when a broker-side `waitTimeout` expires.
+    LockTimedOut {
+        uuid: &'a str,
+        key: &'a str,
+        waited_ms: u64,
+    },
+    /// 0.2.x re-election push: the waiter was dequeued and must re-send its `lock`.
+    Reelection {
+        uuid: &'a str,
+        key: &'a str,
+        lock_request_count: u64,
+    },
+    /// `lost`: the lock had already expired or been forced away (then `unlocked` is false).
+    Unlock {
+        uuid: &'a str,
+        key: &'a str,
+        unlocked: bool,
+        lock_request_count: u64,
+        lost: bool,
+        error: Option<&'a str>,
+        warning: Option<&'a str>,
+    },
+    Extend {
+        uuid: &'a str,
+        key: &'a str,
+        extended: bool,
+        error: Option<&'a str>,
+    },
+    /// `lock_id` is the `uuid` of the `acquire-many`.
+    AcquireMany {
+        uuid: &'a str,
+        lock_id: &'a str,
+        outcome: ManyOutcome<'a>,
+    },
+    ReleaseMany {
+        uuid: &'a str,
+        lock_id: &'a str,
+        released: bool,
+        error: Option<&'a str>,
+    },
+    Ls {
+        uuid: &'a str,
+        keys: Cow<'a, [&'a str]>,
+    },
+    /// `is_locked` is sent as is: the npm broker says `true` for a key it knows, holders or not.
+    LockInfo {
+        uuid: &'a str,
+        key: &'a str,
+        is_locked: bool,
+        lock_request_count: u64,
+        readers_count: u64,
+        /// `None`: not reported (the npm broker).
+        max: Option<u32>,
+        holders: Cow<'a, [HolderInfo<'a>]>,
+    },
+    Pong {
+        uuid: &'a str,
+        /// The broker's wall clock, Unix milliseconds.
+        server_timestamp_ms: u64,
+    },
+    SystemStats {
+        uuid: &'a str,
+        stats: Stats,
+    },
+    Auth {
+        uuid: Option<&'a str>,
+        authenticated: bool,
+        error: Option<&'a str>,
+    },
+    VersionMismatch {
+        client_version: &'a str,
+    },
+    /// Legacy RW success; `readers_count` is sent only by the two `register-*` replies.
+    Rw {
+        op: RwOp,
+        uuid: &'a str,
+        key: &'a str,
+        readers_count: u64,
+    },
+    /// Legacy RW: a deferred `register-*` request may now proceed.
+    BroadcastResult {
+        uuid: &'a str,
+        key: &'a str,
+    },
+    Inspect {
+        uuid: Option<&'a str>,
+        result: u64,
+    },
+    /// A failed request. `ty` echoes the request type (`"error"` when unknown); for types whose
+    /// success flag the Node client checks, the flag is sent as `false` too.
+    Error {
+        ty: Option<&'a str>,
+        uuid: Option<&'a str>,
+        key: Option<&'a str>,
+        error: &'a str,
+    },
+}

@@ -1,0 +1,194 @@
+//! Inspection: read-only views of the table for replies, `system-stats`, the admin commands,
+//! and the invariant check that the tests and fuzzers run after every step.
+
+use std::time::{Duration, Instant};
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+
+use super::{ConnId, Mode, Name, Table};
+
+/// One holder, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub id: Name,
+    pub conn: ConnId,
+    pub mode: Mode,
+    pub token: u64,
+    pub ttl_remaining: Option<Duration>,
+}
+
+/// One key, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key: Name,
+    pub max: u32,
+    pub holders: Vec<HolderInfo>,
+    pub waiters: usize,
+    /// Lock ids of the waiters, in queue order.
+    pub queue: Vec<Name>,
+    pub readers: usize,
+}
+
+/// Totals, for `system-stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub keys: usize,
+    pub holders: usize,
+    pub waiters: usize,
+    pub connections: usize,
+    pub groups: usize,
+    pub grants: u64,
+    pub expiries: u64,
+    pub wait_timeouts: u64,
+    /// The token the next grant will carry.
+    pub next_token: u64,
+}
+
+impl Table {
+    /// Keys currently held or waited for.
+    pub fn keys(&self) -> impl Iterator<Item = &Name> + '_ {
+        self.keys.iter().map(|(_, ks)| &ks.key)
+    }
+
+    pub fn info(&self, now: Instant, key: &str) -> Option<KeyInfo> {
+        let ks = &self.keys[*self.index.get(key)? as usize];
+        Some(KeyInfo {
+            key: ks.key.clone(),
+            max: ks.max,
+            holders: ks
+                .holders
+                .iter()
+                .map(|h| HolderInfo {
+                    id: h.id.clone(),
+                    conn: h.conn,
+                    mode: h.mode,
+                    token: h.token,
+                    ttl_remaining: h.expires.map(|e| e.saturating_duration_since(now)),
+                })
+                .collect(),
+            waiters: ks.queue.len(),
+            queue: ks.queue.iter().map(|w| w.id.clone()).collect(),
+            readers: ks.readers(),
+        })
+    }
+
+    /// Queue length and readers of a key (zeros for an unknown key); what replies report.
+    pub fn counts(&self, key: &str) -> (usize, usize) {
+        self.index.get(key).map_or((0, 0), |&s| {
+            let ks = &self.keys[s as usize];
+            (ks.queue.len(), ks.readers())
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        let (mut holders, mut waiters) = (0, 0);
+        for (_, ks) in &self.keys {
+            holders += ks.holders.len();
+            waiters += ks.queue.len();
+        }
+        Stats {
+            keys: self.index.len(),
+            holders,
+            waiters,
+            connections: self.conns.len(),
+            groups: self.groups.len(),
+            grants: self.grants,
+            expiries: self.expiries,
+            wait_timeouts: self.wait_timeouts,
+            next_token: self.next_token,
+        }
+    }
+
+    /// True when the table holds no state at all: what idle keys and closed connections must
+    /// leave behind.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+            && self.keys.is_empty()
+            && self.groups.is_empty()
+            && self.group_rids.is_empty()
+            && self.conns.values().all(|c| c.requests == 0)
+            && self.timers.live() == 0
+    }
+
+    /// Checks the structural invariants; for tests and fuzzing.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut per_conn: HashMap<ConnId, usize, RandomState> = HashMap::default();
+        let mut armed = 0;
+        for (slot, ks) in &self.keys {
+            if self.index.get(&*ks.key) != Some(&(slot as u32)) {
+                return Err(format!("key {:?} not indexed at its slot", ks.key));
+            }
+            if ks.is_idle() {
+                return Err(format!("idle key {:?} kept", ks.key));
+            }
+            let excl = ks
+                .holders
+                .iter()
+                .filter(|h| h.mode == Mode::Exclusive)
+                .count();
+            let writers = ks.holders.iter().filter(|h| h.mode == Mode::Write).count();
+            let readers = ks.readers();
+            if excl > ks.max as usize
+                || (writers > 0 && ks.holders.len() > 1)
+                || (readers > 0 && readers != ks.holders.len())
+            {
+                return Err(format!(
+                    "exclusion broken on {:?}: {:?}",
+                    ks.key, ks.holders
+                ));
+            }
+            if let Some(w) = ks.queue.front()
+                && ks.compatible(w.mode)
+            {
+                return Err(format!("lost wakeup on {:?}: head {:?} fits", ks.key, w.id));
+            }
+            for h in &ks.holders {
+                *per_conn.entry(h.conn).or_default() += 1;
+                armed += usize::from(h.expires.is_some());
+                if h.token >= self.next_token {
+                    return Err("token from the future".into());
+                }
+            }
+            for w in &ks.queue {
+                *per_conn.entry(w.conn).or_default() += 1;
+                armed += usize::from(w.deadline.is_some());
+            }
+        }
+        armed += self
+            .groups
+            .values()
+            .filter(|g| g.deadline.is_some())
+            .count();
+        if armed != self.timers.live() {
+            return Err(format!(
+                "{armed} deadlines armed, timers count {}",
+                self.timers.live()
+            ));
+        }
+        for (conn, n) in &per_conn {
+            if self.conns.get(conn).map(|c| c.requests) != Some(*n) {
+                return Err(format!("connection {conn:?} request count off"));
+            }
+        }
+        if self.index.len() != self.keys.len() {
+            return Err("index and slab disagree".into());
+        }
+        for (id, g) in &self.groups {
+            let (mut held, mut waiting) = (0, 0);
+            for (_, ks) in &self.keys {
+                held += ks.holders.iter().filter(|h| h.group && h.id == *id).count();
+                waiting += ks.queue.iter().filter(|w| w.group && w.id == *id).count();
+            }
+            if held != g.tokens.len() || waiting > 1 || g.tokens.len() > g.keys.len() {
+                return Err(format!(
+                    "group {id:?}: {held} held, {waiting} waiting, {} tokens for {} keys",
+                    g.tokens.len(),
+                    g.keys.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
