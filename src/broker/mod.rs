@@ -1040,6 +1040,7 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host
 /// `x` of the older seeds is allowed so that their frames are still reached.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     let bound = SocketAddr::from(([127, 0, 0, 1], 6970));
@@ -1050,6 +1051,7 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
 }
 
 /// The WebSocket settings the broker uses, for the fuzz harness.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_ws_config() -> tungstenite::protocol::WebSocketConfig {
     conn::ws_config(DEFAULT_MAX_LINE, 4 * 1024 * 1024)
