@@ -90,10 +90,10 @@ fn main() {
                 let mut line = String::new();
                 BufReader::new(&s).read_line(&mut line).ok();
                 churns.fetch_add(1, Ordering::Relaxed);
-                if n % 2000 == 0 {
+                if n.is_multiple_of(2000) {
                     hog(addr);
                 }
-                if n % 500 == 0 {
+                if n.is_multiple_of(500) {
                     killed_holder(addr);
                 }
             }

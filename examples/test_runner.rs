@@ -27,10 +27,10 @@ fn worker(file: &str, me: usize) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, role, file, me] = &args[..] {
-        if role == "--worker" {
-            return worker(file, me.parse()?);
-        }
+    if let [_, role, file, me] = &args[..]
+        && role == "--worker"
+    {
+        return worker(file, me.parse()?);
     }
     let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let broker = live_mutex::broker::Broker::builder()

@@ -34,13 +34,18 @@
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
 
+#[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod proto;
+#[cfg(feature = "broker")]
 pub mod table;
 
+#[cfg(feature = "client")]
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
     connect_or_spawn_using, serial,

@@ -41,12 +41,7 @@ mod reactor;
 mod transport;
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::proto::ndjson::DEFAULT_MAX_LINE;
-use http_guard::HttpPolicy;
 
 pub use config::{BrokerBuilder, uds_lock_path};
 pub use handle::{BrokerHandle, ShutdownHandle};
@@ -70,19 +65,22 @@ pub enum BrokerError {
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host
 /// `x` of the older seeds is allowed so that their frames are still reached.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
-    let bound = SocketAddr::from(([127, 0, 0, 1], 6970));
+    let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 6970));
+    let policy = http_guard::HttpPolicy::new(Some(bound), &["x".into()], &[]);
     transport::UpgradeCheck {
-        policy: Arc::new(HttpPolicy::new(Some(bound), &["x".into()], &[])),
+        policy: std::sync::Arc::new(policy),
         token: None,
     }
 }
 
 /// The WebSocket settings the broker uses, for the fuzz harness.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_ws_config() -> tungstenite::protocol::WebSocketConfig {
-    transport::ws_config(DEFAULT_MAX_LINE, 4 * 1024 * 1024)
+    transport::ws_config(crate::proto::ndjson::DEFAULT_MAX_LINE, 4 * 1024 * 1024)
 }
 
 /// Start-up and notable events go to stderr, one line each.

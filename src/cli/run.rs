@@ -140,16 +140,16 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     kill_at = None;
                 }
-                if let (Some(p), Some(n)) = (period, next_extend) {
-                    if n <= now {
-                        match guard.extend(ttl) {
-                            Err(Error::LockLost | Error::ConnectionLost) => now_lost = true,
-                            // A slow broker: try again soon; `is_lost` notices if the TTL ran out.
-                            Err(_) => now_lost = guard.is_lost(),
-                            Ok(()) => {}
-                        }
-                        next_extend = Some(Instant::now() + p);
+                if let (Some(p), Some(n)) = (period, next_extend)
+                    && n <= now
+                {
+                    match guard.extend(ttl) {
+                        Err(Error::LockLost | Error::ConnectionLost) => now_lost = true,
+                        // A slow broker: try again soon; `is_lost` notices if the TTL ran out.
+                        Err(_) => now_lost = guard.is_lost(),
+                        Ok(()) => {}
                     }
+                    next_extend = Some(Instant::now() + p);
                 }
             }
         }
