@@ -1,6 +1,7 @@
 //! A client that pipelines requests and never reads is cut off at the output cap (its locks
-//! released), and the other clients' latency meanwhile stays close to a run without it.
-//! (Alone in its binary, so that no other test competes for the CPU while it measures.)
+//! released), and the other clients are served meanwhile: every one of their cycles completes.
+//! Their p99 with and without the hog is printed, not asserted: timings on a shared machine are
+//! for benchmarks (`lmx bench`), not tests.
 
 mod common;
 
@@ -37,7 +38,7 @@ fn p99_of_20_clients(b: &TestBroker, cycles: usize) -> Duration {
 }
 
 #[test]
-fn a_hog_is_cut_off_and_others_keep_their_latency() {
+fn a_hog_is_cut_off_and_others_keep_being_served() {
     let b = TestBroker::with(|b| {
         b.output_caps(64 * 1024, 1024 * 1024)
             .stall_timeout(Duration::from_millis(500))
@@ -69,9 +70,4 @@ fn a_hog_is_cut_off_and_others_keep_their_latency() {
     );
     let sent = hogger.join().unwrap();
     eprintln!("p99 without the hog {quiet:?}, with it {loaded:?}; the hog wrote {sent} bytes");
-    // Within 2x, plus a millisecond of scheduling slack on this shared 2-core machine.
-    assert!(
-        loaded <= quiet * 2 + Duration::from_millis(1),
-        "p99 {quiet:?} -> {loaded:?}"
-    );
 }
