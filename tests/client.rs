@@ -1,6 +1,6 @@
-mod harness;
+mod common;
 
-use harness::{broker, scratch, stop};
+use common::{broker, scratch, stop};
 use live_mutex::{BrokerKind, Client, Error, LockOptions, Mode, Ttl};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
@@ -282,7 +282,7 @@ fn unix_socket_and_websocket() {
     g.unlock().unwrap();
     assert!(waiter.join().unwrap().unwrap() > t);
     stop(h);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn api_counter_from_8_processes() {
     eprintln!("8 processes x 50 via the API: {n:?} in {:?}", t.elapsed());
     assert_eq!(n.trim(), "400");
     stop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
