@@ -26,16 +26,20 @@ impl Lease {
             expires: Mutex::new(expires),
         })
     }
-    fn expires(&self) -> Option<Instant> {
+    pub(crate) fn expires(&self) -> Option<Instant> {
         *self.expires.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn set_expires(&self, at: Option<Instant>) {
+    pub(crate) fn set_expires(&self, at: Option<Instant>) {
         *self.expires.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+    /// Lost by an answer (not merely by the clock).
+    pub(crate) fn was_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire) || self.expires().is_some_and(|e| Instant::now() >= e)
     }
-    fn mark_lost(&self) {
+    pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::Release);
     }
 }

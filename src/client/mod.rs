@@ -19,11 +19,11 @@
 
 mod driver;
 mod error;
-mod guard;
-mod options;
+pub(crate) mod guard;
+pub(crate) mod options;
 mod spawn;
 mod transport;
-mod url;
+pub(crate) mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats};
@@ -39,14 +39,15 @@ pub use options::LockOptions;
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
-use driver::{Conn, Pending, new_uuid};
+use driver::{Conn, Pending};
+pub(crate) use driver::new_uuid;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
 
 /// How long the client waits beyond a broker-side wait time-out before it gives up on its own:
 /// the broker decides, this only guards against a broker that never answers.
-const SLACK: Duration = Duration::from_secs(1);
+pub(crate) const SLACK: Duration = Duration::from_secs(1);
 
 /// How long a lock may be held, and how it shares its key: the protocol's own types.
 ///
