@@ -1,4 +1,6 @@
 mod bench;
+#[cfg(feature = "tokio")]
+mod bench_async;
 mod daemon;
 mod ops;
 mod run;
