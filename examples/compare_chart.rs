@@ -18,14 +18,19 @@ fn main() {
         Some("lockfile") => lockfile(&args[1..]),
         Some("chart") if args.len() == 3 => chart(&args[1], &args[2]),
         _ => {
-            eprintln!("usage: compare_chart lockfile --clients C --keys K --ops N --dir D | chart IN OUT.svg");
+            eprintln!(
+                "usage: compare_chart lockfile --clients C --keys K --ops N --dir D | chart IN OUT.svg"
+            );
             std::process::exit(2);
         }
     }
 }
 
 fn opt(args: &[String], name: &str) -> String {
-    let i = args.iter().position(|a| a == name).unwrap_or_else(|| panic!("{name} missing"));
+    let i = args
+        .iter()
+        .position(|a| a == name)
+        .unwrap_or_else(|| panic!("{name} missing"));
     args[i + 1].clone()
 }
 
@@ -77,7 +82,11 @@ fn lockfile(args: &[String]) {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let m = xs.len() / 2;
-    if xs.len() % 2 == 1 { xs[m] } else { (xs[m - 1] + xs[m]) / 2.0 }
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
+    }
 }
 
 fn chart(input: &str, out: &str) {
@@ -91,7 +100,9 @@ fn chart(input: &str, out: &str) {
         ) else {
             continue;
         };
-        by.entry((w.to_string(), s.to_string())).or_default().push(r);
+        by.entry((w.to_string(), s.to_string()))
+            .or_default()
+            .push(r);
     }
     let workloads: Vec<String> = {
         let mut w: Vec<String> = by.keys().map(|(w, _)| w.clone()).collect();
@@ -108,7 +119,10 @@ fn chart(input: &str, out: &str) {
     root.fill(&WHITE).unwrap();
     let n = series.len() as f64;
     let mut ch = ChartBuilder::on(&root)
-        .caption("lock+unlock cycles/s per workload (median, one run)", ("sans-serif", 20))
+        .caption(
+            "lock+unlock cycles/s per workload (median, one run)",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -133,7 +147,10 @@ fn chart(input: &str, out: &str) {
         let bars = workloads.iter().enumerate().filter_map(|(wi, w)| {
             let v = *med.get(&(w.clone(), s.clone()))?;
             let x0 = wi as f64 + 0.1 + 0.8 * si as f64 / n;
-            Some(Rectangle::new([(x0, 0.0), (x0 + 0.8 / n, v)], color.filled()))
+            Some(Rectangle::new(
+                [(x0, 0.0), (x0 + 0.8 / n, v)],
+                color.filled(),
+            ))
         });
         ch.draw_series(bars)
             .unwrap()

@@ -46,12 +46,12 @@ pub mod fuzzing;
 pub mod proto;
 pub mod table;
 
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
     connect_or_spawn_using, serial,
 };
-#[cfg(feature = "tokio")]
-pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 /// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial("db", "cache")]` on a
 /// `#[test]` or async test fn holds those keys (all-or-nothing) for the whole test. A function
 /// and an attribute macro live in different namespaces, so both are `live_mutex::serial`.

@@ -50,7 +50,10 @@ async fn wait_for_waiters(c: &AsyncClient, key: &str, n: u64) {
         if w == n {
             return;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "{w} waiters, want {n}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{w} waiters, want {n}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -81,7 +84,10 @@ fn lock_try_many_timeouts_and_contention_everywhere() {
                 if let Some(g) = c2.try_lock("k").await.unwrap() {
                     break g;
                 }
-                assert!(t0.elapsed() < Duration::from_secs(5), "{t:?}: drop never released");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{t:?}: drop never released"
+                );
             };
             g2.unlock().await.unwrap();
             let zero = LockOptions::new().ttl(Duration::from_micros(500));

@@ -56,7 +56,10 @@ fn extend_from_another_thread_shares_the_guard() {
     let (b, url) = broker();
     let c = Client::connect(&url).unwrap();
     let g = c
-        .lock_with("shared", &LockOptions::new().ttl(Duration::from_millis(300)))
+        .lock_with(
+            "shared",
+            &LockOptions::new().ttl(Duration::from_millis(300)),
+        )
         .unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {

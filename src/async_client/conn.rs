@@ -169,7 +169,8 @@ impl Drop for Pending {
             st.session.give_up(self.id);
             match (self.rx.try_recv(), &self.key) {
                 (Ok(Answer::Locked { .. }), Some(key)) => {
-                    st.session.release(&unlock_request(&crate::client::new_uuid(), key, &uuid));
+                    st.session
+                        .release(&unlock_request(&crate::client::new_uuid(), key, &uuid));
                 }
                 (Ok(Answer::ManyLocked(_)), None) => st.session.release(&Request::ReleaseMany {
                     uuid: &crate::client::new_uuid(),
@@ -184,7 +185,11 @@ impl Drop for Pending {
 
 impl Conn {
     /// Connects, starts the connection task, authenticates and detects the broker.
-    pub(crate) async fn open(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Conn> {
+    pub(crate) async fn open(
+        ep: &Endpoint,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Conn> {
         let io = transport::connect(ep, token, timeout).await?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

@@ -130,7 +130,15 @@ impl AsyncLockGuard {
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires);
     /// [`Error::LockLost`] if it had already gone. `&self`: a renewal task may share the guard.
     pub async fn extend(&self, ttl: Option<Duration>) -> Result<()> {
-        renew(&self.conn, &self.key, &self.id, ttl, self.timeout, &self.lease).await
+        renew(
+            &self.conn,
+            &self.key,
+            &self.id,
+            ttl,
+            self.timeout,
+            &self.lease,
+        )
+        .await
     }
 
     fn finish(&mut self) {

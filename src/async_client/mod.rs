@@ -299,7 +299,10 @@ impl AsyncClient {
 
     /// Broker-wide counters.
     pub async fn stats(&self) -> Result<Stats> {
-        match self.call(&Request::SystemStats { uuid: &new_uuid() }).await? {
+        match self
+            .call(&Request::SystemStats { uuid: &new_uuid() })
+            .await?
+        {
             Answer::Stats(s) => Ok(s),
             a => Err(refusal(a)),
         }

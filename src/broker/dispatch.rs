@@ -589,7 +589,9 @@ impl Core {
             &Reply::Lock {
                 uuid: &uuid,
                 key: &key,
-                outcome: WireLock::Granted { fencing_token: None },
+                outcome: WireLock::Granted {
+                    fencing_token: None,
+                },
                 lock_request_count: 0,
                 readers_count: 0,
             },

@@ -112,7 +112,8 @@ impl Outcome {
     }
     pub fn fail(&mut self, what: &str, e: &Error) {
         self.errors += 1;
-        self.first_error.get_or_insert_with(|| format!("{what}: {e}"));
+        self.first_error
+            .get_or_insert_with(|| format!("{what}: {e}"));
     }
 }
 
@@ -155,7 +156,6 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return report(url, "connect", &e),
     };
-    drop(common);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
     let mut errors = 0;
@@ -314,7 +314,8 @@ fn run_threads(
                                     continue;
                                 }
                             };
-                            o.hist.saturating_record((t.elapsed().as_nanos() as u64).max(1));
+                            o.hist
+                                .saturating_record((t.elapsed().as_nanos() as u64).max(1));
                             common.enter(k);
                             common.leave(k);
                             if common.wait_unlock {
@@ -356,7 +357,9 @@ fn run_threads(
             && n > 0
         {
             outcomes[0].errors += n;
-            outcomes[0].first_error.get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+            outcomes[0]
+                .first_error
+                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
         }
     }
     // All connections stay open until every client is done: the npm broker releases every lock

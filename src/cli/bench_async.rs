@@ -36,7 +36,11 @@ pub(super) fn run(
             let elapsed = t0.elapsed();
             let mut outcomes = outcomes;
             for cl in &clients {
-                if let Ok(n) = async { cl.ping().await?; cl.lost_releases().await }.await
+                if let Ok(n) = async {
+                    cl.ping().await?;
+                    cl.lost_releases().await
+                }
+                .await
                     && n > 0
                 {
                     outcomes[0].errors += n;

@@ -266,7 +266,7 @@ impl LockGuard {
     /// ```
     pub fn unlock(mut self) -> Result<()> {
         self.finish();
-        if self.lease.lost.load(Ordering::Acquire) || self.conn.is_dead() {
+        if self.lease.was_lost() || self.conn.is_dead() {
             return Err(Error::LockLost);
         }
         let (key, id) = (&self.key, &self.id);
@@ -295,7 +295,14 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn extend(&self, ttl: Option<Duration>) -> Result<()> {
-        renew(&self.conn, &self.key, &self.id, ttl, self.timeout, &self.lease)
+        renew(
+            &self.conn,
+            &self.key,
+            &self.id,
+            ttl,
+            self.timeout,
+            &self.lease,
+        )
     }
 
     /// Stops managing the lock and returns its id: the lock stays held after the guard is gone,

@@ -29,18 +29,18 @@ pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats};
 pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
+pub use options::LockOptions;
 #[doc(hidden)]
 pub use spawn::__serial_attr;
 pub use spawn::{
     LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
     spawn_target, spawn_url_from_env,
 };
-pub use options::LockOptions;
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
-use driver::{Conn, Pending};
 pub(crate) use driver::new_uuid;
+use driver::{Conn, Pending};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
