@@ -22,6 +22,8 @@
 //!   as a sans-IO state machine (pending requests by id, the npm broker's quirks).
 //! - [`broker`]: the `mio` reactor around the table, the only code that touches sockets;
 //!   run it as `lmx start` (`--daemon` to detach) or embed it with `Broker::builder()`.
+//! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
+//!   task per connection, with cancellation-safe lock futures.
 //! - [`client`]: a thread-safe, pipelining client with RAII guards, used by `lmx`; it drives a
 //!   [`proto::session::Session`] over a blocking socket and knows nothing of the table;
 //!   [`connect_or_spawn`] starts a broker daemon on demand, and [`serial()`](fn@serial) /
@@ -34,6 +36,9 @@
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
 
+/// The async client (feature `tokio`): [`AsyncClient`].
+#[cfg(feature = "tokio")]
+pub mod async_client;
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "client")]
@@ -45,6 +50,8 @@ pub mod proto;
 #[cfg(feature = "broker")]
 pub mod table;
 
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 #[cfg(feature = "client")]
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,

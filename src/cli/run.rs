@@ -59,10 +59,11 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
             Mode::Exclusive
         },
         keep_after_disconnect: false,
+        keep_alive: false,
     };
-    let mut guard = match client.lock_with(&a.key, &opts) {
+    let guard = match client.lock_with(&a.key, &opts) {
         Ok(g) => g,
-        Err(Error::TimedOut) => {
+        Err(Error::Busy | Error::WaitTimedOut) => {
             let why = if a.nowait {
                 "is busy".to_string()
             } else {

@@ -171,6 +171,9 @@ enum Wants {
         try_only: bool,
     },
     Unlock,
+    /// A pipelined release (`unlock` or `release-many` that nobody waits for): its answer is
+    /// consumed here and only counted if it says the lock had already gone.
+    Release,
     Extend,
     ReleaseMany,
     Ls,
@@ -190,6 +193,7 @@ pub struct Session {
     out: Vec<u8>,
     events: VecDeque<Event>,
     decoder: ReplyDecoder,
+    lost_releases: u64,
 }
 
 impl fmt::Debug for Session {
@@ -245,9 +249,29 @@ impl Session {
         Some(id)
     }
 
-    /// Queues `req` to be sent; nobody waits for its reply (a guard's unlock on drop).
+    /// Queues `req` to be sent; nobody waits for its reply (acks, hand-backs, cancels).
     pub fn notify(&mut self, req: &Request<'_>) {
         self.push(req);
+    }
+
+    /// Queues a pipelined release (a guard's `unlock` or `release-many` on drop): nobody waits
+    /// for its reply, which this session still consumes by id, so it can never be taken for
+    /// another request's, and counts in [`lost_releases`](Self::lost_releases) if it says the
+    /// lock had already gone. Other requests are sent as [`notify`](Self::notify) does.
+    pub fn release(&mut self, req: &Request<'_>) {
+        match (req, req.uuid().and_then(RequestId::parse)) {
+            (Request::Unlock { .. } | Request::ReleaseMany { .. }, Some(id)) => {
+                self.push(req);
+                self.pending.insert(id, Wants::Release);
+            }
+            _ => self.push(req),
+        }
+    }
+
+    /// Pipelined releases whose answer said the lock had already gone (expired, forced, or
+    /// never held): the critical section that ended with it may have overlapped another.
+    pub fn lost_releases(&self) -> u64 {
+        self.lost_releases
     }
 
     fn push(&mut self, req: &Request<'_>) {
@@ -273,8 +297,10 @@ impl Session {
 
     /// The connection is gone: every pending request ends with [`Event::Lost`].
     pub fn connection_lost(&mut self) {
-        for (id, _) in self.pending.drain() {
-            self.events.push_back(Event::Lost { id });
+        for (id, wants) in self.pending.drain() {
+            if !matches!(wants, Wants::Release) {
+                self.events.push_back(Event::Lost { id });
+            }
         }
     }
 
@@ -364,6 +390,19 @@ impl Session {
                 Some(a) => a,
                 None => return,
             },
+            Wants::Release => {
+                self.pending.remove(&id);
+                if !matches!(
+                    other_answer(&reply, &Wants::Unlock),
+                    Answer::Unlocked(Unlocked::Yes)
+                ) && !matches!(
+                    other_answer(&reply, &Wants::ReleaseMany),
+                    Answer::Released(true)
+                ) {
+                    self.lost_releases += 1;
+                }
+                return;
+            }
             other => other_answer(&reply, other),
         };
         if let Some(Wants::Lock {
@@ -524,7 +563,7 @@ impl Wants {
         match self {
             Wants::Lock { .. } => "lock",
             Wants::Many { .. } => "acquire-many",
-            Wants::Unlock => "unlock",
+            Wants::Unlock | Wants::Release => "unlock",
             Wants::Extend => "extend",
             Wants::ReleaseMany => "release-many",
             Wants::Ls => "ls",
