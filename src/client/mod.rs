@@ -72,6 +72,7 @@ pub use crate::proto::{Mode, Ttl};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Pong {
     /// Round-trip time.
     pub rtt: Duration,

@@ -16,6 +16,7 @@ use std::time::Duration;
 /// assert_eq!(o.wait_timeout, Some(Duration::from_secs(5)));
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LockOptions {
     /// Lifetime of the lock once granted.
     pub ttl: Ttl,

@@ -89,6 +89,7 @@ impl fmt::Display for RequestId {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct LockInfo {
     /// The key asked about.
     pub key: String,
@@ -106,6 +107,7 @@ pub struct LockInfo {
 
 /// What an `unlock` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unlocked {
     /// Released.
     Yes,
@@ -118,6 +120,7 @@ pub enum Unlocked {
 
 /// The final answer to one request, owned so a driver can hand it to another thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Answer {
     /// `lock` granted.
     Locked {
@@ -150,6 +153,7 @@ pub enum Answer {
 
 /// What happened, for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// Request `id` is finished.
     Answer { id: RequestId, answer: Answer },

@@ -10,6 +10,7 @@ use super::{ConnId, Mode, Name, Table};
 
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HolderInfo {
     pub id: Name,
     pub conn: ConnId,
@@ -20,6 +21,7 @@ pub struct HolderInfo {
 
 /// One key, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyInfo {
     pub key: Name,
     pub max: u32,
@@ -32,6 +34,7 @@ pub struct KeyInfo {
 
 /// Totals, for `system-stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     pub keys: usize,
     pub holders: usize,
