@@ -19,6 +19,7 @@
 //! - [`proto`]: the wire format: requests decoded in place, replies encoded, NDJSON framing.
 //! - [`broker`]: the `mio` reactor around the table, the only code that touches sockets;
 //!   run it as `lmx start` or embed it on a thread of any program.
+//! - [`store`]: lock stores beyond the in-memory table (etcd, feature `etcd`).
 //! - [`client`]: a thread-safe, pipelining client with RAII guards, used by `lmx`.
 
 pub mod broker;
@@ -26,6 +27,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod proto;
+pub mod store;
 pub mod table;
 
 pub use client::{
