@@ -186,7 +186,10 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             Wait::Forever => None,
         };
         if let Some(timed_out) = expired {
-            tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+            // Deleted before the answer, so no ghost of it delays the next request.
+            if delete_once(sh, &me, Guard::Rev(rev)).await.is_err() {
+                tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+            }
             if sh.forget(&spec.key, &spec.id, seq).is_some() {
                 if timed_out {
                     sh.st.borrow_mut().wait_timeouts += 1;
