@@ -257,7 +257,9 @@ fn contend(
         let _ = wake.recv_timeout(Duration::from_millis(2));
         r.max_gap = r.max_gap.max(last_grant.elapsed());
         let now = Instant::now();
-        for (_, n, c, id) in due.extract_if(.., |d| d.0 <= now) {
+        let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|d| d.0 <= now);
+        due = later;
+        for (_, n, c, id) in ready {
             if holder == Some((n, c)) {
                 holder = None;
             }

@@ -8,7 +8,7 @@
 //!   or the store stops; if the broker dies, etcd deletes its keys one TTL later.
 //! - **Acquire.** A request is the key `PREFIX/<key>/<id>`, put-if-absent with the lease in one
 //!   Txn that also reads the key's other requests. Its create revision orders it; it is
-//!   granted when no conflicting older request exists (see [`rules`](self) in `rules.rs`).
+//!   granted when no conflicting older request exists (the rules are in `rules.rs`).
 //!   Otherwise it watches for deletes from the revision it read, and before it reports a grant
 //!   it checks again in etcd that its own key still exists and nothing older conflicts.
 //! - **Fencing token.** The key's create revision: it rises across every broker and restarts.
