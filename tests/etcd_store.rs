@@ -431,3 +431,54 @@ fn etcd_unreachable_means_errors_and_lost_never_a_grant() {
          refused after {err_after:?}: {err:?}; {lost:?}"
     );
 }
+
+#[test]
+fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_broker() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("keep");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "k", "kept", |s| s.keep_after_disconnect = true);
+    n[0].expect(&wake, "kept granted", T, granted("kept"));
+    n[0].submit(StoreOp::Disconnect { conn: ConnId(1) });
+    // Still held after its connection is gone: a waiter on the other broker times out.
+    n[1].lock(1, "k", "w1", |s| {
+        s.wait = Wait::Until(std::time::Instant::now() + Duration::from_millis(1500))
+    });
+    n[1].expect(
+        &wake,
+        "w1 timed out",
+        T,
+        |e| matches!(e, StoreEvent::TimedOut { id, .. } if id == "w1"),
+    );
+    // Waiting is not holding: an unlock of a waiter's id is refused.
+    n[1].lock(2, "k", "w2", |_| {});
+    n[1].expect(&wake, "w2 queued", T, queued("w2"));
+    n[0].unlock(9, "k", "w2");
+    n[0].expect(&wake, "still waiting", T, |e| {
+        matches!(
+            e,
+            StoreEvent::Error {
+                error: live_mutex::store::etcd::StoreError::StillWaiting,
+                ..
+            }
+        )
+    });
+    // The lock id is the credential, on any broker.
+    n[1].unlock(3, "k", "kept");
+    n[1].expect(
+        &wake,
+        "kept unlocked",
+        T,
+        |e| matches!(e, StoreEvent::Unlocked { id: Some(i), released: 1, .. } if i == "kept"),
+    );
+    n[1].expect(&wake, "w2 granted", T, granted("w2"));
+    n[0].expect(
+        &wake,
+        "kept lost on its broker",
+        T,
+        |e| matches!(e, StoreEvent::Lost { id, .. } if id == "kept"),
+    );
+}

@@ -47,11 +47,19 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                 let me = sh.cfg.request_key(&key, k.1.as_str());
                 let res = delete_once(&sh, &me, Guard::Rev(r.rev)).await;
                 let ev = match res {
-                    Ok(_) => StoreEvent::Unlocked {
+                    Ok(true) => StoreEvent::Unlocked {
                         conn,
                         key,
                         id,
                         released: 1,
+                    },
+                    // Its key was already gone: the lock was lost (the holder task had not
+                    // yet seen the delete), so it is not reported as released.
+                    Ok(false) => StoreEvent::Error {
+                        conn,
+                        id,
+                        key,
+                        error: StoreError::NotHeld,
                     },
                     Err(error) => {
                         // It is no longer ours to report on; its key still goes.

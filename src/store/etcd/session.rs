@@ -75,6 +75,11 @@ impl Session {
         Ok(*id)
     }
 
+    /// The lease, once granted.
+    pub fn lease_id(&self) -> Option<i64> {
+        self.lease.get().copied()
+    }
+
     fn keeper_missing(&self) -> bool {
         let k = self.keeper.take();
         let missing = k.is_none();

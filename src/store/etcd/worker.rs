@@ -19,6 +19,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::{AbortHandle, LocalSet};
 
+use super::request::Guard;
 use super::session::Session;
 use super::{ConnId, EtcdConfig, StoreError, StoreEvent, StoreOp};
 
@@ -227,6 +228,7 @@ fn disconnect(sh: &Rc<Shared>, conn: ConnId) {
     let mut orphans = Vec::new();
     let session = {
         let mut st = sh.st.borrow_mut();
+        let keep_lease = st.keep.as_ref().and_then(|s| s.lease_id());
         st.reqs.retain(|(key, id), r| {
             if r.conn != conn || (r.keep && r.held) {
                 return true;
@@ -234,21 +236,25 @@ fn disconnect(sh: &Rc<Shared>, conn: ConnId) {
             if let Some(t) = &r.task {
                 t.abort();
             }
-            if r.keep && r.rev > 0 {
-                // A waiter on the store's lease: its key goes by hand.
-                orphans.push((key.clone(), id.clone(), r.rev));
+            if r.keep {
+                // A waiter on the store's lease: its key goes by hand (by lease when its put
+                // may have landed unseen).
+                let guard = match (r.rev, keep_lease) {
+                    (rev, _) if rev > 0 => Some(Guard::Rev(rev)),
+                    (_, Some(l)) => Some(Guard::Lease(l)),
+                    _ => None,
+                };
+                if let Some(g) = guard {
+                    orphans.push((key.clone(), id.clone(), g));
+                }
             }
             false
         });
         st.sessions.remove(&conn)
     };
-    for (key, id, rev) in orphans {
+    for (key, id, guard) in orphans {
         let me = sh.cfg.request_key(&key, &id);
-        tokio::task::spawn_local(super::request::delete_key(
-            sh.clone(),
-            me,
-            super::request::Guard::Rev(rev),
-        ));
+        tokio::task::spawn_local(super::request::delete_key(sh.clone(), me, guard));
     }
     if let Some(s) = session {
         s.close(sh);
