@@ -148,12 +148,11 @@ impl Server {
                     .get(key)
                     .and_then(|k| k.holder.as_ref())
                     .is_some_and(|(s, u)| *s == slot && Some(u.as_str()) == id);
-                if ours {
-                    if let Some(Some(c)) = self.conns.get_mut(slot)
-                        && let Some(i) = c.held.iter().position(|h| h == key)
-                    {
-                        c.held.swap_remove(i);
-                    }
+                if ours
+                    && let Some(Some(c)) = self.conns.get_mut(slot)
+                    && let Some(i) = c.held.iter().position(|h| h == key)
+                {
+                    c.held.swap_remove(i);
                 }
                 // The reply first, so a grant to this same connection follows it in one write.
                 let n = self.keys.get(key).map_or(0, |k| k.queue.len());
