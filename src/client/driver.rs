@@ -386,8 +386,21 @@ impl Conn {
     /// Sends `req` (its `uuid` from [`new_uuid`]) and returns its [`Pending`] answer. The
     /// session registers the request before its bytes leave, so no reply can overtake it.
     pub(crate) fn request(&self, req: &Request<'_>) -> Result<Pending> {
+        self.request_after(None, req)
+    }
+
+    /// [`request`](Self::request), with a pipelined `release` (see [`release`](Self::release))
+    /// queued just ahead of it: both leave in the same write.
+    pub(crate) fn request_after(
+        &self,
+        release: Option<&Request<'_>>,
+        req: &Request<'_>,
+    ) -> Result<Pending> {
         let (tx, rx) = mpsc::channel();
         let id = self.shared.send_with(|st| {
+            if let Some(release) = release {
+                st.session.release(release);
+            }
             let id = st
                 .session
                 .request(req)
