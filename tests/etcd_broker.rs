@@ -151,7 +151,8 @@ fn fifo_and_rising_tokens_across_brokers() {
         threads.push(std::thread::spawn(move || {
             let c = client(&url);
             let g = c.lock("q").expect("waiter");
-            tx.send((i, g.fencing_token().expect("token"))).expect("send");
+            tx.send((i, g.fencing_token().expect("token")))
+                .expect("send");
             std::thread::sleep(Duration::from_millis(20));
             g.unlock().expect("unlock");
         }));
@@ -181,7 +182,10 @@ fn try_lock_and_semaphore_across_brokers() {
     let b = [broker(&cl, &p), broker(&cl, &p)];
     let (c0, c1) = (client(&b[0].1), client(&b[1].1));
     let g = c0.lock("t").expect("lock");
-    assert!(c1.try_lock("t").expect("try").is_none(), "busy on the other broker");
+    assert!(
+        c1.try_lock("t").expect("try").is_none(),
+        "busy on the other broker"
+    );
     g.unlock().expect("unlock");
     let g = c1.try_lock("t").expect("try").expect("free now");
     g.unlock().expect("unlock");
@@ -224,7 +228,7 @@ fn disconnect_frees_the_key_for_a_waiter_on_the_other_broker() {
     });
     wait_waiters(&client(&b[1].1), "d", 1);
     let t0 = Instant::now();
-    std::mem::forget(g); // no unlock: only the connection's close frees it
+    let _ = g.detach(); // no unlock: only the connection's close frees it
     drop(holder);
     let at = got.recv_timeout(T).expect("the waiter is granted");
     let took = at.duration_since(t0);
@@ -286,7 +290,9 @@ fn kill_9_of_a_broker_process_releases_its_locks_within_session_ttl() {
     let mut child = Killed(child);
     let (h, other) = broker(&cl, &p);
     let keeper = client(&other);
-    let keeps = keeper.lock("other").expect("holder on the surviving broker");
+    let keeps = keeper
+        .lock("other")
+        .expect("holder on the surviving broker");
     let victim = client(&url);
     let held = victim.lock("k").expect("holder on the doomed broker");
     let token_before = held.fencing_token().expect("token");
@@ -329,8 +335,12 @@ fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
     let many = c.lock_many(&["a", "b"]);
     assert!(many.is_err(), "acquire-many is refused: {many:?}");
     let g = c.lock("x").expect("lock");
+    // Refused (the client then counts the guard lost); dropping the guard still releases it.
     assert!(g.extend(Some(Duration::from_secs(5))).is_err());
-    g.unlock().expect("unlock");
+    assert!(c.info("x").expect("info").is_locked);
+    drop(g);
+    c.ping().expect("ping");
+    assert!(!c.info("x").expect("info").is_locked);
     drop(c);
     stop(h);
     let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
@@ -418,7 +428,10 @@ fn npm_scenario(script: &str) {
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(child);
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
     stop(h);
     let _ = std::fs::remove_dir_all(&tmp);
     let summary = format!("npm scenario {script} against an etcd-backed broker\n{out}\n{err}");
