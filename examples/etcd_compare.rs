@@ -87,7 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         p50
     };
-    println!("{rounds} rounds x {cycles} lock+unlock, one client, one key, 3-member etcd on loopback");
+    println!(
+        "{rounds} rounds x {cycles} lock+unlock, one client, one key, 3-member etcd on loopback"
+    );
     let b = row("etcd-backed broker (lmx)", &mut via_broker, t_broker);
     let d = row("direct etcd Lock/Unlock", &mut direct, t_direct);
     println!(

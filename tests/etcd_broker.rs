@@ -241,25 +241,26 @@ fn disconnect_frees_the_key_for_a_waiter_on_the_other_broker() {
 }
 
 /// `lmx start --store etcd://... --session-ttl S` on a port of its own; returns it and its URL.
-fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lmx"))
-        .args(["start", "--host", "127.0.0.1", "--port", "0", "--store"])
-        .arg(format!("etcd://{}/{p}", cl.endpoints))
-        .args(["--session-ttl", &ttl.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lmx start");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Killed, String) {
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lmx"))
+            .args(["start", "--host", "127.0.0.1", "--port", "0", "--store"])
+            .arg(format!("etcd://{}/{p}", cl.endpoints))
+            .args(["--session-ttl", &ttl.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lmx start"),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut line = String::new();
     loop {
         line.clear();
-        if err.read_line(&mut line).expect("read") == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lmx start --store ended before listening");
-        }
+        assert!(
+            err.read_line(&mut line).expect("read") > 0,
+            "lmx start --store ended before listening"
+        );
         if let Some(rest) = line.split("listening on tcp://").nth(1) {
             let addr = rest.split_whitespace().next().expect("addr").to_owned();
             // Keep draining its log so it never blocks on a full pipe.
@@ -286,8 +287,7 @@ fn kill_9_of_a_broker_process_releases_its_locks_within_session_ttl() {
     };
     let ttl = 3u64;
     let p = prefix("bkill");
-    let (child, url) = lmx_broker(&cl, &p, ttl);
-    let mut child = Killed(child);
+    let (mut child, url) = lmx_broker(&cl, &p, ttl);
     let (h, other) = broker(&cl, &p);
     let keeper = client(&other);
     let keeps = keeper
