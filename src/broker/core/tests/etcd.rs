@@ -125,7 +125,7 @@ fn a_lost_lock_is_told_and_its_connection_closed() {
     let v = p.recv(c);
     assert_eq!(
         (v["type"].as_str(), v["uuid"].as_str()),
-        (Some("error"), Some("a"))
+        (Some("lock"), Some("a"))
     );
     assert!(v["error"].as_str().unwrap().contains("lock lost"), "{v}");
     assert!(p.closed(c));
