@@ -325,6 +325,97 @@ fn kill_9_of_a_broker_process_releases_its_locks_within_session_ttl() {
 }
 
 #[test]
+fn etcd_leader_kill_both_brokers_serve_again_without_overlap() {
+    let Some(cl) = Cluster::get(true) else { return };
+    let p = prefix("bleader");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &cl.endpoints,
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .output()
+        .expect("etcdctl");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let eps: Vec<&str> = cl.endpoints.split(',').collect();
+    let leader = st
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+        .and_then(|m| m["Endpoint"].as_str())
+        .and_then(|e| eps.iter().position(|x| e.ends_with(x)))
+        .expect("a leader");
+    // (enter, exit, broker, lost) of every critical section.
+    type Section = (Instant, Instant, usize, bool);
+    let sections: Arc<Mutex<Vec<Section>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = Instant::now() + Duration::from_secs(14);
+    let mut threads = Vec::new();
+    for i in 0..4 {
+        let (url, sections) = (b[i % 2].1.clone(), sections.clone());
+        threads.push(std::thread::spawn(move || {
+            let c = client(&url);
+            while Instant::now() < stop_at {
+                let Ok(g) = c.lock("hot") else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let enter = Instant::now();
+                std::thread::sleep(Duration::from_millis(2));
+                let exit = Instant::now();
+                let lost = g.is_lost();
+                let _ = g.unlock();
+                sections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((enter, exit, i % 2, lost));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a pid this test's private cluster started.
+    unsafe { libc::kill(cl.pids[leader], libc::SIGKILL) };
+    for t in threads {
+        t.join().expect("client");
+    }
+    let mut s = sections.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    s.sort_by_key(|x| x.0);
+    let overlaps = s
+        .windows(2)
+        .filter(|w| !w[0].3 && !w[1].3 && w[1].0 < w[0].1)
+        .count();
+    let first_after = |br: usize| {
+        s.iter()
+            .find(|x| x.2 == br && x.0 > killed)
+            .map(|x| x.0.duration_since(killed))
+    };
+    let (a, bb) = (first_after(0), first_after(1));
+    println!(
+        "etcd leader (member {leader}) killed: {} sections, {} overlaps, {} lost, first grant after \
+         the kill: broker A {a:?}, broker B {bb:?}",
+        s.len(),
+        overlaps,
+        s.iter().filter(|x| x.3).count()
+    );
+    assert_eq!(overlaps, 0);
+    for d in [a, bb] {
+        assert!(
+            d.is_some_and(|d| d < Duration::from_secs(10)),
+            "{a:?} {bb:?}"
+        );
+    }
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
+#[test]
 fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
     let Some(cl) = Cluster::get(false) else {
         return;
@@ -343,7 +434,10 @@ fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
     // itself may overtake it): wait for it, boundedly.
     let end = Instant::now() + T;
     while c.info("x").expect("info").is_locked {
-        assert!(Instant::now() < end, "the dropped guard's release never landed");
+        assert!(
+            Instant::now() < end,
+            "the dropped guard's release never landed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);
