@@ -7,10 +7,14 @@
 //! ack probes of pushed grants) and [`legacy_rw`] (the 0.2.x read/write protocol).
 
 mod acks;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod inspect;
 mod legacy_rw;
 mod lock;
 mod many;
+#[cfg(feature = "etcd")]
+pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
@@ -133,6 +137,9 @@ pub(crate) struct Core {
     /// [`legacy_rw`]); their later unlock is answered as done.
     parked: HashMap<Name, ConnId, RandomState>,
     woken: Vec<(ConnId, Name, Name)>,
+    /// Set when lock decisions live in etcd (see [`etcd`]); the table is then unused.
+    #[cfg(feature = "etcd")]
+    etcd: Option<Box<etcd::EtcdRoute>>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -162,7 +169,15 @@ impl Core {
             rw: LegacyRw::default(),
             parked: HashMap::default(),
             woken: Vec::new(),
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
+    }
+
+    /// Lock decisions go to `store` from now on (before any connection opens).
+    #[cfg(feature = "etcd")]
+    pub fn use_store(&mut self, store: Box<dyn store::AsyncStore>) {
+        self.etcd = Some(Box::new(etcd::EtcdRoute::new(store)));
     }
 
     /// A new connection. Without an auth token it may send any request at once.
@@ -205,6 +220,8 @@ impl Core {
         }
         self.conns[slot] = None;
         self.open -= 1;
+        #[cfg(feature = "etcd")]
+        self.etcd_close(id);
         // The last connection is gone: give back what a flood of them made the list grow to.
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
@@ -382,6 +399,13 @@ impl Core {
         if !c.authed {
             return self.unauthenticated(slot, req);
         }
+        #[cfg(feature = "etcd")]
+        if self.etcd.is_some() && self.etcd_handle(slot, cid, now, &req) {
+            return;
+        }
+        let Some(c) = self.conn_at(slot) else {
+            return;
+        };
         match req {
             Request::Version {
                 value,
