@@ -2,12 +2,11 @@
 //! two brokers on one 3-member loopback etcd cluster, clients on both.
 //!
 //! The cluster comes from `LMX_ETCD_ENDPOINTS` (as `.ci/etcd.sh start` writes it), else each
-//! test starts its own with `.ci/etcd.sh` (see tests/etcd_harness). Tests skip, saying so,
+//! test starts its own with `.ci/etcd.sh` (see tests/common/etcd.rs). Tests skip, saying so,
 //! only when etcd is not installed and `LMX_REQUIRE_ETCD` is unset.
 #![cfg(feature = "etcd")]
 
-#[allow(dead_code)]
-mod etcd_harness;
+mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -18,7 +17,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_harness::{Cluster, prefix};
+use common::etcd::{Cluster, prefix};
 use live_mutex::broker::{Broker, BrokerHandle};
 use live_mutex::client::LockOptions;
 use live_mutex::store::etcd::EtcdConfig;
@@ -329,28 +328,7 @@ fn etcd_leader_kill_both_brokers_serve_again_without_overlap() {
     let Some(cl) = Cluster::get(true) else { return };
     let p = prefix("bleader");
     let b = [broker(&cl, &p), broker(&cl, &p)];
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &cl.endpoints,
-            "endpoint",
-            "status",
-            "-w",
-            "json",
-        ])
-        .output()
-        .expect("etcdctl");
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    let eps: Vec<&str> = cl.endpoints.split(',').collect();
-    let leader = st
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
-        .and_then(|m| m["Endpoint"].as_str())
-        .and_then(|e| eps.iter().position(|x| e.ends_with(x)))
-        .expect("a leader");
+    let leader = cl.leader();
     // (enter, exit, broker, lost) of every critical section.
     type Section = (Instant, Instant, usize, bool);
     let sections: Arc<Mutex<Vec<Section>>> = Arc::new(Mutex::new(Vec::new()));

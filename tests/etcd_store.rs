@@ -6,13 +6,13 @@
 //! cluster of its own, since it kills a member.
 #![cfg(feature = "etcd")]
 
-mod etcd_harness;
+mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use etcd_harness::*;
+use common::etcd::*;
 use live_mutex::store::etcd::{
     ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp, Ttl, Wait,
 };
@@ -334,28 +334,7 @@ fn etcd_leader_kill_both_brokers_serve_again() {
     let (tx, wake) = channel();
     let p = prefix("leader");
     let mut nodes = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &cl.endpoints,
-            "endpoint",
-            "status",
-            "-w",
-            "json",
-        ])
-        .output()
-        .expect("etcdctl");
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    let eps: Vec<&str> = cl.endpoints.split(',').collect();
-    let leader = st
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
-        .and_then(|m| m["Endpoint"].as_str())
-        .and_then(|e| eps.iter().position(|x| e.ends_with(x)))
-        .expect("a leader");
+    let leader = cl.leader();
     let pid = cl.pids[leader];
     let killed = std::rc::Rc::new(std::cell::Cell::new(None));
     let k2 = killed.clone();

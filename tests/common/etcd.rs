@@ -1,5 +1,6 @@
-//! Two etcd stores on one loopback etcd cluster, and the tools to drive them: see
-//! tests/etcd_store.rs.
+//! A loopback etcd cluster for the etcd tests (started with `.ci/etcd.sh`, or taken from
+//! `LMX_ETCD_ENDPOINTS`), and stores on it with the tools to drive them: see
+//! tests/etcd_store.rs and tests/etcd_broker.rs.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -80,6 +81,31 @@ impl Cluster {
     }
 
     /// A store on this cluster under `prefix`, its wake hook feeding `wake`.
+    /// The index (into `pids`) of the member that is the Raft leader now.
+    pub fn leader(&self) -> usize {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.endpoints,
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl");
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        let eps: Vec<&str> = self.endpoints.split(',').collect();
+        st.as_array()
+            .expect("array")
+            .iter()
+            .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+            .and_then(|m| m["Endpoint"].as_str())
+            .and_then(|e| eps.iter().position(|x| e.ends_with(x)))
+            .expect("a leader")
+    }
+
     pub fn store(&self, prefix: &str, session_ttl: Duration, wake: &Sender<()>) -> Node {
         let mut cfg =
             EtcdConfig::from_url(&format!("etcd://{}/{prefix}", self.endpoints)).expect("url");
