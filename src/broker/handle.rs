@@ -19,6 +19,8 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Asks the broker to stop at the end of its current loop turn, and returns at once (it
+    /// does not wait); calling it again does nothing more.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.waker.wake().ok();
@@ -38,6 +40,7 @@ impl BrokerHandle {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
+    /// The Unix socket path it listens on; `None` when it has no Unix socket.
     pub fn uds_path(&self) -> Option<&Path> {
         self.uds_path.as_deref()
     }
@@ -45,6 +48,8 @@ impl BrokerHandle {
     pub fn shutdown(&self) {
         self.stop.shutdown();
     }
+    /// A clonable handle that stops this broker from any thread, without owning the
+    /// `BrokerHandle` (whose `join` takes it by value).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
     }
@@ -55,18 +60,22 @@ impl BrokerHandle {
 }
 
 impl Broker {
+    /// A [`BrokerBuilder`] with the default settings; its `bind` makes the broker.
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder::default()
     }
 
+    /// The TCP address actually bound (useful after binding port 0); `None` without TCP.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
+    /// The Unix socket path it listens on; `None` when it has no Unix socket.
     pub fn uds_path(&self) -> Option<&Path> {
         self.uds.as_ref().map(|u| u.path.as_path())
     }
 
+    /// A handle that stops the broker from any thread, taken before [`Broker::run`] consumes it.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             waker: self.waker.clone(),

@@ -52,14 +52,26 @@ pub use reactor::Broker;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
+    /// A listener could not be bound: the TCP address, the Unix socket, or its lock file.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
+    Bind {
+        /// The TCP address or the file path that failed.
+        addr: String,
+        /// Why, as the OS said it.
+        source: io::Error,
+    },
+    /// Another broker holds the Unix socket's lock file, or something still answers on the
+    /// socket: it is never taken over.
     #[error("a broker is already listening on the Unix socket {0}")]
     UdsInUse(PathBuf),
+    /// The builder was given neither a TCP address nor a Unix socket path.
     #[error("nothing to listen on: give a TCP address or a Unix socket path")]
     NoListener,
+    /// Any other I/O failure while binding or running (poll, socket options, file
+    /// permissions, starting the broker thread).
     #[error("broker I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The broker thread started by [`Broker::spawn`] panicked; found by [`BrokerHandle::join`].
     #[error("the broker thread panicked")]
     Panicked,
     /// The etcd store did not start (bad settings, or etcd did not answer).

@@ -57,6 +57,8 @@ pub enum Ttl {
     Default,
     /// Until unlocked, or its connection dies.
     Never,
+    /// This long after the grant, then its key is deleted ([`StoreEvent::Expired`]): a timer of
+    /// this store, not a lease, since leases count whole seconds.
     After(Duration),
 }
 
@@ -65,6 +67,7 @@ pub enum Ttl {
 pub enum Wait {
     /// Try-lock: refused at once, its key deleted.
     No,
+    /// Queued until granted, or until its connection closes or its lease is lost.
     #[default]
     Forever,
     /// Queued until this instant, then [`StoreEvent::TimedOut`].
@@ -74,14 +77,21 @@ pub enum Wait {
 /// A request for one key. `id` is the client's request uuid and becomes the lock id.
 #[derive(Clone, Debug)]
 pub struct LockSpec {
+    /// The connection asking: its lease carries the request key (unless
+    /// `keep_after_disconnect`) and its events go to it.
     pub conn: ConnId,
+    /// The lock key, the client's name for the resource (escaped into `PREFIX/<key>/<id>`).
     pub key: String,
+    /// The lock id: the last part of the etcd key, and the credential an unlock must name.
     pub id: String,
+    /// How it shares the key with the other requests (the grant rules are on [`Mode`]).
     pub mode: Mode,
     /// Semaphore capacity; `None` takes the one declared by the oldest request of the key (1
     /// when none declares one).
     pub max: Option<u32>,
+    /// How long it holds once granted.
     pub ttl: Ttl,
+    /// What it does when it cannot be granted at once.
     pub wait: Wait,
     /// Survive the connection's death (see the module docs for the bound).
     pub keep_after_disconnect: bool,
@@ -106,32 +116,50 @@ impl LockSpec {
 /// What the owner asks of the store. Answers come back as [`StoreEvent`]s.
 #[derive(Clone, Debug)]
 pub enum StoreOp {
+    /// Request a lock: answered by `Granted`, `Queued` (then `Granted` or `TimedOut`), `Busy`
+    /// or `Error`.
     Lock(LockSpec),
     /// Release `id`'s hold on `key` (from any connection and any broker: the id is the
     /// credential), or with `force` every holder of `key`.
     Unlock {
+        /// The connection asking; the answer goes to it.
         conn: ConnId,
+        /// The lock key.
         key: String,
+        /// The lock id to release; `None` only with `force` (else [`StoreError::IdRequired`]).
         id: Option<String>,
+        /// Delete every holder of the key, whatever its id; waiters stay queued.
         force: bool,
     },
     /// The connection closed: drop its waiters, release its holds (except keep-after-death
     /// ones) and revoke its lease.
     Disconnect {
+        /// The connection that closed.
         conn: ConnId,
     },
     /// List the keys held or waited for. `tag` comes back with the answer.
     Keys {
+        /// The connection asking; [`StoreEvent::Keys`] goes to it.
         conn: ConnId,
+        /// Returned unchanged in the answer, to match it to the question.
         tag: u64,
     },
+    /// Describe one key as etcd records it (holders, waiters, capacity), for any broker's
+    /// requests. `tag` comes back with the answer.
     Info {
+        /// The connection asking; [`StoreEvent::Info`] goes to it.
         conn: ConnId,
+        /// Returned unchanged in the answer, to match it to the question.
         tag: u64,
+        /// The lock key.
         key: String,
     },
+    /// Totals over every key under the prefix, plus this store's counters. `tag` comes back
+    /// with the answer.
     Stats {
+        /// The connection asking; [`StoreEvent::Stats`] goes to it.
         conn: ConnId,
+        /// Returned unchanged in the answer, to match it to the question.
         tag: u64,
     },
 }
@@ -139,35 +167,49 @@ pub enum StoreOp {
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
+    /// Its lock id.
     pub id: String,
     /// The store (broker) that made the request, and its connection there.
     pub owner: String,
+    /// That connection's [`ConnId`] on the owner's broker (meaningless on any other).
     pub conn: u64,
+    /// How it holds the key.
     pub mode: Mode,
+    /// Its fencing token: the create revision of its request key.
     pub token: u64,
 }
 
 /// One key, for inspection, as etcd records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
+    /// The lock key.
     pub key: String,
+    /// The key's capacity: the `max` of its oldest exclusive request that names one, else 1.
     pub max: u32,
+    /// The requests granted, oldest first, from every broker.
     pub holders: Vec<HolderInfo>,
     /// Lock ids of the waiters, oldest first.
     pub queue: Vec<String>,
+    /// How many of the holders hold it in [`Mode::Read`].
     pub readers: usize,
 }
 
 /// Totals: etcd's view of every key under the prefix, plus this store's own counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Lock keys with at least one request (held or waiting) under the prefix.
     pub keys: usize,
+    /// Requests granted, over every broker.
     pub holders: usize,
+    /// Requests waiting, over every broker.
     pub waiters: usize,
     /// Connections of this store with a lease.
     pub sessions: usize,
+    /// Grants this store has reported since it started.
     pub grants: u64,
+    /// Holds of this store ended by their TTL ([`StoreEvent::Expired`]).
     pub expiries: u64,
+    /// Requests of this store that reached their wait deadline ([`StoreEvent::TimedOut`]).
     pub wait_timeouts: u64,
     /// etcd's current revision: the next grant's token is above it.
     pub revision: u64,
@@ -178,71 +220,116 @@ pub struct Stats {
 pub enum StoreEvent {
     /// Recorded in etcd: `token` is the request key's create revision.
     Granted {
+        /// The connection that asked.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
+        /// Fencing token: rises across every broker and restart, so a later holder's is larger.
         token: u64,
     },
     /// Recorded and waiting behind `ahead` older requests.
     Queued {
+        /// The connection that asked.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
+        /// Older requests of the key, held or waiting (0 when answering a repeated request).
         ahead: usize,
     },
     /// Try-lock refused; its key was deleted.
     Busy {
+        /// The connection that asked.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
+        /// Older requests of the key, held or waiting, when it was refused.
         ahead: usize,
     },
+    /// A waiting request reached its [`Wait::Until`] deadline; its key is deleted.
     TimedOut {
+        /// The connection that asked.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
+        /// How long since the store took the request.
         waited: Duration,
     },
     /// The holder's TTL ended; its key was deleted.
     Expired {
+        /// The holder's connection.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
     },
+    /// An unlock succeeded: its holds' keys were deleted from etcd.
     Unlocked {
+        /// The connection that asked for the unlock (not necessarily the holder's).
         conn: ConnId,
+        /// The lock key.
         key: String,
+        /// The lock id the unlock named (`None` for a forced unlock that named none).
         id: Option<String>,
+        /// Holds released: 1 for an unlock by id; for a forced one, every holder (0 if none).
         released: usize,
     },
     /// A held lock is no longer held (its key was deleted by someone else, or its lease may
     /// have expired). The client must be told at once.
     Lost {
+        /// The holder's connection.
         conn: ConnId,
+        /// The lock id.
         id: String,
+        /// The lock key.
         key: String,
+        /// Why, for the client's error message.
         reason: String,
     },
     /// A request failed; nothing is held for it.
     Error {
+        /// The connection that asked.
         conn: ConnId,
+        /// The lock id the op named (`None` for an unlock that named none).
         id: Option<String>,
+        /// The lock key.
         key: String,
+        /// What went wrong.
         error: StoreError,
     },
+    /// The answer to [`StoreOp::Keys`].
     Keys {
+        /// The connection that asked.
         conn: ConnId,
+        /// The op's tag, unchanged.
         tag: u64,
+        /// Every lock key with a request under the prefix, sorted, from every broker.
         keys: Result<Vec<String>, StoreError>,
     },
+    /// The answer to [`StoreOp::Info`].
     Info {
+        /// The connection that asked.
         conn: ConnId,
+        /// The op's tag, unchanged.
         tag: u64,
+        /// `Ok(None)` when etcd holds no request for the key.
         info: Result<Option<KeyInfo>, StoreError>,
     },
+    /// The answer to [`StoreOp::Stats`].
     Stats {
+        /// The connection that asked.
         conn: ConnId,
+        /// The op's tag, unchanged.
         tag: u64,
+        /// The totals, or why etcd could not be read.
         stats: Result<Stats, StoreError>,
     },
 }
@@ -250,30 +337,50 @@ pub enum StoreEvent {
 /// Errors of the etcd store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The `etcd://` URL does not parse; the text says why.
     #[error("bad etcd URL {0}")]
     BadUrl(String),
+    /// An etcd call failed, or the store's thread could not start; the text says which.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// An etcd call passed [`EtcdConfig::op_timeout`] (the duration given).
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// A request asked for `max` 0.
     #[error("max must be at least 1")]
     InvalidMax,
+    /// An exclusive request named a `max` other than the one the key's older requests declare.
     #[error("key is in use with max {current}; this request asked for max {requested}")]
-    MaxMismatch { current: u32, requested: u32 },
+    MaxMismatch {
+        /// The key's capacity, from its oldest request that names one.
+        current: u32,
+        /// The capacity this request named.
+        requested: u32,
+    },
+    /// The lock id is taken for this key: by another connection of this store, or its etcd
+    /// key already exists (the put-if-absent failed).
     #[error("lock id is already in use by another request")]
     DuplicateId,
+    /// An unlock named neither a lock id nor `force`.
     #[error("unlock needs the lock id (_uuid) or force")]
     IdRequired,
+    /// The unlock's id holds nothing on this key: nothing was released.
     #[error(
         "lock id does not hold this key: the lock was lost (expired or forced), already released, or never granted"
     )]
     NotHeld,
+    /// The unlock's id is a waiter, not a holder: nothing was released.
     #[error("lock id is still waiting for this key, it does not hold it")]
     StillWaiting,
+    /// A waiting request's etcd key was deleted (by someone else, or its lease ended); it is no
+    /// longer queued.
     #[error("the request's key was deleted from etcd while it waited")]
     Vanished,
+    /// The waiter's lease may have expired (no keepalive succeeded for 4/5 of its TTL); it is
+    /// dropped. The text says why.
     #[error("the connection's etcd lease may have expired (keepalives failing): {0}")]
     SessionLost(String),
+    /// The store's thread has ended, so the op was not taken.
     #[error("the etcd store has stopped")]
     Stopped,
 }

@@ -17,13 +17,18 @@ use serde_json::json;
 /// How a request shares its key (the table's `Mode`, kept separate while the table is split).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
+    /// A mutex, or a semaphore of `max` holders: granted when fewer than `max` older requests
+    /// exist, all of them exclusive.
     #[default]
     Exclusive,
+    /// Shared with other reads: granted when every older request is a read.
     Read,
+    /// Alone: granted when no older request exists at all.
     Write,
 }
 
 impl Mode {
+    /// Its name in a request key's value: `exclusive`, `read` or `write`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Exclusive => "exclusive",
