@@ -26,7 +26,7 @@ mod transport;
 mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
-pub use crate::proto::{HolderInfo, Stats};
+pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
 pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
 pub use options::LockOptions;

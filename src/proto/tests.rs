@@ -42,7 +42,8 @@ fn decodes_the_0_2_25_captures() {
         d.decode(&mut b),
         Ok(Request::Version {
             value: "0.2.25",
-            keep_locks_after_death: false
+            keep_locks_after_death: false,
+            pid: Some(12753)
         })
     );
     let mut b = file("captures/c2b-2-lock.json");

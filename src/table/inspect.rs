@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use super::{ConnId, Mode, Name, Table};
+use super::{ConnId, Mode, Name, Table, WaitHistogram};
 
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +16,18 @@ pub struct HolderInfo {
     pub mode: Mode,
     pub token: u64,
     pub ttl_remaining: Option<Duration>,
+    /// When it was granted.
+    pub since: Instant,
+}
+
+/// One queued request, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterInfo {
+    pub id: Name,
+    pub conn: ConnId,
+    pub mode: Mode,
+    /// When it was queued.
+    pub since: Instant,
 }
 
 /// One key, for inspection.
@@ -25,8 +37,8 @@ pub struct KeyInfo {
     pub max: u32,
     pub holders: Vec<HolderInfo>,
     pub waiters: usize,
-    /// Lock ids of the waiters, in queue order.
-    pub queue: Vec<Name>,
+    /// The waiters, in queue order.
+    pub queue: Vec<WaiterInfo>,
     pub readers: usize,
 }
 
@@ -41,6 +53,8 @@ pub struct Stats {
     pub grants: u64,
     pub expiries: u64,
     pub wait_timeouts: u64,
+    /// How long grants waited.
+    pub waits: WaitHistogram,
     /// The token the next grant will carry.
     pub next_token: u64,
 }
@@ -65,10 +79,20 @@ impl Table {
                     mode: h.mode,
                     token: h.token,
                     ttl_remaining: h.expires.map(|e| e.saturating_duration_since(now)),
+                    since: h.since,
                 })
                 .collect(),
             waiters: ks.queue.len(),
-            queue: ks.queue.iter().map(|w| w.id.clone()).collect(),
+            queue: ks
+                .queue
+                .iter()
+                .map(|w| WaiterInfo {
+                    id: w.id.clone(),
+                    conn: w.conn,
+                    mode: w.mode,
+                    since: w.since,
+                })
+                .collect(),
             readers: ks.readers(),
         })
     }
@@ -96,6 +120,7 @@ impl Table {
             grants: self.grants,
             expiries: self.expiries,
             wait_timeouts: self.wait_timeouts,
+            waits: self.waits,
             next_token: self.next_token,
         }
     }

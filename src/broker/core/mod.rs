@@ -7,12 +7,15 @@
 //! ack probes of pushed grants) and [`legacy_rw`] (the 0.2.x read/write protocol).
 
 mod acks;
+mod counters;
+mod identity;
 mod inspect;
 mod legacy_rw;
 mod lock;
 mod many;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +27,10 @@ use crate::proto::encode;
 use crate::proto::{self, Decoder, Limits, Reply, Request};
 use crate::table::{self, ConnId, Name, Table};
 use acks::PendingAck;
+pub(crate) use counters::{CoreMetrics, Counters, Reject};
+use identity::Identity;
 use legacy_rw::LegacyRw;
+use watch::Watcher;
 
 /// How a connection reached the broker; decides its rights before any request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +82,8 @@ struct ConnState {
     closing: bool,
     /// Listed in `Core::dirty`.
     dirty: bool,
+    ident: Identity,
+    opened: Instant,
 }
 
 /// The broker's lock protocol, without I/O.
@@ -133,6 +141,9 @@ pub(crate) struct Core {
     /// [`legacy_rw`]); their later unlock is answered as done.
     parked: HashMap<Name, ConnId, RandomState>,
     woken: Vec<(ConnId, Name, Name)>,
+    counters: Counters,
+    /// Connections that sent `watch` (see [`watch`]).
+    watchers: Vec<Watcher>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -162,11 +173,13 @@ impl Core {
             rw: LegacyRw::default(),
             parked: HashMap::default(),
             woken: Vec::new(),
+            counters: Counters::default(),
+            watchers: Vec::new(),
         }
     }
 
     /// A new connection. Without an auth token it may send any request at once.
-    pub fn open(&mut self, id: ConnId, kind: ConnKind, _now: Instant) {
+    pub fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
         let slot = conn_slot(id);
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -182,9 +195,12 @@ impl Core {
             keep_default: false,
             closing: false,
             dirty: false,
+            ident: Identity::default(),
+            opened: now,
         };
         if self.conns[slot].replace(state).is_none() {
             self.open += 1;
+            self.counters.opened += 1;
         }
     }
 
@@ -214,6 +230,7 @@ impl Core {
             self.acks.retain(|_, a| a.conn != id);
         }
         self.parked.retain(|_, c| *c != id);
+        self.unwatch(id);
         let mut woken = std::mem::take(&mut self.woken);
         self.rw.disconnect(id, &mut woken);
         self.broadcast(&mut woken);
@@ -233,6 +250,7 @@ impl Core {
                 true
             }
             Err(e) => {
+                self.reject(Reject::BadRequest);
                 if let Some(c) = self.conn_at(slot) {
                     encode::decode_error(&e, &mut c.out);
                     c.out.push(b'\n');
@@ -253,12 +271,19 @@ impl Core {
         self.table.handle_timeout(now);
         self.route_events(now);
         self.ack_timers(now);
+        if !self.watchers.is_empty() {
+            self.watch_timers(now);
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let table = self.table.poll_timeout();
-        table.into_iter().chain(self.next_ack_deadline()).min()
+        table
+            .into_iter()
+            .chain(self.next_ack_deadline())
+            .chain(self.next_watch())
+            .min()
     }
 
     /// The next connection to close; see [`Event`].
@@ -355,6 +380,15 @@ impl Core {
         }
     }
 
+    /// Appends one encoded reply (without its newline) to the connection's output.
+    fn send_line(&mut self, slot: usize, line: &[u8]) {
+        if let Some(c) = self.conn_at(slot) {
+            c.out.extend_from_slice(line);
+            c.out.push(b'\n');
+        }
+        self.mark_dirty(slot);
+    }
+
     fn send_error(
         &mut self,
         slot: usize,
@@ -386,8 +420,12 @@ impl Core {
             Request::Version {
                 value,
                 keep_locks_after_death,
+                pid,
             } => {
                 c.node_client = true;
+                if pid.is_some() {
+                    c.ident.pid = pid;
+                }
                 c.keep_default = keep_locks_after_death;
                 if !proto::is_compatible_version(value) {
                     self.send(
@@ -436,6 +474,8 @@ impl Core {
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
             Request::Inspect { uuid, command } => self.inspect(slot, uuid, command),
+            Request::Hello { name, pid } => self.hello(slot, name, pid),
+            Request::Watch { uuid, interval_ms } => self.watch(slot, cid, now, uuid, interval_ms),
         }
         self.route_events(now);
     }
@@ -461,9 +501,13 @@ impl Core {
                     c.authed = true;
                     c.admin = true;
                 }
-                _ => self.close_after_flush(slot),
+                _ => {
+                    self.reject(Reject::Unauthenticated);
+                    self.close_after_flush(slot);
+                }
             }
         } else {
+            self.reject(Reject::Unauthenticated);
             self.send_error(slot, req.ty(), req.uuid(), None, "authenticate first");
             self.close_after_flush(slot);
         }
