@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, decode};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, MAX_CLIENT_NAME, decode};
 pub use reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats, WaiterInfo, Who};
 pub use reply_decode::{ReplyDecoder, decode_reply};
 
