@@ -97,6 +97,12 @@ impl Table {
         })
     }
 
+    /// The table still has holds of this connection (open, or closed with locks kept after
+    /// disconnect).
+    pub fn knows_conn(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
     /// Queue length and readers of a key (zeros for an unknown key); what replies report.
     pub fn counts(&self, key: &str) -> (usize, usize) {
         self.index.get(key).map_or((0, 0), |&s| {

@@ -46,14 +46,37 @@ impl Core {
         }
     }
 
-    /// Who holds or waits through connection `id`; empty once the connection is gone (a lock
-    /// kept after disconnect).
+    /// Who holds or waits through connection `id`, also after it closed if its locks were
+    /// kept (its peer then reads `... (disconnected)`).
     pub(super) fn who(&self, id: ConnId) -> Who<'_> {
-        self.state(id).map_or_else(Who::default, |c| Who {
-            peer: c.ident.peer.as_deref().map(Cow::Borrowed),
-            name: c.ident.name.as_deref().map(Cow::Borrowed),
-            pid: c.ident.pid,
-        })
+        let ident = match self.state(id) {
+            Some(c) => &c.ident,
+            None => match self.departed.get(&id) {
+                Some(i) => i,
+                None => return Who::default(),
+            },
+        };
+        Who {
+            peer: ident.peer.as_deref().map(Cow::Borrowed),
+            name: ident.name.as_deref().map(Cow::Borrowed),
+            pid: ident.pid,
+        }
+    }
+
+    /// Keeps the identity of a closed connection whose locks outlive it; forgets those whose
+    /// locks are all gone, every time the list doubles (so the cost stays amortised O(1)).
+    pub(super) fn depart(&mut self, id: ConnId, mut ident: Identity) {
+        if !self.table.knows_conn(id) {
+            return;
+        }
+        let peer = ident.peer.as_deref().unwrap_or("?");
+        ident.peer = Some(format!("{peer} (disconnected)").into());
+        self.departed.insert(id, ident);
+        if self.departed.len() >= self.prune_departed_at {
+            let table = &self.table;
+            self.departed.retain(|c, _| table.knows_conn(*c));
+            self.prune_departed_at = (self.departed.len() * 2).max(64);
+        }
     }
 }
 

@@ -142,6 +142,10 @@ pub(crate) struct Core {
     parked: HashMap<Name, ConnId, RandomState>,
     woken: Vec<(ConnId, Name, Name)>,
     counters: Counters,
+    /// Identities of closed connections whose locks outlive them (kept after disconnect), so
+    /// `lmx info` still says who took them; pruned as those locks go.
+    departed: HashMap<ConnId, Identity, RandomState>,
+    prune_departed_at: usize,
     /// Connections that sent `watch` (see [`watch`]).
     watchers: Vec<Watcher>,
 }
@@ -174,6 +178,8 @@ impl Core {
             parked: HashMap::default(),
             woken: Vec::new(),
             counters: Counters::default(),
+            departed: HashMap::default(),
+            prune_departed_at: 64,
             watchers: Vec::new(),
         }
     }
@@ -219,13 +225,16 @@ impl Core {
         if self.state(id).is_none() {
             return;
         }
-        self.conns[slot] = None;
+        let ident = self.conns[slot].take().map(|c| c.ident);
         self.open -= 1;
         // The last connection is gone: give back what a flood of them made the list grow to.
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
         }
         self.table.disconnect(now, id);
+        if let Some(ident) = ident {
+            self.depart(id, ident);
+        }
         if !self.acks.is_empty() {
             self.acks.retain(|_, a| a.conn != id);
         }
