@@ -89,6 +89,7 @@ impl Broker {
                     s.io = Io::Http(stream);
                     s.http_out = response;
                     s.close_after_flush = true;
+                    s.closing_why = "HTTP response sent";
                 }
                 self.queue_flush(slot);
                 None

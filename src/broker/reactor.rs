@@ -199,7 +199,8 @@ impl Broker {
                     return;
                 };
                 if sock.close_after_flush {
-                    return self.close(slot, now, "closed after its last reply");
+                    let why = sock.closing_why;
+                    return self.close(slot, now, why);
                 }
                 if sock.stalled_since.take().is_some() {
                     // Reading stopped while output was backed up; edge-triggered readiness
@@ -246,6 +247,7 @@ impl Broker {
                     Event::CloseAfterFlush(id) => {
                         if let Some(slot) = self.slot_of(id) {
                             self.socks[slot].close_after_flush = true;
+                            self.socks[slot].closing_why = "closed by the broker after its answer (auth refused or version mismatch)";
                             self.queue_flush(slot);
                         }
                     }
@@ -272,7 +274,8 @@ impl Broker {
                 let backlog = self.core.output(sock.id).len();
                 match res {
                     Ok(true) if sock.close_after_flush => {
-                        self.close(slot, now, "closed after its last reply")
+                        let why = sock.closing_why;
+                        self.close(slot, now, why)
                     }
                     Ok(_) if backlog > self.cfg.out_hard => {
                         self.close(slot, now, "its output backed up past the cap");

@@ -128,6 +128,8 @@ pub(crate) struct Socket {
     pub stalled_since: Option<Instant>,
     /// Close once the output is flushed (the core asked, or the peer half-closed).
     pub close_after_flush: bool,
+    /// Why, for the log line.
+    pub closing_why: &'static str,
     /// WebSocket output that the socket did not take yet.
     pub ws_unflushed: bool,
     /// Listed in the reactor's own flush list (output that is not the core's: WebSocket
@@ -156,6 +158,7 @@ impl Socket {
             opened: now,
             stalled_since: None,
             close_after_flush: false,
+            closing_why: "",
             ws_unflushed: false,
             queued: false,
             peer_closed: false,
@@ -432,6 +435,7 @@ impl Broker {
                     return self.close(slot, now, "peer closed");
                 }
                 sock.close_after_flush = true;
+                sock.closing_why = "peer closed";
                 self.queue_flush(slot);
                 return;
             }
