@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Overhead of being watched: `lmx bench` W1-W4 against one release broker, each workload run
+# both plain and with the status page open in headless Chromium plus a scraper polling
+# /metrics every second, interleaved (plain/watched, then watched/plain) over ROUNDS rounds
+# (default 3). Prints each run, then per workload the medians and watched/plain ratios.
+# Needs chromium and curl. Not run in CI (timings on shared machines are noise).
+# Usage: scripts/observe-overhead.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+cargo build --release --bin lmx >/dev/null
+lmx=target/release/lmx
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+profile=$(mktemp -d)
+out=$(mktemp)
+$lmx start --host 127.0.0.1 --port "$port" --log-level warn 2>/tmp/lmx-overhead-broker.log &
+broker=$!
+chrome=""
+scraper=""
+stop_watchers() {
+  [ -n "$scraper" ] && kill "$scraper" 2>/dev/null && wait "$scraper" 2>/dev/null || true
+  [ -n "$chrome" ] && kill "$chrome" 2>/dev/null && wait "$chrome" 2>/dev/null || true
+  scraper=""; chrome=""
+}
+cleanup() { stop_watchers; kill "$broker" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$profile" "$out"; }
+trap cleanup EXIT
+sleep 0.5
+watchers() { curl -s "http://127.0.0.1:$port/metrics" | awk '$1=="lmx_watchers" {print $2}'; }
+start_watchers() {
+  chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --disable-background-networking --disable-component-update --disable-sync --no-first-run \
+    --user-data-dir="$profile" --remote-debugging-port=0 "http://127.0.0.1:$port/" \
+    >/dev/null 2>&1 &
+  chrome=$!
+  (while :; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; sleep 1; done) &
+  scraper=$!
+  for _ in $(seq 100); do [ "$(watchers)" = 1 ] && return; sleep 0.1; done
+  echo "the status page did not connect" >&2; exit 1
+}
+declare -A W=([W1]="--clients 1 --keys 1 --ops 20000" [W2]="--clients 8 --keys 1 --ops 20000"
+              [W3]="--clients 8 --keys 8 --ops 40000" [W4]="--clients 64 --keys 1 --ops 20000")
+run() { # workload condition
+  local r
+  r=$($lmx bench --url "tcp://127.0.0.1:$port" ${W[$1]} --json)
+  local ops p99
+  ops=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_s"])')
+  p99=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock_wait_us"]["p99"])')
+  echo "$1 $2 $ops $p99" | tee -a "$out"
+}
+echo "workload condition cycles/s lock-wait-p99-us"
+for round in $(seq "$rounds"); do
+  for w in W1 W2 W3 W4; do
+    if [ $((round % 2)) = 1 ]; then
+      run "$w" plain; start_watchers; run "$w" watched; stop_watchers
+    else
+      start_watchers; run "$w" watched; stop_watchers; run "$w" plain
+    fi
+  done
+done
+echo
+python3 - "$out" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1])]
+print(f"{'':4} {'plain c/s':>10} {'watched c/s':>12} {'ratio':>6}   {'plain p99':>9} {'watched p99':>11}  (medians of {len(rows)//8})")
+for w in ["W1", "W2", "W3", "W4"]:
+    med = lambda c, i: statistics.median(float(r[i]) for r in rows if r[0] == w and r[1] == c)
+    p, q = med("plain", 2), med("watched", 2)
+    print(f"{w:4} {p:>10.0f} {q:>12.0f} {q/p:>6.3f}   {med('plain',3):>9.0f} {med('watched',3):>11.0f}")
+PY
