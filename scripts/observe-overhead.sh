@@ -2,7 +2,9 @@
 # Overhead of being watched: `lmx bench` W1-W4 against one release broker, each workload run
 # both plain and with the status page open in headless Chromium plus a scraper polling
 # /metrics every second, interleaved (plain/watched, then watched/plain) over ROUNDS rounds
-# (default 3). Prints each run, then per workload the medians and watched/plain ratios.
+# (default 3). Prints each run, then per workload the medians and watched/plain ratios of
+# throughput and of the broker's own CPU time per cycle (from /proc: what watching costs the
+# broker, apart from what Chromium costs the machine).
 # Needs chromium and curl. Not run in CI (timings on shared machines are noise).
 # Usage: scripts/observe-overhead.sh [ROUNDS]
 set -euo pipefail
@@ -39,15 +41,21 @@ start_watchers() {
 }
 declare -A W=([W1]="--clients 1 --keys 1 --ops 20000" [W2]="--clients 8 --keys 1 --ops 20000"
               [W3]="--clients 8 --keys 8 --ops 40000" [W4]="--clients 64 --keys 1 --ops 20000")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$broker/stat"; }
 run() { # workload condition
-  local r
+  local r t0 t1
+  t0=$(cpu_ticks)
   r=$($lmx bench --url "tcp://127.0.0.1:$port" ${W[$1]} --json)
-  local ops p99
+  t1=$(cpu_ticks)
+  local ops p99 cyc
   ops=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_s"])')
   p99=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock_wait_us"]["p99"])')
-  echo "$1 $2 $ops $p99" | tee -a "$out"
+  cyc=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cycles"])')
+  local us_per
+  us_per=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $cyc, 2))")
+  echo "$1 $2 $ops $p99 $us_per" | tee -a "$out"
 }
-echo "workload condition cycles/s lock-wait-p99-us"
+echo "workload condition cycles/s lock-wait-p99-us broker-cpu-us/cycle"
 for round in $(seq "$rounds"); do
   for w in W1 W2 W3 W4; do
     if [ $((round % 2)) = 1 ]; then
@@ -61,9 +69,12 @@ echo
 python3 - "$out" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1])]
-print(f"{'':4} {'plain c/s':>10} {'watched c/s':>12} {'ratio':>6}   {'plain p99':>9} {'watched p99':>11}  (medians of {len(rows)//8})")
+print(f"{'':4} {'plain c/s':>10} {'watched c/s':>12} {'ratio':>6}   {'plain p99 us':>12} {'watched':>8}"
+      f"   {'plain cpu us/cyc':>16} {'watched':>8} {'ratio':>6}  (medians of {len(rows)//8})")
 for w in ["W1", "W2", "W3", "W4"]:
     med = lambda c, i: statistics.median(float(r[i]) for r in rows if r[0] == w and r[1] == c)
     p, q = med("plain", 2), med("watched", 2)
-    print(f"{w:4} {p:>10.0f} {q:>12.0f} {q/p:>6.3f}   {med('plain',3):>9.0f} {med('watched',3):>11.0f}")
+    cp, cq = med("plain", 4), med("watched", 4)
+    print(f"{w:4} {p:>10.0f} {q:>12.0f} {q/p:>6.3f}   {med('plain',3):>12.0f} {med('watched',3):>8.0f}"
+          f"   {cp:>16.2f} {cq:>8.2f} {cq/cp:>6.3f}")
 PY
