@@ -60,7 +60,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a broker in the foreground until SIGINT/SIGTERM
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Run a command while holding a lock, like flock(1); exit with the command's status
     #[command(after_help = AFTER_HELP)]
     Run(run::RunArgs),
@@ -107,7 +107,7 @@ pub(crate) fn main() -> i32 {
     let cli = Cli::parse();
     // No thread may exist before a daemon forks: handled before anything else.
     if let Cmd::Start(args) = cli.cmd {
-        return start::start(args, cli.url.as_deref());
+        return start::start(*args, cli.url.as_deref());
     }
     let url = match (&cli.url, cli.spawn) {
         (Some(u), _) => u.clone(),

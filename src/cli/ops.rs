@@ -139,9 +139,7 @@ pub(super) fn ago(since_ms: Option<u64>) -> String {
     let Some(t) = since_ms else {
         return "?".into();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| ms(d));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms);
     let d = Duration::from_millis(now.saturating_sub(t));
     if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
