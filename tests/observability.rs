@@ -194,6 +194,23 @@ fn http_endpoints_refuse_foreign_origins_and_rebinding_hosts() {
 }
 
 #[test]
+fn metrics_need_the_auth_token_when_the_broker_has_one() {
+    let b = TestBroker::with(|b| b.auth_token(Some("s3cret".into())));
+    let me = b.addr.to_string();
+    assert_eq!(status(&get(b.addr, "/metrics", &me, None)), 401);
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {me}\r\nAuthorization: Bearer s3cret\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(status(&out), 200, "{out}");
+    assert!(out.contains("lmx_grants_total"), "{out}");
+}
+
+#[test]
 fn lock_info_says_who_holds_and_waits_and_since_when() {
     let b = TestBroker::start();
     let t0 = now_ms();

@@ -97,6 +97,17 @@ impl Broker {
         }
     }
 
+    /// With an auth token configured, `/metrics` needs it as a bearer token (the counters and
+    /// key counts are the broker's business); the page itself is static, and its WebSocket
+    /// authenticates like any client (`#token=` in the page's URL).
+    fn bearer_ok(&self, header: Option<&str>) -> bool {
+        let Some(token) = self.cfg.auth_token.as_deref() else {
+            return true;
+        };
+        let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        super::core::constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
     fn put_io(&mut self, slot: usize, io: Io) {
         if let Some(s) = self.socks.get_mut(slot) {
             s.io = io;
@@ -146,6 +157,12 @@ impl Broker {
         let path = req.path.unwrap_or("/");
         let path = path.split('?').next().unwrap_or(path);
         match (req.method, path) {
+            (Some("GET"), "/metrics") if !self.bearer_ok(header("authorization")) => answer(
+                401,
+                "/metrics without the auth token",
+                "text/plain",
+                b"this broker needs its auth token: Authorization: Bearer <token>\n",
+            ),
             (Some("GET"), "/metrics") => {
                 let body = metrics::render(&self.core.metrics(), &self.io_counters());
                 answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
@@ -163,6 +180,7 @@ fn answer(status: u16, log: &'static str, content_type: &str, body: &[u8]) -> He
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
