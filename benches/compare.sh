@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Our broker against the npm live-mutex@0.2.25 Node broker, side by side in one run, on loopback.
 #
-#   benches/compare.sh [--runs N] [--no-memory] [--no-build]
+#   benches/compare.sh [--runs N] [--no-memory] [--no-build] [--clients-only]
+#
+# --clients-only runs only the client comparison (clients_compare below) and draws its chart.
 #
 # Starts `lmx start` (TCP + a Unix socket) and the Node broker (TCP), then, N times (default 3),
 # alternating which broker goes first:
@@ -24,19 +26,21 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
 MEMORY=1
 BUILD=1
+CLIENTS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --no-memory) MEMORY=0; shift ;;
     --no-build) BUILD=0; shift ;;
-    *) echo "usage: $0 [--runs N] [--no-memory] [--no-build]" >&2; exit 2 ;;
+    --clients-only) CLIENTS_ONLY=1; shift ;;
+    *) echo "usage: $0 [--runs N] [--no-memory] [--no-build] [--clients-only]" >&2; exit 2 ;;
   esac
 done
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 LMX=$TARGET/release/lmx
 if [ "$BUILD" = 1 ]; then
-  (cd "$ROOT" && cargo build --release --bins --examples --quiet)
+  (cd "$ROOT" && cargo build --release --bins --examples --features tokio --quiet)
 fi
 [ -x "$LMX" ] || { echo "no $LMX (build with cargo build --release)" >&2; exit 1; }
 
@@ -152,6 +156,68 @@ node_client() {
   record "$1" "$2" "$3" "$cycles" "{\"ops_per_s\":$rate,\"overlaps\":0,\"errors\":0}" $((t1 - t0))
 }
 
+# --- Clients side by side, W1..W4, medians of $RUNS in one run: our client on our broker over
+# the Unix socket (blocking with pipelined release, blocking waiting for each unlock's reply,
+# async), the npm client on the npm broker (TCP; node_compare.js with one connection and one
+# cycle in flight per client, as lmx bench), and flock(2) lock files. Draws $CHART_OUT
+# (default benches/results/clients.svg) and prints a table.
+clients_compare() {
+  local cout=$TMP/clients.jsonl
+  : >"$cout"
+  local chart=${CHART_OUT:-$ROOT/benches/results/clients.svg}
+  mkdir -p "$TMP/lockfiles"
+  local run w name c k n mode j line rate
+  for run in $(seq "$RUNS"); do
+    for w in "${WORKLOADS[@]}"; do
+      read -r name c k n <<<"$w"
+      for mode in blocking blocking-wait async; do
+        local extra=()
+        [ "$mode" = blocking-wait ] && extra=(--wait-unlock)
+        [ "$mode" = async ] && extra=(--async)
+        j=$("$LMX" --url "unix://$TMP/lmx.sock" bench --json --clients "$c" --keys "$k" --ops "$n" \
+          --prefix "c-$name-$mode-r$run" "${extra[@]}") || { echo "bench $mode $name FAILED: $j" >&2; exit 1; }
+        printf '{"run":%s,"workload":"%s","series":"ours %s (unix)","ops_per_s":%s,"overlaps":%s}\n' \
+          "$run" "$name" "$mode" "$(node -pe 'JSON.parse(process.argv[1]).ops_per_s' "$j")" \
+          "$(node -pe 'const r=JSON.parse(process.argv[1]); r.overlaps+r.errors' "$j")" >>"$cout"
+      done
+      line=$(env LMX_PORT="$NODE_PORT" LMX_BENCH_CLIENTS="$c" LMX_BENCH_CONCURRENCY="$c" \
+        LMX_BENCH_KEYS="$k" LMX_BENCH_CYCLES="$n" node "$ROOT/benches/node_compare.js")
+      rate=$(sed -E 's/.*cycles_per_s=([0-9]+).*/\1/' <<<"$line")
+      printf '{"run":%s,"workload":"%s","series":"npm client, npm broker (tcp)","ops_per_s":%s,"overlaps":0}\n' \
+        "$run" "$name" "$rate" >>"$cout"
+      j=$("$TARGET/release/examples/compare_chart" lockfile --clients "$c" --keys "$k" --ops "$n" --dir "$TMP/lockfiles")
+      printf '{"run":%s,"workload":"%s","series":"flock(2) lock files","ops_per_s":%s,"overlaps":%s}\n' "$run" "$name" \
+        "$(node -pe 'JSON.parse(process.argv[1]).ops_per_s' "$j")" "$(node -pe 'JSON.parse(process.argv[1]).overlaps' "$j")" >>"$cout"
+    done
+    echo "== clients run $run/$RUNS done" >&2
+  done
+  "$TARGET/release/examples/compare_chart" chart "$cout" "$chart"
+  node - "$cout" <<'EOF'
+const fs = require('fs');
+const rows = fs.readFileSync(process.argv[2], 'utf8').trim().split('\n').map(JSON.parse);
+const med = (xs) => { const s = xs.slice().sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+const series = [...new Set(rows.map((r) => r.series))];
+const W = ['W1', 'W2', 'W3', 'W4'];
+const g = (w, s) => med(rows.filter((r) => r.workload === w && r.series === s).map((r) => r.ops_per_s));
+const npm = 'npm client, npm broker (tcp)';
+console.log(`\nMedians of ${new Set(rows.map((r) => r.run)).size} run(s), cycles/s (ratio to the npm client on the npm broker):\n`);
+console.log('| series | ' + W.join(' | ') + ' | overlaps+errors |');
+console.log('|---|' + W.map(() => '---').join('|') + '|---|');
+for (const s of series) {
+  const ov = rows.filter((r) => r.series === s).reduce((a, r) => a + r.overlaps, 0);
+  console.log(`| ${s} | ` + W.map((w) => `${Math.round(g(w, s))} (${(g(w, s) / g(w, npm)).toFixed(2)}x)`).join(' | ') + ` | ${ov} |`);
+}
+const a = 'ours async (unix)', b = 'ours blocking (unix)';
+console.log('\nasync / blocking: ' + W.map((w) => `${w} ${(g(w, a) / g(w, b)).toFixed(2)}`).join(', '));
+EOF
+  cp "$cout" "$ROOT/benches/results/clients.jsonl"
+  echo "chart: $chart; raw: $ROOT/benches/results/clients.jsonl" >&2
+}
+if [ "$CLIENTS_ONLY" = 1 ]; then
+  clients_compare
+  exit 0
+fi
+
 echo "== ours: pid $OUR_PID ${URL[ours]} + unix://$TMP/lmx.sock; node 0.2.25: pid $NODE_PID ${URL[node]}; $RUNS runs" >&2
 for run in $(seq "$RUNS"); do
   if [ $((run % 2)) = 1 ]; then order=(ours node); else order=(node ours); fi
@@ -212,6 +278,7 @@ for (const [label, name, b] of rowsN) {
 }
 EOF
 echo "raw results: $OUT" >&2
+clients_compare
 
 if [ "$MEMORY" = 1 ]; then
   echo >&2

@@ -3,13 +3,15 @@
 // C in flight at once, one client connection (the shape of upstream's test/@src/dummy.ts).
 //   NODE_PATH=<cache>/node_modules LMX_PORT=6970 [LMX_HOST=127.0.0.1] node benches/node_compare.js
 //   NODE_PATH=... LMX_UDS=/path/to.sock node benches/node_compare.js
-// Options (env): LMX_BENCH_CYCLES (10000), LMX_BENCH_CONCURRENCY (25), LMX_BENCH_CLIENTS (1).
+// Options (env): LMX_BENCH_CYCLES (10000), LMX_BENCH_CONCURRENCY (25), LMX_BENCH_CLIENTS (1),
+// LMX_BENCH_KEYS (1: worker w uses key (w + cycles started) mod KEYS).
 // Prints one line: `node_compare <endpoint> cycles=N concurrency=C clients=K elapsed_ms=T cycles_per_s=R`.
 const { Client } = require('live-mutex');
 
 const CYCLES = Number(process.env.LMX_BENCH_CYCLES) || 10000;
 const CONC = Number(process.env.LMX_BENCH_CONCURRENCY) || 25;
 const CLIENTS = Number(process.env.LMX_BENCH_CLIENTS) || 1;
+const KEYS = Number(process.env.LMX_BENCH_KEYS) || 1;
 const ep = process.env.LMX_UDS ? { udsPath: process.env.LMX_UDS }
   : process.env.LMX_PORT ? { port: Number(process.env.LMX_PORT), host: process.env.LMX_HOST || '127.0.0.1' }
     : null;
@@ -38,7 +40,7 @@ setTimeout(() => { console.error(`node_compare: still running after 120 s agains
       if (started >= CYCLES) return;
       started++;
       const c = clients[w % clients.length];
-      c.lock(key, (err, unlock) => {
+      c.lock(key + '-' + ((w + started) % KEYS), (err, unlock) => {
         if (err) return reject(new Error('lock failed: ' + (err.message || err)));
         unlock((err2) => {
           if (err2) return reject(new Error('unlock failed: ' + (err2.message || err2)));

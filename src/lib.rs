@@ -13,19 +13,80 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Layout, from the core outwards:
-//! - [`table`]: every lock decision, as a state machine with no I/O and no clock (`now` is
-//!   passed in): FIFO queues, semaphores, read/write locks, TTLs, fencing tokens, acquire-many.
-//! - [`proto`]: the wire format, both directions with one set of types (requests decoded in
-//!   place by the broker and encoded by the client; replies encoded by the broker and decoded
-//!   by the client), NDJSON framing, and [`proto::session`]: the client's side of a connection
-//!   as a sans-IO state machine (pending requests by id, the npm broker's quirks).
-//! - [`broker`]: the `mio` reactor around the table, the only code that touches sockets;
-//!   run it as `lmx start` (`--daemon` to detach) or embed it with `Broker::builder()`.
-//! - [`client`]: a thread-safe, pipelining client with RAII guards, used by `lmx`; it drives a
-//!   [`proto::session::Session`] over a blocking socket and knows nothing of the table;
-//!   [`connect_or_spawn`] starts a broker daemon on demand, and [`serial()`](fn@serial) /
-//!   `#[live_mutex::serial("key")]` serialise tests across processes.
+//! # Layout
+//!
+//! Layers point one way: `table ← broker → proto ← client`. The table knows nothing of the
+//! wire; the client knows nothing of the broker or the table; `lmx` (the `cli` feature) uses
+//! the client and the broker.
+//!
+//! - [`table`] (`src/table/`, feature `broker`): every lock decision, as a state machine with
+//!   no I/O and no clock (`now` is passed in): FIFO queues, semaphores, read/write locks, TTLs,
+//!   fencing tokens, acquire-many. Split by idea: `types.rs` (requests and outcomes),
+//!   `single.rs` (one key), `groups.rs` (acquire-many), `conns.rs` (what a connection holds),
+//!   `deadlines.rs` (TTLs and wait time-outs), `inspect.rs` (`info`, `keys`, `stats`).
+//! - [`proto`] (`src/proto/`, always built): the wire format, both directions with one set of
+//!   types. Requests are decoded in place by the broker (`decode.rs`, simd-json's tape) and
+//!   encoded by the client (`encode.rs`); replies are encoded by the broker (`encode.rs`,
+//!   `reply.rs`) and decoded by the client (`reply_decode.rs`); NDJSON framing (`ndjson.rs`);
+//!   and [`proto::session`], the client's side of a connection as a sans-IO state machine
+//!   (pending requests by id, pipelined releases, the npm broker's quirks).
+//! - [`broker`] (`src/broker/`, feature `broker`): `core/` is the broker's sans-IO state
+//!   machine (messages and time in; bytes per connection and close events out; one file per
+//!   command); around it, the only code that touches sockets: `reactor.rs` (the `mio` loop),
+//!   `accept.rs`, `transport.rs` (NDJSON and WebSocket framing), `config.rs`, `handle.rs`,
+//!   `http_guard.rs` (web pages kept out), `keepalive.rs` (vanished peers found).
+//! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
+//!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
+//!   `transport.rs`, `options.rs`, `guard.rs`); [`connect_or_spawn`] (`spawn.rs`) starts a
+//!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
+//!   serialise tests across processes.
+//! - [`store`] (`src/store/`, feature `etcd`): lock stores beyond the in-memory table: the
+//!   etcd lock store (`store/etcd/`), the extended etcd Mutex recipe on its own thread.
+//! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
+//!   task per connection, with cancellation-safe lock futures.
+//! - `src/cli/` (feature `cli`): the `lmx` binary; `src/bin/lmx.rs` only calls it.
+//!
+//! # Life of a request
+//!
+//! A blocking [`Client::lock`] on a key that another connection holds, over NDJSON/TCP:
+//!
+//! 1. `Client::lock` (`client/mod.rs`) turns [`LockOptions`] into a
+//!    [`proto::Request::Lock`] (`LockOptions::lock_request`, `client/options.rs`) and hands it to the connection driver,
+//!    `Conn::request` (`client/driver.rs`). The driver asks the session for it:
+//!    `Session::request` (`proto/session.rs`) gives it an id, remembers what the answer must
+//!    be, and encodes it (`Request::encode`, `proto/encode.rs`) into the bytes
+//!    `Session::transmit` hands back; the driver writes them to the socket.
+//! 2. In the broker, `Broker::run` (`broker/reactor.rs`) wakes on readiness and calls
+//!    `on_readable` (`broker/transport.rs`): the connection's first byte was not `G` (an HTTP
+//!    upgrade to WebSocket), so it speaks NDJSON, and `read_ndjson` frames the line (`proto/ndjson.rs`, `LineFramer`), checks that the
+//!    connection's first lines are not HTTP (`http_guard.rs`), and passes it to the sans-IO
+//!    core: `Core::handle_message` (`broker/core/mod.rs`) decodes it in place
+//!    (`Decoder::decode`, `proto/decode.rs`) and dispatches it to `Core::lock`
+//!    (`broker/core/lock.rs`).
+//! 3. `Core::lock` maps the request onto the table's vocabulary and calls `Table::lock`
+//!    (`table/single.rs`): the key is held, so the request joins the key's FIFO queue and the
+//!    table answers `LockOutcome::Queued`. The core encodes `{"type":"lock",…,"queued":true}`
+//!    (`Reply::encode`) into that connection's output buffer and marks it for sending.
+//! 4. At the end of the loop turn, `end_turn` (`broker/reactor.rs`) drains the core:
+//!    `Core::poll_transmit` names each connection with output, `Core::output` gives its bytes,
+//!    which the reactor writes once (`Socket::write_out`, `transport.rs`) and
+//!    `Core::consume`s. The client's driver reads the line, `Session::handle_line` decodes it
+//!    (`proto/reply_decode.rs`) and records that the request waits.
+//! 5. The holder unlocks: `Core::unlock` calls `Table::unlock`, which releases the hold and
+//!    re-runs the grant decision for the key (`settle`, `table/single.rs`): the head of the
+//!    queue is granted with a new fencing token, and the table queues an `Event::Granted`.
+//!    `Core::route_events` (`broker/core/lock.rs`) turns it into a pushed
+//!    `{"type":"lock",…,"acquired":true,"fencingToken":…}` for the waiter's connection (or
+//!    releases it at once if that connection is gone), and the same `end_turn` sends it.
+//! 6. The waiter's session matches the pushed reply to the pending id and yields
+//!    `Answer::Granted`; `Client::lock` returns a [`LockGuard`] (`client/guard.rs`) carrying
+//!    the key, the lock id and the fencing token. Dropping the guard sends the `unlock`
+//!    without waiting for its reply (`Session::release`); the session still consumes that
+//!    reply by its id, and counts it if the lock had already been lost.
+//!
+//! Time enters the same way everywhere: the reactor passes `Instant::now()` to
+//! `Core::handle_timeout`, which fires the table's due deadlines (`table/deadlines.rs`: TTLs,
+//! wait time-outs) and the core's own (ack probes), and sleeps until `Core::poll_timeout`.
 //!
 //! Embedding a broker with `Broker::builder()` is for a program that owns the broker's
 //! lifetime (a server that runs for as long as its clients need it). Short-lived peers (test
@@ -34,6 +95,9 @@
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
 
+/// The async client (feature `tokio`): [`AsyncClient`].
+#[cfg(feature = "tokio")]
+pub mod async_client;
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "client")]
@@ -42,9 +106,13 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod proto;
+#[cfg(feature = "etcd")]
+pub mod store;
 #[cfg(feature = "broker")]
 pub mod table;
 
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 #[cfg(feature = "client")]
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,

@@ -1,6 +1,6 @@
-mod harness;
+mod common;
 
-use harness::{broker, scratch, stop};
+use common::{broker, scratch, stop};
 use live_mutex::{BrokerKind, Client, Error, LockOptions, Mode, Ttl};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
@@ -181,7 +181,7 @@ fn try_lock_and_timeouts() {
     let t = Instant::now();
     let r = c2.lock_with("t", &LockOptions::new().timeout(Duration::from_millis(100)));
     let waited = t.elapsed();
-    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(matches!(r, Err(Error::WaitTimedOut)), "{r:?}");
     assert!(
         waited >= Duration::from_millis(100) && waited < Duration::from_millis(900),
         "{waited:?}"
@@ -197,7 +197,7 @@ fn try_lock_and_timeouts() {
 fn ttl_expiry_extend_and_unlock_by_id() {
     let (b, url) = broker();
     let c = Client::connect(&url).unwrap();
-    let mut g = c
+    let g = c
         .lock_with("e", &LockOptions::new().ttl(Duration::from_millis(150)))
         .unwrap();
     std::thread::sleep(Duration::from_millis(80));
@@ -232,7 +232,7 @@ fn read_write_semaphore_and_many() {
     let r1 = c.lock_with("rw", &read).unwrap();
     let r2 = c.lock_with("rw", &read).unwrap();
     let w = LockOptions::new().mode(Mode::Write).try_only();
-    assert!(matches!(c.lock_with("rw", &w), Err(Error::TimedOut)));
+    assert!(matches!(c.lock_with("rw", &w), Err(Error::Busy)));
     drop((r1, r2));
     c.lock_with("rw", &w).unwrap().unlock().unwrap();
 
@@ -241,7 +241,7 @@ fn read_write_semaphore_and_many() {
     let s2 = c.lock_with("sem", &sem).unwrap();
     assert!(matches!(
         c.lock_with("sem", &sem.clone().try_only()),
-        Err(Error::TimedOut)
+        Err(Error::Busy)
     ));
     drop((s1, s2));
 
@@ -282,7 +282,7 @@ fn unix_socket_and_websocket() {
     g.unlock().unwrap();
     assert!(waiter.join().unwrap().unwrap() > t);
     stop(h);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn api_counter_from_8_processes() {
     eprintln!("8 processes x 50 via the API: {n:?} in {:?}", t.elapsed());
     assert_eq!(n.trim(), "400");
     stop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! `lmx bench --json` against an embedded broker: the report's fields, and no overlaps.
 
-mod harness;
+mod common;
 
-use harness::{broker, stop};
+use common::{broker, stop};
 use serde_json::Value;
 use std::process::Command;
 

@@ -1,6 +1,6 @@
-mod harness;
+mod common;
 
-use harness::{broker, scratch, stop, wait_for};
+use common::{broker, scratch, stop, wait_for};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ fn shared_counter_16_processes_x_100() {
     );
     assert_eq!(n.trim(), "1600");
     stop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn shared_runs_overlap() {
     );
     assert_eq!(h.join().unwrap(), Some(0));
     stop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn lost_lock_is_reported() {
         "--kill-on-loss ended the command early: {took:?}"
     );
     stop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[test]
@@ -232,5 +232,5 @@ fn signals_reach_the_command_and_broker_loss_is_reported() {
     let out = run.join().unwrap();
     assert_eq!(out.status.code(), Some(76));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lost"));
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }

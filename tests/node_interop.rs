@@ -604,7 +604,7 @@ mod rust_client_on_node_broker {
             let t0 = Instant::now();
             assert!(
                 cb.lock_with("tl", &opts().try_only())
-                    .is_err_and(|e| matches!(e, Error::TimedOut)),
+                    .is_err_and(|e| matches!(e, Error::Busy)),
                 "B's try-lock on a held key did not fail"
             );
             assert!(t0.elapsed() < Duration::from_secs(1), "try-lock waited");
@@ -631,7 +631,7 @@ mod rust_client_on_node_broker {
         let r = cb.lock_with("wt", &opts().timeout(Duration::from_millis(300)));
         let waited = t0.elapsed();
         assert!(
-            matches!(r, Err(Error::TimedOut)),
+            matches!(r, Err(Error::WaitTimedOut)),
             "expected a time-out, got {:?}",
             r.map(|g| g.id().to_string())
         );

@@ -407,11 +407,10 @@ fn by_key(mut ev: Vec<Event>) -> Vec<Event> {
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let t0 = Instant::now();
     let mut now = t0;
-    let mut table = Table::new(Config {
-        default_ttl: Some(DEFAULT_TTL),
-        token_seed: 7,
-        ..Config::default()
-    });
+    let mut cfg = Config::default();
+    cfg.default_ttl = Some(DEFAULT_TTL);
+    cfg.token_seed = 7;
+    let mut table = Table::new(cfg);
     let mut model = Model {
         keys: vec![None, None, None],
         token: 7,

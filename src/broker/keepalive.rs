@@ -20,6 +20,7 @@ use std::time::Duration;
 
 /// Keepalive settings of accepted TCP connections; see [`crate::broker::BrokerBuilder::keepalive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Keepalive {
     /// Silence before the first probe (`TCP_KEEPIDLE`, whole seconds, at least 1).
     pub idle: Duration,

@@ -52,6 +52,7 @@ pub use reactor::Broker;
 
 /// Errors of starting or running a broker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: io::Error },

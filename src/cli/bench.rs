@@ -32,13 +32,89 @@ pub(crate) struct BenchArgs {
     /// Key name prefix (keys are PREFIX-0 .. PREFIX-(K-1))
     #[arg(long, default_value = "lmx-bench")]
     prefix: String,
+    /// Release with `unlock()` and wait for its answer, instead of dropping the guard (the
+    /// default: the unlock is written without waiting, ahead of the next lock)
+    #[arg(long)]
+    wait_unlock: bool,
+    /// Use the async client (tokio, one current-thread runtime, one task and one connection
+    /// per client) instead of a thread per client
+    #[cfg(feature = "tokio")]
+    #[arg(long = "async")]
+    use_async: bool,
 }
 
-/// What one client thread saw.
-struct Outcome {
-    hist: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
+/// What the workers share: the keys, the overlap detector and the progress counters.
+pub(super) struct Common<'a> {
+    pub keys: &'a [String],
+    pub inside: &'a [AtomicU32],
+    pub overlaps: &'a AtomicU64,
+    pub done: &'a [AtomicU64],
+    pub total_done: &'a AtomicU64,
+    pub first_finished: &'a AtomicBool,
+    pub fairness_snapshot: &'a Mutex<Option<Vec<u64>>>,
+    pub opts: &'a LockOptions,
+    pub hold: Duration,
+    pub wait_unlock: bool,
+}
+
+impl Common<'_> {
+    /// Marks the critical section of key `k` entered (counting an overlap if someone was in).
+    pub fn enter(&self, k: usize) {
+        if self.inside[k].fetch_add(1, Ordering::AcqRel) != 0 {
+            self.overlaps.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.hold.is_zero() {
+            let until = Instant::now() + self.hold;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    pub fn leave(&self, k: usize) {
+        self.inside[k].fetch_sub(1, Ordering::AcqRel);
+    }
+    pub fn cycle_done(&self, i: usize) {
+        self.done[i].fetch_add(1, Ordering::Relaxed);
+        self.total_done.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The first client to finish its share fixes the fairness snapshot.
+    pub fn finished(&self) {
+        if !self.first_finished.swap(true, Ordering::AcqRel) {
+            let snap = self
+                .done
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .collect();
+            *self.fairness_snapshot.lock().unwrap() = Some(snap);
+        }
+    }
+}
+
+/// The quota of client `i` out of `c`.
+pub(super) fn quota(ops: u64, c: usize, i: usize) -> u64 {
+    ops / c as u64 + u64::from((i as u64) < ops % c as u64)
+}
+
+/// What one client saw.
+pub(super) struct Outcome {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Outcome {
+    pub fn new() -> Self {
+        Outcome {
+            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
+            errors: 0,
+            first_error: None,
+        }
+    }
+    pub fn fail(&mut self, what: &str, e: &Error) {
+        self.errors += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{what}: {e}"));
+    }
 }
 
 pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
@@ -47,18 +123,6 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         eprintln!("lmx bench: --ops must be at least --clients");
         return EXIT_USAGE;
     }
-    // Connect everything first: connection set-up is not part of the measurement.
-    let mut clients = Vec::with_capacity(c);
-    for _ in 0..c {
-        match Client::connect(url) {
-            Ok(cl) => clients.push(cl),
-            Err(e) => return report(url, "connect", &e),
-        }
-    }
-    let kind = match clients[0].broker_kind() {
-        Ok(k) => k,
-        Err(e) => return report(url, "connect", &e),
-    };
     let keys: Vec<String> = (0..a.keys).map(|k| format!("{}-{k}", a.prefix)).collect();
     let inside: Vec<AtomicU32> = (0..a.keys).map(|_| AtomicU32::new(0)).collect();
     let overlaps = AtomicU64::new(0);
@@ -66,110 +130,32 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
     let total_done = AtomicU64::new(0);
     let first_finished = AtomicBool::new(false);
     let fairness_snapshot: Mutex<Option<Vec<u64>>> = Mutex::new(None);
-    let stop_progress = AtomicBool::new(false);
     let opts = LockOptions::new().ttl(Ttl::After(Duration::from_millis(a.ttl)));
-    let hold = Duration::from_micros(a.hold_us);
-    let start_line = Barrier::new(c + 1);
+    let common = Common {
+        keys: &keys,
+        inside: &inside,
+        overlaps: &overlaps,
+        done: &done,
+        total_done: &total_done,
+        first_finished: &first_finished,
+        fairness_snapshot: &fairness_snapshot,
+        opts: &opts,
+        hold: Duration::from_micros(a.hold_us),
+        wait_unlock: a.wait_unlock,
+    };
     let show_progress = !as_json && std::io::stderr().is_terminal();
-
-    let (elapsed, outcomes) = std::thread::scope(|s| {
-        let workers: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let quota = a.ops / c as u64 + u64::from((i as u64) < a.ops % c as u64);
-                let (keys, inside, overlaps, done, total_done) =
-                    (&keys, &inside, &overlaps, &done, &total_done);
-                let (first_finished, fairness_snapshot, opts, start_line) =
-                    (&first_finished, &fairness_snapshot, &opts, &start_line);
-                std::thread::Builder::new()
-                    .name(format!("lmx-bench-{i}"))
-                    .spawn_scoped(s, move || {
-                        let mut o = Outcome {
-                            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
-                            errors: 0,
-                            first_error: None,
-                        };
-                        let fail = |o: &mut Outcome, what: &str, e: &Error| {
-                            o.errors += 1;
-                            o.first_error.get_or_insert_with(|| format!("{what}: {e}"));
-                        };
-                        start_line.wait();
-                        for n in 0..quota {
-                            let k = (i + n as usize) % keys.len();
-                            let t = Instant::now();
-                            let g = match client.lock_with(&keys[k], opts) {
-                                Ok(g) => g,
-                                Err(e) => {
-                                    fail(&mut o, "lock", &e);
-                                    if matches!(e, Error::ConnectionLost | Error::Io(_)) {
-                                        break;
-                                    }
-                                    continue;
-                                }
-                            };
-                            let waited = t.elapsed().as_nanos() as u64;
-                            o.hist.saturating_record(waited.max(1));
-                            if inside[k].fetch_add(1, Ordering::AcqRel) != 0 {
-                                overlaps.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if !hold.is_zero() {
-                                let until = Instant::now() + hold;
-                                while Instant::now() < until {
-                                    std::hint::spin_loop();
-                                }
-                            }
-                            inside[k].fetch_sub(1, Ordering::AcqRel);
-                            if let Err(e) = g.unlock() {
-                                fail(&mut o, "unlock", &e);
-                            }
-                            done[i].fetch_add(1, Ordering::Relaxed);
-                            total_done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // The first client to finish its share fixes the fairness snapshot.
-                        if !first_finished.swap(true, Ordering::AcqRel) {
-                            let snap = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
-                            *fairness_snapshot.lock().unwrap() = Some(snap);
-                        }
-                        o
-                    })
-                    .expect("spawn bench thread")
-            })
-            .collect();
-        let progress = show_progress.then(|| {
-            let (total_done, stop) = (&total_done, &stop_progress);
-            s.spawn(move || {
-                let pb = indicatif::ProgressBar::new(a.ops);
-                pb.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{elapsed_precise} [{bar:40}] {pos}/{len} cycles, {per_sec}",
-                    )
-                    .expect("template")
-                    .progress_chars("=> "),
-                );
-                while !stop.load(Ordering::Acquire) {
-                    pb.set_position(total_done.load(Ordering::Relaxed));
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                pb.finish_and_clear();
-            })
-        });
-        start_line.wait();
-        let t0 = Instant::now();
-        let outcomes: Vec<Outcome> = workers
-            .into_iter()
-            .map(|w| w.join().expect("bench thread panicked"))
-            .collect();
-        let elapsed = t0.elapsed();
-        stop_progress.store(true, Ordering::Release);
-        if let Some(p) = progress {
-            p.join().ok();
-        }
-        (elapsed, outcomes)
-    });
-    // All connections stay open until every client is done: the npm broker releases every lock
-    // on the broker when any client disconnects.
-    drop(clients);
+    #[cfg(feature = "tokio")]
+    let run = if a.use_async {
+        super::bench_async::run(url, c, a.ops, &common, show_progress)
+    } else {
+        run_threads(url, c, a.ops, &common, show_progress)
+    };
+    #[cfg(not(feature = "tokio"))]
+    let run = run_threads(url, c, a.ops, &common, show_progress);
+    let (kind, elapsed, outcomes) = match run {
+        Ok(r) => r,
+        Err(e) => return report(url, "connect", &e),
+    };
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
     let mut errors = 0;
@@ -188,6 +174,11 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         *snap.iter().min().unwrap_or(&0) as f64 / (snap_sum as f64 / c as f64)
     };
     let overlaps = overlaps.into_inner();
+    let client = if cfg!(feature = "tokio") && a.async_flag() {
+        "async"
+    } else {
+        "blocking"
+    };
     let ops_per_s = cycles as f64 / elapsed.as_secs_f64();
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
     let broker = match kind {
@@ -202,6 +193,8 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
             "keys": a.keys,
             "ops": a.ops,
             "hold_us": a.hold_us,
+            "client": client,
+            "release": if a.wait_unlock { "wait" } else { "pipelined" },
             "cycles": cycles,
             "elapsed_s": round(elapsed.as_secs_f64(), 4),
             "ops_per_s": round(ops_per_s, 1),
@@ -251,6 +244,128 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         return EXIT_FAIL;
     }
     0
+}
+
+impl BenchArgs {
+    fn async_flag(&self) -> bool {
+        #[cfg(feature = "tokio")]
+        return self.use_async;
+        #[cfg(not(feature = "tokio"))]
+        false
+    }
+}
+
+/// A progress bar on stderr until `stop`.
+pub(super) fn progress(total: u64, total_done: &AtomicU64, stop: &AtomicBool) {
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} cycles, {per_sec}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    while !stop.load(Ordering::Acquire) {
+        pb.set_position(total_done.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pb.finish_and_clear();
+}
+
+type Run = (BrokerKind, Duration, Vec<Outcome>);
+
+/// One thread and one blocking [`Client`] per client.
+fn run_threads(
+    url: &str,
+    c: usize,
+    ops: u64,
+    common: &Common<'_>,
+    show_progress: bool,
+) -> Result<Run, Error> {
+    // Connect everything first: connection set-up is not part of the measurement.
+    let clients = (0..c)
+        .map(|_| Client::connect(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kind = clients[0].broker_kind()?;
+    let start_line = Barrier::new(c + 1);
+    let stop_progress = AtomicBool::new(false);
+    let (elapsed, outcomes) = std::thread::scope(|s| {
+        let workers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let quota = quota(ops, c, i);
+                let start_line = &start_line;
+                std::thread::Builder::new()
+                    .name(format!("lmx-bench-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut o = Outcome::new();
+                        start_line.wait();
+                        for n in 0..quota {
+                            let k = (i + n as usize) % common.keys.len();
+                            let t = Instant::now();
+                            let g = match client.lock_with(&common.keys[k], common.opts) {
+                                Ok(g) => g,
+                                Err(e) => {
+                                    o.fail("lock", &e);
+                                    if e.is_connection() {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            };
+                            o.hist
+                                .saturating_record((t.elapsed().as_nanos() as u64).max(1));
+                            common.enter(k);
+                            common.leave(k);
+                            if common.wait_unlock {
+                                if let Err(e) = g.unlock() {
+                                    o.fail("unlock", &e);
+                                }
+                            } else {
+                                drop(g);
+                            }
+                            common.cycle_done(i);
+                        }
+                        common.finished();
+                        o
+                    })
+                    .expect("spawn bench thread")
+            })
+            .collect();
+        let progress = show_progress.then(|| {
+            let stop = &stop_progress;
+            s.spawn(move || progress(ops, common.total_done, stop))
+        });
+        start_line.wait();
+        let t0 = Instant::now();
+        let outcomes: Vec<Outcome> = workers
+            .into_iter()
+            .map(|w| w.join().expect("bench thread panicked"))
+            .collect();
+        let elapsed = t0.elapsed();
+        stop_progress.store(true, Ordering::Release);
+        if let Some(p) = progress {
+            p.join().ok();
+        }
+        (elapsed, outcomes)
+    });
+    // Pipelined releases whose answer said "lost" count as errors.
+    let mut outcomes = outcomes;
+    for cl in &clients {
+        if let Ok(n) = cl.ping().and_then(|_| cl.lost_releases())
+            && n > 0
+        {
+            outcomes[0].errors += n;
+            outcomes[0]
+                .first_error
+                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+        }
+    }
+    // All connections stay open until every client is done: the npm broker releases every lock
+    // on the broker when any client disconnects.
+    drop(clients);
+    Ok((kind, elapsed, outcomes))
 }
 
 fn round(x: f64, digits: i32) -> f64 {

@@ -1,4 +1,6 @@
 mod bench;
+#[cfg(feature = "tokio")]
+mod bench_async;
 mod daemon;
 mod ops;
 mod run;
@@ -141,7 +143,9 @@ pub(crate) fn connect(url: &str, spawn: bool) -> Result<Client, Error> {
 pub(crate) fn report(url: &str, what: &str, e: &Error) -> i32 {
     let (code, msg) = match e {
         Error::Io(_) | Error::ConnectionLost => (EXIT_UNAVAILABLE, format!("broker at {url}: {e}")),
-        Error::TimedOut => (EXIT_NOT_ACQUIRED, format!("{what}: timed out")),
+        Error::Busy => (EXIT_NOT_ACQUIRED, format!("{what}: busy")),
+        Error::WaitTimedOut => (EXIT_NOT_ACQUIRED, format!("{what}: timed out")),
+        Error::BrokerSilent => (EXIT_UNAVAILABLE, format!("broker at {url}: {e}")),
         Error::Config(_) => (EXIT_USAGE, e.to_string()),
         Error::Spawn(_) => (EXIT_UNAVAILABLE, e.to_string()),
         Error::Protocol(_) => (EXIT_SOFTWARE, format!("broker at {url}: {e}")),

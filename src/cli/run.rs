@@ -48,21 +48,25 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
         Err(e) => return report(url, "connect", &e),
     };
     let ttl = a.ttl.map(Duration::from_millis);
-    let opts = LockOptions {
-        ttl: ttl.map_or(Ttl::Never, Ttl::After),
-        wait_timeout: a.timeout.map(Duration::from_millis),
-        try_only: a.nowait,
-        max: a.max,
-        mode: if a.shared {
+    let mut opts = LockOptions::new()
+        .ttl(ttl.map_or(Ttl::Never, Ttl::After))
+        .mode(if a.shared {
             Mode::Read
         } else {
             Mode::Exclusive
-        },
-        keep_after_disconnect: false,
-    };
-    let mut guard = match client.lock_with(&a.key, &opts) {
+        });
+    if let Some(ms) = a.timeout {
+        opts = opts.timeout(Duration::from_millis(ms));
+    }
+    if a.nowait {
+        opts = opts.try_only();
+    }
+    if let Some(n) = a.max {
+        opts = opts.max(n);
+    }
+    let guard = match client.lock_with(&a.key, &opts) {
         Ok(g) => g,
-        Err(Error::TimedOut) => {
+        Err(Error::Busy | Error::WaitTimedOut) => {
             let why = if a.nowait {
                 "is busy".to_string()
             } else {

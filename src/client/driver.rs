@@ -232,7 +232,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Waits for the answer until `deadline`: [`Error::TimedOut`] after it, and
+    /// Waits for the answer until `deadline`: [`Error::BrokerSilent`] after it, and
     /// [`Error::ConnectionLost`] if the connection drops first.
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Answer> {
         lock(&self.shared.state).waiting.push(self.id);
@@ -256,7 +256,7 @@ impl Pending {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Err(Error::TimedOut);
+                return Err(Error::BrokerSilent);
             }
             if let Ok(mut rs) = sh.read.try_lock() {
                 // Our answer may have been routed to us just before the read half came free.
@@ -369,9 +369,14 @@ impl Conn {
                 }
                 // Our broker: name the connection, so `lmx info` shows who holds a lock. No
                 // reply comes (the npm broker is never sent it).
-                conn.notify(&Request::Hello {
-                    name: &client_name(),
+                let name = client_name();
+                let hello = Request::Hello {
+                    name: &name,
                     pid: Some(u64::from(std::process::id())),
+                };
+                conn.shared.send_with(|st| {
+                    st.session.notify(&hello);
+                    Ok(())
                 })?;
             }
             // Our broker echoes the type in errors ("authenticate first"); the npm broker
@@ -413,12 +418,18 @@ impl Conn {
         self.request(req)?.recv(Some(Instant::now() + timeout))
     }
 
-    /// Fire-and-forget: a guard's release on drop, whose reply nobody waits for.
-    pub(crate) fn notify(&self, req: &Request<'_>) -> Result<()> {
+    /// A pipelined release (a guard's on drop): written at once, its reply not waited for
+    /// (the session consumes it and counts a lost one).
+    pub(crate) fn release(&self, req: &Request<'_>) -> Result<()> {
         self.shared.send_with(|st| {
-            st.session.notify(req);
+            st.session.release(req);
             Ok(())
         })
+    }
+
+    /// See [`Session::lost_releases`].
+    pub(crate) fn lost_releases(&self) -> u64 {
+        lock(&self.shared.state).session.lost_releases()
     }
 
     pub(crate) fn is_dead(&self) -> bool {

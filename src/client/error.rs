@@ -2,9 +2,9 @@ use std::io;
 
 /// Everything a client call can fail with.
 ///
-/// The variants are coarse on purpose: callers decide between "retry later"
-/// ([`Error::TimedOut`], [`Error::ConnectionLost`]), "my critical section was not protected"
-/// ([`Error::LockLost`]) and "bug or misuse" (the rest).
+/// Callers mostly decide between "retry later" ([`Error::Busy`], [`Error::WaitTimedOut`],
+/// [`Error::BrokerSilent`], [`Error::ConnectionLost`]), "my critical section was not protected"
+/// ([`Error::LockLost`]) and "bug or misuse" (the rest); the `is_*` helpers group them.
 ///
 /// ```
 /// use live_mutex::client::Error;
@@ -14,10 +14,17 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The lock was not granted in time (broker-side wait timeout, client safety timer, or a
-    /// try-lock that found the key busy), or a request got no reply within the request timeout.
-    #[error("timed out")]
-    TimedOut,
+    /// A try-lock (`try_only`) found the key held: nothing was queued.
+    #[error("busy: the key is held")]
+    Busy,
+    /// The lock was not granted within the wait time-out (`LockOptions::timeout`); the request
+    /// was withdrawn from the queue.
+    #[error("timed out waiting for the lock")]
+    WaitTimedOut,
+    /// The broker did not answer within the request time-out (or, for a lock with a wait
+    /// time-out, well after the broker should have answered): the request was withdrawn.
+    #[error("the broker did not answer in time")]
+    BrokerSilent,
     /// The lock had already expired, been forced, or its connection dropped: whatever ran under
     /// it may have overlapped with another holder.
     #[error("lock lost (expired, forced, or its connection dropped)")]
@@ -46,6 +53,43 @@ pub enum Error {
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+impl Error {
+    /// A wait that ran out: [`Error::WaitTimedOut`] or [`Error::BrokerSilent`].
+    ///
+    /// ```
+    /// assert!(live_mutex::Error::WaitTimedOut.is_timeout());
+    /// assert!(!live_mutex::Error::Busy.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::WaitTimedOut | Error::BrokerSilent)
+    }
+    /// A try-lock found the key held ([`Error::Busy`]).
+    ///
+    /// ```
+    /// assert!(live_mutex::Error::Busy.is_busy());
+    /// ```
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy)
+    }
+    /// The lock is gone ([`Error::LockLost`]): whatever ran under it may have overlapped.
+    ///
+    /// ```
+    /// assert!(live_mutex::Error::LockLost.is_lost());
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::LockLost)
+    }
+    /// The connection failed ([`Error::ConnectionLost`] or [`Error::Io`]); the next call
+    /// reconnects.
+    ///
+    /// ```
+    /// assert!(live_mutex::Error::ConnectionLost.is_connection());
+    /// ```
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::ConnectionLost | Error::Io(_))
+    }
 }
 
 /// Shorthand used throughout the client.

@@ -6,8 +6,110 @@ use super::{refusal, unlock_request};
 use crate::proto::session::{Answer, Unlocked};
 use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a guard and its keep-alive thread share: whether the lock is known lost, and when it
+/// expires by this process's clock.
+#[derive(Debug, Default)]
+pub(crate) struct Lease {
+    lost: AtomicBool,
+    expires: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    pub(crate) fn new(expires: Option<Instant>) -> Arc<Lease> {
+        Arc::new(Lease {
+            lost: AtomicBool::new(false),
+            expires: Mutex::new(expires),
+        })
+    }
+    pub(crate) fn expires(&self) -> Option<Instant> {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn set_expires(&self, at: Option<Instant>) {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+    /// Lost by an answer (not merely by the clock).
+    pub(crate) fn was_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire) || self.expires().is_some_and(|e| Instant::now() >= e)
+    }
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+}
+
+/// One `extend` of lock `id` on `key` to `ttl` from now, recorded in `lease`.
+fn renew(
+    conn: &Conn,
+    key: &str,
+    id: &str,
+    ttl: Option<Duration>,
+    timeout: Duration,
+    lease: &Lease,
+) -> Result<()> {
+    super::options::check_ttl(ttl.map_or(Ttl::Never, Ttl::After))?;
+    if lease.is_lost() || conn.is_dead() {
+        lease.mark_lost();
+        return Err(Error::LockLost);
+    }
+    let extend = Request::Extend {
+        uuid: &new_uuid(),
+        key,
+        lock_id: id,
+        ttl: ttl.map_or(Ttl::Never, Ttl::After),
+    };
+    let sent = Instant::now();
+    match conn.call(timeout, &extend)? {
+        Answer::Extended(true) => {
+            // From when the request left: the broker's clock started no earlier.
+            lease.set_expires(ttl.map(|t| sent + t));
+            Ok(())
+        }
+        Answer::Extended(false) => {
+            lease.mark_lost();
+            Err(Error::LockLost)
+        }
+        a => Err(refusal(a)),
+    }
+}
+
+/// The keep-alive thread of one guard: renews every `every` until the guard drops (its sender
+/// goes away) or the lock is lost.
+pub(crate) fn keep_alive(
+    conn: Arc<Conn>,
+    key: String,
+    id: String,
+    ttl: Duration,
+    timeout: Duration,
+    lease: Arc<Lease>,
+) -> mpsc::Sender<()> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let every = (ttl / 3).max(Duration::from_millis(1));
+    let mine = lease.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lmx-keep-alive".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                match renew(&conn, &key, &id, Some(ttl), timeout, &lease) {
+                    Ok(()) => {}
+                    // A slow answer: try again next period; the lease clock says when it is gone.
+                    Err(Error::BrokerSilent) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if spawned.is_err() {
+        // No thread, no renewal: say so rather than let the TTL run out unnoticed.
+        mine.mark_lost();
+    }
+    stop
+}
 
 /// A held lock. Dropping it releases the lock without waiting (the unlock is pipelined ahead
 /// of whatever the connection sends next); [`LockGuard::unlock`] releases it and tells you
@@ -30,11 +132,12 @@ pub struct LockGuard {
     pub(crate) key: String,
     pub(crate) id: String,
     pub(crate) token: Option<u64>,
-    pub(crate) expires: Option<Instant>,
-    pub(crate) lost: bool,
+    pub(crate) lease: Arc<Lease>,
     pub(crate) done: bool,
     pub(crate) timeout: Duration,
     pub(crate) hooks: Mutex<Vec<u64>>,
+    /// Dropping it stops the keep-alive thread, if any.
+    pub(crate) keep_alive: Option<mpsc::Sender<()>>,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -114,7 +217,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lost || self.conn.is_dead() || self.expires.is_some_and(|e| Instant::now() >= e)
+        self.lease.is_lost() || self.conn.is_dead()
     }
 
     /// Calls `f` once, from the thread that notices (a reader of the connection), when the connection carrying this
@@ -142,6 +245,7 @@ impl LockGuard {
 
     fn finish(&mut self) {
         self.done = true;
+        self.keep_alive = None;
         self.conn.forget_hooks(&std::mem::take(
             self.hooks.get_mut().unwrap_or_else(|e| e.into_inner()),
         ));
@@ -162,7 +266,7 @@ impl LockGuard {
     /// ```
     pub fn unlock(mut self) -> Result<()> {
         self.finish();
-        if self.lost || self.conn.is_dead() {
+        if self.lease.was_lost() || self.conn.is_dead() {
             return Err(Error::LockLost);
         }
         let (key, id) = (&self.key, &self.id);
@@ -179,41 +283,26 @@ impl LockGuard {
 
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires). Fails with
     /// [`Error::LockLost`] if the lock had already expired; after that the guard reports
-    /// [`is_lost`](Self::is_lost).
+    /// [`is_lost`](Self::is_lost). Takes `&self`, so a renewal thread can share the guard
+    /// (or let [`LockOptions::keep_alive`](super::LockOptions::keep_alive) do it).
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
     /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
     /// use std::time::Duration;
-    /// let mut g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(Duration::from_secs(1)))?;
-    /// g.extend(Some(Duration::from_secs(30)))?;
+    /// let g = client.lock_with("k", &live_mutex::LockOptions::new().ttl(Duration::from_secs(1)))?;
+    /// std::thread::scope(|s| s.spawn(|| g.extend(Some(Duration::from_secs(30)))).join().unwrap())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn extend(&mut self, ttl: Option<Duration>) -> Result<()> {
-        if self.is_lost() {
-            self.lost = true;
-            return Err(Error::LockLost);
-        }
-        let (key, lock_id) = (&self.key, &self.id);
-        let extend = Request::Extend {
-            uuid: &new_uuid(),
-            key,
-            lock_id,
-            ttl: ttl.map_or(Ttl::Never, Ttl::After),
-        };
-        let answer = self.conn.call(self.timeout, &extend)?;
-        let received = Instant::now();
-        match answer {
-            Answer::Extended(true) => {
-                self.expires = ttl.map(|t| received + t);
-                Ok(())
-            }
-            Answer::Extended(false) => {
-                self.lost = true;
-                Err(Error::LockLost)
-            }
-            a => Err(refusal(a)),
-        }
+    pub fn extend(&self, ttl: Option<Duration>) -> Result<()> {
+        renew(
+            &self.conn,
+            &self.key,
+            &self.id,
+            ttl,
+            self.timeout,
+            &self.lease,
+        )
     }
 
     /// Stops managing the lock and returns its id: the lock stays held after the guard is gone,
@@ -240,7 +329,7 @@ impl Drop for LockGuard {
             self.finish();
             let _ = self
                 .conn
-                .notify(&unlock_request(&new_uuid(), &self.key, &self.id));
+                .release(&unlock_request(&new_uuid(), &self.key, &self.id));
         }
     }
 }
@@ -340,7 +429,7 @@ impl Drop for ManyGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
             let lock_id = &self.id;
-            let _ = self.conn.notify(&Request::ReleaseMany {
+            let _ = self.conn.release(&Request::ReleaseMany {
                 uuid: &new_uuid(),
                 lock_id,
             });

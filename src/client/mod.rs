@@ -19,11 +19,11 @@
 
 mod driver;
 mod error;
-mod guard;
-mod options;
+pub(crate) mod guard;
+pub(crate) mod options;
 mod spawn;
 mod transport;
-mod url;
+pub(crate) mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
@@ -39,14 +39,15 @@ pub use spawn::{
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
-use driver::{Conn, Pending, new_uuid};
+pub(crate) use driver::new_uuid;
+use driver::{Conn, Pending};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
 
 /// How long the client waits beyond a broker-side wait time-out before it gives up on its own:
 /// the broker decides, this only guards against a broker that never answers.
-const SLACK: Duration = Duration::from_secs(1);
+pub(crate) const SLACK: Duration = Duration::from_secs(1);
 
 /// How long a lock may be held, and how it shares its key: the protocol's own types.
 ///
@@ -71,6 +72,7 @@ pub use crate::proto::{Mode, Ttl};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Pong {
     /// Round-trip time.
     pub rtt: Duration,
@@ -329,8 +331,9 @@ impl Client {
         )
     }
 
-    /// Takes `key` with options; [`Error::TimedOut`] if it was not granted within
-    /// `wait_timeout` (or at once, with `try_only`).
+    /// Takes `key` with options: [`Error::WaitTimedOut`] if it was not granted within
+    /// `wait_timeout`, [`Error::Busy`] if `try_only` found it held, [`Error::Config`] for a TTL
+    /// under 1 ms.
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -339,14 +342,35 @@ impl Client {
     /// use std::time::Duration;
     /// let _held = client.lock("k")?;
     /// let r = client.lock_with("k", &LockOptions::new().timeout(Duration::from_millis(50)));
-    /// assert!(matches!(r, Err(Error::TimedOut)));
+    /// assert!(matches!(r, Err(Error::WaitTimedOut)));
+    /// let r = client.lock_with("k", &LockOptions::new().try_only());
+    /// assert!(r.unwrap_err().is_busy());
+    /// let r = client.lock_with("j", &LockOptions::new().ttl(Duration::ZERO));
+    /// assert!(matches!(r, Err(Error::Config(_))));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_with(&self, key: &str, opts: &LockOptions) -> Result<LockGuard> {
-        self.acquire(key, opts)?.ok_or(Error::TimedOut)
+        self.acquire(key, opts)?.ok_or_else(|| not_granted(opts))
+    }
+
+    /// Pipelined releases (guards dropped without [`LockGuard::unlock`]) whose answer said the
+    /// lock had already gone, on the current connection. The unlock is written without
+    /// waiting, so this is where such a loss shows up; `unlock()` reports it to the caller.
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
+    /// drop(client.lock("k")?);
+    /// client.ping()?; // the unlock's answer has arrived by now
+    /// assert_eq!(client.lost_releases()?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lost_releases(&self) -> Result<u64> {
+        Ok(self.conn()?.lost_releases())
     }
 
     fn acquire(&self, key: &str, o: &LockOptions) -> Result<Option<LockGuard>> {
+        o.check()?;
         let conn = self.conn()?;
         // The npm broker knows no wait time-out: there the client's own timer is the deadline.
         let slack = if conn.kind() == BrokerKind::Node {
@@ -356,21 +380,39 @@ impl Client {
         };
         let p = conn.request(&o.lock_request(&new_uuid(), key))?;
         let id = p.uuid();
-        match await_grant(p, o.wait_timeout.map(|t| t + slack))? {
-            Some(Answer::Locked { fencing_token }) => Ok(Some(LockGuard {
-                expires: match o.ttl {
+        match await_grant(p, o.wait_timeout.map(|t| t + slack), slack.is_zero())? {
+            Some(Answer::Locked { fencing_token }) => {
+                let lease = guard::Lease::new(match o.ttl {
                     Ttl::After(d) => Some(Instant::now() + d),
                     _ => None,
-                },
-                conn,
-                key: key.to_string(),
-                id,
-                token: fencing_token,
-                lost: false,
-                done: false,
-                timeout: self.inner.request_timeout,
-                hooks: Mutex::new(Vec::new()),
-            })),
+                });
+                let timeout = self.inner.request_timeout;
+                let keep_alive = o.renew_every().map(|_| {
+                    let ttl = match o.ttl {
+                        Ttl::After(d) => d,
+                        _ => unreachable!("renew_every needs Ttl::After"),
+                    };
+                    guard::keep_alive(
+                        conn.clone(),
+                        key.to_string(),
+                        id.clone(),
+                        ttl,
+                        timeout,
+                        lease.clone(),
+                    )
+                });
+                Ok(Some(LockGuard {
+                    lease,
+                    conn,
+                    key: key.to_string(),
+                    id,
+                    token: fencing_token,
+                    done: false,
+                    timeout,
+                    hooks: Mutex::new(Vec::new()),
+                    keep_alive,
+                }))
+            }
             None | Some(Answer::NotGranted) => Ok(None),
             Some(a) => Err(refusal(a)),
         }
@@ -398,15 +440,16 @@ impl Client {
     /// # let client = live_mutex::Client::connect(&format!("tcp://{}", broker.local_addr().unwrap()))?;
     /// let _a = client.lock("a")?;
     /// let r = client.lock_many_with(&["a", "b"], &live_mutex::LockOptions::new().try_only());
-    /// assert!(matches!(r, Err(live_mutex::Error::TimedOut)));
+    /// assert!(matches!(r, Err(live_mutex::Error::Busy)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_many_with<S: AsRef<str>>(&self, keys: &[S], o: &LockOptions) -> Result<ManyGuard> {
+        o.check()?;
         let conn = self.conn()?;
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
         let p = conn.request(&o.many_request(&new_uuid(), &keys))?;
         let id = p.uuid();
-        match await_grant(p, o.wait_timeout.map(|t| t + SLACK))? {
+        match await_grant(p, o.wait_timeout.map(|t| t + SLACK), false)? {
             Some(Answer::ManyLocked(tokens)) => Ok(ManyGuard {
                 conn,
                 id,
@@ -414,7 +457,7 @@ impl Client {
                 done: false,
                 timeout: self.inner.request_timeout,
             }),
-            None | Some(Answer::NotGranted) => Err(Error::TimedOut),
+            None | Some(Answer::NotGranted) => Err(not_granted(o)),
             Some(a) => Err(refusal(a)),
         }
     }
@@ -558,14 +601,29 @@ impl Client {
 }
 
 /// Waits for a lock's or acquire-many's answer until `limit` from now; `None` once the wait
-/// ran out, after the request was given up (a lock is cancelled at the broker).
-fn await_grant(p: Pending, limit: Option<Duration>) -> Result<Option<Answer>> {
+/// ran out, after the request was given up (a lock is cancelled at the broker). The limit is
+/// the wait time-out itself when `limit_is_wait` (the npm broker has none of its own), else
+/// the broker's wait time-out plus slack: running past that means the broker went silent.
+fn await_grant(p: Pending, limit: Option<Duration>, limit_is_wait: bool) -> Result<Option<Answer>> {
     match p.recv(limit.map(|l| Instant::now() + l)) {
-        Err(Error::TimedOut) => {
+        Err(Error::BrokerSilent) => {
             p.give_up()?;
-            Ok(None)
+            if limit_is_wait {
+                Ok(None)
+            } else {
+                Err(Error::BrokerSilent)
+            }
         }
         r => r.map(Some),
+    }
+}
+
+/// The error for a lock that was answered "not granted".
+fn not_granted(o: &LockOptions) -> Error {
+    if o.try_only {
+        Error::Busy
+    } else {
+        Error::WaitTimedOut
     }
 }
 

@@ -1,8 +1,9 @@
 //! What a caller may ask of a lock ([`LockOptions`]), and the one place that turns those
 //! options into the protocol's requests, for one key and for several.
 
+use super::error::{Error, Result};
 use super::{Mode, Ttl};
-use crate::proto::{AcquireMany, LockRequest, Request};
+use crate::proto::{AcquireMany, LockRequest, MAX_TTL_MS, Request};
 use std::time::Duration;
 
 /// Options for [`Client::lock_with`](super::Client::lock_with). Build with the methods, or with struct syntax and
@@ -15,6 +16,7 @@ use std::time::Duration;
 /// assert_eq!(o.wait_timeout, Some(Duration::from_secs(5)));
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LockOptions {
     /// Lifetime of the lock once granted.
     pub ttl: Ttl,
@@ -28,6 +30,10 @@ pub struct LockOptions {
     pub mode: Mode,
     /// Keep the lock when this connection closes (until its TTL or an explicit release).
     pub keep_after_disconnect: bool,
+    /// Renew the lock every TTL/3 in the background for as long as the guard lives, so a
+    /// short TTL only bounds how long a crashed holder keeps the key. Needs a
+    /// [`Ttl::After`]; ignored otherwise.
+    pub keep_alive: bool,
 }
 
 impl LockOptions {
@@ -99,6 +105,30 @@ impl LockOptions {
 }
 
 impl LockOptions {
+    /// Sets [`keep_alive`](Self::keep_alive).
+    ///
+    /// ```
+    /// assert!(live_mutex::LockOptions::new().keep_alive().keep_alive);
+    /// ```
+    pub fn keep_alive(mut self) -> Self {
+        self.keep_alive = true;
+        self
+    }
+
+    /// Refuses what the wire cannot say: a TTL under 1 ms (it would go out as `0`, which the
+    /// protocol reads as "the broker's default") or above [`MAX_TTL_MS`].
+    pub(crate) fn check(&self) -> Result<()> {
+        check_ttl(self.ttl)
+    }
+
+    /// The keep-alive period, when keep-alive applies: a third of the TTL.
+    pub(crate) fn renew_every(&self) -> Option<Duration> {
+        match self.ttl {
+            Ttl::After(d) if self.keep_alive => Some(d / 3),
+            _ => None,
+        }
+    }
+
     /// The broker-side wait time-out, in whole milliseconds.
     fn wait_ms(&self) -> Option<u64> {
         self.wait_timeout
@@ -130,5 +160,18 @@ impl LockOptions {
             wait_timeout: self.wait_ms(),
             keep_locks_after_death: self.keep_after_disconnect,
         })
+    }
+}
+
+/// See [`LockOptions::check`]; also applied to `extend`.
+pub(crate) fn check_ttl(ttl: Ttl) -> Result<()> {
+    match ttl {
+        Ttl::After(d) if d < Duration::from_millis(1) => Err(Error::Config(format!(
+            "ttl {d:?} is under 1 ms: use a TTL of at least 1 ms, or Ttl::Never for no expiry"
+        ))),
+        Ttl::After(d) if d.as_millis() > u128::from(MAX_TTL_MS) => Err(Error::Config(format!(
+            "ttl {d:?} is over the protocol's limit of {MAX_TTL_MS} ms: use Ttl::Never"
+        ))),
+        _ => Ok(()),
     }
 }

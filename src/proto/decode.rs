@@ -17,6 +17,7 @@ pub const MAX_CLIENT_NAME: usize = 256;
 
 /// What was wrong with a message. The `Display` text is what goes into the reply's `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeErrorKind {
     #[error("message is not valid UTF-8")]
     InvalidUtf8,

@@ -70,6 +70,7 @@ pub const PROTOCOL_VERSION: &str = "0.2.25";
 
 /// Caps applied while decoding, so oversized ids never reach the lock table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Longest `key` (and each `acquire-many` key), in bytes.
     pub max_key_len: usize,
@@ -106,6 +107,7 @@ impl Default for Limits {
 /// # drop(forever);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Ttl {
     /// Whatever the broker is configured with (the npm broker: 5 s).
     #[default]
@@ -129,6 +131,7 @@ impl From<Duration> for Ttl {
 /// assert_eq!(Mode::default().as_str(), "exclusive");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Mode {
     /// Up to the key's `max` holders (a mutex when `max` is 1, a semaphore otherwise).
     #[default]
@@ -152,6 +155,7 @@ impl Mode {
 
 /// Why a client abandons its request `uuid` (all three mean: dequeue it, or release it if granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CancelReason {
     /// `lock-received-rejected`: a grant arrived after the client stopped wanting it.
     Rejected,
@@ -163,6 +167,7 @@ pub enum CancelReason {
 
 /// The legacy `RWLockWritePrefClient` messages (broker-side reader count and writer flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RwOp {
     IncrementReaders,
     DecrementReaders,
@@ -237,6 +242,7 @@ pub struct AcquireMany<'a> {
 
 /// One decoded request; strings borrow the input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Request<'a> {
     /// First message of the Node client; see [`is_compatible_version`]. No reply when compatible.
     /// `keep_locks_after_death` is the client's constructor option (it shows on `version`, not on

@@ -8,6 +8,7 @@ use super::{Mode, RwOp};
 
 /// Immediate answer to a `lock` (or the later push with the same `uuid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LockOutcome {
     /// `fencing_token` is `None` only from the npm broker, which has none.
     Granted { fencing_token: Option<u64> },
@@ -22,6 +23,7 @@ pub enum LockOutcome {
 
 /// Answer to an `acquire-many`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ManyOutcome<'a> {
     /// Each key with its fencing token.
     Granted {
@@ -48,6 +50,7 @@ pub enum ManyOutcome<'a> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HolderInfo<'a> {
     /// Lock id.
     pub id: Cow<'a, str>,
@@ -133,6 +136,7 @@ impl WaiterInfo<'_> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Keys with holders or waiters.
     pub keys: u64,
@@ -151,6 +155,7 @@ pub struct Stats {
 /// [`Cow`] so the broker encodes from borrowed slices and the decoder fills owned ones, both
 /// with strings borrowed from the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reply<'a> {
     Lock {
         uuid: &'a str,

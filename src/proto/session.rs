@@ -90,6 +90,7 @@ impl fmt::Display for RequestId {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct LockInfo {
     /// The key asked about.
     pub key: String,
@@ -109,6 +110,7 @@ pub struct LockInfo {
 
 /// What an `unlock` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unlocked {
     /// Released.
     Yes,
@@ -121,6 +123,7 @@ pub enum Unlocked {
 
 /// The final answer to one request, owned so a driver can hand it to another thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Answer {
     /// `lock` granted.
     Locked {
@@ -153,6 +156,7 @@ pub enum Answer {
 
 /// What happened, for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// Request `id` is finished.
     Answer { id: RequestId, answer: Answer },
@@ -174,6 +178,9 @@ enum Wants {
         try_only: bool,
     },
     Unlock,
+    /// A pipelined release (`unlock` or `release-many` that nobody waits for): its answer is
+    /// consumed here and only counted if it says the lock had already gone.
+    Release,
     Extend,
     ReleaseMany,
     Ls,
@@ -193,6 +200,7 @@ pub struct Session {
     out: Vec<u8>,
     events: VecDeque<Event>,
     decoder: ReplyDecoder,
+    lost_releases: u64,
 }
 
 impl fmt::Debug for Session {
@@ -248,9 +256,29 @@ impl Session {
         Some(id)
     }
 
-    /// Queues `req` to be sent; nobody waits for its reply (a guard's unlock on drop).
+    /// Queues `req` to be sent; nobody waits for its reply (acks, hand-backs, cancels).
     pub fn notify(&mut self, req: &Request<'_>) {
         self.push(req);
+    }
+
+    /// Queues a pipelined release (a guard's `unlock` or `release-many` on drop): nobody waits
+    /// for its reply, which this session still consumes by id, so it can never be taken for
+    /// another request's, and counts in [`lost_releases`](Self::lost_releases) if it says the
+    /// lock had already gone. Other requests are sent as [`notify`](Self::notify) does.
+    pub fn release(&mut self, req: &Request<'_>) {
+        match (req, req.uuid().and_then(RequestId::parse)) {
+            (Request::Unlock { .. } | Request::ReleaseMany { .. }, Some(id)) => {
+                self.push(req);
+                self.pending.insert(id, Wants::Release);
+            }
+            _ => self.push(req),
+        }
+    }
+
+    /// Pipelined releases whose answer said the lock had already gone (expired, forced, or
+    /// never held): the critical section that ended with it may have overlapped another.
+    pub fn lost_releases(&self) -> u64 {
+        self.lost_releases
     }
 
     fn push(&mut self, req: &Request<'_>) {
@@ -276,8 +304,10 @@ impl Session {
 
     /// The connection is gone: every pending request ends with [`Event::Lost`].
     pub fn connection_lost(&mut self) {
-        for (id, _) in self.pending.drain() {
-            self.events.push_back(Event::Lost { id });
+        for (id, wants) in self.pending.drain() {
+            if !matches!(wants, Wants::Release) {
+                self.events.push_back(Event::Lost { id });
+            }
         }
     }
 
@@ -367,6 +397,19 @@ impl Session {
                 Some(a) => a,
                 None => return,
             },
+            Wants::Release => {
+                self.pending.remove(&id);
+                if !matches!(
+                    other_answer(&reply, &Wants::Unlock),
+                    Answer::Unlocked(Unlocked::Yes)
+                ) && !matches!(
+                    other_answer(&reply, &Wants::ReleaseMany),
+                    Answer::Released(true)
+                ) {
+                    self.lost_releases += 1;
+                }
+                return;
+            }
             other => other_answer(&reply, other),
         };
         if let Some(Wants::Lock {
@@ -533,7 +576,7 @@ impl Wants {
         match self {
             Wants::Lock { .. } => "lock",
             Wants::Many { .. } => "acquire-many",
-            Wants::Unlock => "unlock",
+            Wants::Unlock | Wants::Release => "unlock",
             Wants::Extend => "extend",
             Wants::ReleaseMany => "release-many",
             Wants::Ls => "ls",

@@ -10,6 +10,7 @@ use super::{ConnId, Mode, Name, Table, WaitHistogram};
 
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HolderInfo {
     pub id: Name,
     pub conn: ConnId,
@@ -32,6 +33,7 @@ pub struct WaiterInfo {
 
 /// One key, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyInfo {
     pub key: Name,
     pub max: u32,
@@ -44,6 +46,7 @@ pub struct KeyInfo {
 
 /// Totals, for `system-stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     pub keys: usize,
     pub holders: usize,

@@ -102,6 +102,7 @@ pub struct ManyRequest<'a> {
 
 /// Limits and defaults.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// TTL of a lock whose request names none (`Ttl::Default`); `None` = no expiry.
     pub default_ttl: Option<Duration>,
@@ -207,6 +208,7 @@ pub enum Event {
 
 /// Errors of one request. None of them changes the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TableError {
     #[error("key is {len} bytes long; the limit is {max}")]
     KeyTooLong { len: usize, max: usize },

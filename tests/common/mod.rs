@@ -1,4 +1,6 @@
-//! Test clients that speak the wire protocol byte by byte, over each transport.
+//! The one test-support module: brokers on port 0 and their own socket paths (so tests run in
+//! parallel without meeting), scratch directories removed on drop, and test clients that speak
+//! the wire protocol byte by byte over each transport.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -75,6 +77,57 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A scratch directory, removed on drop (the tag only makes a leftover one recognisable).
+pub fn scratch(tag: &str) -> TempDir {
+    let d = TempDir::new();
+    let p = d.0.with_file_name(format!(
+        "{}-{tag}",
+        d.0.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("lmx-test")
+    ));
+    std::fs::rename(&d.0, &p).unwrap();
+    std::mem::forget(d);
+    TempDir(p)
+}
+
+/// A broker on 127.0.0.1 port 0, and its `tcp://` URL, for tests that use the client.
+pub fn broker() -> (BrokerHandle, String) {
+    let h = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let url = format!("tcp://{}", h.local_addr().unwrap());
+    (h, url)
+}
+
+pub fn stop(h: BrokerHandle) {
+    h.shutdown();
+    h.join().unwrap();
+}
+
+/// Waits (up to 10 s) for a file that another process creates.
+pub fn wait_for(p: &Path) {
+    let t = std::time::Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} never appeared",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

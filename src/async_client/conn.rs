@@ -1,0 +1,303 @@
+//! Drives one [`Session`] over one async transport. One task per connection owns the socket:
+//! it writes whatever the session has queued since it last ran, in one write (so a guard's
+//! unlock dropped just before the next lock leaves in the same write as that lock, and an
+//! unlock with nothing after it leaves as soon as the task runs: no timer), and reads replies,
+//! handing each answer to its waiter's oneshot channel.
+//!
+//! Callers never await while holding the state's mutex: it only guards the session and the
+//! waiters for a few instructions, so taking it from an executor thread is not blocking.
+
+use super::transport::{self, Io};
+use crate::client::url::Endpoint;
+use crate::client::{Error, Result, unlock_request};
+use crate::proto::Request;
+use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
+use ahash::RandomState;
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+struct State {
+    dead: bool,
+    session: Session,
+    waiters: HashMap<RequestId, oneshot::Sender<Answer>, RandomState>,
+}
+
+impl State {
+    fn route(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            let id = match ev {
+                Event::Answer { id, answer } => {
+                    if let Some(tx) = self.waiters.remove(&id) {
+                        let _ = tx.send(answer);
+                    }
+                    continue;
+                }
+                Event::Lost { id } => id,
+            };
+            self.waiters.remove(&id);
+        }
+    }
+}
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the connection task: bytes to write, or every handle is gone.
+    wake: Notify,
+    dead: AtomicBool,
+    node: AtomicBool,
+    closing: AtomicBool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Runs `f` on the state and wakes the task if the session has bytes to send.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut st = lock(&self.state);
+        if st.dead {
+            return Err(Error::ConnectionLost);
+        }
+        let t = f(&mut st)?;
+        let send = st.session.wants_transmit();
+        drop(st);
+        if send {
+            self.wake.notify_one();
+        }
+        Ok(t)
+    }
+
+    fn fail(&self) {
+        let mut st = lock(&self.state);
+        st.dead = true;
+        self.dead.store(true, Ordering::Release);
+        st.session.connection_lost();
+        st.route();
+        st.waiters.clear();
+    }
+}
+
+/// The connection task: see the module docs. Ends when the socket does or when every handle
+/// is gone (after writing what was queued, such as the last guard's unlock).
+async fn run(shared: Arc<Shared>, mut io: Io) {
+    let mut out = Vec::with_capacity(4096);
+    let mut inbuf = Vec::with_capacity(4096);
+    loop {
+        lock(&shared.state).session.transmit(&mut out);
+        if !out.is_empty() {
+            if io.send(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            continue;
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = shared.wake.notified() => {}
+            r = io.recv(&mut inbuf) => match r {
+                Ok(true) => {
+                    let mut st = lock(&shared.state);
+                    st.session.handle_line(&mut inbuf);
+                    st.route();
+                    drop(st);
+                    inbuf.clear();
+                }
+                Ok(false) | Err(_) => break,
+            },
+        }
+    }
+    shared.fail();
+}
+
+/// A live connection; dropping the last handle ends its task, which closes the socket (the
+/// broker then releases whatever this connection still held).
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// An in-flight request. Dropping it before its answer was taken gives the request up: a lock
+/// is cancelled at the broker, and a grant that was already routed to it is released at once.
+pub(crate) struct Pending {
+    id: RequestId,
+    rx: oneshot::Receiver<Answer>,
+    shared: Arc<Shared>,
+    /// The key of a lock request (`None` for acquire-many), for releasing a raced grant.
+    key: Option<String>,
+    taken: bool,
+}
+
+impl Pending {
+    /// The request's id as sent (`uuid`): a lock's id.
+    pub(crate) fn uuid(&self) -> String {
+        self.id.to_string()
+    }
+
+    /// Waits for the answer; [`Error::ConnectionLost`] if the connection ends first.
+    /// Cancel safe: dropping this future leaves the answer in the channel, where dropping
+    /// the `Pending` finds it.
+    pub(crate) async fn recv(&mut self) -> Result<Answer> {
+        let r = (&mut self.rx).await;
+        self.taken = true;
+        r.map_err(|_| Error::ConnectionLost)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let uuid = self.id.to_string();
+        let _ = self.shared.with(|st| {
+            st.waiters.remove(&self.id);
+            // Still pending: the session cancels it at the broker (and hands back a grant that
+            // still arrives). Answered but not taken: the answer is in the channel.
+            st.session.give_up(self.id);
+            match (self.rx.try_recv(), &self.key) {
+                (Ok(Answer::Locked { .. }), Some(key)) => {
+                    st.session
+                        .release(&unlock_request(&crate::client::new_uuid(), key, &uuid));
+                }
+                (Ok(Answer::ManyLocked(_)), None) => st.session.release(&Request::ReleaseMany {
+                    uuid: &crate::client::new_uuid(),
+                    lock_id: &uuid,
+                }),
+                _ => {}
+            }
+            Ok(())
+        });
+    }
+}
+
+impl Conn {
+    /// Connects, starts the connection task, authenticates and detects the broker.
+    pub(crate) async fn open(
+        ep: &Endpoint,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Conn> {
+        let io = transport::connect(ep, token, timeout).await?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                dead: false,
+                session: Session::new(),
+                waiters: HashMap::default(),
+            }),
+            wake: Notify::new(),
+            dead: AtomicBool::new(false),
+            node: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        });
+        tokio::spawn(run(shared.clone(), io));
+        let conn = Conn { shared };
+        let new = crate::client::new_uuid;
+        let auth = match token {
+            Some(token) => Some(conn.request(
+                &Request::Auth {
+                    uuid: Some(&new()),
+                    token,
+                },
+                None,
+            )?),
+            None => None,
+        };
+        let ping = conn.request(&Request::Ping { uuid: &new() }, None)?;
+        let reply = with_timeout(timeout, ping).await;
+        let auth_err = auth
+            .and_then(|mut a| a.rx.try_recv().ok())
+            .and_then(|a| match a {
+                Answer::Rejected(e) | Answer::Unknown(e) => Some(e),
+                _ => None,
+            });
+        match reply {
+            Ok(Answer::Pong(_)) => {
+                if let Some(e) = auth_err {
+                    return Err(Error::Rejected(e));
+                }
+            }
+            Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
+            Ok(Answer::Unknown(_)) => {
+                conn.shared.node.store(true, Ordering::Relaxed);
+                lock(&conn.shared.state)
+                    .session
+                    .set_broker(BrokerKind::Node);
+            }
+            Ok(a) => return Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
+            Err(e) => return Err(auth_err.map_or(e, Error::Rejected)),
+        }
+        Ok(conn)
+    }
+
+    /// Queues `req` (its `uuid` from `new_uuid`) and returns its [`Pending`] answer; `key` is
+    /// the key of a lock request.
+    pub(crate) fn request(&self, req: &Request<'_>, key: Option<&str>) -> Result<Pending> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.with(|st| {
+            let id = st
+                .session
+                .request(req)
+                .ok_or_else(|| Error::Protocol("request without an id".into()))?;
+            st.waiters.insert(id, tx);
+            Ok(id)
+        })?;
+        Ok(Pending {
+            id,
+            rx,
+            shared: self.shared.clone(),
+            key: key.map(str::to_string),
+            taken: false,
+        })
+    }
+
+    /// Sends a request and waits for its answer, bounded by `timeout`.
+    pub(crate) async fn call(&self, timeout: Duration, req: &Request<'_>) -> Result<Answer> {
+        with_timeout(timeout, self.request(req, None)?).await
+    }
+
+    /// A pipelined release: queued at once, its reply consumed (and a lost one counted) by
+    /// the session.
+    pub(crate) fn release(&self, req: &Request<'_>) {
+        let _ = self.shared.with(|st| {
+            st.session.release(req);
+            Ok(())
+        });
+    }
+
+    pub(crate) fn lost_releases(&self) -> u64 {
+        lock(&self.shared.state).session.lost_releases()
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn kind(&self) -> BrokerKind {
+        if self.shared.node.load(Ordering::Relaxed) {
+            BrokerKind::Node
+        } else {
+            BrokerKind::Rust
+        }
+    }
+}
+
+/// Waits for `p` at most `limit`: [`Error::BrokerSilent`] after it (the request is given up).
+pub(crate) async fn with_timeout(limit: Duration, mut p: Pending) -> Result<Answer> {
+    match tokio::time::timeout(limit, p.recv()).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::BrokerSilent),
+    }
+}

@@ -1,0 +1,351 @@
+//! An async client on tokio (feature `tokio`), driving the same [`Session`] as the blocking
+//! [`Client`](crate::Client): TCP, Unix socket and WebSocket, any runtime flavour.
+//!
+//! Nothing here blocks an executor thread: connecting, reconnect back-off and every wait are
+//! awaited; a guard's drop only queues its unlock for the connection's task.
+//!
+//! **Cancellation safety.** Dropping a `lock` future (a `select!` that lost, an aborted task, a
+//! `tokio::time::timeout`) withdraws the request at the broker, and if the grant crossed the
+//! withdrawal on the wire, the lock is released as soon as it arrives: a lock future that did
+//! not complete never leaves a lock held.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+//! # let url = format!("tcp://{}", broker.local_addr().unwrap());
+//! let client = live_mutex::AsyncClient::connect(&url).await?;
+//! {
+//!     let _guard = client.lock("deploy").await?;
+//!     // ... only one holder anywhere ...
+//! } // released here
+//! // A wait bounded by the caller: the abandoned request leaves nothing behind.
+//! let held = client.lock("busy").await?;
+//! let r = tokio::time::timeout(std::time::Duration::from_millis(20), client.lock("busy")).await;
+//! assert!(r.is_err());
+//! assert_eq!(client.info("busy").await?.waiters, 0);
+//! # drop(held);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Session`]: crate::proto::session::Session
+
+mod conn;
+mod guard;
+mod transport;
+
+pub use guard::{AsyncLockGuard, AsyncManyGuard};
+
+use crate::client::url::{self, Endpoint};
+use crate::client::{
+    BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats, Ttl, new_uuid, refusal,
+};
+use crate::proto::Request;
+use crate::proto::session::Answer;
+use conn::{Conn, with_timeout};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Builds an [`AsyncClient`] with non-default time-outs or token.
+#[derive(Debug, Clone)]
+pub struct AsyncClientBuilder {
+    url: String,
+    token: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl AsyncClientBuilder {
+    /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        self.token = Some(t.into());
+        self
+    }
+    /// Longest time to establish a connection, handshake included (default 3 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Longest wait for the reply to a request other than a lock wait (default 10 s).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+    /// Connects now, so a wrong address fails here rather than at the first lock.
+    pub async fn connect(self) -> Result<AsyncClient> {
+        let (endpoint, url_token) = url::parse(&self.url)?;
+        let token = self.token.or(url_token).or_else(|| {
+            std::env::var("LMX_AUTH_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        let client = AsyncClient {
+            inner: Arc::new(Inner {
+                endpoint,
+                token,
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+                slot: Mutex::new(Slot::default()),
+            }),
+        };
+        client.conn().await?;
+        Ok(client)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Arc<Conn>>,
+    failures: u32,
+    last_fail: Option<Instant>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    token: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    slot: Mutex<Slot>,
+}
+
+/// A handle on a broker connection; clone it freely (clones share the connection, and any
+/// number of tasks may wait on it at once). When the connection drops, waiting calls fail with
+/// [`Error::ConnectionLost`], guards report `is_lost`, and the next call reconnects.
+#[derive(Clone)]
+pub struct AsyncClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncClient")
+            .field("endpoint", &self.inner.endpoint)
+            .finish()
+    }
+}
+
+impl AsyncClient {
+    /// Connects to `tcp://host:port`, `ws://host:port[/path]` or `unix:///path` (a token as
+    /// for [`Client::connect`](crate::Client::connect)).
+    pub async fn connect(url: &str) -> Result<AsyncClient> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts an [`AsyncClientBuilder`] for `url`.
+    pub fn builder(url: &str) -> AsyncClientBuilder {
+        AsyncClientBuilder {
+            url: url.to_string(),
+            token: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Which broker this client is talking to.
+    pub async fn broker_kind(&self) -> Result<BrokerKind> {
+        Ok(self.conn().await?.kind())
+    }
+
+    /// The live connection, reconnecting if the last one died; reconnects after a failure are
+    /// spaced out (50 ms doubling to 2 s, jittered) with an async sleep.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let mut slot = self.inner.slot.lock().await;
+        if let Some(c) = slot.conn.as_ref().filter(|c| !c.is_dead()) {
+            return Ok(c.clone());
+        }
+        slot.conn = None;
+        if let Some(t) = slot.last_fail {
+            let backoff =
+                Duration::from_millis(50 << slot.failures.min(6)).min(Duration::from_secs(2));
+            let jittered = backoff.mul_f64(0.75 + fastrand::f64() / 2.0);
+            tokio::time::sleep_until((t + jittered).into()).await;
+        }
+        let i = &self.inner;
+        match Conn::open(&i.endpoint, i.token.as_deref(), i.connect_timeout).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *slot = Slot {
+                    conn: Some(c.clone()),
+                    ..Slot::default()
+                };
+                Ok(c)
+            }
+            Err(e) => {
+                slot.failures += 1;
+                slot.last_fail = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn call(&self, req: &Request<'_>) -> Result<Answer> {
+        self.conn()
+            .await?
+            .call(self.inner.request_timeout, req)
+            .await
+    }
+
+    /// Waits until `key` is granted, with the broker's default TTL.
+    pub async fn lock(&self, key: &str) -> Result<AsyncLockGuard> {
+        self.lock_with(key, &LockOptions::default()).await
+    }
+
+    /// Takes `key` without waiting: `None` if it is busy.
+    pub async fn try_lock(&self, key: &str) -> Result<Option<AsyncLockGuard>> {
+        let o = LockOptions::new().try_only();
+        match self.lock_with(key, &o).await {
+            Err(Error::Busy) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// Takes `key` with options: [`Error::WaitTimedOut`], [`Error::Busy`] (with `try_only`),
+    /// [`Error::Config`] for a TTL under 1 ms; with `keep_alive`, a task renews the lock every
+    /// TTL/3 while the guard lives.
+    pub async fn lock_with(&self, key: &str, o: &LockOptions) -> Result<AsyncLockGuard> {
+        o.check()?;
+        let conn = self.conn().await?;
+        let slack = if conn.kind() == BrokerKind::Node {
+            Duration::ZERO
+        } else {
+            SLACK
+        };
+        let p = conn.request(&o.lock_request(&new_uuid(), key), Some(key))?;
+        let id = p.uuid();
+        let answer = await_grant(p, o.wait_timeout.map(|t| t + slack), slack.is_zero()).await?;
+        match answer {
+            Answer::Locked { fencing_token } => {
+                let lease = crate::client::guard::Lease::new(match o.ttl {
+                    Ttl::After(d) => Some(Instant::now() + d),
+                    _ => None,
+                });
+                let timeout = self.inner.request_timeout;
+                let keep_alive = match (o.renew_every(), o.ttl) {
+                    (Some(_), Ttl::After(ttl)) => Some(guard::keep_alive(
+                        conn.clone(),
+                        key.to_string(),
+                        id.clone(),
+                        ttl,
+                        timeout,
+                        lease.clone(),
+                    )),
+                    _ => None,
+                };
+                Ok(AsyncLockGuard {
+                    conn,
+                    key: key.to_string(),
+                    id,
+                    token: fencing_token,
+                    lease,
+                    timeout,
+                    done: false,
+                    keep_alive,
+                })
+            }
+            Answer::NotGranted if o.try_only => Err(Error::Busy),
+            Answer::NotGranted => Err(Error::WaitTimedOut),
+            a => Err(refusal(a)),
+        }
+    }
+
+    /// Takes all of `keys` at once (all-or-nothing).
+    pub async fn lock_many<S: AsRef<str>>(&self, keys: &[S]) -> Result<AsyncManyGuard> {
+        self.lock_many_with(keys, &LockOptions::default()).await
+    }
+
+    /// [`lock_many`](Self::lock_many) with options (`ttl`, `wait_timeout`, `try_only`,
+    /// `keep_after_disconnect`).
+    pub async fn lock_many_with<S: AsRef<str>>(
+        &self,
+        keys: &[S],
+        o: &LockOptions,
+    ) -> Result<AsyncManyGuard> {
+        o.check()?;
+        let conn = self.conn().await?;
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let p = conn.request(&o.many_request(&new_uuid(), &keys), None)?;
+        let id = p.uuid();
+        match await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await? {
+            Answer::ManyLocked(tokens) => Ok(AsyncManyGuard {
+                conn,
+                id,
+                tokens: tokens.into_iter().collect(),
+                timeout: self.inner.request_timeout,
+                done: false,
+            }),
+            Answer::NotGranted if o.try_only => Err(Error::Busy),
+            Answer::NotGranted => Err(Error::WaitTimedOut),
+            a => Err(refusal(a)),
+        }
+    }
+
+    /// Holders and queue of `key`.
+    pub async fn info(&self, key: &str) -> Result<LockInfo> {
+        match self
+            .call(&Request::LockInfo {
+                uuid: &new_uuid(),
+                key,
+            })
+            .await?
+        {
+            Answer::Info(info) => Ok(LockInfo {
+                key: key.to_string(),
+                ..info
+            }),
+            a => Err(refusal(a)),
+        }
+    }
+
+    /// Broker-wide counters.
+    pub async fn stats(&self) -> Result<Stats> {
+        match self
+            .call(&Request::SystemStats { uuid: &new_uuid() })
+            .await?
+        {
+            Answer::Stats(s) => Ok(s),
+            a => Err(refusal(a)),
+        }
+    }
+
+    /// One round trip (the npm broker answers its unknown `ping` with an error: also a trip).
+    pub async fn ping(&self) -> Result<Duration> {
+        let t = Instant::now();
+        match self.call(&Request::Ping { uuid: &new_uuid() }).await {
+            Ok(_) => Ok(t.elapsed()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pipelined releases on the current connection whose answer said the lock had already
+    /// gone (see [`Client::lost_releases`](crate::Client::lost_releases)).
+    pub async fn lost_releases(&self) -> Result<u64> {
+        Ok(self.conn().await?.lost_releases())
+    }
+}
+
+/// Waits for a lock's or acquire-many's answer, at most `limit`: past it the request is given
+/// up (cancelled at the broker) and the result is "not granted" when the limit is the wait
+/// time-out itself (`limit_is_wait`), else [`Error::BrokerSilent`].
+async fn await_grant(
+    p: conn::Pending,
+    limit: Option<Duration>,
+    limit_is_wait: bool,
+) -> Result<Answer> {
+    let Some(limit) = limit else {
+        let mut p = p;
+        return p.recv().await;
+    };
+    match with_timeout(limit, p).await {
+        Err(Error::BrokerSilent) if limit_is_wait => Ok(Answer::NotGranted),
+        r => r,
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<AsyncClient>();
+    f::<AsyncLockGuard>();
+    f::<AsyncManyGuard>();
+}

@@ -1,0 +1,150 @@
+//! The byte pipes of the async client: TCP, Unix socket or WebSocket, whole messages in and
+//! out (a line, or a WebSocket text frame). Knows nothing of the protocol.
+
+use crate::client::url::{Endpoint, host_port};
+use crate::client::{Error, Result};
+use futures_util::{SinkExt, StreamExt};
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Replies larger than this mean the peer is not a live-mutex broker (or is broken).
+const MAX_LINE: usize = 16 << 20;
+
+/// A byte stream both ways.
+pub(super) trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+pub(super) enum Io {
+    Lines(BufReader<Box<dyn Duplex>>),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Io {
+    /// Appends the next message to `buf` (without its `\n`); `false` at end of stream.
+    /// Cancel safe: bytes of a partial line stay in `buf` and the next call completes it, so
+    /// the caller clears `buf` only after a whole message.
+    pub(super) async fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        match self {
+            Io::Lines(r) => loop {
+                let avail = r.fill_buf().await?;
+                if avail.is_empty() {
+                    return Ok(false);
+                }
+                if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+                    buf.extend_from_slice(&avail[..i]);
+                    r.consume(i + 1);
+                    return Ok(true);
+                }
+                let n = avail.len();
+                buf.extend_from_slice(avail);
+                r.consume(n);
+                if buf.len() > MAX_LINE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "reply line too long",
+                    ));
+                }
+            },
+            Io::Ws(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(false),
+                    Some(Ok(Message::Text(t))) => {
+                        buf.extend_from_slice(t.as_bytes());
+                        return Ok(true);
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        buf.extend_from_slice(&b);
+                        return Ok(true);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(tungstenite::Error::Io(e))) => return Err(e),
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                }
+            },
+        }
+    }
+
+    /// Sends `lines` (each request ending in `\n`) in one write: over WebSocket, one text frame
+    /// per line, flushed together.
+    pub(super) async fn send(&mut self, lines: &[u8]) -> io::Result<()> {
+        match self {
+            Io::Lines(r) => r.get_mut().write_all(lines).await,
+            Io::Ws(ws) => {
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let text = std::str::from_utf8(line)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    ws.feed(Message::text(text)).await.map_err(ws_io)?;
+                }
+                ws.flush().await.map_err(ws_io)
+            }
+        }
+    }
+}
+
+fn ws_io(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
+async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(host_port(host, port)).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Opens `ep` (with the WebSocket handshake, if any) within `timeout`.
+pub(super) async fn connect(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Io> {
+    match tokio::time::timeout(timeout, open(ep, token)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connect timed out",
+        ))),
+    }
+}
+
+async fn open(ep: &Endpoint, token: Option<&str>) -> Result<Io> {
+    let (host, port, path) = match ep {
+        Endpoint::Tcp { host, port } => {
+            let s: Box<dyn Duplex> = Box::new(tcp(host, *port).await?);
+            return Ok(Io::Lines(BufReader::with_capacity(16 << 10, s)));
+        }
+        Endpoint::Unix(p) => {
+            let s: Box<dyn Duplex> = Box::new(UnixStream::connect(p).await?);
+            return Ok(Io::Lines(BufReader::with_capacity(16 << 10, s)));
+        }
+        Endpoint::Ws { host, port, path } => (host, *port, path),
+    };
+    let mut req = format!("ws://{}{path}", host_port(host, port))
+        .into_client_request()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if let Some(t) = token {
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| Error::Config("token is not a valid header value".into()))?;
+        req.headers_mut().insert("authorization", v);
+    }
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(8 << 10)
+        .max_message_size(Some(MAX_LINE))
+        .max_frame_size(Some(MAX_LINE));
+    let stream = tcp(host, port).await?;
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Io(e) => Error::Io(e),
+            tungstenite::Error::Http(r) => {
+                Error::Rejected(format!("WebSocket upgrade refused: HTTP {}", r.status()))
+            }
+            e => Error::Protocol(format!("WebSocket handshake: {e}")),
+        })?;
+    Ok(Io::Ws(Box::new(ws)))
+}

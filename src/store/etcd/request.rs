@@ -1,0 +1,500 @@
+//! One lock request, from its put-if-absent to its release: the extended etcd Mutex recipe.
+//!
+//! Each request is one task on the store's thread. It puts its key and reads the key's other
+//! requests in one Txn; if older conflicting requests exist it watches deletes under the key
+//! (from the revision it read, so none is missed) and, when its turn seems to have come, checks
+//! again in etcd, in one Txn, that its own key still exists and nothing older conflicts:
+//! only then does it report a grant. While it holds, it watches its own key, so a deletion by
+//! anyone else (a forced unlock, an unlock by id on another broker, an expired lease) becomes
+//! [`StoreEvent::Lost`] at once, and it runs its TTL timer.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchFilterType, WatchOptions,
+};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::rules::{self, Entry, Record};
+use super::session::{Holder, Session};
+use super::worker::{Either, Req, Shared, race};
+use super::{LockSpec, StoreError, StoreEvent, Ttl, Wait};
+
+/// Pause before reopening a broken watch or retrying a failed check.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Registers the request and starts its task; answers a repeat of a known request at once.
+pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
+    let fail = |error| {
+        sh.emit(StoreEvent::Error {
+            conn: spec.conn,
+            id: Some(spec.id.clone()),
+            key: spec.key.clone(),
+            error,
+        })
+    };
+    if spec.max == Some(0) {
+        return fail(StoreError::InvalidMax);
+    }
+    let k = (spec.key.clone(), spec.id.clone());
+    let seq = {
+        let mut st = sh.st.borrow_mut();
+        if let Some(r) = st.reqs.get(&k) {
+            // The Node client re-sends a lock with the same uuid when its own timer fires:
+            // answer with the request's current state instead of queueing it twice.
+            let ev = if r.conn != spec.conn {
+                None
+            } else if r.held {
+                Some(StoreEvent::Granted {
+                    conn: spec.conn,
+                    id: spec.id.clone(),
+                    key: spec.key.clone(),
+                    token: r.rev.unsigned_abs(),
+                })
+            } else {
+                Some(StoreEvent::Queued {
+                    conn: spec.conn,
+                    id: spec.id.clone(),
+                    key: spec.key.clone(),
+                    ahead: 0,
+                })
+            };
+            drop(st);
+            return match ev {
+                Some(ev) => sh.emit(ev),
+                None => fail(StoreError::DuplicateId),
+            };
+        }
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        st.reqs.insert(
+            k.clone(),
+            Req {
+                seq,
+                conn: spec.conn,
+                rev: 0,
+                held: false,
+                keep: spec.keep_after_disconnect,
+                task: None,
+            },
+        );
+        seq
+    };
+    let task = tokio::task::spawn_local(run(sh.clone(), spec, seq));
+    if let Some(r) = sh.st.borrow_mut().reqs.get_mut(&k)
+        && r.seq == seq
+    {
+        r.task = Some(task.abort_handle());
+    }
+}
+
+async fn run(sh: Rc<Shared>, spec: LockSpec, seq: u64) {
+    if let Err(error) = acquire(&sh, &spec, seq).await
+        && sh.forget(&spec.key, &spec.id, seq).is_some()
+    {
+        sh.emit(StoreEvent::Error {
+            conn: spec.conn,
+            id: Some(spec.id.clone()),
+            key: spec.key.clone(),
+            error,
+        });
+    }
+}
+
+async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let holder = if spec.keep_after_disconnect {
+        Holder::Keep
+    } else {
+        Holder::Conn(spec.conn)
+    };
+    let lease = Session::lease_for(sh, holder).await?;
+    let me = sh.cfg.request_key(&spec.key, &spec.id);
+    let dir = sh.cfg.key_dir(&spec.key);
+    let record = Record {
+        mode: spec.mode,
+        max: spec.max.unwrap_or(0),
+        owner: sh.owner.clone(),
+        conn: spec.conn.0,
+    };
+    let txn = Txn::new()
+        .when([Compare::create_revision(me.clone(), CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(
+                me.clone(),
+                record.encode(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::get(dir.clone(), Some(GetOptions::new().with_prefix())),
+        ]);
+    let mut kv = sh.client.kv_client();
+    let resp = match sh.call(kv.txn(txn)).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The put may have landed: remove it if it is ours (on our lease).
+            tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Lease(lease)));
+            return Err(e);
+        }
+    };
+    if !resp.succeeded() {
+        return Err(StoreError::DuplicateId);
+    }
+    let seen = resp.header().map_or(0, |h| h.revision());
+    let mut all = Vec::new();
+    for op in resp.op_responses() {
+        if let TxnOpResponse::Get(g) = op {
+            all = entries(sh, g.kvs());
+        }
+    }
+    let Some(rev) = all.iter().find(|e| e.raw == me).map(|e| e.rev) else {
+        return Err(StoreError::Vanished);
+    };
+    if let Some(r) = sh
+        .st
+        .borrow_mut()
+        .reqs
+        .get_mut(&(spec.key.clone(), spec.id.clone()))
+        && r.seq == seq
+    {
+        r.rev = rev;
+    }
+    all.retain(|e| e.rev < rev);
+    let older = all;
+    let refs: Vec<&Entry> = older.iter().collect();
+    if let Some(m) = spec.max
+        && spec.mode == rules::Mode::Exclusive
+    {
+        let current = rules::resolve_max(0, &refs);
+        if refs.iter().any(|e| e.max > 0) && current != m {
+            tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+            return Err(StoreError::MaxMismatch {
+                current,
+                requested: m,
+            });
+        }
+    }
+    let ev = |f: fn(super::ConnId, String, String, usize) -> StoreEvent, n| {
+        f(spec.conn, spec.id.clone(), spec.key.clone(), n)
+    };
+    if !rules::granted(spec.mode, record.max, &refs) {
+        let ahead = older.len();
+        let expired = match spec.wait {
+            Wait::No => Some(false),
+            Wait::Until(t) => (Instant::from_std(t) <= Instant::now()).then_some(true),
+            Wait::Forever => None,
+        };
+        if let Some(timed_out) = expired {
+            // Deleted before the answer, so no ghost of it delays the next request.
+            if delete_once(sh, &me, Guard::Rev(rev)).await.is_err() {
+                tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+            }
+            if sh.forget(&spec.key, &spec.id, seq).is_some() {
+                if timed_out {
+                    sh.st.borrow_mut().wait_timeouts += 1;
+                    sh.emit(StoreEvent::TimedOut {
+                        conn: spec.conn,
+                        id: spec.id.clone(),
+                        key: spec.key.clone(),
+                        waited: started.elapsed(),
+                    });
+                } else {
+                    sh.emit(ev(
+                        |conn, id, key, ahead| StoreEvent::Busy {
+                            conn,
+                            id,
+                            key,
+                            ahead,
+                        },
+                        ahead,
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        sh.emit(ev(
+            |conn, id, key, ahead| StoreEvent::Queued {
+                conn,
+                id,
+                key,
+                ahead,
+            },
+            ahead,
+        ));
+        let turn = wait_turn(sh, spec, &dir, &me, rev, older, seen);
+        let outcome = match spec.wait {
+            Wait::Until(t) => race(sleep_until(Instant::from_std(t)), turn).await,
+            _ => Either::Right(turn.await),
+        };
+        match outcome {
+            Either::Right(r) => r?,
+            Either::Left(()) => {
+                tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+                if sh.forget(&spec.key, &spec.id, seq).is_some() {
+                    sh.st.borrow_mut().wait_timeouts += 1;
+                    sh.emit(StoreEvent::TimedOut {
+                        conn: spec.conn,
+                        id: spec.id.clone(),
+                        key: spec.key.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+                return Ok(());
+            }
+        }
+    }
+    hold(sh, spec, seq, me, rev).await;
+    Ok(())
+}
+
+/// Waits until the request's turn has come and etcd confirms it. `Err` only when its own key
+/// is gone: every other failure is retried (a failing etcd ends the session, and this task
+/// with it).
+async fn wait_turn(
+    sh: &Rc<Shared>,
+    spec: &LockSpec,
+    dir: &[u8],
+    me: &[u8],
+    rev: i64,
+    mut older: Vec<Entry>,
+    mut seen: i64,
+) -> Result<(), StoreError> {
+    let max = spec.max.unwrap_or(0);
+    loop {
+        let mut wc = sh.client.watch_client();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(seen + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        if let Ok(mut stream) = sh.call(wc.watch(dir.to_vec(), Some(opts))).await {
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled() {
+                    break;
+                }
+                let mut relevant = false;
+                let pred = {
+                    let refs: Vec<&Entry> = older.iter().collect();
+                    rules::predecessor(spec.mode, max, &refs).map(|e| e.raw.clone())
+                };
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    if ev.event_type() != EventType::Delete {
+                        continue;
+                    }
+                    if kv.key() == me {
+                        return Err(StoreError::Vanished);
+                    }
+                    seen = seen.max(kv.mod_revision());
+                    let before = older.len();
+                    older.retain(|e| e.raw != kv.key());
+                    if older.len() < before && pred.as_deref().is_none_or(|p| p == kv.key()) {
+                        relevant = true;
+                    }
+                }
+                let refs: Vec<&Entry> = older.iter().collect();
+                if relevant && rules::granted(spec.mode, max, &refs) {
+                    match recheck(sh, dir, me, rev).await {
+                        Ok(Some((fresh, _))) => {
+                            older = fresh;
+                            let refs: Vec<&Entry> = older.iter().collect();
+                            if rules::granted(spec.mode, max, &refs) {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => return Err(StoreError::Vanished),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        // The watch broke (etcd failing over, compaction): read afresh, then watch again.
+        loop {
+            sleep(RETRY).await;
+            match recheck(sh, dir, me, rev).await {
+                Ok(Some((fresh, at))) => {
+                    older = fresh;
+                    seen = at;
+                    break;
+                }
+                Ok(None) => return Err(StoreError::Vanished),
+                Err(_) => continue,
+            }
+        }
+        let refs: Vec<&Entry> = older.iter().collect();
+        if rules::granted(spec.mode, max, &refs) {
+            return Ok(());
+        }
+    }
+}
+
+/// In one Txn: our key still exists with our revision, and the requests older than it.
+/// `Ok(None)` when our key is gone.
+async fn recheck(
+    sh: &Shared,
+    dir: &[u8],
+    me: &[u8],
+    rev: i64,
+) -> Result<Option<(Vec<Entry>, i64)>, StoreError> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(me.to_vec(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::get(
+            dir.to_vec(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_max_create_revision(rev - 1),
+            ),
+        )]);
+    let mut kv = sh.client.kv_client();
+    let resp = sh.call(kv.txn(txn)).await?;
+    if !resp.succeeded() {
+        return Ok(None);
+    }
+    let at = resp.header().map_or(0, |h| h.revision());
+    let mut older = Vec::new();
+    for op in resp.op_responses() {
+        if let TxnOpResponse::Get(g) = op {
+            older = entries(sh, g.kvs());
+        }
+    }
+    older.retain(|e| e.rev < rev);
+    Ok(Some((older, at)))
+}
+
+/// Reports the grant, then holds until the TTL ends (the key is deleted: `Expired`) or the key
+/// is deleted by someone else (`Lost`). An unlock or a disconnect aborts this task first.
+async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64) {
+    {
+        let mut st = sh.st.borrow_mut();
+        match st.reqs.get_mut(&(spec.key.clone(), spec.id.clone())) {
+            Some(r) if r.seq == seq => r.held = true,
+            _ => return,
+        }
+        st.grants += 1;
+    }
+    sh.emit(StoreEvent::Granted {
+        conn: spec.conn,
+        id: spec.id.clone(),
+        key: spec.key.clone(),
+        token: rev.unsigned_abs(),
+    });
+    let ttl = match spec.ttl {
+        Ttl::Default => sh.cfg.default_ttl,
+        Ttl::Never => None,
+        Ttl::After(d) => Some(d),
+    };
+    let gone = watch_gone(sh, &me, rev);
+    let expired = match ttl {
+        Some(d) => matches!(race(sleep(d), gone).await, Either::Left(())),
+        None => {
+            gone.await;
+            false
+        }
+    };
+    if expired {
+        tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+    }
+    if sh.forget(&spec.key, &spec.id, seq).is_none() {
+        return;
+    }
+    let (conn, id, key) = (spec.conn, spec.id.clone(), spec.key.clone());
+    sh.emit(if expired {
+        sh.st.borrow_mut().expiries += 1;
+        StoreEvent::Expired { conn, id, key }
+    } else {
+        StoreEvent::Lost {
+            conn,
+            id,
+            key,
+            reason: "its key was deleted in etcd: a forced unlock, an unlock by id on another \
+                     broker, or its lease expired"
+                .to_owned(),
+        }
+    });
+}
+
+/// Returns once our key (revision `rev`) no longer exists.
+async fn watch_gone(sh: &Shared, me: &[u8], rev: i64) {
+    let mut from = rev + 1;
+    loop {
+        let mut wc = sh.client.watch_client();
+        let opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        if let Ok(mut stream) = sh.call(wc.watch(me.to_vec(), Some(opts))).await {
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled() {
+                    break;
+                }
+                if resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return;
+                }
+            }
+        }
+        // The watch broke: look at the key itself, then watch again from there.
+        loop {
+            sleep(RETRY).await;
+            let mut kv = sh.client.kv_client();
+            match sh.call(kv.get(me.to_vec(), None)).await {
+                Ok(r) => {
+                    if !r.kvs().iter().any(|k| k.create_revision() == rev) {
+                        return;
+                    }
+                    from = r.header().map_or(from, |h| h.revision() + 1);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// Which key a delete may remove: ours by revision, or (when the put's answer was lost) ours by
+/// lease. Both make sure a request of another broker with the same id is never touched.
+#[derive(Clone, Copy, Debug)]
+pub enum Guard {
+    Rev(i64),
+    Lease(i64),
+}
+
+/// Deletes a request key once. `Ok(false)` when it was already gone (or not ours).
+pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
+    let cmp = match guard {
+        Guard::Rev(r) => Compare::create_revision(me.to_vec(), CompareOp::Equal, r),
+        Guard::Lease(l) => Compare::lease(me.to_vec(), CompareOp::Equal, l),
+    };
+    let txn = Txn::new()
+        .when([cmp])
+        .and_then([TxnOp::delete(me.to_vec(), None)]);
+    let mut kv = sh.client.kv_client();
+    Ok(sh.call(kv.txn(txn)).await?.succeeded())
+}
+
+/// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway
+/// (or, for a keep-after-death request, the key waits for its store's lease).
+pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
+    let until = Instant::now() + sh.cfg.session_ttl;
+    while delete_once(&sh, &me, guard).await.is_err() && Instant::now() < until {
+        sleep(RETRY).await;
+    }
+}
+
+/// Decodes the request keys of a range read.
+pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let (_, id) = sh.cfg.parse_request_key(kv.key())?;
+            Some(Entry::new(
+                kv.key().to_vec(),
+                id,
+                kv.create_revision(),
+                kv.value(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,269 @@
+//! Who holds a key, decided from etcd's records alone.
+//!
+//! Every request is a key `PREFIX/<key>/<id>` whose create revision orders it: etcd hands out
+//! revisions that only rise, so "older" is the same on every broker. A request is granted when
+//! no conflicting older request exists, whether that one holds or still waits: that is strict
+//! FIFO with no barging, the same rule as the in-memory table (`src/table/queue.rs`):
+//! - exclusive with `max` N: fewer than N older requests, all of them exclusive;
+//! - read: every older request is a read;
+//! - write: no older request at all.
+//!
+//! Because a request's grant depends only on the requests older than it, anyone who reads the
+//! key's range can tell who holds it (for `info`, `stats` and a forced unlock) without asking
+//! the broker that made the request. This file does no I/O.
+
+use serde_json::json;
+
+/// How a request shares its key (the table's `Mode`, kept separate while the table is split).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Exclusive,
+    Read,
+    Write,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Read => "read",
+            Mode::Write => "write",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "exclusive" => Mode::Exclusive,
+            "read" => Mode::Read,
+            "write" => Mode::Write,
+            _ => return None,
+        })
+    }
+}
+
+/// What a request key's value records: enough for any broker to judge it and to show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub mode: Mode,
+    /// 0: the request named none and takes the key's (see [`granted`]).
+    pub max: u32,
+    /// The store instance that made the request (one per broker process).
+    pub owner: String,
+    /// The connection on that broker.
+    pub conn: u64,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        json!({"mode": self.mode.as_str(), "max": self.max, "owner": self.owner, "conn": self.conn})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// `None` for a value this code did not write: such a key is treated as an exclusive
+    /// request of capacity 1, so a stranger's key under the prefix can only make us wait.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        Some(Record {
+            mode: Mode::parse(v.get("mode")?.as_str()?)?,
+            max: u32::try_from(v.get("max")?.as_u64()?).ok()?,
+            owner: v.get("owner")?.as_str()?.to_owned(),
+            conn: v.get("conn")?.as_u64()?,
+        })
+    }
+}
+
+/// One request key of a lock key, as read from etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The etcd key.
+    pub raw: Vec<u8>,
+    /// The request (lock) id, decoded from the etcd key.
+    pub id: String,
+    pub rev: i64,
+    pub mode: Mode,
+    pub max: u32,
+    pub owner: String,
+    pub conn: u64,
+}
+
+impl Entry {
+    pub fn new(raw: Vec<u8>, id: String, rev: i64, value: &[u8]) -> Entry {
+        let r = Record::decode(value).unwrap_or(Record {
+            mode: Mode::Exclusive,
+            max: 1,
+            owner: String::new(),
+            conn: 0,
+        });
+        Entry {
+            raw,
+            id,
+            rev,
+            mode: r.mode,
+            max: r.max,
+            owner: r.owner,
+            conn: r.conn,
+        }
+    }
+}
+
+/// The capacity a request works with: its own, or when it named none (0) the one declared by
+/// the oldest older exclusive request that names one, else 1. Every broker computes the same.
+pub fn resolve_max(max: u32, older: &[&Entry]) -> u32 {
+    if max > 0 {
+        return max;
+    }
+    older
+        .iter()
+        .filter(|e| e.mode == Mode::Exclusive && e.max > 0)
+        .min_by_key(|e| e.rev)
+        .map_or(1, |e| e.max)
+}
+
+/// Whether a request with `mode`/`max` is granted given the requests `older` than it.
+pub fn granted(mode: Mode, max: u32, older: &[&Entry]) -> bool {
+    let max = resolve_max(max, older);
+    match mode {
+        Mode::Write => older.is_empty(),
+        Mode::Read => older.iter().all(|e| e.mode == Mode::Read),
+        Mode::Exclusive => {
+            older.len() < max as usize && older.iter().all(|e| e.mode == Mode::Exclusive)
+        }
+    }
+}
+
+/// The older request whose deletion may grant us, when one such key exists: for a mutex, a
+/// write or a read, the newest conflicting older request (the classic etcd recipe: waiters
+/// form a chain, each woken by one delete). `None` for a semaphore with room for more than
+/// one: any older delete may grant it, so it watches them all.
+pub fn predecessor<'a>(mode: Mode, max: u32, older: &[&'a Entry]) -> Option<&'a Entry> {
+    let max = resolve_max(max, older);
+    match mode {
+        Mode::Write => older.iter().max_by_key(|e| e.rev).copied(),
+        Mode::Read => older
+            .iter()
+            .filter(|e| e.mode != Mode::Read)
+            .max_by_key(|e| e.rev)
+            .copied(),
+        Mode::Exclusive => {
+            // A non-exclusive older request blocks until it is gone, whatever the count.
+            if let Some(e) = older
+                .iter()
+                .filter(|e| e.mode != Mode::Exclusive)
+                .max_by_key(|e| e.rev)
+            {
+                return Some(e);
+            }
+            if max == 1 {
+                older.iter().max_by_key(|e| e.rev).copied()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Splits all requests of one key (any order) into holders and waiters, both oldest first.
+pub fn holders_and_waiters(all: &[Entry]) -> (Vec<&Entry>, Vec<&Entry>) {
+    let mut sorted: Vec<&Entry> = all.iter().collect();
+    sorted.sort_by_key(|e| e.rev);
+    let mut holders = Vec::new();
+    let mut waiters = Vec::new();
+    for (i, e) in sorted.iter().enumerate() {
+        if granted(e.mode, e.max, &sorted[..i]) {
+            holders.push(*e);
+        } else {
+            waiters.push(*e);
+        }
+    }
+    (holders, waiters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(rev: i64, mode: Mode, max: u32) -> Entry {
+        Entry {
+            raw: Vec::new(),
+            id: format!("r{rev}"),
+            rev,
+            mode,
+            max,
+            owner: "o".into(),
+            conn: 1,
+        }
+    }
+
+    #[test]
+    fn mutex_is_fifo() {
+        let all = [
+            e(3, Mode::Exclusive, 1),
+            e(5, Mode::Exclusive, 1),
+            e(9, Mode::Exclusive, 1),
+        ];
+        let (h, w) = holders_and_waiters(&all);
+        assert_eq!(h.iter().map(|e| e.rev).collect::<Vec<_>>(), [3]);
+        assert_eq!(w.iter().map(|e| e.rev).collect::<Vec<_>>(), [5, 9]);
+        let older: Vec<&Entry> = all[..2].iter().collect();
+        assert_eq!(
+            predecessor(Mode::Exclusive, 1, &older).map(|e| e.rev),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn semaphore_counts_older_requests() {
+        let all = [
+            e(1, Mode::Exclusive, 2),
+            e(2, Mode::Exclusive, 2),
+            e(3, Mode::Exclusive, 2),
+        ];
+        let (h, w) = holders_and_waiters(&all);
+        assert_eq!((h.len(), w.len()), (2, 1));
+        let older: Vec<&Entry> = all[..2].iter().collect();
+        assert!(predecessor(Mode::Exclusive, 2, &older).is_none());
+    }
+
+    #[test]
+    fn readers_share_until_a_writer_queues() {
+        let all = [
+            e(1, Mode::Read, 1),
+            e(2, Mode::Read, 1),
+            e(3, Mode::Write, 1),
+            e(4, Mode::Read, 1),
+        ];
+        let (h, w) = holders_and_waiters(&all);
+        assert_eq!(h.iter().map(|e| e.rev).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(w.iter().map(|e| e.rev).collect::<Vec<_>>(), [3, 4]);
+        let older: Vec<&Entry> = all[..3].iter().collect();
+        assert_eq!(predecessor(Mode::Read, 1, &older).map(|e| e.rev), Some(3));
+    }
+
+    #[test]
+    fn unnamed_max_takes_the_oldest_declared() {
+        let all = [
+            e(1, Mode::Exclusive, 3),
+            e(2, Mode::Exclusive, 0),
+            e(3, Mode::Exclusive, 0),
+        ];
+        let (h, w) = holders_and_waiters(&all);
+        assert_eq!((h.len(), w.len()), (3, 0));
+        let lone = [e(1, Mode::Exclusive, 0), e(2, Mode::Exclusive, 0)];
+        assert_eq!(holders_and_waiters(&lone).0.len(), 1);
+    }
+
+    #[test]
+    fn strangers_values_count_as_exclusive() {
+        let x = Entry::new(Vec::new(), "x".into(), 1, b"not json");
+        assert_eq!((x.mode, x.max), (Mode::Exclusive, 1));
+        let r = Record {
+            mode: Mode::Write,
+            max: 3,
+            owner: "b1".into(),
+            conn: 9,
+        };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+    }
+}

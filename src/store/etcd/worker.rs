@@ -1,0 +1,306 @@
+//! The store's thread: a current-thread tokio runtime that owns the etcd client.
+//!
+//! Why one thread with a `LocalSet`: all state lives in one `RefCell` that only this thread
+//! touches, so tasks need no locks, and aborting a task (an unlock, a disconnect) can never
+//! catch it half-way through a state change: it only stops at an `.await`. Ops arrive on a
+//! tokio unbounded channel (its `send` never blocks the reactor); events leave on a std channel
+//! followed by a call of the wake hook.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::{AbortHandle, LocalSet};
+
+use super::request::Guard;
+use super::session::Session;
+use super::{ConnId, EtcdConfig, StoreError, StoreEvent, StoreOp};
+
+pub enum Cmd {
+    Op(StoreOp),
+    Shutdown,
+}
+
+/// A request this store made, waiting or held.
+pub struct Req {
+    /// Tells a request apart from a later one with the same key and id.
+    pub seq: u64,
+    pub conn: ConnId,
+    /// Its key's create revision, once put.
+    pub rev: i64,
+    pub held: bool,
+    pub keep: bool,
+    pub task: Option<AbortHandle>,
+}
+
+#[derive(Default)]
+pub struct State {
+    /// By (lock key, lock id).
+    pub reqs: HashMap<(String, String), Req>,
+    pub sessions: HashMap<ConnId, Rc<Session>>,
+    pub keep: Option<Rc<Session>>,
+    pub next_seq: u64,
+    pub grants: u64,
+    pub expiries: u64,
+    pub wait_timeouts: u64,
+}
+
+/// What every task of the store shares.
+pub struct Shared {
+    pub cfg: EtcdConfig,
+    pub owner: String,
+    pub client: Client,
+    events: mpsc::Sender<StoreEvent>,
+    wake: Box<dyn Fn() + Send + Sync>,
+    pub st: RefCell<State>,
+}
+
+impl Shared {
+    pub fn emit(&self, ev: StoreEvent) {
+        if self.events.send(ev).is_ok() {
+            (self.wake)();
+        }
+    }
+
+    /// Runs an etcd call under the store's deadline, mapping every failure to a [`StoreError`].
+    pub async fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.cfg.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Etcd(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.cfg.op_timeout)),
+        }
+    }
+
+    /// Forgets request (`key`, `id`) if it is still the one numbered `seq`.
+    pub fn forget(&self, key: &str, id: &str, seq: u64) -> Option<Req> {
+        let mut st = self.st.borrow_mut();
+        let k = (key.to_owned(), id.to_owned());
+        if st.reqs.get(&k).is_some_and(|r| r.seq == seq) {
+            st.reqs.remove(&k)
+        } else {
+            None
+        }
+    }
+}
+
+/// Starts the thread; returns once etcd answered or the first check failed.
+#[allow(clippy::type_complexity)]
+pub fn spawn(
+    cfg: EtcdConfig,
+    wake: Box<dyn Fn() + Send + Sync>,
+) -> Result<
+    (
+        UnboundedSender<Cmd>,
+        mpsc::Receiver<StoreEvent>,
+        JoinHandle<()>,
+        String,
+    ),
+    StoreError,
+> {
+    let (op_tx, op_rx) = unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, StoreError>>();
+    let thread = std::thread::Builder::new()
+        .name("lmx-etcd".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                // The I/O driver comes from tonic's own tokio features.
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(StoreError::Etcd(format!("runtime: {e}"))));
+                    return;
+                }
+            };
+            let local = LocalSet::new();
+            local.block_on(&rt, run(cfg, wake, ev_tx, op_rx, ready_tx));
+        })
+        .map_err(|e| StoreError::Etcd(format!("cannot start the etcd thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(owner)) => Ok((op_tx, ev_rx, thread, owner)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(StoreError::Stopped)
+        }
+    }
+}
+
+async fn run(
+    cfg: EtcdConfig,
+    wake: Box<dyn Fn() + Send + Sync>,
+    events: mpsc::Sender<StoreEvent>,
+    mut ops: UnboundedReceiver<Cmd>,
+    ready: mpsc::Sender<Result<String, StoreError>>,
+) {
+    let sh = match connect(cfg, wake, events).await {
+        Ok(sh) => Rc::new(sh),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(sh.owner.clone()));
+    while let Some(cmd) = ops.recv().await {
+        match cmd {
+            Cmd::Op(op) => dispatch(&sh, op),
+            Cmd::Shutdown => break,
+        }
+    }
+    shutdown(&sh).await;
+}
+
+async fn connect(
+    cfg: EtcdConfig,
+    wake: Box<dyn Fn() + Send + Sync>,
+    events: mpsc::Sender<StoreEvent>,
+) -> Result<Shared, StoreError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.op_timeout)
+        .with_timeout(cfg.op_timeout)
+        .with_keep_alive(cfg.op_timeout, cfg.op_timeout)
+        .with_require_leader(true);
+    let eps: Vec<String> = cfg
+        .endpoints
+        .iter()
+        .map(|e| format!("http://{e}"))
+        .collect();
+    let t = cfg.op_timeout;
+    let client = match tokio::time::timeout(t, Client::connect(eps, Some(opts))).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(StoreError::Etcd(e.to_string())),
+        Err(_) => return Err(StoreError::Timeout(t)),
+    };
+    let owner = format!("{:016x}", fastrand::u64(..));
+    let sh = Shared {
+        cfg,
+        owner,
+        client,
+        events,
+        wake,
+        st: RefCell::new(State::default()),
+    };
+    // The connection is lazy: one read proves a member answers.
+    let mut kv = sh.client.kv_client();
+    let root = sh.cfg.root();
+    sh.call(kv.get(
+        root,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    ))
+    .await?;
+    Ok(sh)
+}
+
+fn dispatch(sh: &Rc<Shared>, op: StoreOp) {
+    match op {
+        StoreOp::Lock(spec) => super::request::start(sh, spec),
+        StoreOp::Unlock {
+            conn,
+            key,
+            id,
+            force,
+        } => super::query::unlock(sh, conn, key, id, force),
+        StoreOp::Disconnect { conn } => disconnect(sh, conn),
+        StoreOp::Keys { conn, tag } => super::query::keys(sh, conn, tag),
+        StoreOp::Info { conn, tag, key } => super::query::info(sh, conn, tag, key),
+        StoreOp::Stats { conn, tag } => super::query::stats(sh, conn, tag),
+    }
+}
+
+/// Drops the connection's waiters and holds (keep-after-death holds stay) and revokes its
+/// lease, which deletes its keys in etcd in one step.
+fn disconnect(sh: &Rc<Shared>, conn: ConnId) {
+    let mut orphans = Vec::new();
+    let session = {
+        let mut st = sh.st.borrow_mut();
+        let keep_lease = st.keep.as_ref().and_then(|s| s.lease_id());
+        st.reqs.retain(|(key, id), r| {
+            if r.conn != conn || (r.keep && r.held) {
+                return true;
+            }
+            if let Some(t) = &r.task {
+                t.abort();
+            }
+            if r.keep {
+                // A waiter on the store's lease: its key goes by hand (by lease when its put
+                // may have landed unseen).
+                let guard = match (r.rev, keep_lease) {
+                    (rev, _) if rev > 0 => Some(Guard::Rev(rev)),
+                    (_, Some(l)) => Some(Guard::Lease(l)),
+                    _ => None,
+                };
+                if let Some(g) = guard {
+                    orphans.push((key.clone(), id.clone(), g));
+                }
+            }
+            false
+        });
+        st.sessions.remove(&conn)
+    };
+    for (key, id, guard) in orphans {
+        let me = sh.cfg.request_key(&key, &id);
+        tokio::task::spawn_local(super::request::delete_key(sh.clone(), me, guard));
+    }
+    if let Some(s) = session {
+        s.close(sh);
+    }
+}
+
+/// Stops every session and revokes every lease, all at once, within one `op_timeout`.
+async fn shutdown(sh: &Rc<Shared>) {
+    let sessions: Vec<Rc<Session>> = {
+        let mut st = sh.st.borrow_mut();
+        for r in st.reqs.values() {
+            if let Some(t) = &r.task {
+                t.abort();
+            }
+        }
+        st.reqs.clear();
+        let mut v: Vec<_> = st.sessions.drain().map(|(_, s)| s).collect();
+        v.extend(st.keep.take());
+        v
+    };
+    let revokes: Vec<_> = sessions
+        .iter()
+        .map(|s| tokio::task::spawn_local(s.clone().revoke(sh.clone())))
+        .collect();
+    for r in revokes {
+        let _ = r.await;
+    }
+}
+
+/// Waits for the first of two futures (a two-armed `select!` without tokio's macros).
+pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(x) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(x));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
