@@ -40,8 +40,9 @@
 //!   `transport.rs`, `options.rs`, `guard.rs`); [`connect_or_spawn`] (`spawn.rs`) starts a
 //!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
 //!   serialise tests across processes.
-//! - [`store`] (`src/store/`, feature `etcd`): lock stores beyond the in-memory table: the
-//!   etcd lock store (`store/etcd/`), the extended etcd Mutex recipe on its own thread.
+//! - `store` (`src/store/`, feature `etcd`): lock stores beyond the in-memory table: the
+//!   etcd lock store (`store/etcd/`), the extended etcd Mutex recipe on its own thread, which
+//!   the broker core drives (`BrokerBuilder::etcd`, `lmx start --store etcd://...`).
 //! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
 //!   task per connection, with cancellation-safe lock futures.
 //! - `src/cli/` (feature `cli`): the `lmx` binary; `src/bin/lmx.rs` only calls it.

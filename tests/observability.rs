@@ -365,3 +365,26 @@ fn watch_pushes_snapshots_and_lmx_top_reads_them() {
         }
     }
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_client_names_its_connection_too() {
+    let b = TestBroker::start();
+    let url = format!("tcp://{}", b.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = live_mutex::AsyncClient::connect(&url).await.unwrap();
+        let g = c.lock("async-k").await.unwrap();
+        let info = Client::connect(&url).unwrap().info("async-k").unwrap();
+        let h = &info.holders[0];
+        assert_eq!(&*h.id, g.id());
+        let name = h.who.name.as_deref().unwrap_or("");
+        assert!(
+            name.ends_with(&format!("[{}]", std::process::id())),
+            "{name:?}"
+        );
+    });
+}

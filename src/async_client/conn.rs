@@ -1,19 +1,26 @@
-//! Drives one [`Session`] over one async transport. One task per connection owns the socket:
-//! it writes whatever the session has queued since it last ran, in one write (so a guard's
-//! unlock dropped just before the next lock leaves in the same write as that lock, and an
-//! unlock with nothing after it leaves as soon as the task runs: no timer), and reads replies,
-//! handing each answer to its waiter's oneshot channel.
+//! Drives one [`Session`] over one async transport. One task per connection reads replies,
+//! handing each answer to its waiter's oneshot channel, and writes what nobody else did.
+//!
+//! Writes: a request (`lock`, `ping`, ...) is written by the task that makes it, at once, with
+//! a non-blocking `try_write` under the state lock (NDJSON; over WebSocket the connection task
+//! writes), together with everything queued before it: so a guard's unlock dropped just before
+//! the next lock leaves in the same write as that lock, with no hop to the connection task.
+//! A pipelined release (a dropped guard) only queues and wakes the connection task, which
+//! writes it as soon as it runs (the next time the executor gets control: no timer) unless a
+//! request has carried it first. Bytes the socket did not take wait in the state for the
+//! connection task, which writes them when the socket is writable again.
 //!
 //! Callers never await while holding the state's mutex: it only guards the session and the
 //! waiters for a few instructions, so taking it from an executor thread is not blocking.
 
-use super::transport::{self, Io};
+use super::transport::{self, Io, RawWriter};
 use crate::client::url::Endpoint;
 use crate::client::{Error, Result, unlock_request};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;
 use hashbrown::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,6 +30,8 @@ struct State {
     dead: bool,
     session: Session,
     waiters: HashMap<RequestId, oneshot::Sender<Answer>, RandomState>,
+    /// NDJSON bytes taken from the session that the socket has not taken yet.
+    out: Vec<u8>,
 }
 
 impl State {
@@ -49,6 +58,8 @@ pub(super) struct Shared {
     dead: AtomicBool,
     node: AtomicBool,
     closing: AtomicBool,
+    /// The write half of an NDJSON connection (`None` over WebSocket).
+    raw: Option<RawWriter>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -56,16 +67,21 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Shared {
-    /// Runs `f` on the state and wakes the task if the session has bytes to send.
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the state; then, if `write` and the connection has a [`RawWriter`], writes
+    /// what the session has to send right here, else wakes the task if there is any.
+    fn with<T>(&self, write: bool, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut st = lock(&self.state);
         if st.dead {
             return Err(Error::ConnectionLost);
         }
         let t = f(&mut st)?;
-        let send = st.session.wants_transmit();
+        let wake = match &self.raw {
+            // A write error is the connection task's to find (it fails the connection).
+            Some(w) if write => !matches!(write_now(w, &mut st), Ok(true)),
+            _ => st.session.wants_transmit(),
+        };
         drop(st);
-        if send {
+        if wake {
             self.wake.notify_one();
         }
         Ok(t)
@@ -81,25 +97,62 @@ impl Shared {
     }
 }
 
+/// Writes what the session has queued (after what an earlier write left) without waiting:
+/// `Ok(true)` when nothing is left. Called with the state locked, so writes never interleave.
+fn write_now(w: &RawWriter, st: &mut State) -> io::Result<bool> {
+    st.session.transmit(&mut st.out);
+    while !st.out.is_empty() {
+        match w.try_write(&st.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                st.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// The connection task: see the module docs. Ends when the socket does or when every handle
 /// is gone (after writing what was queued, such as the last guard's unlock).
 async fn run(shared: Arc<Shared>, mut io: Io) {
     let mut out = Vec::with_capacity(4096);
     let mut inbuf = Vec::with_capacity(4096);
     loop {
-        lock(&shared.state).session.transmit(&mut out);
-        if !out.is_empty() {
-            if io.send(&out).await.is_err() {
-                break;
+        // Whether bytes wait for the socket to become writable.
+        let mut blocked = false;
+        if let Some(w) = &shared.raw {
+            match write_now(w, &mut lock(&shared.state)) {
+                Ok(done) => blocked = !done,
+                Err(_) => break,
             }
-            out.clear();
-            continue;
+        } else {
+            lock(&shared.state).session.transmit(&mut out);
+            if !out.is_empty() {
+                if io.send(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+                continue;
+            }
         }
-        if shared.closing.load(Ordering::Acquire) {
+        if !blocked && shared.closing.load(Ordering::Acquire) {
             break;
         }
         tokio::select! {
             biased;
+            r = async {
+                match &shared.raw {
+                    Some(w) => w.writable().await,
+                    None => Ok(()),
+                }
+            }, if blocked => {
+                if r.is_err() {
+                    break;
+                }
+            }
             () = shared.wake.notified() => {}
             r = io.recv(&mut inbuf) => match r {
                 Ok(true) => {
@@ -162,7 +215,7 @@ impl Drop for Pending {
             return;
         }
         let uuid = self.id.to_string();
-        let _ = self.shared.with(|st| {
+        let _ = self.shared.with(false, |st| {
             st.waiters.remove(&self.id);
             // Still pending: the session cancels it at the broker (and hands back a grant that
             // still arrives). Answered but not taken: the answer is in the channel.
@@ -190,13 +243,15 @@ impl Conn {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Conn> {
-        let io = transport::connect(ep, token, timeout).await?;
+        let (io, raw) = transport::connect(ep, token, timeout).await?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 dead: false,
                 session: Session::new(),
                 waiters: HashMap::default(),
+                out: Vec::with_capacity(4096),
             }),
+            raw,
             wake: Notify::new(),
             dead: AtomicBool::new(false),
             node: AtomicBool::new(false),
@@ -228,6 +283,16 @@ impl Conn {
                 if let Some(e) = auth_err {
                     return Err(Error::Rejected(e));
                 }
+                // Our broker: name the connection (`program[pid]`), as the blocking client does.
+                let name = crate::client::client_name();
+                let hello = Request::Hello {
+                    name: &name,
+                    pid: Some(u64::from(std::process::id())),
+                };
+                conn.shared.with(false, |st| {
+                    st.session.notify(&hello);
+                    Ok(())
+                })?;
             }
             Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
             Ok(Answer::Unknown(_)) => {
@@ -246,7 +311,7 @@ impl Conn {
     /// the key of a lock request.
     pub(crate) fn request(&self, req: &Request<'_>, key: Option<&str>) -> Result<Pending> {
         let (tx, rx) = oneshot::channel();
-        let id = self.shared.with(|st| {
+        let id = self.shared.with(true, |st| {
             let id = st
                 .session
                 .request(req)
@@ -271,7 +336,7 @@ impl Conn {
     /// A pipelined release: queued at once, its reply consumed (and a lost one counted) by
     /// the session.
     pub(crate) fn release(&self, req: &Request<'_>) {
-        let _ = self.shared.with(|st| {
+        let _ = self.shared.with(false, |st| {
             st.session.release(req);
             Ok(())
         });

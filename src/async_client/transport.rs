@@ -6,7 +6,7 @@ use crate::client::{Error, Result};
 use futures_util::{SinkExt, StreamExt};
 use std::io;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,13 +16,38 @@ use tokio_tungstenite::tungstenite::{self, Message};
 /// Replies larger than this mean the peer is not a live-mutex broker (or is broken).
 const MAX_LINE: usize = 16 << 20;
 
-/// A byte stream both ways.
-pub(super) trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+/// The read half of a TCP or Unix connection.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
 
 pub(super) enum Io {
-    Lines(BufReader<Box<dyn Duplex>>),
+    /// NDJSON: the read half here; the write half is a [`RawWriter`].
+    Lines(BufReader<ReadHalf>),
     Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+/// The write half of a TCP or Unix connection. Its writes take `&self` and never wait
+/// (`try_write`), so the task that queues a request can write it itself, with no hop to the
+/// connection task; the caller serialises writes (the connection's state lock).
+pub(super) enum RawWriter {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl RawWriter {
+    pub(super) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            RawWriter::Tcp(w) => w.try_write(buf),
+            RawWriter::Unix(w) => w.try_write(buf),
+        }
+    }
+
+    /// Waits until the socket takes bytes again.
+    pub(super) async fn writable(&self) -> io::Result<()> {
+        match self {
+            RawWriter::Tcp(w) => w.writable().await,
+            RawWriter::Unix(w) => w.writable().await,
+        }
+    }
 }
 
 impl Io {
@@ -70,11 +95,11 @@ impl Io {
         }
     }
 
-    /// Sends `lines` (each request ending in `\n`) in one write: over WebSocket, one text frame
-    /// per line, flushed together.
+    /// Sends `lines` (each request ending in `\n`) over WebSocket, one text frame per line,
+    /// flushed together. NDJSON goes through the [`RawWriter`] instead.
     pub(super) async fn send(&mut self, lines: &[u8]) -> io::Result<()> {
         match self {
-            Io::Lines(r) => r.get_mut().write_all(lines).await,
+            Io::Lines(_) => Err(io::Error::other("NDJSON is written through its RawWriter")),
             Io::Ws(ws) => {
                 for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     let text = std::str::from_utf8(line)
@@ -100,8 +125,13 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Opens `ep` (with the WebSocket handshake, if any) within `timeout`.
-pub(super) async fn connect(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Io> {
+/// Opens `ep` (with the WebSocket handshake, if any) within `timeout`; the write half of an
+/// NDJSON connection comes apart.
+pub(super) async fn connect(
+    ep: &Endpoint,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(Io, Option<RawWriter>)> {
     match tokio::time::timeout(timeout, open(ep, token)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Io(io::Error::new(
@@ -111,15 +141,16 @@ pub(super) async fn connect(ep: &Endpoint, token: Option<&str>, timeout: Duratio
     }
 }
 
-async fn open(ep: &Endpoint, token: Option<&str>) -> Result<Io> {
+async fn open(ep: &Endpoint, token: Option<&str>) -> Result<(Io, Option<RawWriter>)> {
+    let lines = |r: ReadHalf, w| (Io::Lines(BufReader::with_capacity(16 << 10, r)), Some(w));
     let (host, port, path) = match ep {
         Endpoint::Tcp { host, port } => {
-            let s: Box<dyn Duplex> = Box::new(tcp(host, *port).await?);
-            return Ok(Io::Lines(BufReader::with_capacity(16 << 10, s)));
+            let (r, w) = tcp(host, *port).await?.into_split();
+            return Ok(lines(Box::new(r), RawWriter::Tcp(w)));
         }
         Endpoint::Unix(p) => {
-            let s: Box<dyn Duplex> = Box::new(UnixStream::connect(p).await?);
-            return Ok(Io::Lines(BufReader::with_capacity(16 << 10, s)));
+            let (r, w) = UnixStream::connect(p).await?.into_split();
+            return Ok(lines(Box::new(r), RawWriter::Unix(w)));
         }
         Endpoint::Ws { host, port, path } => (host, *port, path),
     };
@@ -146,5 +177,5 @@ async fn open(ep: &Endpoint, token: Option<&str>) -> Result<Io> {
             }
             e => Error::Protocol(format!("WebSocket handshake: {e}")),
         })?;
-    Ok(Io::Ws(Box::new(ws)))
+    Ok((Io::Ws(Box::new(ws)), None))
 }

@@ -41,6 +41,9 @@ pub struct BrokerBuilder {
     pub(super) allow_hosts: Vec<String>,
     pub(super) allow_origins: Vec<String>,
     pub(super) idle_exit: Option<Duration>,
+    /// Lock decisions in etcd instead of the in-memory table (see [`BrokerBuilder::etcd`]).
+    #[cfg(feature = "etcd")]
+    pub(super) etcd: Option<crate::store::etcd::EtcdConfig>,
 }
 
 impl Default for BrokerBuilder {
@@ -74,6 +77,8 @@ impl Default for BrokerBuilder {
             allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
             idle_exit: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 }
@@ -206,6 +211,17 @@ impl BrokerBuilder {
         self
     }
 
+    /// Keep every lock decision in an etcd cluster (feature `etcd`), so that any number of
+    /// brokers can serve the same keys: see [`crate::store::etcd`] for the recipe and
+    /// README.md, "Running more than one broker". The broker's default TTL
+    /// ([`default_ttl`](Self::default_ttl)) replaces `cfg.default_ttl`. Not served on this
+    /// path: `acquire-many`, `extend` and the 0.2.x read/write protocol (each gets an error).
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, cfg: crate::store::etcd::EtcdConfig) -> Self {
+        self.etcd = Some(cfg);
+        self
+    }
+
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
     pub fn bind(self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
@@ -242,7 +258,8 @@ impl BrokerBuilder {
                  anyone who can reach it can take and force locks (set --auth-token)"
             );
         }
-        let core = Core::new(core::Config {
+        #[allow(unused_mut)]
+        let mut core = Core::new(core::Config {
             table: self.table.clone(),
             limits: self.limits,
             ack_timeout: self.ack_timeout,
@@ -250,6 +267,19 @@ impl BrokerBuilder {
             restrict_admin: self.restrict_admin,
             wall_clock: SystemTime::now,
         });
+        #[cfg(feature = "etcd")]
+        if let Some(cfg) = &self.etcd {
+            let mut cfg = cfg.clone();
+            cfg.default_ttl = self.table.default_ttl;
+            let w = waker.clone();
+            let store = crate::store::etcd::EtcdStore::start(
+                cfg,
+                Box::new(move || {
+                    let _ = w.wake();
+                }),
+            )?;
+            core.use_store(Box::new(store));
+        }
         let policy = Arc::new(HttpPolicy::new(
             local_addr,
             &self.allow_hosts,

@@ -64,6 +64,10 @@ pub enum BrokerError {
     Io(#[from] io::Error),
     #[error("the broker thread panicked")]
     Panicked,
+    /// The etcd store did not start (bad settings, or etcd did not answer).
+    #[cfg(feature = "etcd")]
+    #[error("etcd store: {0}")]
+    Store(#[from] crate::store::etcd::StoreError),
 }
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host

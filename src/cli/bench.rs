@@ -36,6 +36,11 @@ pub(crate) struct BenchArgs {
     /// default: the unlock is written without waiting, ahead of the next lock)
     #[arg(long)]
     wait_unlock: bool,
+    /// Release by dropping the guard (its unlock written at once, in a write of its own)
+    /// instead of carrying it in the next lock's write with `Client::lock_after` (the
+    /// default). The async client always coalesces what is queued.
+    #[arg(long, conflicts_with = "wait_unlock")]
+    drop_release: bool,
     /// Use the async client (tokio, one current-thread runtime, one task and one connection
     /// per client) instead of a thread per client
     #[cfg(feature = "tokio")]
@@ -55,6 +60,7 @@ pub(super) struct Common<'a> {
     pub opts: &'a LockOptions,
     pub hold: Duration,
     pub wait_unlock: bool,
+    pub drop_release: bool,
 }
 
 impl Common<'_> {
@@ -142,6 +148,7 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         opts: &opts,
         hold: Duration::from_micros(a.hold_us),
         wait_unlock: a.wait_unlock,
+        drop_release: a.drop_release,
     };
     let show_progress = !as_json && std::io::stderr().is_terminal();
     #[cfg(feature = "tokio")]
@@ -194,7 +201,13 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
             "ops": a.ops,
             "hold_us": a.hold_us,
             "client": client,
-            "release": if a.wait_unlock { "wait" } else { "pipelined" },
+            "release": if a.wait_unlock {
+                "wait"
+            } else if a.drop_release {
+                "drop"
+            } else {
+                "pipelined"
+            },
             "cycles": cycles,
             "elapsed_s": round(elapsed.as_secs_f64(), 4),
             "ops_per_s": round(ops_per_s, 1),
@@ -300,11 +313,19 @@ fn run_threads(
                     .name(format!("lmx-bench-{i}"))
                     .spawn_scoped(s, move || {
                         let mut o = Outcome::new();
+                        // Pipelined release: the last guard's unlock rides in the next lock's
+                        // write (`Client::lock_after`).
+                        let mut prev = None;
                         start_line.wait();
                         for n in 0..quota {
                             let k = (i + n as usize) % common.keys.len();
                             let t = Instant::now();
-                            let g = match client.lock_with(&common.keys[k], common.opts) {
+                            let key = &common.keys[k];
+                            let got = match prev.take() {
+                                Some(g) => client.lock_after(g, key, common.opts),
+                                None => client.lock_with(key, common.opts),
+                            };
+                            let g = match got {
                                 Ok(g) => g,
                                 Err(e) => {
                                     o.fail("lock", &e);
@@ -322,11 +343,14 @@ fn run_threads(
                                 if let Err(e) = g.unlock() {
                                     o.fail("unlock", &e);
                                 }
-                            } else {
+                            } else if common.drop_release {
                                 drop(g);
+                            } else {
+                                prev = Some(g);
                             }
                             common.cycle_done(i);
                         }
+                        drop(prev);
                         common.finished();
                         o
                     })

@@ -96,6 +96,15 @@ pub(crate) struct StartArgs {
     /// locks [default: never]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     idle_exit: Option<u64>,
+    /// Where lock decisions live: `memory` (this process), or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` so that any number of brokers serve the same
+    /// keys (needs the `etcd` build feature) [default: memory]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// With --store etcd://: the TTL of each connection's etcd lease, in whole seconds (at
+    /// least 2): a broker that dies loses its clients' locks this long after [default: 10]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    session_ttl: Option<u64>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter such as
     /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs one line per connection
     /// opened and closed; `debug` adds each HTTP request
@@ -222,6 +231,7 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         Some(ms) => b.ack_timeout(Duration::from_millis(ms)),
         None => b,
     };
+    let b = store(a, b)?;
     Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
         .uds_mode(uds_mode)
         .auth_token(a.auth_token.clone())
@@ -242,6 +252,30 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
             k
         }))
         .idle_exit(a.idle_exit.map(Duration::from_secs)))
+}
+
+/// `--store` and `--session-ttl`.
+fn store(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
+    match a.store.as_deref() {
+        None | Some("memory") => {
+            if a.session_ttl.is_some() {
+                return Err("--session-ttl needs --store etcd://...".into());
+            }
+            Ok(b)
+        }
+        #[cfg(feature = "etcd")]
+        Some(url) => {
+            let mut cfg = live_mutex::store::etcd::EtcdConfig::from_url(url)
+                .map_err(|e| format!("--store: {e}"))?;
+            cfg.session_ttl = Duration::from_secs(a.session_ttl.unwrap_or(10));
+            Ok(b.etcd(cfg))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Some(url) => Err(format!(
+            "--store {url}: this lmx was built without the `etcd` feature \
+             (cargo install live-mutex --features etcd); only --store memory is available"
+        )),
+    }
 }
 
 /// Binds, tells `ready` (a daemon's readiness pipe), then runs on this thread until SIGINT,

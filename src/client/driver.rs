@@ -397,8 +397,21 @@ impl Conn {
     /// Sends `req` (its `uuid` from [`new_uuid`]) and returns its [`Pending`] answer. The
     /// session registers the request before its bytes leave, so no reply can overtake it.
     pub(crate) fn request(&self, req: &Request<'_>) -> Result<Pending> {
+        self.request_after(None, req)
+    }
+
+    /// [`request`](Self::request), with a pipelined `release` (see [`release`](Self::release))
+    /// queued just ahead of it: both leave in the same write.
+    pub(crate) fn request_after(
+        &self,
+        release: Option<&Request<'_>>,
+        req: &Request<'_>,
+    ) -> Result<Pending> {
         let (tx, rx) = mpsc::channel();
         let id = self.shared.send_with(|st| {
+            if let Some(release) = release {
+                st.session.release(release);
+            }
             let id = st
                 .session
                 .request(req)
@@ -509,7 +522,7 @@ fn background_reader(shared: Arc<Shared>) {
 
 /// The name a connection gives the broker: `LMX_CLIENT_NAME` if set, else the program's file
 /// name and pid (`cargo-test[4242]`), as `lmx info` shows it.
-fn client_name() -> String {
+pub(crate) fn client_name() -> String {
     let name = match std::env::var("LMX_CLIENT_NAME") {
         Ok(n) if !n.is_empty() => n,
         _ => {

@@ -243,7 +243,7 @@ impl LockGuard {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.done = true;
         self.keep_alive = None;
         self.conn.forget_hooks(&std::mem::take(

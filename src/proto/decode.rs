@@ -19,26 +19,42 @@ pub const MAX_CLIENT_NAME: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeErrorKind {
+    /// The line's bytes are not UTF-8 (JSON text must be).
     #[error("message is not valid UTF-8")]
     InvalidUtf8,
+    /// Not parseable as JSON; the text says where, as simd-json reported it.
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// Valid JSON but not an object; the field names what it was (`an array`, `null`, ...).
     #[error("message must be a JSON object, got {0}")]
     NotAnObject(&'static str),
+    /// No `type` field (or `null`), so the request cannot be dispatched.
     #[error("message has no `type` field")]
     MissingType,
+    /// A `type` this broker does not implement (the field is the type as sent).
     #[error("unknown message type `{0}`")]
     UnknownType(String),
+    /// The request's type needs this field (absent, or `null`).
     #[error("missing required field `{0}`")]
     MissingField(&'static str),
+    /// A field of the wrong JSON type.
     #[error("field `{field}` must be {expected}, got {got}")]
     WrongType {
+        /// The field's wire name.
         field: &'static str,
+        /// What it must be (`a string`, `a boolean`, ...).
         expected: &'static str,
+        /// What it was.
         got: &'static str,
     },
+    /// A field of the right type but out of range (too long, too large, unknown mode, ...).
     #[error("field `{field}` {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The field's wire name.
+        field: &'static str,
+        /// What is wrong, as a phrase that follows the field name.
+        reason: String,
+    },
 }
 
 /// A rejected message, with whatever `uuid` / `key` / `type` could be read so the error reply
@@ -46,9 +62,13 @@ pub enum DecodeErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
 pub struct DecodeError {
+    /// What was wrong.
     pub kind: DecodeErrorKind,
+    /// The message's `uuid`, if it parsed and was a string; `None` for JSON that did not parse.
     pub uuid: Option<Box<str>>,
+    /// The message's `key`, likewise.
     pub key: Option<Box<str>>,
+    /// The message's `type`, likewise.
     pub ty: Option<Box<str>>,
 }
 
@@ -78,6 +98,7 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// A decoder that refuses keys, ids and acquire-many key lists beyond `limits`.
     pub fn new(limits: Limits) -> Self {
         Decoder {
             limits,
@@ -86,6 +107,7 @@ impl Decoder {
         }
     }
 
+    /// The limits this decoder enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

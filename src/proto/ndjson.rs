@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("line longer than {max} bytes")]
 pub struct LineTooLong {
+    /// The framer's limit, in bytes, excluding the `\n`.
     pub max: usize,
 }
 

@@ -1,9 +1,11 @@
 //! Lock stores other than the in-memory [`table`](crate::table).
 //!
-//! The broker core will talk to one store interface with two implementations: the in-memory
-//! table, and `etcd` (feature `etcd`), where every lock decision lives in an etcd cluster so
-//! any number of brokers can serve the same keys. The etcd store is self-contained until the
-//! sans-IO broker core drives it through that interface.
+//! The broker core talks to two kinds of store: the in-memory table, which decides on the
+//! spot, and `etcd` (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`),
+//! where every lock decision lives in an etcd cluster so any number of brokers can serve the
+//! same keys. The core drives the latter through its asynchronous store interface (ops in,
+//! events out, a `mio::Waker` to wake the reactor): see `broker/core/store.rs` and
+//! `broker/core/etcd.rs`.
 
 #[cfg(feature = "etcd")]
 pub mod etcd;

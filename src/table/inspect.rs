@@ -12,10 +12,15 @@ use super::{ConnId, Mode, Name, Table, WaitHistogram};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HolderInfo {
+    /// Its lock id (the group's, for an acquire-many member).
     pub id: Name,
+    /// The connection that took it (possibly gone, for a keep-after-disconnect lock).
     pub conn: ConnId,
+    /// How it shares the key.
     pub mode: Mode,
+    /// Its fencing token.
     pub token: u64,
+    /// Time left before its TTL ends; `None` = no expiry.
     pub ttl_remaining: Option<Duration>,
     /// When it was granted.
     pub since: Instant,
@@ -35,12 +40,17 @@ pub struct WaiterInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyInfo {
+    /// The key.
     pub key: Name,
+    /// Its semaphore capacity for exclusive holders, fixed while the key is in use.
     pub max: u32,
+    /// Current holders, in no particular order.
     pub holders: Vec<HolderInfo>,
+    /// Queued requests (the length of `queue`).
     pub waiters: usize,
     /// The waiters, in queue order.
     pub queue: Vec<WaiterInfo>,
+    /// Read-mode holders.
     pub readers: usize,
 }
 
@@ -48,13 +58,22 @@ pub struct KeyInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
+    /// Keys held or waited for now.
     pub keys: usize,
+    /// Holds now, across all keys (an acquire-many counts once per key).
     pub holders: usize,
+    /// Queued requests now, across all keys.
     pub waiters: usize,
+    /// Connections that have made a request and not disconnected, plus disconnected ones kept
+    /// for their keep-after-disconnect locks.
     pub connections: usize,
+    /// Acquire-many groups, held or still waiting.
     pub groups: usize,
+    /// Grants since the table was made.
     pub grants: u64,
+    /// Holds ended by their TTL since the table was made.
     pub expiries: u64,
+    /// Requests dropped at their wait deadline since the table was made.
     pub wait_timeouts: u64,
     /// How long grants waited.
     pub waits: WaitHistogram,
@@ -68,6 +87,7 @@ impl Table {
         self.keys.iter().map(|(_, ks)| &ks.key)
     }
 
+    /// A snapshot of one key's holders and queue; `None` when nobody holds or waits for it.
     pub fn info(&self, now: Instant, key: &str) -> Option<KeyInfo> {
         let ks = &self.keys[*self.index.get(key)? as usize];
         Some(KeyInfo {
@@ -114,6 +134,7 @@ impl Table {
         })
     }
 
+    /// Current totals and counters since the table was made.
     pub fn stats(&self) -> Stats {
         let (mut holders, mut waiters) = (0, 0);
         for (_, ks) in &self.keys {

@@ -75,6 +75,7 @@ pub struct Table {
 }
 
 impl Table {
+    /// An empty table; the first fencing token is `cfg.token_seed` (at least 1).
     pub fn new(cfg: Config) -> Self {
         Table {
             next_token: cfg.token_seed.max(1),
@@ -95,6 +96,7 @@ impl Table {
         }
     }
 
+    /// The limits and defaults the table was made with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }

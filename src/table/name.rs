@@ -23,6 +23,7 @@ enum Repr {
 }
 
 impl Name {
+    /// The name as a string slice (also reachable through `Deref`).
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Inline { len, buf } => {

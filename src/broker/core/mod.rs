@@ -8,11 +8,15 @@
 
 mod acks;
 mod counters;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod identity;
 mod inspect;
 mod legacy_rw;
 mod lock;
 mod many;
+#[cfg(feature = "etcd")]
+pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -148,6 +152,9 @@ pub(crate) struct Core {
     prune_departed_at: usize,
     /// Connections that sent `watch` (see [`watch`]).
     watchers: Vec<Watcher>,
+    /// Set when lock decisions live in etcd (see [`etcd`]); the table is then unused.
+    #[cfg(feature = "etcd")]
+    etcd: Option<Box<etcd::EtcdRoute>>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -181,7 +188,15 @@ impl Core {
             departed: HashMap::default(),
             prune_departed_at: 64,
             watchers: Vec::new(),
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
+    }
+
+    /// Lock decisions go to `store` from now on (before any connection opens).
+    #[cfg(feature = "etcd")]
+    pub fn use_store(&mut self, store: Box<dyn store::AsyncStore>) {
+        self.etcd = Some(Box::new(etcd::EtcdRoute::new(store)));
     }
 
     /// A new connection. Without an auth token it may send any request at once.
@@ -227,6 +242,8 @@ impl Core {
         }
         let ident = self.conns[slot].take().map(|c| c.ident);
         self.open -= 1;
+        #[cfg(feature = "etcd")]
+        self.etcd_close(id);
         // The last connection is gone: give back what a flood of them made the list grow to.
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
@@ -425,6 +442,13 @@ impl Core {
         if !c.authed {
             return self.unauthenticated(slot, req);
         }
+        #[cfg(feature = "etcd")]
+        if self.etcd.is_some() && self.etcd_handle(slot, cid, now, &req) {
+            return;
+        }
+        let Some(c) = self.conn_at(slot) else {
+            return;
+        };
         match req {
             Request::Version {
                 value,

@@ -2,6 +2,8 @@
 //! wait deadlines, disconnects, legacy RW parking and closes, with exact instants and no
 //! sockets. `tests/compat_wire.rs` checks the same promises over TCP, in real time.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod util;
 mod watch;
 
@@ -355,4 +357,43 @@ fn a_malformed_message_gets_an_error_line_and_the_connection_lives() {
     assert!(p.recv(c)["error"].is_string());
     assert!(!p.closed(c));
     assert_eq!(lock(&mut p, c, "k", "c1")["acquired"], true);
+}
+
+/// Issue 14: a connection that holds `k` and has a second lock on `k` queued behind it
+/// (pipelined) gets the unlock's reply and its own next grant in ONE output buffer, drained by
+/// one `poll_transmit`: the reactor writes a connection's whole output once per turn, so the
+/// two leave in one write.
+#[test]
+fn an_unlock_reply_and_the_next_grant_to_the_same_connection_share_one_transmit() {
+    let mut p = Pair::new(config());
+    let c = p.connect();
+    assert_eq!(lock(&mut p, c, "k", "c1")["acquired"], true);
+    assert_eq!(lock(&mut p, c, "k", "c2")["queued"], true);
+    p.expect_silence(c);
+    // One message in, no drive: look at what the core queued for this turn.
+    let conn = p.clients[0].conn;
+    let mut unlock =
+        serde_json::to_vec(&json!({"type":"unlock","uuid":"u-c1","key":"k","_uuid":"c1"}))
+            .expect("serializes");
+    p.core.handle_message(conn, &mut unlock, p.time);
+    assert_eq!(p.core.poll_transmit(), Some(conn));
+    assert_eq!(p.core.poll_transmit(), None, "one connection, one transmit");
+    let out = p.core.output(conn).to_vec();
+    let lines: Vec<Value> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("one JSON value per line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        (&lines[0]["uuid"], &lines[0]["unlocked"]),
+        (&json!("u-c1"), &json!(true))
+    );
+    assert_eq!(
+        (&lines[1]["uuid"], &lines[1]["acquired"]),
+        (&json!("c2"), &json!(true))
+    );
+    p.core.consume(conn, out.len());
+    assert!(p.core.output(conn).is_empty());
+    assert_eq!(p.core.poll_transmit(), None);
 }

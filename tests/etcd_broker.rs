@@ -1,0 +1,554 @@
+//! Brokers backed by the etcd store (`BrokerBuilder::etcd`, `lmx start --store etcd://...`):
+//! two brokers on one 3-member loopback etcd cluster, clients on both.
+//!
+//! The cluster comes from `LMX_ETCD_ENDPOINTS` (as `.ci/etcd.sh start` writes it), else each
+//! test starts its own with `.ci/etcd.sh` (see tests/etcd_harness). Tests skip, saying so,
+//! only when etcd is not installed and `LMX_REQUIRE_ETCD` is unset.
+#![cfg(feature = "etcd")]
+
+#[allow(dead_code)]
+mod etcd_harness;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_harness::{Cluster, prefix};
+use live_mutex::broker::{Broker, BrokerHandle};
+use live_mutex::client::LockOptions;
+use live_mutex::store::etcd::EtcdConfig;
+use live_mutex::{Client, Error};
+
+const T: Duration = Duration::from_secs(10);
+
+fn etcd_cfg(cl: &Cluster, p: &str, session_ttl: Duration) -> EtcdConfig {
+    let mut cfg = EtcdConfig::from_url(&format!("etcd://{}/{p}", cl.endpoints)).expect("url");
+    cfg.session_ttl = session_ttl;
+    cfg
+}
+
+/// An embedded broker on the cluster under prefix `p`, on a TCP port the npm client accepts.
+fn broker(cl: &Cluster, p: &str) -> (BrokerHandle, String) {
+    for _ in 0..64 {
+        let b = Broker::builder()
+            .tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .etcd(etcd_cfg(cl, p, Duration::from_secs(10)))
+            .bind()
+            .expect("an etcd-backed broker binds");
+        let port = b.local_addr().expect("tcp").port();
+        if (1025..=49151).contains(&port) {
+            return (b.spawn().expect("spawn"), format!("tcp://127.0.0.1:{port}"));
+        }
+    }
+    panic!("no TCP port in 1025..=49151");
+}
+
+fn stop(h: BrokerHandle) {
+    h.shutdown();
+    h.join().expect("broker ended cleanly");
+}
+
+fn client(url: &str) -> Client {
+    Client::builder(url)
+        .request_timeout(Duration::from_secs(30))
+        .connect()
+        .expect("connect")
+}
+
+/// Waits until etcd records `n` waiters on `key`.
+fn wait_waiters(c: &Client, key: &str, n: u64) {
+    let end = Instant::now() + T;
+    while c.info(key).expect("info").waiters != n {
+        assert!(Instant::now() < end, "never {n} waiters on {key}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn contention_across_two_brokers_never_overlaps() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("bcontend");
+    let brokers = [broker(&cl, &p), broker(&cl, &p)];
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let last_token = Arc::new(Mutex::new(0u64));
+    let falling = Arc::new(AtomicUsize::new(0));
+    let grants = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut threads = Vec::new();
+    for i in 0..6 {
+        let url = brokers[i % 2].1.clone();
+        let (inside, overlaps, last_token, falling, grants) = (
+            inside.clone(),
+            overlaps.clone(),
+            last_token.clone(),
+            falling.clone(),
+            grants.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let c = client(&url);
+            for _ in 0..20 {
+                let g = c.lock("hot").expect("lock");
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                {
+                    let tok = g.fencing_token().expect("token");
+                    let mut last = last_token.lock().unwrap_or_else(|e| e.into_inner());
+                    if tok <= *last {
+                        falling.fetch_add(1, Ordering::SeqCst);
+                    }
+                    *last = tok;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                inside.fetch_sub(1, Ordering::SeqCst);
+                grants.fetch_add(1, Ordering::SeqCst);
+                g.unlock().expect("unlock");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    println!(
+        "2 etcd-backed brokers x 3 clients: {} grants in {:?}, {} overlaps, {} falling tokens",
+        grants.load(Ordering::SeqCst),
+        t0.elapsed(),
+        overlaps.load(Ordering::SeqCst),
+        falling.load(Ordering::SeqCst)
+    );
+    assert_eq!(grants.load(Ordering::SeqCst), 120);
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    assert_eq!(falling.load(Ordering::SeqCst), 0);
+    for (h, _) in brokers {
+        stop(h);
+    }
+}
+
+#[test]
+fn fifo_and_rising_tokens_across_brokers() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("bfifo");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    let watcher = client(&b[0].1);
+    let first = client(&b[0].1).lock("q").expect("first");
+    let mut last = first.fencing_token().expect("token");
+    let (tx, order) = channel();
+    let mut threads = Vec::new();
+    // Waiters alternate between the brokers; each is recorded in etcd before the next asks.
+    for i in 0..4u64 {
+        let url = b[(i % 2) as usize].1.clone();
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            let c = client(&url);
+            let g = c.lock("q").expect("waiter");
+            tx.send((i, g.fencing_token().expect("token")))
+                .expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+            g.unlock().expect("unlock");
+        }));
+        wait_waiters(&watcher, "q", i + 1);
+    }
+    first.unlock().expect("unlock first");
+    for want in 0..4u64 {
+        let (i, tok) = order.recv_timeout(T).expect("a grant");
+        assert_eq!(i, want, "grants in request order across brokers");
+        assert!(tok > last, "token {tok} after {last}");
+        last = tok;
+    }
+    for t in threads {
+        t.join().expect("waiter thread");
+    }
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
+#[test]
+fn try_lock_and_semaphore_across_brokers() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("btry");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    let (c0, c1) = (client(&b[0].1), client(&b[1].1));
+    let g = c0.lock("t").expect("lock");
+    assert!(
+        c1.try_lock("t").expect("try").is_none(),
+        "busy on the other broker"
+    );
+    g.unlock().expect("unlock");
+    let g = c1.try_lock("t").expect("try").expect("free now");
+    g.unlock().expect("unlock");
+
+    let sem = LockOptions::new().max(2);
+    let s1 = c0.lock_with("sem", &sem).expect("first of 2");
+    let s2 = c1.lock_with("sem", &sem).expect("second of 2");
+    let try_sem = LockOptions::new().max(2).try_only();
+    let third = c1.lock_with("sem", &try_sem);
+    assert!(
+        matches!(third, Err(Error::Busy)),
+        "a third holder of max:2 is refused: {third:?}"
+    );
+    s1.unlock().expect("unlock");
+    let s3 = c1.lock_with("sem", &try_sem).expect("a slot is free again");
+    assert_eq!(c0.info("sem").expect("info").holders.len(), 2);
+    s2.unlock().expect("unlock");
+    s3.unlock().expect("unlock");
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
+#[test]
+fn disconnect_frees_the_key_for_a_waiter_on_the_other_broker() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("bdisc");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    let holder = client(&b[0].1);
+    let g = holder.lock("d").expect("lock");
+    let url = b[1].1.clone();
+    let (tx, got) = channel();
+    let t = std::thread::spawn(move || {
+        let c = client(&url);
+        let g = c.lock("d").expect("waiter");
+        tx.send(Instant::now()).expect("send");
+        g.unlock().expect("unlock");
+    });
+    wait_waiters(&client(&b[1].1), "d", 1);
+    let t0 = Instant::now();
+    let _ = g.detach(); // no unlock: only the connection's close frees it
+    drop(holder);
+    let at = got.recv_timeout(T).expect("the waiter is granted");
+    let took = at.duration_since(t0);
+    println!("disconnect on broker A -> grant on broker B after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    t.join().expect("waiter");
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
+/// `lmx start --store etcd://... --session-ttl S` on a port of its own; returns it and its URL.
+fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Killed, String) {
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lmx"))
+            .args(["start", "--host", "127.0.0.1", "--port", "0", "--store"])
+            .arg(format!("etcd://{}/{p}", cl.endpoints))
+            .args(["--session-ttl", &ttl.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lmx start"),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("read") > 0,
+            "lmx start --store ended before listening"
+        );
+        if let Some(rest) = line.split("listening on tcp://").nth(1) {
+            let addr = rest.split_whitespace().next().expect("addr").to_owned();
+            // Keep draining its log so it never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let _ = err.read_to_end(&mut Vec::new());
+            });
+            return (child, format!("tcp://{addr}"));
+        }
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn kill_9_of_a_broker_process_releases_its_locks_within_session_ttl() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let ttl = 3u64;
+    let p = prefix("bkill");
+    let (mut child, url) = lmx_broker(&cl, &p, ttl);
+    let (h, other) = broker(&cl, &p);
+    let keeper = client(&other);
+    let keeps = keeper
+        .lock("other")
+        .expect("holder on the surviving broker");
+    let victim = client(&url);
+    let held = victim.lock("k").expect("holder on the doomed broker");
+    let token_before = held.fencing_token().expect("token");
+    let (tx, got) = channel();
+    let t = std::thread::spawn(move || {
+        let c = client(&other);
+        let g = c.lock("k").expect("waiter");
+        tx.send((Instant::now(), g.fencing_token())).expect("send");
+        g.unlock().expect("unlock");
+    });
+    wait_waiters(&keeper, "k", 1);
+    let t0 = Instant::now();
+    child.0.kill().expect("SIGKILL lmx");
+    let _ = child.0.wait();
+    let bound = Duration::from_secs(ttl + 5);
+    let (at, tok) = got.recv_timeout(bound).expect("released within TTL + 5 s");
+    let took = at.duration_since(t0);
+    println!("kill -9 of an lmx --store broker (session TTL {ttl} s): released after {took:?}");
+    assert!(took < bound);
+    assert!(tok.expect("token") > token_before);
+    t.join().expect("waiter");
+    // The surviving broker's holder is unaffected.
+    assert!(!keeps.is_lost());
+    let info = keeper.info("other").expect("info");
+    assert_eq!(info.holders.len(), 1);
+    assert_eq!(&*info.holders[0].id, keeps.id());
+    keeps.unlock().expect("unlock");
+    drop(victim);
+    stop(h);
+}
+
+#[test]
+fn etcd_leader_kill_both_brokers_serve_again_without_overlap() {
+    let Some(cl) = Cluster::get(true) else { return };
+    let p = prefix("bleader");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &cl.endpoints,
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .output()
+        .expect("etcdctl");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let eps: Vec<&str> = cl.endpoints.split(',').collect();
+    let leader = st
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+        .and_then(|m| m["Endpoint"].as_str())
+        .and_then(|e| eps.iter().position(|x| e.ends_with(x)))
+        .expect("a leader");
+    // (enter, exit, broker, lost) of every critical section.
+    type Section = (Instant, Instant, usize, bool);
+    let sections: Arc<Mutex<Vec<Section>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = Instant::now() + Duration::from_secs(14);
+    let mut threads = Vec::new();
+    for i in 0..4 {
+        let (url, sections) = (b[i % 2].1.clone(), sections.clone());
+        threads.push(std::thread::spawn(move || {
+            let c = client(&url);
+            while Instant::now() < stop_at {
+                let Ok(g) = c.lock("hot") else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let enter = Instant::now();
+                std::thread::sleep(Duration::from_millis(2));
+                let exit = Instant::now();
+                let lost = g.is_lost();
+                let _ = g.unlock();
+                sections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((enter, exit, i % 2, lost));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a pid this test's private cluster started.
+    unsafe { libc::kill(cl.pids[leader], libc::SIGKILL) };
+    for t in threads {
+        t.join().expect("client");
+    }
+    let mut s = sections.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    s.sort_by_key(|x| x.0);
+    let overlaps = s
+        .windows(2)
+        .filter(|w| !w[0].3 && !w[1].3 && w[1].0 < w[0].1)
+        .count();
+    let first_after = |br: usize| {
+        s.iter()
+            .find(|x| x.2 == br && x.0 > killed)
+            .map(|x| x.0.duration_since(killed))
+    };
+    let (a, bb) = (first_after(0), first_after(1));
+    println!(
+        "etcd leader (member {leader}) killed: {} sections, {} overlaps, {} lost, first grant after \
+         the kill: broker A {a:?}, broker B {bb:?}",
+        s.len(),
+        overlaps,
+        s.iter().filter(|x| x.3).count()
+    );
+    assert_eq!(overlaps, 0);
+    for d in [a, bb] {
+        assert!(
+            d.is_some_and(|d| d < Duration::from_secs(10)),
+            "{a:?} {bb:?}"
+        );
+    }
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
+#[test]
+fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("bunsup");
+    let (h, url) = broker(&cl, &p);
+    let c = client(&url);
+    let many = c.lock_many(&["a", "b"]);
+    assert!(many.is_err(), "acquire-many is refused: {many:?}");
+    let g = c.lock("x").expect("lock");
+    // Refused (the client then counts the guard lost); dropping the guard still releases it.
+    assert!(g.extend(Some(Duration::from_secs(5))).is_err());
+    assert!(c.info("x").expect("info").is_locked);
+    drop(g);
+    // The release is pipelined, and answered once etcd has it (a ping answered by the broker
+    // itself may overtake it): wait for it, boundedly.
+    let end = Instant::now() + T;
+    while c.info("x").expect("info").is_locked {
+        assert!(
+            Instant::now() < end,
+            "the dropped guard's release never landed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    stop(h);
+    let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
+        .args(["start", "--port", "0", "--store", "http://nope"])
+        .output()
+        .expect("lmx");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store"), "{err}");
+}
+
+// ---- the npm live-mutex 0.2.25 client against an etcd-backed broker ----
+
+/// The npm client installed by tests/node_interop.rs (`$LMX_NODE_CACHE`, else
+/// `~/.cache/live-mutex-tests/node-0.2.25`). `None` (skipped, said so) when absent, unless
+/// `LMX_REQUIRE_NODE=1`.
+fn node_modules() -> Option<PathBuf> {
+    let dir = std::env::var_os("LMX_NODE_CACHE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/live-mutex-tests/node-0.2.25")
+        });
+    let have_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_node && dir.join(".lmx-install-complete").is_file() {
+        return Some(dir.join("node_modules"));
+    }
+    assert!(
+        std::env::var("LMX_REQUIRE_NODE").as_deref() != Ok("1"),
+        "LMX_REQUIRE_NODE=1 but node or the npm client cache is missing (run the node_interop tests first, they install it)"
+    );
+    eprintln!("SKIPPED: node or live-mutex@0.2.25 (installed by tests/node_interop.rs) missing");
+    None
+}
+
+fn npm_scenario(script: &str) {
+    let Some(nm) = node_modules() else { return };
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix(&format!("npm-{script}"));
+    let (h, url) = broker(&cl, &p);
+    let port = url.rsplit(':').next().expect("port").to_owned();
+    let tmp = std::env::temp_dir().join(format!("lmx-etcd-npm-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    let mut child = Killed(
+        Command::new("node")
+            .arg(dir.join(format!("{script}.js")))
+            .env("NODE_PATH", &nm)
+            .env("LMX_TMPDIR", &tmp)
+            .env("LMX_HOST", "127.0.0.1")
+            .env("LMX_PORT", &port)
+            .env_remove("LMX_UDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node"),
+    );
+    let mut so = child.0.stdout.take().expect("stdout");
+    let mut se = child.0.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.0.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(child);
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    stop(h);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let summary = format!("npm scenario {script} against an etcd-backed broker\n{out}\n{err}");
+    assert!(status.is_some_and(|s| s.success()), "FAILED: {summary}");
+    println!("{summary}");
+}
+
+#[test]
+fn npm_client_basic() {
+    npm_scenario("api_basic");
+}
+
+#[test]
+fn npm_client_contention() {
+    npm_scenario("contention");
+}
+
+#[test]
+fn npm_client_semaphore() {
+    npm_scenario("semaphore");
+}
