@@ -39,8 +39,10 @@ pub use spawn::{
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
+#[cfg(feature = "tokio")]
+pub(crate) use driver::client_name;
+pub(crate) use driver::new_uuid;
 use driver::{Conn, Pending};
-pub(crate) use driver::{client_name, new_uuid};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use url::Endpoint;
