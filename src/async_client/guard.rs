@@ -3,11 +3,10 @@
 //! dropping never blocks and never needs a runtime handle).
 
 use super::conn::Conn;
-use crate::client::guard::Lease;
-use crate::client::options::check_ttl;
+use crate::client::guard::{Lease, extend_request};
 use crate::client::{Error, Result, new_uuid, refusal, unlock_request};
+use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
-use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,29 +58,11 @@ async fn renew(
     timeout: Duration,
     lease: &Lease,
 ) -> Result<()> {
-    check_ttl(ttl.map_or(Ttl::Never, Ttl::After))?;
-    if lease.is_lost() || conn.is_dead() {
-        lease.mark_lost();
-        return Err(Error::LockLost);
-    }
-    let extend = Request::Extend {
-        uuid: &new_uuid(),
-        key,
-        lock_id: id,
-        ttl: ttl.map_or(Ttl::Never, Ttl::After),
-    };
+    let uuid = new_uuid();
+    let extend = extend_request(&uuid, key, id, ttl)?;
+    lease.renewable(conn.is_dead())?;
     let sent = Instant::now();
-    match conn.call(timeout, &extend).await? {
-        Answer::Extended(true) => {
-            lease.set_expires(ttl.map(|t| sent + t));
-            Ok(())
-        }
-        Answer::Extended(false) => {
-            lease.mark_lost();
-            Err(Error::LockLost)
-        }
-        a => Err(refusal(a)),
-    }
+    lease.renewed(sent, ttl, conn.call(timeout, &extend).await?)
 }
 
 /// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted or lost.

@@ -36,6 +36,7 @@ mod transport;
 
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
+use crate::client::backoff::Slot;
 use crate::client::url::{self, Endpoint};
 use crate::client::{
     BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats, Ttl, new_uuid, refusal,
@@ -94,19 +95,12 @@ impl AsyncClientBuilder {
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: Option<Arc<Conn>>,
-    failures: u32,
-    last_fail: Option<Instant>,
-}
-
 struct Inner {
     endpoint: Endpoint,
     token: Option<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
-    slot: Mutex<Slot>,
+    slot: Mutex<Slot<Conn>>,
 }
 
 /// A handle on a broker connection; clone it freely (clones share the connection, and any
@@ -155,28 +149,11 @@ impl AsyncClient {
             return Ok(c.clone());
         }
         slot.conn = None;
-        if let Some(t) = slot.last_fail {
-            let backoff =
-                Duration::from_millis(50 << slot.failures.min(6)).min(Duration::from_secs(2));
-            let jittered = backoff.mul_f64(0.75 + fastrand::f64() / 2.0);
-            tokio::time::sleep_until((t + jittered).into()).await;
+        if let Some(at) = slot.next_attempt() {
+            tokio::time::sleep_until(at.into()).await;
         }
         let i = &self.inner;
-        match Conn::open(&i.endpoint, i.token.as_deref(), i.connect_timeout).await {
-            Ok(c) => {
-                let c = Arc::new(c);
-                *slot = Slot {
-                    conn: Some(c.clone()),
-                    ..Slot::default()
-                };
-                Ok(c)
-            }
-            Err(e) => {
-                slot.failures += 1;
-                slot.last_fail = Some(Instant::now());
-                Err(e)
-            }
-        }
+        slot.connected(Conn::open(&i.endpoint, i.token.as_deref(), i.connect_timeout).await)
     }
 
     async fn call(&self, req: &Request<'_>) -> Result<Answer> {

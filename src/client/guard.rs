@@ -44,6 +44,51 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Before a renewal: a lease already lost, or whose connection died, cannot be renewed
+    /// (and is marked lost, so the guard reports it).
+    pub(crate) fn renewable(&self, conn_dead: bool) -> Result<()> {
+        if self.is_lost() || conn_dead {
+            self.mark_lost();
+            return Err(Error::LockLost);
+        }
+        Ok(())
+    }
+
+    /// After the broker's answer to a renewal sent at `sent`: the new expiry counts from when
+    /// the request left (the broker's clock started no earlier), or the lease is lost.
+    pub(crate) fn renewed(&self, sent: Instant, ttl: Option<Duration>, a: Answer) -> Result<()> {
+        match a {
+            Answer::Extended(true) => {
+                self.set_expires(ttl.map(|t| sent + t));
+                Ok(())
+            }
+            Answer::Extended(false) => {
+                self.mark_lost();
+                Err(Error::LockLost)
+            }
+            a => Err(refusal(a)),
+        }
+    }
+}
+
+/// The `extend` request that sets lock `id` on `key` to `ttl` from now (`None`: no expiry).
+pub(crate) fn extend_request<'a>(
+    uuid: &'a str,
+    key: &'a str,
+    id: &'a str,
+    ttl: Option<Duration>,
+) -> Result<Request<'a>> {
+    let ttl = ttl.map_or(Ttl::Never, Ttl::After);
+    super::options::check_ttl(ttl)?;
+    Ok(Request::Extend {
+        uuid,
+        key,
+        lock_id: id,
+        ttl,
+    })
+}
+
 /// One `extend` of lock `id` on `key` to `ttl` from now, recorded in `lease`.
 fn renew(
     conn: &Conn,
@@ -53,30 +98,11 @@ fn renew(
     timeout: Duration,
     lease: &Lease,
 ) -> Result<()> {
-    super::options::check_ttl(ttl.map_or(Ttl::Never, Ttl::After))?;
-    if lease.is_lost() || conn.is_dead() {
-        lease.mark_lost();
-        return Err(Error::LockLost);
-    }
-    let extend = Request::Extend {
-        uuid: &new_uuid(),
-        key,
-        lock_id: id,
-        ttl: ttl.map_or(Ttl::Never, Ttl::After),
-    };
+    let uuid = new_uuid();
+    let extend = extend_request(&uuid, key, id, ttl)?;
+    lease.renewable(conn.is_dead())?;
     let sent = Instant::now();
-    match conn.call(timeout, &extend)? {
-        Answer::Extended(true) => {
-            // From when the request left: the broker's clock started no earlier.
-            lease.set_expires(ttl.map(|t| sent + t));
-            Ok(())
-        }
-        Answer::Extended(false) => {
-            lease.mark_lost();
-            Err(Error::LockLost)
-        }
-        a => Err(refusal(a)),
-    }
+    lease.renewed(sent, ttl, conn.call(timeout, &extend)?)
 }
 
 /// The keep-alive thread of one guard: renews every `every` until the guard drops (its sender

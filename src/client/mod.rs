@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod backoff;
 mod driver;
 mod error;
 pub(crate) mod guard;
@@ -39,6 +40,7 @@ pub use spawn::{
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
+use backoff::Slot;
 #[cfg(feature = "tokio")]
 pub(crate) use driver::client_name;
 pub(crate) use driver::new_uuid;
@@ -150,11 +152,7 @@ impl ClientBuilder {
             token,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
-            slot: Mutex::new(Slot {
-                conn: None,
-                failures: 0,
-                last_fail: None,
-            }),
+            slot: Mutex::new(Slot::default()),
         };
         let client = Client {
             inner: Arc::new(inner),
@@ -164,18 +162,12 @@ impl ClientBuilder {
     }
 }
 
-struct Slot {
-    conn: Option<Arc<Conn>>,
-    failures: u32,
-    last_fail: Option<Instant>,
-}
-
 struct Inner {
     endpoint: Endpoint,
     token: Option<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
-    slot: Mutex<Slot>,
+    slot: Mutex<Slot<Conn>>,
 }
 
 /// A handle on a broker connection; clone it freely (clones share the connection).
@@ -271,29 +263,15 @@ impl Client {
             return Ok(c.clone());
         }
         slot.conn = None;
-        if let Some(t) = slot.last_fail {
-            let backoff =
-                Duration::from_millis(50 << slot.failures.min(6)).min(Duration::from_secs(2));
-            let jittered = backoff.mul_f64(0.75 + fastrand::f64() / 2.0);
-            std::thread::sleep((t + jittered).saturating_duration_since(Instant::now()));
+        if let Some(at) = slot.next_attempt() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         let i = &self.inner;
-        match Conn::open(&i.endpoint, i.token.as_deref(), i.connect_timeout) {
-            Ok(c) => {
-                let c = Arc::new(c);
-                *slot = Slot {
-                    conn: Some(c.clone()),
-                    failures: 0,
-                    last_fail: None,
-                };
-                Ok(c)
-            }
-            Err(e) => {
-                slot.failures += 1;
-                slot.last_fail = Some(Instant::now());
-                Err(e)
-            }
-        }
+        slot.connected(Conn::open(
+            &i.endpoint,
+            i.token.as_deref(),
+            i.connect_timeout,
+        ))
     }
 
     fn call(&self, req: &Request<'_>) -> Result<Answer> {
