@@ -543,7 +543,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     have.sort_by_key(|h| h.1);
                     prop_assert_eq!(have, want, "step {} holders of {}", step, name);
                     let wq: Vec<&str> = mk.queue.iter().map(|w| w.id.as_str()).collect();
-                    let hq: Vec<&str> = info.queue.iter().map(|q| &**q).collect();
+                    let hq: Vec<&str> = info.queue.iter().map(|q| &*q.id).collect();
                     prop_assert_eq!(hq, wq, "step {} queue of {}", step, name);
                     prop_assert_eq!(info.max, mk.max);
                     // Mutual exclusion, stated directly.

@@ -283,6 +283,16 @@ impl Conn {
                 if let Some(e) = auth_err {
                     return Err(Error::Rejected(e));
                 }
+                // Our broker: name the connection (`program[pid]`), as the blocking client does.
+                let name = crate::client::client_name();
+                let hello = Request::Hello {
+                    name: &name,
+                    pid: Some(u64::from(std::process::id())),
+                };
+                conn.shared.with(false, |st| {
+                    st.session.notify(&hello);
+                    Ok(())
+                })?;
             }
             Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
             Ok(Answer::Unknown(_)) => {

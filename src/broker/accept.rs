@@ -8,7 +8,6 @@ use std::time::Instant;
 use mio::{Interest, Token};
 
 use super::core::ConnKind;
-use super::log;
 use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER};
 use super::transport::{Io, Socket, Stream};
 use crate::table::ConnId;
@@ -26,7 +25,7 @@ impl Broker {
                             && !self.warned_keepalive
                         {
                             self.warned_keepalive = true;
-                            log::note(&format!("cannot set TCP keepalive: {e}"));
+                            tracing::warn!("cannot set TCP keepalive: {e}");
                         }
                         (Io::Sniff(Stream::Tcp(s)), Some(peer))
                     }),
@@ -59,12 +58,12 @@ impl Broker {
                     }
                     if !self.warned_fds {
                         self.warned_fds = true;
-                        log::note("out of file descriptors: refusing new connections");
+                        tracing::warn!("out of file descriptors: refusing new connections");
                     }
                     continue;
                 }
                 Err(e) => {
-                    log::note(&format!("accept failed: {e}; retrying shortly"));
+                    tracing::warn!("accept failed: {e}; retrying shortly");
                     self.retry_accept = true;
                     return;
                 }
@@ -99,8 +98,64 @@ impl Broker {
                 ConnKind::Tcp
             };
             self.core.open(id, kind, now);
+            let who = match (peer, &self.socks[slot].io) {
+                (Some(p), _) => p.to_string(),
+                (None, Io::Ndjson(Stream::Unix(s))) => unix_peer(s),
+                (None, _) => "?".to_string(),
+            };
+            self.core.set_peer(id, who);
+            if kind == ConnKind::Unix {
+                self.announce(slot, "NDJSON");
+            }
         }
     }
+
+    /// Logs a connection's "opened" line once its framing is known (an HTTP request to
+    /// `/metrics` or the page gets none, so a scraper does not flood the log).
+    pub(super) fn announce(&mut self, slot: usize, framing: &str) {
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return;
+        };
+        sock.announced = true;
+        tracing::info!(
+            conn = sock.id.0,
+            peer = self.core.peer(sock.id).unwrap_or("?"),
+            "connection opened ({framing})"
+        );
+    }
+}
+
+/// The peer of a Unix socket: `pid N uid U` from `SO_PEERCRED` (Linux), for `lmx info` and
+/// the logs.
+#[cfg(target_os = "linux")]
+fn unix_peer(s: &mio::net::UnixStream) -> String {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the descriptor is open.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        format!("pid {} uid {}", cred.pid, cred.uid)
+    } else {
+        "unix socket".to_string()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unix_peer(_: &mio::net::UnixStream) -> String {
+    "unix socket".to_string()
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

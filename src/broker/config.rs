@@ -14,7 +14,7 @@ use slab::Slab;
 use super::core::{self, Core};
 use super::http_guard::{HttpPolicy, RefusalLog};
 use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER, WAKER};
-use super::{BrokerError, Keepalive, log};
+use super::{BrokerError, Keepalive};
 use crate::proto::Limits;
 use crate::proto::ndjson::DEFAULT_MAX_LINE;
 use crate::table;
@@ -253,10 +253,10 @@ impl BrokerBuilder {
             && !addr.ip().is_loopback()
             && self.auth_token.is_none()
         {
-            log::note(&format!(
-                "warning: listening on {addr}, beyond this machine, with no auth token: \
+            tracing::warn!(
+                "listening on {addr}, beyond this machine, with no auth token: \
                  anyone who can reach it can take and force locks (set --auth-token)"
-            ));
+            );
         }
         #[allow(unused_mut)]
         let mut core = Core::new(core::Config {
@@ -305,6 +305,10 @@ impl BrokerBuilder {
             policy,
             refusals: RefusalLog::new(),
             idle_since: Some(Instant::now()),
+            bytes_in: 0,
+            bytes_out: 0,
+            turns: 0,
+            http_served: 0,
             cfg: self,
         })
     }

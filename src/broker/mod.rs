@@ -35,8 +35,10 @@ mod accept;
 mod config;
 mod core;
 mod handle;
+mod http;
 pub(crate) mod http_guard;
 mod keepalive;
+mod metrics;
 mod reactor;
 mod transport;
 
@@ -98,11 +100,4 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
 #[doc(hidden)]
 pub fn fuzz_ws_config() -> tungstenite::protocol::WebSocketConfig {
     transport::ws_config(crate::proto::ndjson::DEFAULT_MAX_LINE, 4 * 1024 * 1024)
-}
-
-/// Start-up and notable events go to stderr, one line each.
-pub(crate) mod log {
-    pub fn note(msg: &str) {
-        eprintln!("lmx: {msg}");
-    }
 }

@@ -16,7 +16,6 @@ use slab::Slab;
 use super::config::UdsListener;
 use super::core::{Core, Event};
 use super::http_guard::{HttpPolicy, RefusalLog};
-use super::log;
 use super::transport::{Io, Socket};
 use super::{BrokerBuilder, BrokerError};
 use crate::table::ConnId;
@@ -54,6 +53,11 @@ pub struct Broker {
     pub(super) refusals: RefusalLog,
     /// Since when the broker has had no connections and no locks (for `idle_exit`).
     pub(super) idle_since: Option<Instant>,
+    /// For `/metrics` (see `metrics::IoCounters`).
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) turns: u64,
+    pub(super) http_served: u64,
     pub(super) cfg: BrokerBuilder,
 }
 
@@ -72,6 +76,7 @@ impl Broker {
                 return Err(e.into());
             }
             busy = !events.is_empty();
+            self.turns += 1;
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
@@ -109,7 +114,7 @@ impl Broker {
             }
             self.end_turn(now);
             if self.idle_expired(now) {
-                log::note("idle: no connections and no locks for the idle time, exiting");
+                tracing::info!("idle: no connections and no locks for the idle time, exiting");
                 break;
             }
         }
@@ -196,7 +201,8 @@ impl Broker {
                     return;
                 };
                 if sock.close_after_flush {
-                    return self.close(slot, now);
+                    let why = sock.closing_why;
+                    return self.close(slot, now, why);
                 }
                 if sock.stalled_since.take().is_some() {
                     // Reading stopped while output was backed up; edge-triggered readiness
@@ -205,7 +211,7 @@ impl Broker {
                 }
             }
             Ok(false) => {}
-            Err(_) => self.close(slot, now),
+            Err(_) => self.close(slot, now, "write failed"),
         }
     }
 
@@ -214,8 +220,14 @@ impl Broker {
         let Some(sock) = self.socks.get_mut(slot) else {
             return Ok(true);
         };
+        if let Io::Http(_) = sock.io {
+            let (n, done) = sock.write_http()?;
+            self.bytes_out += n as u64;
+            return Ok(done);
+        }
         let out = self.core.output(sock.id);
         let (n, done) = sock.write_out(out)?;
+        self.bytes_out += n as u64;
         self.core.consume(sock.id, n);
         Ok(done)
     }
@@ -231,12 +243,13 @@ impl Broker {
                 match ev {
                     Event::Close(id) => {
                         if let Some(slot) = self.slot_of(id) {
-                            self.close(slot, now);
+                            self.close(slot, now, "it confirmed the version mismatch");
                         }
                     }
                     Event::CloseAfterFlush(id) => {
                         if let Some(slot) = self.slot_of(id) {
                             self.socks[slot].close_after_flush = true;
+                            self.socks[slot].closing_why = "closed by the broker after its answer (auth refused or version mismatch)";
                             self.queue_flush(slot);
                         }
                     }
@@ -262,10 +275,12 @@ impl Broker {
                 };
                 let backlog = self.core.output(sock.id).len();
                 match res {
-                    Ok(true) if sock.close_after_flush => self.close(slot, now),
+                    Ok(true) if sock.close_after_flush => {
+                        let why = sock.closing_why;
+                        self.close(slot, now, why)
+                    }
                     Ok(_) if backlog > self.cfg.out_hard => {
-                        log::note("closing a connection whose output is backed up past the cap");
-                        self.close(slot, now);
+                        self.close(slot, now, "its output backed up past the cap");
                     }
                     Ok(false) => {
                         if backlog > self.cfg.out_soft && sock.stalled_since.is_none() {
@@ -274,7 +289,7 @@ impl Broker {
                         }
                     }
                     Ok(true) => {}
-                    Err(_) => self.close(slot, now),
+                    Err(_) => self.close(slot, now, "write failed"),
                 }
             }
         }
@@ -303,16 +318,25 @@ impl Broker {
         }
         self.needs_housekeeping = watching;
         for slot in doomed {
-            self.close(slot, now);
+            self.close(slot, now, "handshake or stalled output timed out");
         }
     }
 
-    /// Closes the socket at `slot` and tells the core, which releases its locks.
-    pub(super) fn close(&mut self, slot: usize, now: Instant) {
+    /// Closes the socket at `slot` and tells the core, which releases its locks. Logs one
+    /// line with the peer and `why`.
+    pub(super) fn close(&mut self, slot: usize, now: Instant, why: &str) {
         if !self.socks.contains(slot) {
             return;
         }
         let mut sock = self.socks.remove(slot);
+        if sock.announced {
+            tracing::info!(
+                conn = sock.id.0,
+                peer = self.core.peer(sock.id).unwrap_or("?"),
+                name = self.core.client_name(sock.id).unwrap_or(""),
+                "connection closed: {why}"
+            );
+        }
         if let Some(s) = sock.stream_mut() {
             self.poll.registry().deregister(s).ok();
         }
@@ -329,7 +353,7 @@ impl Broker {
         let now = Instant::now();
         let slots: Vec<usize> = self.socks.iter().map(|(s, _)| s).collect();
         for slot in slots {
-            self.close(slot, now);
+            self.close(slot, now, "broker shutting down");
         }
         if let Some(u) = self.uds.take() {
             // Removed while the lock file is still held, so no newer broker's socket is hit.

@@ -14,8 +14,8 @@ use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response,
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
+use super::Broker;
 use super::http_guard::{self, HttpPolicy};
-use super::{Broker, log};
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
 
@@ -111,6 +111,8 @@ pub(crate) enum Io {
     /// WebSocket upgrade in progress (it may need several reads).
     Handshake(Box<Handshake>),
     Ws(Box<WebSocket<Stream>>),
+    /// Answering one HTTP request (`Socket::http_out`), then closing; see `http`.
+    Http(Stream),
     /// Taken out while changing state; never seen between calls.
     Gone,
 }
@@ -126,6 +128,8 @@ pub(crate) struct Socket {
     pub stalled_since: Option<Instant>,
     /// Close once the output is flushed (the core asked, or the peer half-closed).
     pub close_after_flush: bool,
+    /// Why, for the log line.
+    pub closing_why: &'static str,
     /// WebSocket output that the socket did not take yet.
     pub ws_unflushed: bool,
     /// Listed in the reactor's own flush list (output that is not the core's: WebSocket
@@ -138,6 +142,11 @@ pub(crate) struct Socket {
     pub vetted: bool,
     /// The TCP peer (None on the Unix socket), for logs.
     pub peer: Option<std::net::SocketAddr>,
+    /// The HTTP response not yet written (`Io::Http`).
+    pub http_out: Vec<u8>,
+    /// Its "connection opened" line was logged (a protocol connection, not an HTTP request),
+    /// so its close is logged too.
+    pub announced: bool,
 }
 
 impl Socket {
@@ -149,21 +158,24 @@ impl Socket {
             opened: now,
             stalled_since: None,
             close_after_flush: false,
+            closing_why: "",
             ws_unflushed: false,
             queued: false,
             peer_closed: false,
             vetted: false,
             peer: None,
+            http_out: Vec::new(),
+            announced: false,
         }
     }
 
     pub fn handshaking(&self) -> bool {
-        matches!(self.io, Io::Sniff(_) | Io::Handshake(_))
+        matches!(self.io, Io::Sniff(_) | Io::Handshake(_) | Io::Http(_))
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
-            Io::Sniff(s) | Io::Ndjson(s) => Some(s),
+            Io::Sniff(s) | Io::Ndjson(s) | Io::Http(s) => Some(s),
             Io::Handshake(h) => Some(h.get_mut().get_mut()),
             Io::Ws(ws) => Some(ws.get_mut()),
             Io::Gone => None,
@@ -213,8 +225,27 @@ impl Socket {
                 }
                 Ok((pos, pos == out.len()))
             }
-            Io::Handshake(_) | Io::Gone => Ok((0, true)),
+            Io::Handshake(_) | Io::Http(_) | Io::Gone => Ok((0, true)),
         }
+    }
+
+    /// Writes what the socket takes of the HTTP response; see [`write_out`](Self::write_out).
+    pub fn write_http(&mut self) -> io::Result<(usize, bool)> {
+        let Io::Http(s) = &mut self.io else {
+            return Ok((0, true));
+        };
+        let mut pos = 0;
+        while pos < self.http_out.len() {
+            match s.write(&self.http_out[pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.http_out.drain(..pos);
+        Ok((pos, self.http_out.is_empty()))
     }
 }
 
@@ -249,10 +280,18 @@ impl Broker {
                     match peeked {
                         Ok(0) => {
                             sock.io = Io::Sniff(stream);
-                            return self.close(slot, now);
+                            return self.close(slot, now, "peer closed");
                         }
                         Ok(_) if b[0] == b'G' => {
-                            // The WebSocket upgrade; `AuthCheck` is its callback.
+                            // HTTP: `/metrics` and the status page are answered by `http`;
+                            // an upgrade comes back for tungstenite.
+                            let Some(stream) = self.sniff_http(slot, stream, now) else {
+                                return;
+                            };
+                            let Some(sock) = self.socks.get_mut(slot) else {
+                                return;
+                            };
+                            // The WebSocket upgrade; `UpgradeCheck` is its callback.
                             let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
                             let check = UpgradeCheck {
                                 policy: self.policy.clone(),
@@ -261,7 +300,9 @@ impl Broker {
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
                                 Ok(ws) => {
                                     sock.io = Io::Ws(Box::new(ws));
-                                    self.core.authenticated(sock.id);
+                                    let id = sock.id;
+                                    self.core.authenticated(id);
+                                    self.announce(slot, "WebSocket");
                                 }
                                 Err(HandshakeError::Interrupted(mid)) => {
                                     sock.io = Io::Handshake(Box::new(mid));
@@ -272,21 +313,26 @@ impl Broker {
                                 }
                             }
                         }
-                        Ok(_) => sock.io = Io::Ndjson(stream),
+                        Ok(_) => {
+                            sock.io = Io::Ndjson(stream);
+                            self.announce(slot, "NDJSON");
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             sock.io = Io::Sniff(stream);
                             return;
                         }
                         Err(_) => {
                             sock.io = Io::Sniff(stream);
-                            return self.close(slot, now);
+                            return self.close(slot, now, "read failed");
                         }
                     }
                 }
                 Io::Handshake(mid) => match mid.handshake() {
                     Ok(ws) => {
                         sock.io = Io::Ws(Box::new(ws));
-                        self.core.authenticated(sock.id);
+                        let id = sock.id;
+                        self.core.authenticated(id);
+                        self.announce(slot, "WebSocket");
                     }
                     Err(HandshakeError::Interrupted(mid)) => {
                         sock.io = Io::Handshake(Box::new(mid));
@@ -301,6 +347,19 @@ impl Broker {
                 Io::Ws(ws) => {
                     sock.io = Io::Ws(ws);
                     return self.read_ws(slot, now);
+                }
+                Io::Http(mut stream) => {
+                    // Whatever else the client sends is dropped; its close ends the answer.
+                    let mut sink = [0u8; 4096];
+                    let r = stream.read(&mut sink);
+                    sock.io = Io::Http(stream);
+                    match r {
+                        Ok(0) => return self.close(slot, now, "peer closed"),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return self.close(slot, now, "read failed"),
+                    }
                 }
                 Io::Gone => return,
             }
@@ -327,10 +386,13 @@ impl Broker {
             // Not when the peer has closed: no further event would come for its EOF.
             let (eof, drained) = match sock.framer.read_some(stream) {
                 Ok((0, _)) => (true, false),
-                Ok((_, filled)) => (false, !filled),
+                Ok((n, filled)) => {
+                    self.bytes_in += n as u64;
+                    (false, !filled)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.close(slot, now),
+                Err(_) => return self.close(slot, now, "read failed"),
             };
             // Handle every complete line read so far.
             loop {
@@ -345,7 +407,7 @@ impl Broker {
                     },
                     Ok(None) => break,
                     // Framing is lost: only this connection is closed.
-                    Err(_) => return self.close(slot, now),
+                    Err(_) => return self.close(slot, now, "line too long (framing lost)"),
                 };
                 if !sock.vetted {
                     // Until its first valid request, a line that looks like HTTP means a web
@@ -370,9 +432,10 @@ impl Broker {
                     return;
                 };
                 if self.core.output(id).is_empty() && !sock.ws_unflushed {
-                    return self.close(slot, now);
+                    return self.close(slot, now, "peer closed");
                 }
                 sock.close_after_flush = true;
+                sock.closing_why = "peer closed";
                 self.queue_flush(slot);
                 return;
             }
@@ -394,11 +457,13 @@ impl Broker {
             };
             match ws.read() {
                 Ok(Message::Text(t)) => {
+                    self.bytes_in += t.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(t.as_bytes());
                     self.core.handle_message(id, &mut self.scratch, now);
                 }
                 Ok(Message::Binary(b)) => {
+                    self.bytes_in += b.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&b);
                     self.core.handle_message(id, &mut self.scratch, now);
@@ -411,20 +476,20 @@ impl Broker {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return;
                 }
-                Err(_) => return self.close(slot, now),
+                Err(_) => return self.close(slot, now, "peer closed or WebSocket error"),
             }
         }
     }
 
     /// Closes a connection that a web page (or something else speaking HTTP) opened, with a
     /// rate-limited note naming its peer.
-    fn refuse(&mut self, slot: usize, now: Instant, why: &str) {
+    pub(super) fn refuse(&mut self, slot: usize, now: Instant, why: &str) {
         let peer = self.socks.get(slot).and_then(|s| s.peer);
         let peer = peer.map_or_else(|| "the Unix socket".to_string(), |p| p.to_string());
         if let Some(line) = self.refusals.refused(now, &peer, why) {
-            log::note(&line);
+            tracing::warn!("{line}");
         }
-        self.close(slot, now);
+        self.close(slot, now, why);
     }
 
     /// A failed WebSocket handshake closes the connection; a refusal by the Host/Origin rules
@@ -436,7 +501,7 @@ impl Broker {
                 let why = format!("WebSocket upgrade: {}", why.unwrap_or_default());
                 self.refuse(slot, now, &why);
             }
-            _ => self.close(slot, now),
+            _ => self.close(slot, now, "WebSocket handshake failed"),
         }
     }
 }

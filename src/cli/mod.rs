@@ -5,6 +5,7 @@ mod daemon;
 mod ops;
 mod run;
 mod start;
+mod top;
 
 use clap::{Parser, Subcommand};
 use live_mutex::{Client, Error};
@@ -86,9 +87,15 @@ enum Cmd {
         force: bool,
     },
     /// List keys that are held or waited for
-    Ls,
-    /// Show the holders and queue of a key
+    Ls {
+        /// Long listing: each key's holders (who, peer, since when, token, TTL left) and queue
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Show the holders and queue of a key: who (name, peer, pid), since when, token, TTL
     Info { key: String },
+    /// Watch the broker live in the terminal: held locks, queues, connections, grants/s
+    Top(top::TopArgs),
     /// Show broker-wide counters
     Stats,
     /// Measure a round trip to the broker
@@ -117,6 +124,7 @@ pub(crate) fn main() -> i32 {
         Cmd::Run(args) => run::run(&url, spawn, args),
         Cmd::Start(_) => unreachable!("handled above"),
         Cmd::Bench(args) => bench::bench(&url, cli.json, args),
+        Cmd::Top(args) => top::top(&url, cli.json, args),
         cmd => ops::op(&url, spawn, cli.json, cmd),
     }
 }

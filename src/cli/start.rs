@@ -105,9 +105,37 @@ pub(crate) struct StartArgs {
     /// least 2): a broker that dies loses its clients' locks this long after [default: 10]
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     session_ttl: Option<u64>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such as
+    /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs one line per connection
+    /// opened and closed; `debug` adds each HTTP request
+    #[arg(long, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
+}
+
+/// Sends the broker's `tracing` events to stderr, with timestamps, filtered by `--log-level`
+/// or `RUST_LOG` (the library itself never installs a subscriber: an embedded broker logs
+/// through its host program's, and is silent without one).
+pub(crate) fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("--log-level {l:?}: {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
+    if let Err(e) = init_logging(a.log_level.as_deref()) {
+        eprintln!("lmx start: {e}");
+        return super::EXIT_USAGE;
+    }
     let listen = match listen(&a, url) {
         Ok(l) => l,
         Err(e) => {
@@ -261,17 +289,20 @@ pub(crate) fn serve(
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let broker = bind(b?)?;
     if let Some(addr) = broker.local_addr() {
-        eprintln!("lmx: listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket)");
+        tracing::info!(
+            "listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket); status page \
+             http://{addr}/, metrics http://{addr}/metrics"
+        );
     }
     if let Some(p) = broker.uds_path() {
-        eprintln!("lmx: listening on unix://{} (NDJSON)", p.display());
+        tracing::info!("listening on unix://{} (NDJSON)", p.display());
     }
     ready(&broker);
     let stop = broker.shutdown_handle();
     let sigs = signals.handle();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            eprintln!("lmx: signal {sig}, shutting down");
+            tracing::info!("signal {sig}, shutting down");
             stop.shutdown();
         }
     });

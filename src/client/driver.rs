@@ -367,6 +367,17 @@ impl Conn {
                 if let Some(e) = auth_err {
                     return Err(Error::Rejected(e));
                 }
+                // Our broker: name the connection, so `lmx info` shows who holds a lock. No
+                // reply comes (the npm broker is never sent it).
+                let name = client_name();
+                let hello = Request::Hello {
+                    name: &name,
+                    pid: Some(u64::from(std::process::id())),
+                };
+                conn.shared.send_with(|st| {
+                    st.session.notify(&hello);
+                    Ok(())
+                })?;
             }
             // Our broker echoes the type in errors ("authenticate first"); the npm broker
             // answers an unknown type with a type-less "Malformed data" error.
@@ -507,4 +518,26 @@ fn background_reader(shared: Arc<Shared>) {
         let st = lock(&shared.state);
         shared.hand_off(&st);
     }
+}
+
+/// The name a connection gives the broker: `LMX_CLIENT_NAME` if set, else the program's file
+/// name and pid (`cargo-test[4242]`), as `lmx info` shows it.
+pub(crate) fn client_name() -> String {
+    let name = match std::env::var("LMX_CLIENT_NAME") {
+        Ok(n) if !n.is_empty() => n,
+        _ => {
+            let prog = std::env::args_os()
+                .next()
+                .map(std::path::PathBuf::from)
+                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "rust".into());
+            format!("{prog}[{}]", std::process::id())
+        }
+    };
+    // Within the broker's limit, cut on a character boundary.
+    let mut end = name.len().min(crate::proto::MAX_CLIENT_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
 }

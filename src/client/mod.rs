@@ -27,7 +27,7 @@ mod transport;
 pub(crate) mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
-pub use crate::proto::{HolderInfo, Stats};
+pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
 pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
 pub use options::LockOptions;
@@ -41,6 +41,8 @@ pub use spawn::{
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
 use backoff::Slot;
+#[cfg(feature = "tokio")]
+pub(crate) use driver::client_name;
 pub(crate) use driver::new_uuid;
 use driver::{Conn, Pending};
 use std::sync::{Arc, Mutex};

@@ -12,6 +12,9 @@ use super::{
     Ttl,
 };
 
+/// Longest client name a `hello` may carry.
+pub const MAX_CLIENT_NAME: usize = 256;
+
 /// What was wrong with a message. The `Display` text is what goes into the reply's `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -160,6 +163,9 @@ struct Fields<'a> {
     value: Option<Node<'a>>,
     token: Option<Node<'a>>,
     inspect: Option<Node<'a>>,
+    pid: Option<Node<'a>>,
+    name: Option<Node<'a>>,
+    interval: Option<Node<'a>>,
     /// Tape index of the `keys` value (an array spans several nodes).
     keys: Option<usize>,
 }
@@ -220,6 +226,9 @@ fn decode_tape<'a>(tape: &[Node<'a>], limits: &Limits) -> Result<Request<'a>, De
             "value" => &mut f.value,
             "token" => &mut f.token,
             "inspectCommand" => &mut f.inspect,
+            "pid" => &mut f.pid,
+            "name" => &mut f.name,
+            "intervalMs" => &mut f.interval,
             "keys" => {
                 f.keys = Some(i + 1);
                 &mut ignored
@@ -447,6 +456,16 @@ fn request<'a>(f: &Fields<'a>, tape: &[Node<'a>], limits: &Limits) -> Result<Req
         "version" => Request::Version {
             value: rd.str("value", f.value, 64)?,
             keep_locks_after_death: flag("keepLocksAfterDeath", f.keep, false)?,
+            // Lenient: a pid that is not a number is dropped rather than failing the client.
+            pid: present(f.pid).and_then(|n| uint("pid", n, u64::from(u32::MAX)).ok()),
+        },
+        "hello" => Request::Hello {
+            name: rd.str("name", f.name, MAX_CLIENT_NAME)?,
+            pid: opt_uint("pid", f.pid, u64::from(u32::MAX))?,
+        },
+        "watch" => Request::Watch {
+            uuid: uuid()?,
+            interval_ms: opt_uint("intervalMs", f.interval, MAX_TTL_MS)?,
         },
         "version-mismatch-confirmed" => Request::VersionMismatchConfirmed,
         other => match RwOp::ALL.into_iter().find(|op| op.as_str() == other) {

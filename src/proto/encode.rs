@@ -7,7 +7,7 @@
 //! reply starts with `type` and echoes `uuid` / `key`; `error` appears only on failure because
 //! the Node client treats any `error` field as a failed request.
 
-pub use super::reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats};
+pub use super::reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats, WaiterInfo, Who};
 use super::{AcquireMany, CancelReason, LockRequest, Mode, Request, Ttl};
 use super::{DecodeError, PROTOCOL_VERSION, RwOp};
 use std::time::Duration;
@@ -33,9 +33,17 @@ impl Request<'_> {
             Request::Version {
                 value,
                 keep_locks_after_death,
+                pid,
             } => {
                 w.str("value", value)
-                    .bool("keepLocksAfterDeath", *keep_locks_after_death);
+                    .bool("keepLocksAfterDeath", *keep_locks_after_death)
+                    .opt_u64("pid", *pid);
+            }
+            Request::Hello { name, pid } => {
+                w.str("name", name).opt_u64("pid", *pid);
+            }
+            Request::Watch { uuid, interval_ms } => {
+                w.str("uuid", uuid).opt_u64("intervalMs", *interval_ms);
             }
             Request::VersionMismatchConfirmed | Request::Inspect { .. } => {}
             Request::Lock(LockRequest {
@@ -255,6 +263,7 @@ impl Reply<'_> {
                 readers_count,
                 max,
                 holders,
+                waiters,
             } => {
                 w.str("type", "lock-info-response")
                     .str("uuid", uuid)
@@ -274,7 +283,17 @@ impl Reply<'_> {
                         Some(d) => ho.u64("ttlRemaining", ms(d)),
                         None => ho.null("ttlRemaining"),
                     };
+                    ho.opt_u64("heldSince", h.held_since_ms).who(&h.who);
                     ho.finish();
+                });
+                w.field("waiters");
+                write_list(w.out, waiters.iter(), |o, x| {
+                    let mut wo = Obj::new(o);
+                    wo.str("id", &x.id)
+                        .str("mode", x.mode.as_str())
+                        .opt_u64("waitingSince", x.waiting_since_ms)
+                        .who(&x.who);
+                    wo.finish();
                 });
             }
             Reply::Pong {
@@ -382,13 +401,13 @@ pub fn decode_error(e: &DecodeError, out: &mut Vec<u8>) {
 }
 
 /// Object writer; field names are trusted literals, values are escaped.
-struct Obj<'o> {
-    out: &'o mut Vec<u8>,
+pub(crate) struct Obj<'o> {
+    pub(crate) out: &'o mut Vec<u8>,
     first: bool,
 }
 
 impl<'o> Obj<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
         out.push(b'{');
         Obj { out, first: true }
     }
@@ -397,48 +416,54 @@ impl<'o> Obj<'o> {
             self.out.push(b',');
         }
     }
-    fn field(&mut self, name: &'static str) -> &mut Self {
+    pub(crate) fn field(&mut self, name: &'static str) -> &mut Self {
         self.sep();
         self.out.push(b'"');
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
         self
     }
-    fn str(&mut self, name: &'static str, v: &str) -> &mut Self {
+    pub(crate) fn str(&mut self, name: &'static str, v: &str) -> &mut Self {
         self.field(name);
         write_str(self.out, v);
         self
     }
-    fn opt_str(&mut self, name: &'static str, v: Option<&str>) -> &mut Self {
+    pub(crate) fn opt_str(&mut self, name: &'static str, v: Option<&str>) -> &mut Self {
         if let Some(v) = v {
             self.str(name, v);
         }
         self
     }
-    fn u64(&mut self, name: &'static str, v: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, name: &'static str, v: u64) -> &mut Self {
         self.field(name);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self
     }
-    fn opt_u64(&mut self, name: &'static str, v: Option<u64>) -> &mut Self {
+    pub(crate) fn opt_u64(&mut self, name: &'static str, v: Option<u64>) -> &mut Self {
         if let Some(v) = v {
             self.u64(name, v);
         }
         self
     }
-    fn bool(&mut self, name: &'static str, v: bool) -> &mut Self {
+    pub(crate) fn bool(&mut self, name: &'static str, v: bool) -> &mut Self {
         self.field(name);
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
         self
     }
-    fn null(&mut self, name: &'static str) -> &mut Self {
+    pub(crate) fn null(&mut self, name: &'static str) -> &mut Self {
         self.field(name);
         self.out.extend_from_slice(b"null");
         self
     }
     /// `ttl`: left out for the broker's default, `null` for never.
+    /// A connection's identity fields; absent ones are left out.
+    pub(crate) fn who(&mut self, who: &Who<'_>) -> &mut Self {
+        self.opt_str("peer", who.peer.as_deref())
+            .opt_str("name", who.name.as_deref())
+            .opt_u64("pid", who.pid)
+    }
     fn ttl(&mut self, ttl: Ttl) -> &mut Self {
         match ttl {
             Ttl::BrokerDefault => self,
@@ -465,12 +490,12 @@ impl<'o> Obj<'o> {
         self.out.extend_from_slice(b" ms\"");
         self
     }
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.out.push(b'}');
     }
 }
 
-fn write_list<T>(
+pub(crate) fn write_list<T>(
     out: &mut Vec<u8>,
     items: impl Iterator<Item = T>,
     mut each: impl FnMut(&mut Vec<u8>, T),

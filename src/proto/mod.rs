@@ -56,8 +56,8 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, decode};
-pub use reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, MAX_CLIENT_NAME, decode};
+pub use reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats, WaiterInfo, Who};
 pub use reply_decode::{ReplyDecoder, decode_reply};
 
 /// Largest accepted `ttl` / `waitTimeout` in ms: 2^31-1, Node's `setTimeout` ceiling (~24.8
@@ -250,6 +250,22 @@ pub enum Request<'a> {
     Version {
         value: &'a str,
         keep_locks_after_death: bool,
+        /// The client's process id (the Node client sends it), for `lmx info` and the status
+        /// page.
+        pid: Option<u64>,
+    },
+    /// Extension: names the connection (`lmx info` shows it beside each of its locks). No
+    /// reply; the Rust clients send their program name and pid right after connecting.
+    Hello {
+        name: &'a str,
+        pid: Option<u64>,
+    },
+    /// Extension, read-only: a `watch` snapshot of the whole broker now, then every
+    /// `interval_ms` (clamped by the broker) for as long as the connection lives. Another
+    /// `watch` changes the interval. The status page and `lmx top` use it.
+    Watch {
+        uuid: &'a str,
+        interval_ms: Option<u64>,
     },
     /// The client saw our `version-mismatch`: close the connection.
     VersionMismatchConfirmed,
@@ -320,6 +336,8 @@ impl<'a> Request<'a> {
     pub fn ty(&self) -> &'static str {
         match self {
             Request::Version { .. } => "version",
+            Request::Hello { .. } => "hello",
+            Request::Watch { .. } => "watch",
             Request::VersionMismatchConfirmed => "version-mismatch-confirmed",
             Request::Lock(_) => "lock",
             Request::LockReceived { .. } => "lock-received",
@@ -340,7 +358,9 @@ impl<'a> Request<'a> {
 
     pub fn uuid(&self) -> Option<&'a str> {
         match self {
-            Request::Version { .. } | Request::VersionMismatchConfirmed => None,
+            Request::Version { .. } | Request::Hello { .. } | Request::VersionMismatchConfirmed => {
+                None
+            }
             Request::Auth { uuid, .. } | Request::Inspect { uuid, .. } => *uuid,
             Request::Lock(r) => Some(r.uuid),
             Request::AcquireMany(r) => Some(r.uuid),
@@ -352,6 +372,7 @@ impl<'a> Request<'a> {
             | Request::Ls { uuid }
             | Request::LockInfo { uuid, .. }
             | Request::Ping { uuid }
+            | Request::Watch { uuid, .. }
             | Request::SystemStats { uuid }
             | Request::Rw { uuid, .. } => Some(uuid),
         }

@@ -60,16 +60,67 @@ pub struct HolderInfo<'a> {
     pub mode: Mode,
     /// Time left before expiry, in whole milliseconds on the wire; `None`: never expires.
     pub ttl_remaining: Option<Duration>,
+    /// When it was granted, Unix milliseconds by the broker's clock (`heldSince`).
+    pub held_since_ms: Option<u64>,
+    /// The connection that holds it (all `None` from the npm broker, or once the connection
+    /// is gone and the lock outlives it).
+    pub who: Who<'a>,
 }
 
 impl HolderInfo<'_> {
-    /// The same holder, owning its id.
+    /// The same holder, owning its strings.
     pub fn into_owned(self) -> HolderInfo<'static> {
         HolderInfo {
             id: Cow::Owned(self.id.into_owned()),
             fencing_token: self.fencing_token,
             mode: self.mode,
             ttl_remaining: self.ttl_remaining,
+            held_since_ms: self.held_since_ms,
+            who: self.who.into_owned(),
+        }
+    }
+}
+
+/// Who is behind a connection, as the broker knows it: what a hung test's "who holds my
+/// lock?" needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Who<'a> {
+    /// `ip:port` of a TCP peer; `pid N uid U` of a Unix-socket peer (from `SO_PEERCRED`).
+    pub peer: Option<Cow<'a, str>>,
+    /// The name the client gave in `hello` (the Rust clients: `program[pid]`).
+    pub name: Option<Cow<'a, str>>,
+    /// The pid the client reported (`hello`, or the Node client's `version`).
+    pub pid: Option<u64>,
+}
+
+impl Who<'_> {
+    pub fn into_owned(self) -> Who<'static> {
+        Who {
+            peer: self.peer.map(|p| Cow::Owned(p.into_owned())),
+            name: self.name.map(|n| Cow::Owned(n.into_owned())),
+            pid: self.pid,
+        }
+    }
+}
+
+/// One queued request in a `lock-info-response` (`waiters`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaiterInfo<'a> {
+    /// Its lock id (the request's uuid).
+    pub id: Cow<'a, str>,
+    pub mode: Mode,
+    /// When it was queued, Unix milliseconds by the broker's clock (`waitingSince`).
+    pub waiting_since_ms: Option<u64>,
+    pub who: Who<'a>,
+}
+
+impl WaiterInfo<'_> {
+    pub fn into_owned(self) -> WaiterInfo<'static> {
+        WaiterInfo {
+            id: Cow::Owned(self.id.into_owned()),
+            mode: self.mode,
+            waiting_since_ms: self.waiting_since_ms,
+            who: self.who.into_owned(),
         }
     }
 }
@@ -167,6 +218,8 @@ pub enum Reply<'a> {
         /// `None`: not reported (the npm broker).
         max: Option<u32>,
         holders: Cow<'a, [HolderInfo<'a>]>,
+        /// The queue, in order (empty from the npm broker).
+        waiters: Cow<'a, [WaiterInfo<'a>]>,
     },
     Pong {
         uuid: &'a str,

@@ -13,6 +13,7 @@ use simd_json::{Buffers, Node, StaticNode, Tape};
 use smallvec::SmallVec;
 
 use super::decode::{Kind, as_str, json_error, kind_name, present, span, uint, wrong};
+use super::reply::{WaiterInfo, Who};
 use super::{DecodeError, HolderInfo, LockOutcome, ManyOutcome, Mode, Reply, RwOp, Stats};
 
 /// Reusable reply decoder: keeps simd-json's scratch buffers and tape between messages.
@@ -313,6 +314,13 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
                     .map(|i| holder(o.tape, i))
                     .collect::<Result<_, _>>()?,
             };
+            let waiters = match o.array("waiters")? {
+                None => Vec::new(),
+                Some(items) => items
+                    .into_iter()
+                    .map(|i| waiter(o.tape, i))
+                    .collect::<Result<_, _>>()?,
+            };
             Reply::LockInfo {
                 uuid: o.str("uuid")?,
                 key: o.str("key")?,
@@ -323,6 +331,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
                     .opt_u64("max")?
                     .map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
                 holders: Cow::Owned(holders),
+                waiters: Cow::Owned(waiters),
             }
         }
         "pong" => Reply::Pong {
@@ -405,18 +414,46 @@ fn holder<'a>(tape: &[Node<'a>], i: usize) -> Result<HolderInfo<'a>, Kind> {
     Ok(HolderInfo {
         id: Cow::Borrowed(h.str("id")?),
         fencing_token: h.opt_u64("fencingToken")?,
-        mode: match h.opt_str("mode")? {
-            None | Some("exclusive") => Mode::Exclusive,
-            Some("read") => Mode::Read,
-            Some("write") => Mode::Write,
-            Some(m) => {
-                return Err(Kind::Invalid {
-                    field: "mode",
-                    reason: format!("must be \"exclusive\", \"read\" or \"write\", got {m:?}"),
-                });
-            }
-        },
+        mode: mode(&h)?,
         ttl_remaining: h.opt_u64("ttlRemaining")?.map(Duration::from_millis),
+        held_since_ms: h.opt_u64("heldSince")?,
+        who: who(&h)?,
+    })
+}
+
+fn waiter<'a>(tape: &[Node<'a>], i: usize) -> Result<WaiterInfo<'a>, Kind> {
+    let w = Obj::at(tape, i).map_err(|_| Kind::WrongType {
+        field: "waiters",
+        expected: "an array of objects",
+        got: tape.get(i).map_or("nothing", kind_name),
+    })?;
+    Ok(WaiterInfo {
+        id: Cow::Borrowed(w.str("id")?),
+        mode: mode(&w)?,
+        waiting_since_ms: w.opt_u64("waitingSince")?,
+        who: who(&w)?,
+    })
+}
+
+fn mode(o: &Obj<'_, '_>) -> Result<Mode, Kind> {
+    Ok(match o.opt_str("mode")? {
+        None | Some("exclusive") => Mode::Exclusive,
+        Some("read") => Mode::Read,
+        Some("write") => Mode::Write,
+        Some(m) => {
+            return Err(Kind::Invalid {
+                field: "mode",
+                reason: format!("must be \"exclusive\", \"read\" or \"write\", got {m:?}"),
+            });
+        }
+    })
+}
+
+fn who<'a>(o: &Obj<'_, 'a>) -> Result<Who<'a>, Kind> {
+    Ok(Who {
+        peer: o.opt_str("peer")?.map(Cow::Borrowed),
+        name: o.opt_str("name")?.map(Cow::Borrowed),
+        pid: o.opt_u64("pid")?,
     })
 }
 

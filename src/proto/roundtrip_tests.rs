@@ -95,6 +95,27 @@ fn lock_options_round_trip() {
             uuid: Some("i"),
             command: "lockcount",
         },
+        Request::Version {
+            value: "0.2.25",
+            keep_locks_after_death: true,
+            pid: Some(12),
+        },
+        Request::Hello {
+            name: "prog \"x\"[12]",
+            pid: Some(12),
+        },
+        Request::Hello {
+            name: "n",
+            pid: None,
+        },
+        Request::Watch {
+            uuid: "w",
+            interval_ms: Some(500),
+        },
+        Request::Watch {
+            uuid: "w",
+            interval_ms: None,
+        },
     ];
     for r in reqs {
         let mut bytes = Vec::new();
@@ -115,6 +136,18 @@ fn broker_replies_decode_to_themselves() {
         fencing_token: Some(5),
         mode: Mode::Read,
         ttl_remaining: Some(Duration::from_millis(100)),
+        held_since_ms: Some(1_764_000_000_000),
+        who: Who {
+            peer: Some("127.0.0.1:1".into()),
+            name: Some("n\"[1]".into()),
+            pid: Some(1),
+        },
+    }];
+    let waiters = [WaiterInfo {
+        id: "w".into(),
+        mode: Mode::Write,
+        waiting_since_ms: Some(5),
+        who: Who::default(),
     }];
     let tokens = [("a", 7), ("b", 8)];
     let replies = [
@@ -203,6 +236,7 @@ fn broker_replies_decode_to_themselves() {
             readers_count: 1,
             max: Some(2),
             holders: Cow::Borrowed(&holders),
+            waiters: Cow::Borrowed(&waiters),
         },
         Reply::Pong {
             uuid: "u",

@@ -36,6 +36,7 @@ use hashbrown::HashMap;
 
 use super::{
     CancelReason, HolderInfo, LockOutcome, ManyOutcome, Reply, ReplyDecoder, Request, Stats,
+    WaiterInfo,
 };
 
 /// Which broker is on the other end, detected once per connection with a `ping`.
@@ -103,6 +104,8 @@ pub struct LockInfo {
     pub readers: u64,
     /// Semaphore size, if the broker reports it.
     pub max: Option<u64>,
+    /// The queue in order, with who waits and since when (empty from the npm broker).
+    pub queue: Vec<WaiterInfo<'static>>,
 }
 
 /// What an `unlock` found.
@@ -528,6 +531,7 @@ fn other_answer(reply: &Reply<'_>, wants: &Wants) -> Answer {
                 readers_count,
                 max,
                 holders,
+                waiters,
                 ..
             },
         ) => Answer::Info(LockInfo {
@@ -541,6 +545,11 @@ fn other_answer(reply: &Reply<'_>, wants: &Wants) -> Answer {
             waiters: *lock_request_count,
             readers: *readers_count,
             max: max.map(u64::from),
+            queue: waiters
+                .iter()
+                .cloned()
+                .map(WaiterInfo::into_owned)
+                .collect(),
         }),
         (Wants::Stats, Reply::SystemStats { stats, .. }) => Answer::Stats(*stats),
         (

@@ -42,7 +42,8 @@ fn decodes_the_0_2_25_captures() {
         d.decode(&mut b),
         Ok(Request::Version {
             value: "0.2.25",
-            keep_locks_after_death: false
+            keep_locks_after_death: false,
+            pid: Some(12753)
         })
     );
     let mut b = file("captures/c2b-2-lock.json");
@@ -653,12 +654,20 @@ fn every_reply_shape() {
             fencing_token: Some(5),
             mode: Mode::Read,
             ttl_remaining: Some(Duration::from_millis(100)),
+            held_since_ms: None,
+            who: Default::default(),
         },
         HolderInfo {
             id: "h2".into(),
             fencing_token: Some(6),
             mode: Mode::Read,
             ttl_remaining: None,
+            held_since_ms: Some(7),
+            who: crate::proto::Who {
+                peer: Some("pid 1 uid 0".into()),
+                name: None,
+                pid: Some(1),
+            },
         },
     ];
     assert_eq!(
@@ -669,12 +678,14 @@ fn every_reply_shape() {
             readers_count: 2,
             is_locked: true,
             max: Some(1),
-            holders: (&holders[..]).into()
+            holders: (&holders[..]).into(),
+            waiters: Vec::new().into()
         }),
         json!({"type":"lock-info-response","uuid":u,"key":k,"lockInfo":true,"isLocked":true,"lockholderUUIDs":["h1","h2"],
             "lockRequestCount":1,"readersCount":2,"max":1,"holders":[
             {"id":"h1","fencingToken":5,"mode":"read","ttlRemaining":100},
-            {"id":"h2","fencingToken":6,"mode":"read","ttlRemaining":null}]})
+            {"id":"h2","fencingToken":6,"mode":"read","ttlRemaining":null,"heldSince":7,"peer":"pid 1 uid 0","pid":1}],
+            "waiters":[]})
     );
     assert_eq!(
         enc(Reply::Pong {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use super::{ConnId, Mode, Name, Table};
+use super::{ConnId, Mode, Name, Table, WaitHistogram};
 
 /// One holder, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +22,18 @@ pub struct HolderInfo {
     pub token: u64,
     /// Time left before its TTL ends; `None` = no expiry.
     pub ttl_remaining: Option<Duration>,
+    /// When it was granted.
+    pub since: Instant,
+}
+
+/// One queued request, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterInfo {
+    pub id: Name,
+    pub conn: ConnId,
+    pub mode: Mode,
+    /// When it was queued.
+    pub since: Instant,
 }
 
 /// One key, for inspection.
@@ -36,8 +48,8 @@ pub struct KeyInfo {
     pub holders: Vec<HolderInfo>,
     /// Queued requests (the length of `queue`).
     pub waiters: usize,
-    /// Lock ids of the waiters, in queue order.
-    pub queue: Vec<Name>,
+    /// The waiters, in queue order.
+    pub queue: Vec<WaiterInfo>,
     /// Read-mode holders.
     pub readers: usize,
 }
@@ -63,6 +75,8 @@ pub struct Stats {
     pub expiries: u64,
     /// Requests dropped at their wait deadline since the table was made.
     pub wait_timeouts: u64,
+    /// How long grants waited.
+    pub waits: WaitHistogram,
     /// The token the next grant will carry.
     pub next_token: u64,
 }
@@ -88,12 +102,28 @@ impl Table {
                     mode: h.mode,
                     token: h.token,
                     ttl_remaining: h.expires.map(|e| e.saturating_duration_since(now)),
+                    since: h.since,
                 })
                 .collect(),
             waiters: ks.queue.len(),
-            queue: ks.queue.iter().map(|w| w.id.clone()).collect(),
+            queue: ks
+                .queue
+                .iter()
+                .map(|w| WaiterInfo {
+                    id: w.id.clone(),
+                    conn: w.conn,
+                    mode: w.mode,
+                    since: w.since,
+                })
+                .collect(),
             readers: ks.readers(),
         })
+    }
+
+    /// The table still has holds of this connection (open, or closed with locks kept after
+    /// disconnect).
+    pub fn knows_conn(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     /// Queue length and readers of a key (zeros for an unknown key); what replies report.
@@ -120,6 +150,7 @@ impl Table {
             grants: self.grants,
             expiries: self.expiries,
             wait_timeouts: self.wait_timeouts,
+            waits: self.waits,
             next_token: self.next_token,
         }
     }

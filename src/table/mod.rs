@@ -26,13 +26,15 @@ mod queue;
 mod single;
 mod timers;
 mod types;
+mod waits;
 
-pub use inspect::{HolderInfo, KeyInfo, Stats};
+pub use inspect::{HolderInfo, KeyInfo, Stats, WaiterInfo};
 pub use name::Name;
 pub use types::{
     Cancelled, Config, ConnId, Event, Grant, LockOutcome, LockRequest, ManyOutcome, ManyRequest,
     Mode, TableError, Ttl, Wait,
 };
+pub use waits::{WAIT_BUCKETS, WaitHistogram};
 
 #[cfg(test)]
 mod tests;
@@ -66,6 +68,8 @@ pub struct Table {
     next_token: u64,
     next_rid: u64,
     grants: u64,
+    /// How long each grant waited.
+    waits: WaitHistogram,
     expiries: u64,
     wait_timeouts: u64,
 }
@@ -86,6 +90,7 @@ impl Table {
             advance: Vec::new(),
             next_rid: 1,
             grants: 0,
+            waits: WaitHistogram::default(),
             expiries: 0,
             wait_timeouts: 0,
         }

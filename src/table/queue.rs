@@ -16,6 +16,8 @@ pub(crate) struct Holder {
     pub mode: Mode,
     pub token: u64,
     pub expires: Option<Instant>,
+    /// When it was granted, for inspection (`held since`).
+    pub since: Instant,
     pub keep: bool,
     /// Member of an acquire-many group (whose lock id is `id`).
     pub group: bool,

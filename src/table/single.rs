@@ -278,6 +278,7 @@ impl Table {
         let token = self.next_token;
         self.next_token += 1;
         self.grants += 1;
+        self.waits.record(now.saturating_duration_since(w.since));
         let rid = self.rid();
         let expires = w.ttl.map(|d| now + d);
         if let Some(at) = expires {
@@ -292,6 +293,7 @@ impl Table {
             mode: w.mode,
             token,
             expires,
+            since: now,
             keep: w.keep,
             group: w.group,
         });

@@ -12,7 +12,6 @@ use ahash::RandomState;
 use hashbrown::HashMap;
 
 use super::Core;
-use crate::broker::log;
 use crate::proto::Reply;
 use crate::proto::encode::LockOutcome as WireLock;
 use crate::table::{Cancelled, ConnId, Name};
@@ -48,12 +47,12 @@ impl Core {
                     continue;
                 };
                 if self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released {
-                    log::note(&format!(
+                    tracing::warn!(
                         "grant {id} of key {:?} was not acknowledged within {} ms: released \
                          (--ack-timeout)",
                         a.key,
                         t.as_millis()
-                    ));
+                    );
                 }
             }
         }
@@ -97,10 +96,10 @@ impl Core {
             && let Some(a) = self.acks.remove(id)
             && self.table.cancel(now, cid, &a.key, id) == Cancelled::Released
         {
-            log::note(&format!(
+            tracing::warn!(
                 "grant {id} of key {:?}: the client read it and did not take it: released",
                 a.key
-            ));
+            );
         }
     }
 

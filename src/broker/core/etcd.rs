@@ -461,6 +461,9 @@ impl Core {
                                 fencing_token: Some(h.token),
                                 mode: wire_mode(h.mode),
                                 ttl_remaining: None,
+                                // The etcd store does not record when or by whom (yet).
+                                held_since_ms: None,
+                                who: Default::default(),
                             })
                             .collect();
                         let reply = Reply::LockInfo {
@@ -471,6 +474,7 @@ impl Core {
                             is_locked: !holders.is_empty(),
                             max: Some(info.as_ref().map_or(1, |i| i.max)),
                             holders: holders.into(),
+                            waiters: Vec::new().into(),
                         };
                         self.send(slot, &reply);
                     }

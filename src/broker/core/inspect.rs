@@ -2,9 +2,10 @@
 
 use std::time::{Instant, UNIX_EPOCH};
 
+use super::identity::wall_ms;
 use super::{Core, ms, wire_mode};
 use crate::proto::Reply;
-use crate::proto::encode::{self, HolderInfo};
+use crate::proto::encode::{self, HolderInfo, WaiterInfo};
 use crate::table::Name;
 
 impl Core {
@@ -22,6 +23,7 @@ impl Core {
 
     pub(super) fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str) {
         let info = self.table.info(now, key);
+        let wall = (self.wall_clock)();
         let holders: Vec<HolderInfo<'_>> = info
             .iter()
             .flat_map(|i| &i.holders)
@@ -30,6 +32,18 @@ impl Core {
                 fencing_token: Some(h.token),
                 mode: wire_mode(h.mode),
                 ttl_remaining: h.ttl_remaining,
+                held_since_ms: Some(wall_ms(wall, now, h.since)),
+                who: self.who(h.conn),
+            })
+            .collect();
+        let waiters: Vec<WaiterInfo<'_>> = info
+            .iter()
+            .flat_map(|i| &i.queue)
+            .map(|w| WaiterInfo {
+                id: (*w.id).into(),
+                mode: wire_mode(w.mode),
+                waiting_since_ms: Some(wall_ms(wall, now, w.since)),
+                who: self.who(w.conn),
             })
             .collect();
         let reply = Reply::LockInfo {
@@ -40,8 +54,13 @@ impl Core {
             is_locked: !holders.is_empty(),
             max: Some(info.as_ref().map_or(1, |i| i.max)),
             holders: holders.into(),
+            waiters: waiters.into(),
         };
-        self.send(slot, &reply);
+        // Encoded apart: the identities borrow the connections' states.
+        let mut line = Vec::with_capacity(256);
+        reply.encode(&mut line);
+        drop(reply);
+        self.send_line(slot, &line);
     }
 
     pub(super) fn ping(&mut self, slot: usize, uuid: &str) {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::acks::{PROBE_DELAY, PROBE_PREFIX, PendingAck};
-use super::{Core, ms, table_mode, ttl_of, wait_of};
+use super::{Core, Reject, ms, table_mode, ttl_of, wait_of};
 use crate::proto::encode::LockOutcome as WireLock;
 use crate::proto::{self, Reply};
 use crate::table::{self, ConnId, Event, LockOutcome, ManyOutcome, TableError};
@@ -39,6 +39,7 @@ impl Core {
                 .is_some_and(|i| i.holders.iter().any(|h| &*h.id == r.uuid));
         let (outcome, lrc, readers) = match self.table.lock(now, &req) {
             Err(e) => {
+                self.reject(Reject::from(&e));
                 return self.send_error(slot, "lock", Some(r.uuid), Some(r.key), &e.to_string());
             }
             Ok(LockOutcome::TimedOut) => {
@@ -62,7 +63,10 @@ impl Core {
             Ok(LockOutcome::Queued { queue_len, readers }) => {
                 (WireLock::Queued, queue_len, readers)
             }
-            Ok(LockOutcome::Busy { queue_len, readers }) => (WireLock::Refused, queue_len, readers),
+            Ok(LockOutcome::Busy { queue_len, readers }) => {
+                self.reject(Reject::Busy);
+                (WireLock::Refused, queue_len, readers)
+            }
         };
         self.send(
             slot,
@@ -124,6 +128,11 @@ impl Core {
         }
         let (lrc, _) = self.table.counts(key);
         let lost = matches!(res, Err(Some(TableError::NotHeld)));
+        match &res {
+            Ok(_) => self.counters.unlocks += 1,
+            Err(None) => self.reject(Reject::Forbidden),
+            Err(Some(e)) => self.reject(Reject::from(e)),
+        }
         let err = match &res {
             Ok(_) => None,
             Err(None) => Some(
@@ -156,6 +165,9 @@ impl Core {
     ) {
         let res = self.table.extend(now, key, lock_id, ttl_of(ttl));
         let err = res.as_ref().err().map(ToString::to_string);
+        if let Err(e) = &res {
+            self.reject(Reject::from(e));
+        }
         self.send(
             slot,
             &Reply::Extend {

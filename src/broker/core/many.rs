@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::{Core, ttl_of, wait_of};
+use super::{Core, Reject, ttl_of, wait_of};
 use crate::proto::encode::ManyOutcome as WireMany;
 use crate::proto::{self, Reply};
 use crate::table::{ConnId, ManyOutcome, ManyRequest};
@@ -28,12 +28,19 @@ impl Core {
         };
         match self.table.lock_many(now, &req) {
             Ok(out) => self.send_many(slot, r.uuid, &out, r.wait_timeout.unwrap_or(0)),
-            Err(e) => self.send_error(slot, "acquire-many", Some(r.uuid), None, &e.to_string()),
+            Err(e) => {
+                self.reject(Reject::from(&e));
+                self.send_error(slot, "acquire-many", Some(r.uuid), None, &e.to_string());
+            }
         }
     }
 
     pub(super) fn release_many(&mut self, slot: usize, now: Instant, uuid: &str, lock_id: &str) {
         let res = self.table.release_many(now, lock_id);
+        match &res {
+            Ok(_) => self.counters.unlocks += 1,
+            Err(e) => self.reject(Reject::from(e)),
+        }
         let err = res.as_ref().err().map(ToString::to_string);
         self.send(
             slot,

@@ -7,8 +7,10 @@
 //! ack probes of pushed grants) and [`legacy_rw`] (the 0.2.x read/write protocol).
 
 mod acks;
+mod counters;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod identity;
 mod inspect;
 mod legacy_rw;
 mod lock;
@@ -17,6 +19,7 @@ mod many;
 pub(crate) mod store;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +31,10 @@ use crate::proto::encode;
 use crate::proto::{self, Decoder, Limits, Reply, Request};
 use crate::table::{self, ConnId, Name, Table};
 use acks::PendingAck;
+pub(crate) use counters::{CoreMetrics, Counters, Reject};
+use identity::Identity;
 use legacy_rw::LegacyRw;
+use watch::Watcher;
 
 /// How a connection reached the broker; decides its rights before any request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +86,8 @@ struct ConnState {
     closing: bool,
     /// Listed in `Core::dirty`.
     dirty: bool,
+    ident: Identity,
+    opened: Instant,
 }
 
 /// The broker's lock protocol, without I/O.
@@ -137,6 +145,13 @@ pub(crate) struct Core {
     /// [`legacy_rw`]); their later unlock is answered as done.
     parked: HashMap<Name, ConnId, RandomState>,
     woken: Vec<(ConnId, Name, Name)>,
+    counters: Counters,
+    /// Identities of closed connections whose locks outlive them (kept after disconnect), so
+    /// `lmx info` still says who took them; pruned as those locks go.
+    departed: HashMap<ConnId, Identity, RandomState>,
+    prune_departed_at: usize,
+    /// Connections that sent `watch` (see [`watch`]).
+    watchers: Vec<Watcher>,
     /// Set when lock decisions live in etcd (see [`etcd`]); the table is then unused.
     #[cfg(feature = "etcd")]
     etcd: Option<Box<etcd::EtcdRoute>>,
@@ -169,6 +184,10 @@ impl Core {
             rw: LegacyRw::default(),
             parked: HashMap::default(),
             woken: Vec::new(),
+            counters: Counters::default(),
+            departed: HashMap::default(),
+            prune_departed_at: 64,
+            watchers: Vec::new(),
             #[cfg(feature = "etcd")]
             etcd: None,
         }
@@ -181,7 +200,7 @@ impl Core {
     }
 
     /// A new connection. Without an auth token it may send any request at once.
-    pub fn open(&mut self, id: ConnId, kind: ConnKind, _now: Instant) {
+    pub fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
         let slot = conn_slot(id);
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -197,9 +216,12 @@ impl Core {
             keep_default: false,
             closing: false,
             dirty: false,
+            ident: Identity::default(),
+            opened: now,
         };
         if self.conns[slot].replace(state).is_none() {
             self.open += 1;
+            self.counters.opened += 1;
         }
     }
 
@@ -218,7 +240,7 @@ impl Core {
         if self.state(id).is_none() {
             return;
         }
-        self.conns[slot] = None;
+        let ident = self.conns[slot].take().map(|c| c.ident);
         self.open -= 1;
         #[cfg(feature = "etcd")]
         self.etcd_close(id);
@@ -227,10 +249,14 @@ impl Core {
             self.conns = Vec::new();
         }
         self.table.disconnect(now, id);
+        if let Some(ident) = ident {
+            self.depart(id, ident);
+        }
         if !self.acks.is_empty() {
             self.acks.retain(|_, a| a.conn != id);
         }
         self.parked.retain(|_, c| *c != id);
+        self.unwatch(id);
         let mut woken = std::mem::take(&mut self.woken);
         self.rw.disconnect(id, &mut woken);
         self.broadcast(&mut woken);
@@ -250,6 +276,7 @@ impl Core {
                 true
             }
             Err(e) => {
+                self.reject(Reject::BadRequest);
                 if let Some(c) = self.conn_at(slot) {
                     encode::decode_error(&e, &mut c.out);
                     c.out.push(b'\n');
@@ -270,12 +297,19 @@ impl Core {
         self.table.handle_timeout(now);
         self.route_events(now);
         self.ack_timers(now);
+        if !self.watchers.is_empty() {
+            self.watch_timers(now);
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let table = self.table.poll_timeout();
-        table.into_iter().chain(self.next_ack_deadline()).min()
+        table
+            .into_iter()
+            .chain(self.next_ack_deadline())
+            .chain(self.next_watch())
+            .min()
     }
 
     /// The next connection to close; see [`Event`].
@@ -372,6 +406,15 @@ impl Core {
         }
     }
 
+    /// Appends one encoded reply (without its newline) to the connection's output.
+    fn send_line(&mut self, slot: usize, line: &[u8]) {
+        if let Some(c) = self.conn_at(slot) {
+            c.out.extend_from_slice(line);
+            c.out.push(b'\n');
+        }
+        self.mark_dirty(slot);
+    }
+
     fn send_error(
         &mut self,
         slot: usize,
@@ -410,8 +453,12 @@ impl Core {
             Request::Version {
                 value,
                 keep_locks_after_death,
+                pid,
             } => {
                 c.node_client = true;
+                if pid.is_some() {
+                    c.ident.pid = pid;
+                }
                 c.keep_default = keep_locks_after_death;
                 if !proto::is_compatible_version(value) {
                     self.send(
@@ -460,6 +507,8 @@ impl Core {
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
             Request::Inspect { uuid, command } => self.inspect(slot, uuid, command),
+            Request::Hello { name, pid } => self.hello(slot, name, pid),
+            Request::Watch { uuid, interval_ms } => self.watch(slot, cid, now, uuid, interval_ms),
         }
         self.route_events(now);
     }
@@ -485,9 +534,13 @@ impl Core {
                     c.authed = true;
                     c.admin = true;
                 }
-                _ => self.close_after_flush(slot),
+                _ => {
+                    self.reject(Reject::Unauthenticated);
+                    self.close_after_flush(slot);
+                }
             }
         } else {
+            self.reject(Reject::Unauthenticated);
             self.send_error(slot, req.ty(), req.uuid(), None, "authenticate first");
             self.close_after_flush(slot);
         }

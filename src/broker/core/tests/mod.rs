@@ -5,6 +5,7 @@
 #[cfg(feature = "etcd")]
 mod etcd;
 mod util;
+mod watch;
 
 use std::time::Duration;
 

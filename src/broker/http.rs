@@ -1,0 +1,204 @@
+//! The tiny HTTP responder on the broker's TCP port: `GET /metrics` (Prometheus text) and
+//! `GET /` (the status page), told apart from a WebSocket upgrade by the request head. Like
+//! the upgrade, a connection whose first byte is `G` lands here; the head is peeked (not read)
+//! so that an upgrade still reaches tungstenite whole.
+//!
+//! Every answer first passes the same Host/Origin rules as the upgrade
+//! ([`HttpPolicy::check`]): a page on another origin, or a DNS-rebinding name, gets 403. No
+//! answer carries `Access-Control-Allow-Origin`, so no other origin can read one. One request
+//! per connection (`Connection: close`): a scraper every second costs one accept, and the
+//! broker never keeps HTTP state.
+
+use std::io::{self, Read};
+use std::time::Instant;
+
+use super::metrics;
+use super::reactor::Broker;
+use super::transport::{Io, Stream};
+
+/// A request head larger than this is refused (431).
+const MAX_HEAD: usize = 8 * 1024;
+
+/// The status page, built into the binary: one self-contained file, nothing fetched.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the peeked head asks for.
+enum Head {
+    /// Not complete yet: wait for more bytes (the handshake deadline bounds the wait).
+    Partial,
+    /// A WebSocket upgrade: hand the stream to tungstenite.
+    Upgrade,
+    /// Answered here: the whole response.
+    Answer {
+        status: u16,
+        log: &'static str,
+        response: Vec<u8>,
+    },
+}
+
+impl Broker {
+    /// Called with the stream of a TCP connection whose first byte is `G`. Returns it back
+    /// for the WebSocket upgrade; otherwise the connection now answers (or waits for the rest
+    /// of its head) and `None` is returned.
+    pub(super) fn sniff_http(
+        &mut self,
+        slot: usize,
+        stream: Stream,
+        now: Instant,
+    ) -> Option<Stream> {
+        let Stream::Tcp(tcp) = &stream else {
+            return Some(stream);
+        };
+        let mut buf = vec![0u8; MAX_HEAD];
+        let n = match tcp.peek(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.put_io(slot, Io::Sniff(stream));
+                self.close(slot, now, "read failed");
+                return None;
+            }
+        };
+        let peer = self.socks.get(slot).and_then(|s| s.peer);
+        let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let head = self.judge(&buf[..n], n == MAX_HEAD, &peer, now);
+        match head {
+            Head::Upgrade => Some(stream),
+            Head::Partial => {
+                self.put_io(slot, Io::Sniff(stream));
+                None
+            }
+            Head::Answer {
+                status,
+                log,
+                response,
+            } => {
+                self.http_served += 1;
+                let mut stream = stream;
+                // Take the request out of the socket: closing with unread bytes would send
+                // a reset, which can destroy the response before the client reads it.
+                let mut sink = [0u8; 4096];
+                for _ in 0..4 {
+                    match stream.read(&mut sink) {
+                        Ok(n) if n == sink.len() => {}
+                        _ => break,
+                    }
+                }
+                tracing::debug!(peer, status, "HTTP {log}");
+                if let Some(s) = self.socks.get_mut(slot) {
+                    s.io = Io::Http(stream);
+                    s.http_out = response;
+                    s.close_after_flush = true;
+                    s.closing_why = "HTTP response sent";
+                }
+                self.queue_flush(slot);
+                None
+            }
+        }
+    }
+
+    /// With an auth token configured, `/metrics` needs it as a bearer token (the counters and
+    /// key counts are the broker's business); the page itself is static, and its WebSocket
+    /// authenticates like any client (`#token=` in the page's URL).
+    fn bearer_ok(&self, header: Option<&str>) -> bool {
+        let Some(token) = self.cfg.auth_token.as_deref() else {
+            return true;
+        };
+        let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        super::core::constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
+    fn put_io(&mut self, slot: usize, io: Io) {
+        if let Some(s) = self.socks.get_mut(slot) {
+            s.io = io;
+        }
+    }
+
+    /// Decides what a request head gets.
+    fn judge(&mut self, bytes: &[u8], full: bool, peer: &str, now: Instant) -> Head {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(bytes) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) if !full => return Head::Partial,
+            Ok(httparse::Status::Partial) => {
+                return answer(
+                    431,
+                    "head too large",
+                    "text/plain",
+                    b"request head too large\n",
+                );
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return answer(431, "too many headers", "text/plain", b"too many headers\n");
+            }
+            Err(_) => return answer(400, "bad request", "text/plain", b"bad request\n"),
+        }
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        let upgrade =
+            header("upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
+        if upgrade {
+            return Head::Upgrade;
+        }
+        if let Err(why) = self.policy.check(header("host"), header("origin")) {
+            if let Some(line) = self
+                .refusals
+                .refused(now, peer, &format!("HTTP request: {why}"))
+            {
+                tracing::warn!("{line}");
+            }
+            return answer(403, "refused", "text/plain", format!("{why}\n").as_bytes());
+        }
+        let path = req.path.unwrap_or("/");
+        let path = path.split('?').next().unwrap_or(path);
+        match (req.method, path) {
+            (Some("GET"), "/metrics") if !self.bearer_ok(header("authorization")) => answer(
+                401,
+                "/metrics without the auth token",
+                "text/plain",
+                b"this broker needs its auth token: Authorization: Bearer <token>\n",
+            ),
+            (Some("GET"), "/metrics") => {
+                let body = metrics::render(&self.core.metrics(), &self.io_counters());
+                answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
+            }
+            (Some("GET"), "/" | "/index.html") => {
+                answer(200, "/", "text/html; charset=utf-8", STATUS_PAGE.as_bytes())
+            }
+            (Some("GET"), _) => answer(404, "not found", "text/plain", b"not found\n"),
+            _ => answer(405, "method not allowed", "text/plain", b"only GET\n"),
+        }
+    }
+}
+
+fn answer(status: u16, log: &'static str, content_type: &str, body: &[u8]) -> Head {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Request Header Fields Too Large",
+    };
+    let mut r = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+         X-Frame-Options: DENY\r\nContent-Security-Policy: default-src 'none'; \
+         script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; \
+         connect-src 'self'; frame-ancestors 'none'\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    Head::Answer {
+        status,
+        log,
+        response: r,
+    }
+}

@@ -1,0 +1,191 @@
+//! `GET /metrics`: the broker's counters in the Prometheus text format (version 0.0.4).
+//!
+//! Names follow the Prometheus conventions: an `lmx_` prefix, `_total` on counters, base units
+//! (seconds, bytes). Everything is read from counters the core and the reactor keep anyway,
+//! at scrape time; nothing is computed per request.
+
+use std::fmt::Write;
+
+use super::core::{CoreMetrics, Reject};
+use super::reactor::Broker;
+use crate::table::WAIT_BUCKETS;
+
+pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the reactor counts (the core counts the rest).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IoCounters {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub turns: u64,
+    /// HTTP requests answered (`/metrics`, `/`, refusals).
+    pub http: u64,
+}
+
+impl Broker {
+    pub(super) fn io_counters(&self) -> IoCounters {
+        IoCounters {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            turns: self.turns,
+            http: self.http_served,
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn one(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// The whole exposition.
+pub(super) fn render(m: &CoreMetrics, io: &IoCounters) -> String {
+    let mut o = String::with_capacity(4096);
+    let t = &m.table;
+    one(
+        &mut o,
+        "lmx_connections",
+        "gauge",
+        "Open connections.",
+        m.connections as u64,
+    );
+    one(
+        &mut o,
+        "lmx_connections_opened_total",
+        "counter",
+        "Connections accepted since start.",
+        m.counters.opened,
+    );
+    one(
+        &mut o,
+        "lmx_keys",
+        "gauge",
+        "Keys held or waited for.",
+        t.keys as u64,
+    );
+    one(
+        &mut o,
+        "lmx_holders",
+        "gauge",
+        "Locks held.",
+        t.holders as u64,
+    );
+    one(
+        &mut o,
+        "lmx_waiters",
+        "gauge",
+        "Requests queued for a lock.",
+        t.waiters as u64,
+    );
+    one(
+        &mut o,
+        "lmx_lock_groups",
+        "gauge",
+        "Acquire-many groups.",
+        t.groups as u64,
+    );
+    one(
+        &mut o,
+        "lmx_watchers",
+        "gauge",
+        "Connections watching (status pages, lmx top).",
+        m.watchers as u64,
+    );
+    one(
+        &mut o,
+        "lmx_grants_total",
+        "counter",
+        "Locks granted.",
+        t.grants,
+    );
+    one(
+        &mut o,
+        "lmx_unlocks_total",
+        "counter",
+        "Locks released by their holder.",
+        m.counters.unlocks,
+    );
+    one(
+        &mut o,
+        "lmx_expiries_total",
+        "counter",
+        "Locks that ended by their TTL.",
+        t.expiries,
+    );
+    one(
+        &mut o,
+        "lmx_wait_timeouts_total",
+        "counter",
+        "Queued requests that reached their wait time-out.",
+        t.wait_timeouts,
+    );
+    family(
+        &mut o,
+        "lmx_rejected_requests_total",
+        "counter",
+        "Requests refused, by reason.",
+    );
+    for r in Reject::ALL {
+        let _ = writeln!(
+            o,
+            "lmx_rejected_requests_total{{reason=\"{}\"}} {}",
+            r.label(),
+            m.counters.rejected[r as usize]
+        );
+    }
+    family(
+        &mut o,
+        "lmx_lock_wait_seconds",
+        "histogram",
+        "How long granted requests waited (zero when granted at once).",
+    );
+    let mut cumulative = 0;
+    for (i, bound) in WAIT_BUCKETS.iter().enumerate() {
+        cumulative += t.waits.counts[i];
+        let _ = writeln!(
+            o,
+            "lmx_lock_wait_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let count = t.waits.count();
+    let _ = writeln!(o, "lmx_lock_wait_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        o,
+        "lmx_lock_wait_seconds_sum {}",
+        t.waits.sum_micros as f64 / 1e6
+    );
+    let _ = writeln!(o, "lmx_lock_wait_seconds_count {count}");
+    one(
+        &mut o,
+        "lmx_received_bytes_total",
+        "counter",
+        "Bytes read from clients.",
+        io.bytes_in,
+    );
+    one(
+        &mut o,
+        "lmx_sent_bytes_total",
+        "counter",
+        "Bytes written to clients.",
+        io.bytes_out,
+    );
+    one(
+        &mut o,
+        "lmx_reactor_turns_total",
+        "counter",
+        "Turns of the broker's poll loop.",
+        io.turns,
+    );
+    one(
+        &mut o,
+        "lmx_http_requests_total",
+        "counter",
+        "HTTP requests answered (/metrics, the status page, refusals).",
+        io.http,
+    );
+    o
+}
