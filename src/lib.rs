@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! live-mutex: a lock broker and its client, speaking the npm live-mutex 0.2.x protocol.
 //!
 //! Processes take turns on named resources by asking one broker to lock and unlock keys.

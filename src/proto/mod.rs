@@ -169,10 +169,15 @@ pub enum CancelReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RwOp {
+    /// `increment-readers`: one more reader on the key.
     IncrementReaders,
+    /// `decrement-readers`: one reader fewer on the key.
     DecrementReaders,
+    /// `register-write-flag-check`: set the key's writer flag.
     RegisterWriteFlagCheck,
+    /// `register-write-flag-and-readers-check`: set the writer flag and check for readers.
     RegisterWriteFlagAndReadersCheck,
+    /// `set-write-flag-false-and-broadcast`: clear the writer flag.
     SetWriteFlagFalseAndBroadcast,
 }
 
@@ -213,8 +218,11 @@ impl RwOp {
 /// `lock`: one key, one holder slot. `uuid` is both the request id and the lock id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockRequest<'a> {
+    /// `uuid`: the request id, and the lock id once granted.
     pub uuid: &'a str,
+    /// `key`: the resource to lock.
     pub key: &'a str,
+    /// `ttl`, in ms on the wire; see [`Ttl`] for absent, `0` and `null`.
     pub ttl: Ttl,
     /// Semaphore size, `1..=MAX_SEMAPHORE`; `None` (absent/null) keeps the key's current size.
     pub max: Option<u32>,
@@ -222,21 +230,30 @@ pub struct LockRequest<'a> {
     pub try_lock: bool,
     /// Broker-side wait deadline in ms (extension); `None` waits until granted or cancelled.
     pub wait_timeout: Option<u64>,
+    /// `mode`; absent or `null` is [`Mode::Exclusive`].
     pub mode: Mode,
+    /// `keepLocksAfterDeath`: keep the lock when this connection closes; `false` (or absent)
+    /// falls back to the connection's default from `version`.
     pub keep_locks_after_death: bool,
-    /// Node client retry number; retries reuse `uuid`, so the table must treat them idempotently.
+    /// `retryCount`: Node client retry number; retries reuse `uuid`, so the table must treat them idempotently.
     pub retry_count: u32,
 }
 
 /// `acquire-many` (extension): all keys or none; `uuid` is the lock id for `release-many`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireMany<'a> {
+    /// `uuid`: the request id, and the lock id `release-many` names (as `lockUuid`).
     pub uuid: &'a str,
-    /// Distinct, `1..=Limits::max_many_keys`, in request order (the table sorts).
+    /// `keys`: distinct, `1..=Limits::max_many_keys`, in request order (the table sorts).
     pub keys: SmallVec<[&'a str; 8]>,
+    /// `ttl`, in ms on the wire, for every key; see [`Ttl`].
     pub ttl: Ttl,
+    /// `wait:false`: refuse at once if any key is taken instead of queueing.
     pub try_lock: bool,
+    /// `waitTimeout` in ms; `None` (absent/null) waits until granted or cancelled.
     pub wait_timeout: Option<u64>,
+    /// `keepLocksAfterDeath`: keep the locks when this connection closes; `false` (or absent)
+    /// falls back to the connection's default from `version`.
     pub keep_locks_after_death: bool,
 }
 
@@ -248,85 +265,126 @@ pub enum Request<'a> {
     /// `keep_locks_after_death` is the client's constructor option (it shows on `version`, not on
     /// `lock`): the broker takes it as the connection's default for its locks.
     Version {
+        /// `value`: the client's protocol version, e.g. `"0.2.25"`.
         value: &'a str,
+        /// `keepLocksAfterDeath`: the connection's default for its locks.
         keep_locks_after_death: bool,
-        /// The client's process id (the Node client sends it), for `lmx info` and the status
+        /// `pid`: the client's process id (the Node client sends it); `None` if absent or
+        /// invalid (ignored rather than refused). For `lmx info` and the status
         /// page.
         pid: Option<u64>,
     },
     /// Extension: names the connection (`lmx info` shows it beside each of its locks). No
     /// reply; the Rust clients send their program name and pid right after connecting.
     Hello {
+        /// `name`: the client's name, at most [`MAX_CLIENT_NAME`] bytes.
         name: &'a str,
+        /// `pid`: the client's process id; `None` if absent or `null`.
         pid: Option<u64>,
     },
     /// Extension, read-only: a `watch` snapshot of the whole broker now, then every
     /// `interval_ms` (clamped by the broker) for as long as the connection lives. Another
     /// `watch` changes the interval. The status page and `lmx top` use it.
     Watch {
+        /// `uuid`: carried by every snapshot this watch sends.
         uuid: &'a str,
+        /// `intervalMs`: ms between snapshots; `None` (absent/null) is the broker's default.
         interval_ms: Option<u64>,
     },
     /// The client saw our `version-mismatch`: close the connection.
     VersionMismatchConfirmed,
+    /// `lock`: see [`LockRequest`].
     Lock(LockRequest<'a>),
     /// Ack of a grant; no reply.
     LockReceived {
+        /// `uuid`: the granted request's id.
         uuid: &'a str,
+        /// `key`: the granted key.
         key: &'a str,
     },
     /// `lock-received-rejected` / `lock-client-timeout` / `lock-client-error`; no reply.
     Cancel {
+        /// `uuid`: the `lock` request to abandon.
         uuid: &'a str,
+        /// `key`: the key it asked for.
         key: &'a str,
+        /// Which of the three `type`s it came as.
         reason: CancelReason,
     },
     /// `uuid` is this request's id; `lock_id` (`_uuid`) names the lock to release.
     Unlock {
+        /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `key`: the key to release.
         key: &'a str,
+        /// `_uuid`: the lock to release; `None` (absent/null) is refused unless `force`.
         lock_id: Option<&'a str>,
+        /// `force`: release every holder of the key (an admin act; see `restrict_admin`).
         force: bool,
     },
     /// Extension: reset the holder's TTL.
     Extend {
+        /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `key`: the held key.
         key: &'a str,
+        /// `_uuid`: the lock to extend (required).
         lock_id: &'a str,
+        /// `ttl`: the new lifetime from now, in ms on the wire; see [`Ttl`].
         ttl: Ttl,
     },
+    /// Extension: see [`AcquireMany`].
     AcquireMany(AcquireMany<'a>),
     /// Extension: `lock_id` is the `uuid` of the `acquire-many`.
     ReleaseMany {
+        /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `lockUuid`: the `acquire-many`'s `uuid`.
         lock_id: &'a str,
     },
+    /// `ls`: list the keys that have holders or waiters.
     Ls {
+        /// `uuid`: this request's id.
         uuid: &'a str,
     },
+    /// `lock-info-request`: who holds and waits on one key.
     LockInfo {
+        /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `key`: the key asked about.
         key: &'a str,
     },
+    /// `ping`: answered with `pong` and the broker's clock.
     Ping {
+        /// `uuid`: this request's id.
         uuid: &'a str,
     },
+    /// `system-stats-request`: the broker's counters.
     SystemStats {
+        /// `uuid`: this request's id.
         uuid: &'a str,
     },
     /// Extension; `uuid` is optional so a bare token line works.
     Auth {
+        /// `uuid`: this request's id; `None` (absent/null) for a bare token line.
         uuid: Option<&'a str>,
+        /// `token`: the shared secret the broker was configured with.
         token: &'a str,
     },
+    /// One of the legacy read/write mutex messages; see [`RwOp`].
     Rw {
+        /// Which message (its `type`).
         op: RwOp,
+        /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `key`: the read/write mutex's key.
         key: &'a str,
     },
     /// The type-less `{"inspectCommand": ...}` of `lmx inspect`.
     Inspect {
+        /// `uuid`: this request's id; `None` if absent or `null`.
         uuid: Option<&'a str>,
+        /// `inspectCommand`: the command text.
         command: &'a str,
     },
 }
@@ -356,6 +414,8 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The request's `uuid`, the id its reply carries; `None` for messages without one
+    /// (`version`, `hello`, `version-mismatch-confirmed`, and `auth`/`inspect` sent without).
     pub fn uuid(&self) -> Option<&'a str> {
         match self {
             Request::Version { .. } | Request::Hello { .. } | Request::VersionMismatchConfirmed => {

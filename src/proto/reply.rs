@@ -11,7 +11,10 @@ use super::{Mode, RwOp};
 #[non_exhaustive]
 pub enum LockOutcome {
     /// `fencing_token` is `None` only from the npm broker, which has none.
-    Granted { fencing_token: Option<u64> },
+    Granted {
+        /// `fencingToken`.
+        fencing_token: Option<u64>,
+    },
     /// Enqueued: a push with `acquired:true` follows (or a timeout).
     Queued,
     /// `wait:false` and not grantable now: never queued.
@@ -27,13 +30,19 @@ pub enum LockOutcome {
 pub enum ManyOutcome<'a> {
     /// Each key with its fencing token.
     Granted {
+        /// `fencingTokens`: an object from key to token.
         fencing_tokens: Cow<'a, [(&'a str, u64)]>,
     },
+    /// `queued:true`: enqueued; a push with `acquired:true` follows (or a timeout).
     Queued,
+    /// `queued:false`: `wait:false` and some key is taken; nothing was queued.
     Refused {
+        /// `contendedKey`: a key that was taken; `None` if the broker does not say.
         contended_key: Option<&'a str>,
     },
+    /// `timedOut:true`, pushed when the broker-side `waitTimeout` expires.
     TimedOut {
+        /// How long it waited, in ms (read back from the `error` text).
         waited_ms: u64,
     },
 }
@@ -94,6 +103,7 @@ pub struct Who<'a> {
 }
 
 impl Who<'_> {
+    /// The same identity, owning its strings.
     pub fn into_owned(self) -> Who<'static> {
         Who {
             peer: self.peer.map(|p| Cow::Owned(p.into_owned())),
@@ -108,13 +118,16 @@ impl Who<'_> {
 pub struct WaiterInfo<'a> {
     /// Its lock id (the request's uuid).
     pub id: Cow<'a, str>,
+    /// Exclusive, read or write (`mode`).
     pub mode: Mode,
     /// When it was queued, Unix milliseconds by the broker's clock (`waitingSince`).
     pub waiting_since_ms: Option<u64>,
+    /// The connection that waits (`peer`, `name`, `pid`; all `None` from the npm broker).
     pub who: Who<'a>,
 }
 
 impl WaiterInfo<'_> {
+    /// The same waiter, owning its strings.
     pub fn into_owned(self) -> WaiterInfo<'static> {
         WaiterInfo {
             id: Cow::Owned(self.id.into_owned()),
@@ -157,109 +170,175 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reply<'a> {
+    /// `lock`: the answer to a `lock`, or the later grant pushed with the same `uuid`.
     Lock {
+        /// `uuid`: the `lock` request's id.
         uuid: &'a str,
+        /// `key`: the requested key.
         key: &'a str,
+        /// `acquired`, `queued` and `fencingToken`.
         outcome: LockOutcome,
+        /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
+        /// `readersCount`: the key's legacy read/write reader count.
         readers_count: u64,
     },
     /// Pushed when a broker-side `waitTimeout` expires.
     LockTimedOut {
+        /// `uuid`: the `lock` request's id.
         uuid: &'a str,
+        /// `key`: the requested key.
         key: &'a str,
+        /// How long it waited, in ms (sent inside the `error` text).
         waited_ms: u64,
     },
     /// 0.2.x re-election push: the waiter was dequeued and must re-send its `lock`.
     Reelection {
+        /// `uuid`: the `lock` request's id.
         uuid: &'a str,
+        /// `key`: the requested key.
         key: &'a str,
+        /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
     },
     /// `lost`: the lock had already expired or been forced away (then `unlocked` is false).
     Unlock {
+        /// `uuid`: the `unlock` request's id.
         uuid: &'a str,
+        /// `key`: the key named in the request.
         key: &'a str,
+        /// `unlocked`: whether a lock was released.
         unlocked: bool,
+        /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
+        /// `lost:true` (left out when false).
         lost: bool,
+        /// `error`: why it failed; `None` (left out) on success.
         error: Option<&'a str>,
+        /// `warning`: a note on a success; `None` (left out) when there is none.
         warning: Option<&'a str>,
     },
+    /// `extend` (extension): the answer to an `extend`.
     Extend {
+        /// `uuid`: the `extend` request's id.
         uuid: &'a str,
+        /// `key`: the key named in the request.
         key: &'a str,
+        /// `extended`: whether the TTL was reset.
         extended: bool,
+        /// `error`: why it failed; `None` (left out) on success.
         error: Option<&'a str>,
     },
     /// `lock_id` is the `uuid` of the `acquire-many`.
     AcquireMany {
+        /// `uuid`: the `acquire-many` request's id.
         uuid: &'a str,
+        /// `lockUuid`: the lock id to pass to `release-many`.
         lock_id: &'a str,
+        /// `acquired`, `queued`, `fencingTokens`, `contendedKey`, `timedOut`.
         outcome: ManyOutcome<'a>,
     },
+    /// `release-many` (extension): the answer to a `release-many`.
     ReleaseMany {
+        /// `uuid`: the `release-many` request's id.
         uuid: &'a str,
+        /// `lockUuid`: the `acquire-many` released.
         lock_id: &'a str,
+        /// `released`: whether its locks were released.
         released: bool,
+        /// `error`: why it failed; `None` (left out) on success.
         error: Option<&'a str>,
     },
+    /// `ls`: the answer to an `ls`.
     Ls {
+        /// `uuid`: the `ls` request's id.
         uuid: &'a str,
+        /// `ls_result`: the keys that have holders or waiters.
         keys: Cow<'a, [&'a str]>,
     },
     /// `is_locked` is sent as is: the npm broker says `true` for a key it knows, holders or not.
     LockInfo {
+        /// `uuid`: the `lock-info-request`'s id.
         uuid: &'a str,
+        /// `key`: the key asked about.
         key: &'a str,
+        /// `isLocked`.
         is_locked: bool,
+        /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
+        /// `readersCount`: the key's legacy read/write reader count.
         readers_count: u64,
-        /// `None`: not reported (the npm broker).
+        /// `max`: the key's semaphore size; `None`: not reported (the npm broker).
         max: Option<u32>,
+        /// `holders` (their ids are also sent as `lockholderUUIDs`).
         holders: Cow<'a, [HolderInfo<'a>]>,
-        /// The queue, in order (empty from the npm broker).
+        /// `waiters`: the queue, in order (empty from the npm broker).
         waiters: Cow<'a, [WaiterInfo<'a>]>,
     },
+    /// `pong`: the answer to a `ping`.
     Pong {
+        /// `uuid`: the `ping`'s id.
         uuid: &'a str,
-        /// The broker's wall clock, Unix milliseconds.
+        /// `serverTimestamp`: the broker's wall clock, Unix milliseconds.
         server_timestamp_ms: u64,
     },
+    /// `system-stats-response`: the answer to a `system-stats-request`.
     SystemStats {
+        /// `uuid`: the request's id.
         uuid: &'a str,
+        /// `stats`: the broker's counters.
         stats: Stats,
     },
+    /// `auth` (extension): the answer to an `auth`.
     Auth {
+        /// `uuid`: the `auth` request's id; `None` (left out) if it had none.
         uuid: Option<&'a str>,
+        /// `authenticated`: whether the token was accepted.
         authenticated: bool,
+        /// `error`: why it was refused; `None` (left out) on success.
         error: Option<&'a str>,
     },
+    /// `version-mismatch`: the client speaks another protocol line; the broker will close.
     VersionMismatch {
+        /// `versions.clientVersion`: the client's `version` value (`versions.brokerVersion`
+        /// is always [`super::PROTOCOL_VERSION`]).
         client_version: &'a str,
     },
     /// Legacy RW success; `readers_count` is sent only by the two `register-*` replies.
     Rw {
+        /// Which request this answers; its `type` is [`RwOp::reply_type`].
         op: RwOp,
+        /// `uuid`: the request's id.
         uuid: &'a str,
+        /// `key`: the read/write mutex's key.
         key: &'a str,
+        /// `readersCount` (with `writerFlag:false`), only on the `register-*` replies.
         readers_count: u64,
     },
     /// Legacy RW: a deferred `register-*` request may now proceed.
     BroadcastResult {
+        /// `uuid`: the deferred request's id.
         uuid: &'a str,
+        /// `key`: the read/write mutex's key.
         key: &'a str,
     },
+    /// `inspect`: the answer to an `inspectCommand`.
     Inspect {
+        /// `uuid`: the request's id; `None` (left out) if it had none.
         uuid: Option<&'a str>,
+        /// `inspectResult`: the count asked for.
         result: u64,
     },
     /// A failed request. `ty` echoes the request type (`"error"` when unknown); for types whose
     /// success flag the Node client checks, the flag is sent as `false` too.
     Error {
+        /// `type`: the request's type; `None` is sent as `"error"`.
         ty: Option<&'a str>,
+        /// `uuid`: the request's id, if it could be read; `None` is left out.
         uuid: Option<&'a str>,
+        /// `key`: the request's key, if it could be read; `None` is left out.
         key: Option<&'a str>,
+        /// `error`: what was wrong, for people.
         error: &'a str,
     },
 }
