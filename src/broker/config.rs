@@ -125,6 +125,7 @@ impl BrokerBuilder {
         self.limits.max_many_keys = self.table.max_keys_per_many;
         self
     }
+    /// Most open connections (default 10 000); one more is accepted and closed at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
@@ -141,6 +142,8 @@ impl BrokerBuilder {
         self.stall_timeout = d;
         self
     }
+    /// How long a new connection may take to show its protocol (first bytes, WebSocket
+    /// upgrade, an HTTP request) before it is closed (default 10 s).
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;
         self

@@ -127,6 +127,7 @@ pub enum Unlocked {
 pub enum Answer {
     /// `lock` granted.
     Locked {
+        /// The grant's fencing token; `None` from the npm broker, which has none.
         fencing_token: Option<u64>,
     },
     /// `lock` or `acquire-many` not granted: a try-lock found the key busy, or the broker's
@@ -134,13 +135,17 @@ pub enum Answer {
     NotGranted,
     /// `acquire-many` granted: each key with its fencing token.
     ManyLocked(Vec<(String, u64)>),
+    /// `unlock`: what it found.
     Unlocked(Unlocked),
     /// `extend`: `false` once the lock is lost.
     Extended(bool),
     /// `release-many`: `false` once the locks are gone.
     Released(bool),
+    /// `ls`: the keys that have holders or waiters.
     Keys(Vec<String>),
+    /// `lock-info-request`: who holds and waits on the key.
     Info(LockInfo),
+    /// `system-stats-request`: the broker's counters.
     Stats(Stats),
     /// `ping`: the broker's clock (Unix ms).
     Pong(Option<u64>),
@@ -159,9 +164,17 @@ pub enum Answer {
 #[non_exhaustive]
 pub enum Event {
     /// Request `id` is finished.
-    Answer { id: RequestId, answer: Answer },
+    Answer {
+        /// The request's id.
+        id: RequestId,
+        /// Its answer.
+        answer: Answer,
+    },
     /// The connection ended with request `id` unanswered.
-    Lost { id: RequestId },
+    Lost {
+        /// The request's id.
+        id: RequestId,
+    },
 }
 
 /// What a pending request waits for.
@@ -213,6 +226,7 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
+    /// A session with nothing pending, assuming a [`BrokerKind::Rust`] broker.
     pub fn new() -> Self {
         Self::default()
     }
@@ -222,6 +236,7 @@ impl Session {
         self.broker
     }
 
+    /// Tells the session which broker it talks to (the npm broker's replies differ).
     pub fn set_broker(&mut self, kind: BrokerKind) {
         self.broker = kind;
     }

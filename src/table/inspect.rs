@@ -29,8 +29,11 @@ pub struct HolderInfo {
 /// One queued request, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaiterInfo {
+    /// Its request id, the lock id once granted (the group's, for an acquire-many).
     pub id: Name,
+    /// The connection that asked.
     pub conn: ConnId,
+    /// How it wants to share the key.
     pub mode: Mode,
     /// When it was queued.
     pub since: Instant,

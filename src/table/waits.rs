@@ -15,10 +15,12 @@ pub struct WaitHistogram {
     /// `counts[i]` waits were at most `WAIT_BUCKETS[i]` (and above the previous bound); the
     /// last entry counts the waits above every bound.
     pub counts: [u64; WAIT_BUCKETS.len() + 1],
+    /// The sum of all waits, in microseconds (saturating).
     pub sum_micros: u64,
 }
 
 impl WaitHistogram {
+    /// Counts one grant that waited `waited`.
     pub fn record(&mut self, waited: Duration) {
         let s = waited.as_secs_f64();
         let i = WAIT_BUCKETS
@@ -31,6 +33,7 @@ impl WaitHistogram {
             .saturating_add(waited.as_micros().min(u128::from(u64::MAX)) as u64);
     }
 
+    /// Grants counted, across all buckets.
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
