@@ -180,7 +180,7 @@ pub enum Reply<'a> {
         outcome: LockOutcome,
         /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
-        /// `readersCount`: the key's legacy read/write reader count.
+        /// `readersCount`: the key's read holders (`mode:"read"`).
         readers_count: u64,
     },
     /// Pushed when a broker-side `waitTimeout` expires.
@@ -215,7 +215,8 @@ pub enum Reply<'a> {
         lost: bool,
         /// `error`: why it failed; `None` (left out) on success.
         error: Option<&'a str>,
-        /// `warning`: a note on a success; `None` (left out) when there is none.
+        /// `warning`: the npm broker's note (it says `unlocked:true` with one for a lock that
+        /// had already gone); `None` (left out) when there is none. This broker sends none.
         warning: Option<&'a str>,
     },
     /// `extend` (extension): the answer to an `extend`.
@@ -266,7 +267,7 @@ pub enum Reply<'a> {
         is_locked: bool,
         /// `lockRequestCount`: waiters queued on the key.
         lock_request_count: u64,
-        /// `readersCount`: the key's legacy read/write reader count.
+        /// `readersCount`: the key's read holders (`mode:"read"`).
         readers_count: u64,
         /// `max`: the key's semaphore size; `None`: not reported (the npm broker).
         max: Option<u32>,
@@ -312,7 +313,8 @@ pub enum Reply<'a> {
         uuid: &'a str,
         /// `key`: the read/write mutex's key.
         key: &'a str,
-        /// `readersCount` (with `writerFlag:false`), only on the `register-*` replies.
+        /// `readersCount` (with `writerFlag:false`): the mutex's reader count, sent only by the
+        /// `register-*` replies.
         readers_count: u64,
     },
     /// Legacy RW: a deferred `register-*` request may now proceed.
