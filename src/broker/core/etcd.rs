@@ -15,16 +15,16 @@
 //! guard of it lost, and no client is left believing it holds a lock.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ahash::RandomState;
 use hashbrown::HashMap;
 
 use super::store::AsyncStore;
-use super::{Core, ms};
+use super::{Core, ms, table_mode, ttl_of, wait_of, wire_mode};
 use crate::proto::encode::{self, HolderInfo, LockOutcome as WireLock};
 use crate::proto::{self, Reply, Request};
-use crate::store::etcd::{self as store, LockSpec, StoreError, StoreEvent, StoreOp};
+use crate::store::etcd::{LockSpec, StoreError, StoreEvent, StoreOp};
 use crate::table::ConnId;
 
 /// The etcd path's state, kept in `Core::etcd`.
@@ -70,26 +70,6 @@ impl EtcdRoute {
             queries: HashMap::default(),
             next_tag: 0,
         }
-    }
-}
-
-fn sconn(c: ConnId) -> store::ConnId {
-    store::ConnId(c.0)
-}
-
-fn store_mode(m: proto::Mode) -> store::Mode {
-    match m {
-        proto::Mode::Exclusive => store::Mode::Exclusive,
-        proto::Mode::Read => store::Mode::Read,
-        proto::Mode::Write => store::Mode::Write,
-    }
-}
-
-fn wire_mode(m: store::Mode) -> proto::Mode {
-    match m {
-        store::Mode::Exclusive => proto::Mode::Exclusive,
-        store::Mode::Read => proto::Mode::Read,
-        store::Mode::Write => proto::Mode::Write,
     }
 }
 
@@ -194,21 +174,13 @@ impl Core {
         }
         let keep_default = self.conn_at(slot).is_some_and(|c| c.keep_default);
         let spec = LockSpec {
-            conn: sconn(cid),
+            conn: cid,
             key: r.key.to_owned(),
             id: r.uuid.to_owned(),
-            mode: store_mode(r.mode),
+            mode: table_mode(r.mode),
             max: r.max,
-            ttl: match r.ttl {
-                proto::Ttl::BrokerDefault => store::Ttl::Default,
-                proto::Ttl::Never => store::Ttl::Never,
-                proto::Ttl::After(d) => store::Ttl::After(d),
-            },
-            wait: match (r.try_lock, r.wait_timeout) {
-                (true, _) => store::Wait::No,
-                (false, Some(t)) => store::Wait::Until(now + Duration::from_millis(t)),
-                (false, None) => store::Wait::Forever,
-            },
+            ttl: ttl_of(r.ttl),
+            wait: wait_of(now, r.try_lock, r.wait_timeout),
             keep_after_disconnect: r.keep_locks_after_death || keep_default,
         };
         match self.etcd_submit(StoreOp::Lock(spec)) {
@@ -250,7 +222,7 @@ impl Core {
     /// Unlocks a grant nobody will be told of; its answer is dropped.
     fn etcd_give_back(&mut self, cid: ConnId, key: String, id: String) {
         let _ = self.etcd_submit(StoreOp::Unlock {
-            conn: sconn(cid),
+            conn: cid,
             key,
             id: Some(id),
             force: false,
@@ -271,7 +243,7 @@ impl Core {
             Err("force unlock is an admin act: use the Unix socket or authenticate".to_owned())
         } else {
             self.etcd_submit(StoreOp::Unlock {
-                conn: sconn(cid),
+                conn: cid,
                 key: key.to_owned(),
                 id: lock_id.map(str::to_owned),
                 force,
@@ -309,7 +281,7 @@ impl Core {
         };
         route.next_tag += 1;
         let tag = route.next_tag;
-        let (conn, ty) = (sconn(cid), query_ty(&kind));
+        let (conn, ty) = (cid, query_ty(&kind));
         let op = match &kind {
             QueryKind::Ls => StoreOp::Keys { conn, tag },
             QueryKind::Info(key) => StoreOp::Info {
@@ -344,7 +316,7 @@ impl Core {
         route.locks.retain(|(c, _), _| *c != id.0);
         route.unlocks.retain(|(c, _, _), _| *c != id.0);
         route.queries.retain(|_, q| q.conn != id);
-        let _ = route.store.submit(StoreOp::Disconnect { conn: sconn(id) });
+        let _ = route.store.submit(StoreOp::Disconnect { conn: id });
     }
 
     /// Drains the store's events into replies; the reactor calls it every loop turn (the

@@ -40,39 +40,15 @@ mod worker;
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use config::EtcdConfig;
-pub use rules::Mode;
 
-/// A connection of the broker, as the store knows it (ids are never reused).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-/// How long a granted lock lives unless unlocked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Ttl {
-    /// [`EtcdConfig::default_ttl`].
-    #[default]
-    Default,
-    /// Until unlocked, or its connection dies.
-    Never,
-    /// This long after the grant, then its key is deleted ([`StoreEvent::Expired`]): a timer of
-    /// this store, not a lease, since leases count whole seconds.
-    After(Duration),
-}
-
-/// What a request does when it cannot be granted at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Wait {
-    /// Try-lock: refused at once, its key deleted.
-    No,
-    /// Queued until granted, or until its connection closes or its lease is lost.
-    #[default]
-    Forever,
-    /// Queued until this instant, then [`StoreEvent::TimedOut`].
-    Until(Instant),
-}
+/// The store speaks the lock table's vocabulary: a connection id (never reused), a mode, a
+/// TTL and a wait. Here `Ttl::Default` means [`EtcdConfig::default_ttl`], `Ttl::After` is a
+/// timer of this store (leases count whole seconds) that deletes the request's key when it
+/// fires ([`StoreEvent::Expired`]), and `Wait::Until` ends in [`StoreEvent::TimedOut`].
+pub use crate::table::{ConnId, Mode, Ttl, Wait};
 
 /// A request for one key. `id` is the client's request uuid and becomes the lock id.
 #[derive(Clone, Debug)]

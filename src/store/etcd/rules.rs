@@ -14,37 +14,16 @@
 
 use serde_json::json;
 
-/// How a request shares its key (the table's `Mode`, kept separate while the table is split).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// A mutex, or a semaphore of `max` holders: granted when fewer than `max` older requests
-    /// exist, all of them exclusive.
-    #[default]
-    Exclusive,
-    /// Shared with other reads: granted when every older request is a read.
-    Read,
-    /// Alone: granted when no older request exists at all.
-    Write,
-}
+pub use crate::table::Mode;
 
-impl Mode {
-    /// Its name in a request key's value: `exclusive`, `read` or `write`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Read => "read",
-            Mode::Write => "write",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Mode> {
-        Some(match s {
-            "exclusive" => Mode::Exclusive,
-            "read" => Mode::Read,
-            "write" => Mode::Write,
-            _ => return None,
-        })
-    }
+/// A mode's name in a request key's value (`Mode::as_str`) read back.
+fn parse_mode(s: &str) -> Option<Mode> {
+    Some(match s {
+        "exclusive" => Mode::Exclusive,
+        "read" => Mode::Read,
+        "write" => Mode::Write,
+        _ => return None,
+    })
 }
 
 /// What a request key's value records: enough for any broker to judge it and to show it.
@@ -71,7 +50,7 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Option<Record> {
         let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
         Some(Record {
-            mode: Mode::parse(v.get("mode")?.as_str()?)?,
+            mode: parse_mode(v.get("mode")?.as_str()?)?,
             max: u32::try_from(v.get("max")?.as_u64()?).ok()?,
             owner: v.get("owner")?.as_str()?.to_owned(),
             conn: v.get("conn")?.as_u64()?,
