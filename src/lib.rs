@@ -32,8 +32,8 @@
 //!   and [`proto::session`], the client's side of a connection as a sans-IO state machine
 //!   (pending requests by id, pipelined releases, the npm broker's quirks).
 //! - [`broker`] (`src/broker/`, feature `broker`): `core/` is the broker's sans-IO state
-//!   machine (messages and time in; bytes per connection and close events out; one file per
-//!   command); around it, the only code that touches sockets: `reactor.rs` (the `mio` loop),
+//!   machine (messages and time in; bytes per connection and close events out): `route.rs`
+//!   turns requests into store ops, `answers.rs` the store's events into replies; around it, the only code that touches sockets: `reactor.rs` (the `mio` loop),
 //!   `accept.rs`, `transport.rs` (NDJSON and WebSocket framing), `config.rs`, `handle.rs`,
 //!   `http_guard.rs` (web pages kept out), `keepalive.rs` (vanished peers found).
 //! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
@@ -41,9 +41,11 @@
 //!   `transport.rs`, `options.rs`, `guard.rs`); [`connect_or_spawn`] (`spawn.rs`) starts a
 //!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
 //!   serialise tests across processes.
-//! - `store` (`src/store/`, feature `etcd`): lock stores beyond the in-memory table: the
-//!   etcd lock store (`store/etcd/`), the extended etcd Mutex recipe on its own thread, which
-//!   the broker core drives (`BrokerBuilder::etcd`, `lmx start --store etcd://...`).
+//! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its
+//!   lock state behind (ops in, events out), and its two implementations: the in-memory
+//!   [`table`] (`memory.rs`), and with feature `etcd` the etcd lock store (`store/etcd/`, the
+//!   extended etcd Mutex recipe on its own thread; `etcd_bridge.rs`), chosen with
+//!   `BrokerBuilder::etcd` / `lmx start --store etcd://...`.
 //! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
 //!   task per connection, with cancellation-safe lock futures.
 //! - `src/cli/` (feature `cli`): the `lmx` binary; `src/bin/lmx.rs` only calls it.
@@ -64,20 +66,24 @@
 //!    connection's first lines are not HTTP (`http_guard.rs`), and passes it to the sans-IO
 //!    core: `Core::handle_message` (`broker/core/mod.rs`) decodes it in place
 //!    (`Decoder::decode`, `proto/decode.rs`) and dispatches it to `Core::lock`
-//!    (`broker/core/lock.rs`).
-//! 3. `Core::lock` maps the request onto the table's vocabulary and calls `Table::lock`
-//!    (`table/single.rs`): the key is held, so the request joins the key's FIFO queue and the
-//!    table answers `LockOutcome::Queued`. The core encodes `{"type":"lock",…,"queued":true}`
-//!    (`Reply::encode`) into that connection's output buffer and marks it for sending.
+//!    (`broker/core/route.rs`).
+//! 3. `Core::lock` notes the request (so a retry is never granted twice), maps it onto the
+//!    table's vocabulary and submits `StoreOp::Lock` to the store. The in-memory store
+//!    (`store/memory.rs`) calls `Table::lock` (`table/single.rs`): the key is held, so the
+//!    request joins the key's FIFO queue and the store answers `StoreEvent::Queued` before
+//!    `submit` returns (etcd answers later, from its own thread). `Core::poll_store`
+//!    (`broker/core/answers.rs`) encodes `{"type":"lock",…,"queued":true}` (`Reply::encode`)
+//!    into that connection's output buffer and marks it for sending.
 //! 4. At the end of the loop turn, `end_turn` (`broker/reactor.rs`) drains the core:
 //!    `Core::poll_transmit` names each connection with output, `Core::output` gives its bytes,
 //!    which the reactor writes once (`Socket::write_out`, `transport.rs`) and
 //!    `Core::consume`s. The client's driver reads the line, `Session::handle_line` decodes it
 //!    (`proto/reply_decode.rs`) and records that the request waits.
-//! 5. The holder unlocks: `Core::unlock` calls `Table::unlock`, which releases the hold and
-//!    re-runs the grant decision for the key (`settle`, `table/single.rs`): the head of the
-//!    queue is granted with a new fencing token, and the table queues an `Event::Granted`.
-//!    `Core::route_events` (`broker/core/lock.rs`) turns it into a pushed
+//! 5. The holder unlocks: `Core::unlock` submits `StoreOp::Unlock`; `Table::unlock` releases
+//!    the hold and re-runs the grant decision for the key (`settle`, `table/single.rs`): the
+//!    head of the queue is granted with a new fencing token, and the store queues a
+//!    `StoreEvent::Granted` after the unlock's answer. `Core::poll_store`
+//!    (`broker/core/answers.rs`) turns it into a pushed
 //!    `{"type":"lock",…,"acquired":true,"fencingToken":…}` for the waiter's connection (or
 //!    releases it at once if that connection is gone), and the same `end_turn` sends it.
 //! 6. The waiter's session matches the pushed reply to the pending id and yields
@@ -108,7 +114,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod proto;
-#[cfg(feature = "etcd")]
+#[cfg(feature = "broker")]
 pub mod store;
 #[cfg(feature = "broker")]
 pub mod table;

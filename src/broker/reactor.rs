@@ -106,8 +106,7 @@ impl Broker {
                 self.accept(TCP_LISTENER, now);
                 self.accept(UDS_LISTENER, now);
             }
-            #[cfg(feature = "etcd")]
-            self.core.poll_store();
+            self.core.poll_store(now);
             self.core.handle_timeout(now);
             if self.needs_housekeeping {
                 self.housekeeping(now);

@@ -1,11 +1,62 @@
-//! Lock stores other than the in-memory [`table`](crate::table).
+//! Lock stores: where the broker's lock decisions live, behind one interface.
 //!
-//! The broker core talks to two kinds of store: the in-memory table, which decides on the
-//! spot, and `etcd` (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`),
-//! where every lock decision lives in an etcd cluster so any number of brokers can serve the
-//! same keys. The core drives the latter through its asynchronous store interface (ops in,
-//! events out, a `mio::Waker` to wake the reactor): see `broker/core/store.rs` and
-//! `broker/core/etcd.rs`.
+//! The broker core talks to a [`Store`] and nothing else for lock state: it hands it
+//! [`StoreOp`]s and turns the [`StoreEvent`]s it drains into replies and pushed grants. Two
+//! implementations:
+//! - `MemStore` (`memory.rs`): the in-memory [`Table`](crate::table::Table), which decides on
+//!   the spot, so its answers are waiting by the time `submit` returns, and whose timers (TTLs,
+//!   wait deadlines) run on the core's `poll_timeout`/`handle_timeout`.
+//! - [`etcd`] (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`): every
+//!   decision lives in an etcd cluster, so any number of brokers serve the same keys. Its
+//!   answers come later, from its own thread, which wakes the reactor (`etcd_bridge.rs`
+//!   translates).
+//!
+//! Why answers are events for both, even for the table that could answer in the call: one
+//! path through the core, so a rule (a grant to a closed connection is given back; a client is
+//! told "granted" only for a grant the store recorded; a retried request is not granted twice)
+//! is written once and holds for every store.
+//!
+//! The table offers what a distributed store cannot (the 0.2.x read/write emulation, the live
+//! `watch` snapshots, `/metrics` gauges of every key): [`Store::table`] reaches it when the
+//! store is one.
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_bridge;
+mod memory;
+mod ops;
+
+use std::time::Instant;
+
+#[cfg(feature = "etcd")]
+pub(crate) use etcd_bridge::EtcdBridge;
+pub(crate) use memory::MemStore;
+pub(crate) use ops::{
+    HolderView, KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats, WaiterView,
+};
+
+use crate::table::Table;
+
+/// A lock store, as the broker core drives it (see the module docs).
+///
+/// Contract, in the style of the core's own: [`submit`](Self::submit) never blocks; after it,
+/// and after [`handle_timeout`](Self::handle_timeout), the caller drains
+/// [`poll_event`](Self::poll_event) until `None`. A store that answers from another thread
+/// wakes the caller's event loop when events are waiting.
+pub(crate) trait Store: Send {
+    /// Hands the store an op; its answers come out of `poll_event`.
+    fn submit(&mut self, now: Instant, op: StoreOp<'_>);
+    /// The next event, if any.
+    fn poll_event(&mut self) -> Option<StoreEvent>;
+    /// When `handle_timeout` must next run (the table's TTLs and wait deadlines).
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// Runs what is due at `now`.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Holds no lock and no waiter that this broker knows of (for `idle_exit`).
+    fn is_idle(&self) -> bool;
+    /// The in-memory table, when the store is one.
+    fn table(&self) -> Option<&Table>;
+    /// The in-memory table, when the store is one.
+    fn table_mut(&mut self) -> Option<&mut Table>;
+}

@@ -14,7 +14,7 @@ use hashbrown::HashMap;
 use super::Core;
 use crate::proto::Reply;
 use crate::proto::encode::LockOutcome as WireLock;
-use crate::table::{Cancelled, ConnId, Name};
+use crate::table::{ConnId, Name};
 
 /// A pushed grant that a Node client has not acknowledged yet (see `Core::acks`).
 pub(super) struct PendingAck {
@@ -46,7 +46,7 @@ impl Core {
                 let Some(a) = self.acks.remove(&id) else {
                     continue;
                 };
-                if self.table.cancel(now, a.conn, &a.key, &id) == Cancelled::Released {
+                if self.give_back(now, a.conn, &a.key, &id) {
                     tracing::warn!(
                         "grant {id} of key {:?} was not acknowledged within {} ms: released \
                          (--ack-timeout)",
@@ -56,7 +56,7 @@ impl Core {
                 }
             }
         }
-        self.route_events(now);
+        self.poll_store(now);
     }
 
     /// Asks a Node client whether it took a pushed grant it has not acknowledged: the probe is
@@ -94,7 +94,7 @@ impl Core {
         // Acknowledged meanwhile, or not this connection's: nothing to do.
         if self.acks.get(id).is_some_and(|a| a.conn == cid)
             && let Some(a) = self.acks.remove(id)
-            && self.table.cancel(now, cid, &a.key, id) == Cancelled::Released
+            && self.give_back(now, cid, &a.key, id)
         {
             tracing::warn!(
                 "grant {id} of key {:?}: the client read it and did not take it: released",

@@ -93,7 +93,7 @@ impl Core {
 
     pub fn metrics(&self) -> CoreMetrics {
         CoreMetrics {
-            table: self.table.stats(),
+            table: self.store.table().map(|t| t.stats()).unwrap_or_default(),
             counters: self.counters,
             connections: self.open,
             watchers: self.watchers.len(),

@@ -66,15 +66,16 @@ impl Core {
     /// Keeps the identity of a closed connection whose locks outlive it; forgets those whose
     /// locks are all gone, every time the list doubles (so the cost stays amortised O(1)).
     pub(super) fn depart(&mut self, id: ConnId, mut ident: Identity) {
-        if !self.table.knows_conn(id) {
+        if !self.store.table().is_some_and(|t| t.knows_conn(id)) {
             return;
         }
         let peer = ident.peer.as_deref().unwrap_or("?");
         ident.peer = Some(format!("{peer} (disconnected)").into());
         self.departed.insert(id, ident);
         if self.departed.len() >= self.prune_departed_at {
-            let table = &self.table;
-            self.departed.retain(|c, _| table.knows_conn(*c));
+            let store = &self.store;
+            self.departed
+                .retain(|c, _| store.table().is_some_and(|t| t.knows_conn(*c)));
             self.prune_departed_at = (self.departed.len() * 2).max(64);
         }
     }

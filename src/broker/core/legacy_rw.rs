@@ -171,6 +171,16 @@ impl Core {
         uuid: &str,
         key: &str,
     ) {
+        if self.store.table().is_none() {
+            // It parks the connection's table holds while it waits: a local table's business.
+            return self.send_error(
+                slot,
+                op.as_str(),
+                Some(uuid),
+                Some(key),
+                "the 0.2.x read/write protocol is not supported by this lock store",
+            );
+        }
         let mut woken = std::mem::take(&mut self.woken);
         match self.rw.apply(cid, key, uuid, op, &mut woken) {
             RwAnswer::Now { readers } => self.send(
@@ -190,14 +200,21 @@ impl Core {
                 "too many read/write requests already wait for this key",
             ),
             RwAnswer::Deferred => {
-                let held: Option<Name> = self.table.info(now, key).and_then(|i| {
-                    i.holders
-                        .iter()
-                        .find(|h| h.conn == cid)
-                        .map(|h| h.id.clone())
-                });
+                let held: Option<Name> = self
+                    .store
+                    .table()
+                    .and_then(|t| t.info(now, key))
+                    .and_then(|i| {
+                        i.holders
+                            .iter()
+                            .find(|h| h.conn == cid)
+                            .map(|h| h.id.clone())
+                    });
                 if let Some(id) = held
-                    && self.table.cancel(now, cid, key, &id) == Cancelled::Released
+                    && self
+                        .store
+                        .table_mut()
+                        .is_some_and(|t| t.cancel(now, cid, key, &id) == Cancelled::Released)
                 {
                     self.parked.insert(id, cid);
                 }

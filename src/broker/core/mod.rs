@@ -2,34 +2,32 @@
 //! `Connection`. Messages and time go in; bytes to send per connection and close requests come
 //! out. Nothing here touches a socket, reads a clock, or knows about WebSocket.
 //!
-//! Each command's handler lives in a file of its own: [`lock`] (lock, unlock, extend, grants),
-//! [`many`] (acquire-many), [`inspect`] (ls, lock-info, ping, stats, inspect), [`acks`] (the
-//! ack probes of pushed grants) and [`legacy_rw`] (the 0.2.x read/write protocol).
+//! Lock state lives in a [`Store`] (the in-memory table, or etcd), which the core only talks
+//! to through ops and events: [`route`] turns requests into ops, [`answers`] turns the store's
+//! events into replies, the same way for every store. The rest, by file: [`acks`] (the ack
+//! probes of pushed grants), [`legacy_rw`] (the 0.2.x read/write protocol, table only),
+//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`].
 
 mod acks;
+mod answers;
 mod counters;
-#[cfg(feature = "etcd")]
-mod etcd;
 mod identity;
-mod inspect;
 mod legacy_rw;
-mod lock;
-mod many;
-#[cfg(feature = "etcd")]
-pub(crate) mod store;
+mod route;
 #[cfg(test)]
 mod tests;
 mod watch;
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::RandomState;
 use hashbrown::HashMap;
 
 use crate::proto::encode;
 use crate::proto::{self, Decoder, Limits, Reply, Request};
-use crate::table::{self, ConnId, Name, Table};
+use crate::store::{MemStore, Store, StoreOp};
+use crate::table::{self, ConnId, Name};
 use acks::PendingAck;
 pub(crate) use counters::{CoreMetrics, Counters, Reject};
 use identity::Identity;
@@ -84,6 +82,8 @@ struct ConnState {
     keep_default: bool,
     /// A close was already asked for with an [`Event`].
     closing: bool,
+    /// Lock requests it made (its close then looks for them in `Core::route`).
+    requests: usize,
     /// Listed in `Core::dirty`.
     dirty: bool,
     ident: Identity,
@@ -123,7 +123,8 @@ struct ConnState {
 /// Closing a connection can grant its keys to others, so the caller loops: events, transmits,
 /// until both are empty. Time is only ever the `now` passed in.
 pub(crate) struct Core {
-    table: Table,
+    store: Box<dyn Store>,
+    route: route::Route,
     /// By the low 32 bits of the `ConnId`.
     conns: Vec<Option<ConnState>>,
     open: usize,
@@ -152,9 +153,6 @@ pub(crate) struct Core {
     prune_departed_at: usize,
     /// Connections that sent `watch` (see [`watch`]).
     watchers: Vec<Watcher>,
-    /// Set when lock decisions live in etcd (see [`etcd`]); the table is then unused.
-    #[cfg(feature = "etcd")]
-    etcd: Option<Box<etcd::EtcdRoute>>,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -168,7 +166,8 @@ fn ms(d: Duration) -> u64 {
 impl Core {
     pub fn new(cfg: Config) -> Self {
         Core {
-            table: Table::new(cfg.table),
+            store: Box::new(MemStore::new(cfg.table)),
+            route: route::Route::default(),
             conns: Vec::new(),
             open: 0,
             decoder: Decoder::new(cfg.limits),
@@ -188,15 +187,14 @@ impl Core {
             departed: HashMap::default(),
             prune_departed_at: 64,
             watchers: Vec::new(),
-            #[cfg(feature = "etcd")]
-            etcd: None,
         }
     }
 
-    /// Lock decisions go to `store` from now on (before any connection opens).
-    #[cfg(feature = "etcd")]
-    pub fn use_store(&mut self, store: Box<dyn store::AsyncStore>) {
-        self.etcd = Some(Box::new(etcd::EtcdRoute::new(store)));
+    /// Lock decisions go to `store` from now on (before any connection opens); the default is
+    /// the in-memory table.
+    #[cfg(any(feature = "etcd", test))]
+    pub fn use_store(&mut self, store: Box<dyn Store>) {
+        self.store = store;
     }
 
     /// A new connection. Without an auth token it may send any request at once.
@@ -215,6 +213,7 @@ impl Core {
             admin: !self.restrict_admin || kind == ConnKind::Unix,
             keep_default: false,
             closing: false,
+            requests: 0,
             dirty: false,
             ident: Identity::default(),
             opened: now,
@@ -233,22 +232,25 @@ impl Core {
         }
     }
 
-    /// The connection is gone: the table releases exactly its holds, and its waiters' turns
+    /// The connection is gone: the store releases exactly its holds, and its waiters' turns
     /// pass on.
     pub fn close(&mut self, id: ConnId, now: Instant) {
         let slot = conn_slot(id);
         if self.state(id).is_none() {
             return;
         }
-        let ident = self.conns[slot].take().map(|c| c.ident);
+        let (ident, requests) = self.conns[slot]
+            .take()
+            .map_or((None, 0), |c| (Some(c.ident), c.requests));
         self.open -= 1;
-        #[cfg(feature = "etcd")]
-        self.etcd_close(id);
         // The last connection is gone: give back what a flood of them made the list grow to.
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
         }
-        self.table.disconnect(now, id);
+        if requests > 0 {
+            self.route.disconnect(id);
+        }
+        self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
             self.depart(id, ident);
         }
@@ -261,7 +263,7 @@ impl Core {
         self.rw.disconnect(id, &mut woken);
         self.broadcast(&mut woken);
         self.woken = woken;
-        self.route_events(now);
+        self.poll_store(now);
     }
 
     /// Handles one message of `conn`: one JSON object, decoded in place (`msg` is scribbled on).
@@ -287,15 +289,15 @@ impl Core {
         }
     }
 
-    /// No connection is open and the table holds nothing (for the broker's `idle_exit`).
+    /// No connection is open and the store holds nothing of this broker's (for `idle_exit`).
     pub fn is_idle(&self) -> bool {
-        self.open == 0 && self.table.is_empty()
+        self.open == 0 && self.store.is_idle()
     }
 
     /// Runs what is due at `now`: lock TTLs, wait deadlines, ack probes.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.table.handle_timeout(now);
-        self.route_events(now);
+        self.store.handle_timeout(now);
+        self.poll_store(now);
         self.ack_timers(now);
         if !self.watchers.is_empty() {
             self.watch_timers(now);
@@ -304,8 +306,8 @@ impl Core {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let table = self.table.poll_timeout();
-        table
+        let store = self.store.poll_timeout();
+        store
             .into_iter()
             .chain(self.next_ack_deadline())
             .chain(self.next_watch())
@@ -442,13 +444,6 @@ impl Core {
         if !c.authed {
             return self.unauthenticated(slot, req);
         }
-        #[cfg(feature = "etcd")]
-        if self.etcd.is_some() && self.etcd_handle(slot, cid, now, &req) {
-            return;
-        }
-        let Some(c) = self.conn_at(slot) else {
-            return;
-        };
         match req {
             Request::Version {
                 value,
@@ -488,13 +483,15 @@ impl Core {
                 key,
                 lock_id,
                 ttl,
-            } => self.extend(slot, now, uuid, key, lock_id, ttl),
+            } => self.extend(cid, now, uuid, key, lock_id, ttl),
             Request::AcquireMany(r) => self.acquire_many(slot, cid, now, &r),
-            Request::ReleaseMany { uuid, lock_id } => self.release_many(slot, now, uuid, lock_id),
-            Request::Ls { uuid } => self.ls(slot, uuid),
-            Request::LockInfo { uuid, key } => self.lock_info(slot, now, uuid, key),
+            Request::ReleaseMany { uuid, lock_id } => self.release_many(cid, now, uuid, lock_id),
+            Request::Ls { uuid } => self.ask(cid, now, Some(uuid), route::Awaited::Ls),
+            Request::LockInfo { uuid, key } => {
+                self.ask(cid, now, Some(uuid), route::Awaited::Info(key.into()))
+            }
             Request::Ping { uuid } => self.ping(slot, uuid),
-            Request::SystemStats { uuid } => self.system_stats(slot, uuid),
+            Request::SystemStats { uuid } => self.ask(cid, now, Some(uuid), route::Awaited::Stats),
             Request::Auth { uuid, .. } => {
                 self.send(
                     slot,
@@ -506,11 +503,24 @@ impl Core {
                 );
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
-            Request::Inspect { uuid, command } => self.inspect(slot, uuid, command),
+            Request::Inspect { uuid, command } => {
+                self.ask(cid, now, uuid, route::Awaited::Inspect(command.into()))
+            }
             Request::Hello { name, pid } => self.hello(slot, name, pid),
             Request::Watch { uuid, interval_ms } => self.watch(slot, cid, now, uuid, interval_ms),
         }
-        self.route_events(now);
+        self.poll_store(now);
+    }
+
+    fn ping(&mut self, slot: usize, uuid: &str) {
+        let ts = (self.wall_clock)().duration_since(UNIX_EPOCH).map_or(0, ms);
+        self.send(
+            slot,
+            &Reply::Pong {
+                uuid,
+                server_timestamp_ms: ts,
+            },
+        );
     }
 
     /// Before the auth token: only `auth` is answered; anything else, or a wrong token, closes

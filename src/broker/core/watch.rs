@@ -100,11 +100,15 @@ impl Core {
     /// Encodes one snapshot into the output of the connection at `slot`.
     fn snapshot(&mut self, slot: usize, now: Instant, uuid: &str) {
         let wall = (self.wall_clock)();
-        let stats = self.table.stats();
-        let keys: Vec<Name> = self.table.keys().take(MAX_LISTED).cloned().collect();
+        // A distributed store (etcd) has no local table to show: totals stay at zero.
+        let table = self.store.table();
+        let stats = table.map(|t| t.stats()).unwrap_or_default();
+        let keys: Vec<Name> = table
+            .map(|t| t.keys().take(MAX_LISTED).cloned().collect())
+            .unwrap_or_default();
         let infos: Vec<_> = keys
             .iter()
-            .filter_map(|k| self.table.info(now, k))
+            .filter_map(|k| table.and_then(|t| t.info(now, k)))
             .collect();
         let mut out = Vec::with_capacity(1024);
         let mut o = Obj::new(&mut out);

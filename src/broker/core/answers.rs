@@ -1,0 +1,479 @@
+//! The store's events turned into replies and pushed grants, the same way for every store.
+//!
+//! Rules kept here, once: a grant for a connection that is gone, or for a request its client
+//! gave up, is given back at once, unseen; a grant pushed to a Node client after a "queued"
+//! answer is watched for its acknowledgement (`acks.rs`); a lock the store lost (etcd) is told
+//! to its client with a pushed error and then its connection is closed, so no client is left
+//! believing it holds a lock.
+
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use super::acks::{PROBE_DELAY, PendingAck};
+use super::identity::wall_ms;
+use super::route::{Awaited, Pending};
+use super::{Core, Reject, ms, wire_mode};
+use crate::proto::Reply;
+use crate::proto::encode::{
+    self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
+};
+use crate::store::{KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats};
+use crate::table::{ConnId, Grant, Name};
+
+impl Core {
+    /// Drains the store's events into replies. The core calls it after every input; the
+    /// reactor also calls it when an asynchronous store (etcd) woke it.
+    pub(crate) fn poll_store(&mut self, now: Instant) {
+        while let Some(ev) = self.store.poll_event() {
+            self.answer(now, ev);
+        }
+    }
+
+    fn answer(&mut self, now: Instant, ev: StoreEvent) {
+        match ev {
+            StoreEvent::Granted {
+                conn,
+                id,
+                key,
+                grant,
+            } => self.granted(now, conn, id, key, grant),
+            StoreEvent::Queued {
+                conn,
+                id,
+                key,
+                queue_len,
+                readers,
+            } => {
+                if let Some(l) = self.route.locks.get_mut(&(key.clone(), id.clone())) {
+                    l.queued = true;
+                }
+                self.lock_reply(conn, &id, &key, WireLock::Queued, queue_len, readers);
+            }
+            StoreEvent::Busy {
+                conn,
+                id,
+                key,
+                queue_len,
+                readers,
+            } => {
+                self.route.forget(conn, &key, &id);
+                self.reject(Reject::Busy);
+                self.lock_reply(conn, &id, &key, WireLock::Refused, queue_len, readers);
+            }
+            StoreEvent::TimedOut {
+                conn,
+                id,
+                key,
+                waited,
+            } => {
+                let Some(slot) = self.slot_of(conn) else {
+                    return;
+                };
+                match key {
+                    Some(key) => {
+                        self.route.forget(conn, &key, &id);
+                        self.send(
+                            slot,
+                            &Reply::LockTimedOut {
+                                uuid: &id,
+                                key: &key,
+                                waited_ms: ms(waited),
+                            },
+                        );
+                    }
+                    None => self.send_many(
+                        slot,
+                        &id,
+                        WireMany::TimedOut {
+                            waited_ms: ms(waited),
+                        },
+                    ),
+                }
+            }
+            StoreEvent::Expired { conn, id, key } | StoreEvent::Released { conn, id, key } => {
+                self.route.forget(conn, &key, &id);
+                self.acks.remove(&id);
+            }
+            StoreEvent::Lost {
+                conn,
+                id,
+                key,
+                reason,
+            } => {
+                self.route.forget(conn, &key, &id);
+                self.acks.remove(&id);
+                if let Some(slot) = self.slot_of(conn) {
+                    let msg = format!("lock lost: {reason}");
+                    self.send_error(slot, "lock", Some(&id), Some(&key), &msg);
+                    self.close_after_flush(slot);
+                }
+            }
+            StoreEvent::Unlocked {
+                tag,
+                key,
+                id,
+                queue_len,
+                ..
+            } => {
+                if let Some(id) = id {
+                    self.route.locks.remove(&(key.clone(), id));
+                }
+                self.counters.unlocks += 1;
+                if let Some((slot, p)) = self.awaited(tag) {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.unlock_reply(slot, uuid, &key, Ok(()), false, queue_len);
+                }
+            }
+            StoreEvent::Extended { tag, .. } => {
+                if let Some((slot, p)) = self.awaited(tag)
+                    && let Awaited::Extend(key) = &p.kind
+                {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.send(
+                        slot,
+                        &Reply::Extend {
+                            uuid,
+                            key,
+                            extended: true,
+                            error: None,
+                        },
+                    );
+                }
+            }
+            StoreEvent::ManyGranted { conn, id, tokens } => {
+                let Some(slot) = self.slot_of(conn) else {
+                    // Its connection is gone: give it back, unseen (tag 0: no answer awaited).
+                    let op = StoreOp::ReleaseMany {
+                        conn,
+                        tag: 0,
+                        id: &id,
+                    };
+                    return self.store.submit(now, op);
+                };
+                let t: SmallVec<[(&str, u64); 8]> =
+                    tokens.iter().map(|(k, v)| (&**k, *v)).collect();
+                self.send_many(
+                    slot,
+                    &id,
+                    WireMany::Granted {
+                        fencing_tokens: (&t[..]).into(),
+                    },
+                );
+            }
+            StoreEvent::ManyQueued { conn, id } => {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.send_many(slot, &id, WireMany::Queued);
+                }
+            }
+            StoreEvent::ManyBusy { conn, id } => {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.send_many(
+                        slot,
+                        &id,
+                        WireMany::Refused {
+                            contended_key: None,
+                        },
+                    );
+                }
+            }
+            StoreEvent::ManyReleased { tag, .. } => {
+                self.counters.unlocks += 1;
+                if let Some((slot, p)) = self.awaited(tag)
+                    && let Awaited::ReleaseMany(lock_id) = &p.kind
+                {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.send(
+                        slot,
+                        &Reply::ReleaseMany {
+                            uuid,
+                            lock_id,
+                            released: true,
+                            error: None,
+                        },
+                    );
+                }
+            }
+            StoreEvent::Failed {
+                conn,
+                op,
+                tag,
+                id,
+                key,
+                error,
+            } => self.failed(conn, op, tag, id, key, &error),
+            StoreEvent::Keys { tag, keys } => {
+                let Some((slot, p)) = self.awaited(tag) else {
+                    return;
+                };
+                let uuid = p.uuid.as_deref().unwrap_or("");
+                match keys {
+                    Ok(keys) => {
+                        let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
+                        let keys = refs.into();
+                        self.send(slot, &Reply::Ls { uuid, keys });
+                    }
+                    Err(e) => self.send_error(slot, "ls", Some(uuid), None, &e.to_string()),
+                }
+            }
+            StoreEvent::Info { tag, info } => {
+                let Some((slot, p)) = self.awaited(tag) else {
+                    return;
+                };
+                let (Awaited::Info(key), Some(uuid)) = (&p.kind, p.uuid.as_deref()) else {
+                    return;
+                };
+                match info {
+                    Ok(info) => self.lock_info(slot, now, uuid, key, info.unwrap_or_default()),
+                    Err(e) => {
+                        self.send_error(slot, "lock-info", Some(uuid), Some(key), &e.to_string())
+                    }
+                }
+            }
+            StoreEvent::Stats { tag, stats } => {
+                let Some((slot, p)) = self.awaited(tag) else {
+                    return;
+                };
+                self.stats_reply(slot, &p, stats);
+            }
+        }
+    }
+
+    fn granted(&mut self, now: Instant, conn: ConnId, id: Name, key: Name, grant: Grant) {
+        let k = (key.clone(), id.clone());
+        let slot = self.slot_of(conn);
+        let state = self.route.locks.get_mut(&k).filter(|l| l.conn == conn);
+        let (Some(slot), Some(l)) = (slot, state) else {
+            // Its connection is gone, or its client gave it up: give it back, unseen.
+            let op = StoreOp::Cancel {
+                conn,
+                key: &key,
+                id: &id,
+            };
+            return self.store.submit(now, op);
+        };
+        l.held = true;
+        let pushed = l.queued;
+        if pushed && self.conn_at(slot).is_some_and(|c| c.node_client) {
+            self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
+            if let Some(t) = self.ack_timeout {
+                self.expiry_order.push_back((now + t, id.clone()));
+            }
+            self.acks.insert(
+                id.clone(),
+                PendingAck {
+                    conn,
+                    key: key.clone(),
+                    pushed: now,
+                },
+            );
+        }
+        self.send(
+            slot,
+            &Reply::Lock {
+                uuid: &id,
+                key: &key,
+                outcome: WireLock::Granted {
+                    fencing_token: Some(grant.token),
+                },
+                lock_request_count: grant.queue_len as u64,
+                readers_count: grant.readers as u64,
+            },
+        );
+    }
+
+    fn lock_reply(
+        &mut self,
+        conn: ConnId,
+        id: &str,
+        key: &str,
+        outcome: WireLock,
+        queue_len: usize,
+        readers: usize,
+    ) {
+        if let Some(slot) = self.slot_of(conn) {
+            self.send(
+                slot,
+                &Reply::Lock {
+                    uuid: id,
+                    key,
+                    outcome,
+                    lock_request_count: queue_len as u64,
+                    readers_count: readers as u64,
+                },
+            );
+        }
+    }
+
+    fn failed(
+        &mut self,
+        conn: ConnId,
+        op: Op,
+        tag: u64,
+        id: Option<Name>,
+        key: Option<Name>,
+        error: &StoreError,
+    ) {
+        let rule = error.rule();
+        self.reject(rule.as_ref().map_or(Reject::Invalid, Reject::from));
+        let msg = error.to_string();
+        let (id, key) = (id.as_deref(), key.as_deref());
+        match op {
+            Op::Lock => {
+                if let (Some(i), Some(k)) = (id, key) {
+                    self.route.forget(conn, k, i);
+                }
+                if let Some(slot) = self.slot_of(conn) {
+                    self.send_error(slot, "lock", id, key, &msg);
+                }
+            }
+            Op::LockMany => {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.send_error(slot, "acquire-many", id, None, &msg);
+                }
+            }
+            Op::Unlock => {
+                let lost = rule == Some(crate::table::TableError::NotHeld);
+                if lost && let (Some(i), Some(k)) = (id, key) {
+                    let k = (Name::from(k), Name::from(i));
+                    if self.route.locks.get(&k).is_some_and(|l| l.held) {
+                        self.route.locks.remove(&k);
+                    }
+                }
+                if let Some((slot, p)) = self.awaited(tag)
+                    && let Awaited::Unlock(key) = &p.kind
+                {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.unlock_reply(slot, uuid, key, Err(&msg), lost, 0);
+                }
+            }
+            Op::Extend => {
+                if let Some((slot, p)) = self.awaited(tag)
+                    && let Awaited::Extend(key) = &p.kind
+                {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.send(
+                        slot,
+                        &Reply::Extend {
+                            uuid,
+                            key,
+                            extended: false,
+                            error: Some(&msg),
+                        },
+                    );
+                }
+            }
+            Op::ReleaseMany => {
+                if let Some((slot, p)) = self.awaited(tag)
+                    && let Awaited::ReleaseMany(lock_id) = &p.kind
+                {
+                    let uuid = p.uuid.as_deref().unwrap_or("");
+                    self.send(
+                        slot,
+                        &Reply::ReleaseMany {
+                            uuid,
+                            lock_id,
+                            released: false,
+                            error: Some(&msg),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The reply awaiting `tag`, and its connection's slot (`None` once that closed).
+    fn awaited(&mut self, tag: u64) -> Option<(usize, Pending)> {
+        let p = self.route.pending.remove(&tag)?;
+        Some((self.slot_of(p.conn)?, p))
+    }
+
+    fn send_many<'a>(&mut self, slot: usize, uuid: &'a str, outcome: WireMany<'a>) {
+        self.send(
+            slot,
+            &Reply::AcquireMany {
+                uuid,
+                lock_id: uuid,
+                outcome,
+            },
+        );
+    }
+
+    fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str, info: KeyView) {
+        let wall = (self.wall_clock)();
+        let holders: Vec<HolderInfo<'_>> = info
+            .holders
+            .iter()
+            .map(|h| HolderInfo {
+                id: (*h.id).into(),
+                fencing_token: Some(h.token),
+                mode: wire_mode(h.mode),
+                ttl_remaining: h.ttl_remaining,
+                held_since_ms: h.since.map(|s| wall_ms(wall, now, s)),
+                who: h.conn.map(|c| self.who(c)).unwrap_or_default(),
+            })
+            .collect();
+        let waiters: Vec<WaiterInfo<'_>> = info
+            .waiters
+            .iter()
+            .map(|w| WaiterInfo {
+                id: (*w.id).into(),
+                mode: wire_mode(w.mode),
+                waiting_since_ms: w.since.map(|s| wall_ms(wall, now, s)),
+                who: w.conn.map(|c| self.who(c)).unwrap_or_default(),
+            })
+            .collect();
+        let reply = Reply::LockInfo {
+            uuid,
+            key,
+            lock_request_count: info.waiters.len() as u64,
+            readers_count: info.readers as u64,
+            is_locked: !holders.is_empty(),
+            max: Some(info.max.max(1)),
+            holders: holders.into(),
+            waiters: waiters.into(),
+        };
+        // Encoded apart: the identities borrow the connections' states.
+        let mut line = Vec::with_capacity(256);
+        reply.encode(&mut line);
+        drop(reply);
+        self.send_line(slot, &line);
+    }
+
+    fn stats_reply(&mut self, slot: usize, p: &Pending, stats: Result<StoreStats, StoreError>) {
+        let uuid = p.uuid.as_deref();
+        let s = match stats {
+            Ok(s) => s,
+            Err(e) => {
+                let ty = if matches!(p.kind, Awaited::Inspect(_)) {
+                    "inspect"
+                } else {
+                    "system-stats"
+                };
+                return self.send_error(slot, ty, uuid, None, &e.to_string());
+            }
+        };
+        match &p.kind {
+            Awaited::Inspect(command) => {
+                // The spellings 0.2.25's broker accepts; anything else: the number of holders.
+                let result = match &**command {
+                    "lockcount" | "lock-count" | "lock_count" => s.keys as u64,
+                    "clientcount" | "client-count" | "client_count" => self.open as u64,
+                    _ => s.holders as u64,
+                };
+                self.send(slot, &Reply::Inspect { uuid, result });
+            }
+            _ => {
+                let stats = encode::Stats {
+                    keys: s.keys as u64,
+                    holders: s.holders as u64,
+                    waiters: s.waiters as u64,
+                    connections: self.open as u64,
+                    grants: s.grants,
+                };
+                let uuid = uuid.unwrap_or("");
+                self.send(slot, &Reply::SystemStats { uuid, stats });
+            }
+        }
+    }
+}

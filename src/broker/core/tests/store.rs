@@ -1,0 +1,232 @@
+//! The core against a scripted asynchronous store (as etcd is): what reaches the store, and
+//! how its later events become replies. No etcd needed; tests/etcd_broker.rs runs the real one.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::util::{Client, Pair, config};
+use crate::store::{Op, Store, StoreError, StoreEvent, StoreOp};
+use crate::table::{ConnId, Grant, Name, Table, TableError};
+
+/// Records ops (as their debug text); hands out the events the test queues.
+#[derive(Clone, Default)]
+struct Script {
+    ops: Arc<Mutex<Vec<String>>>,
+    events: Arc<Mutex<VecDeque<StoreEvent>>>,
+}
+
+impl Store for Script {
+    fn submit(&mut self, _now: Instant, op: StoreOp<'_>) {
+        self.ops.lock().unwrap().push(format!("{op:?}"));
+    }
+    fn poll_event(&mut self) -> Option<StoreEvent> {
+        self.events.lock().unwrap().pop_front()
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn is_idle(&self) -> bool {
+        true
+    }
+    fn table(&self) -> Option<&Table> {
+        None
+    }
+    fn table_mut(&mut self) -> Option<&mut Table> {
+        None
+    }
+}
+
+fn setup() -> (Pair, Script, Client, ConnId) {
+    let mut p = Pair::new(config());
+    let s = Script::default();
+    p.core.use_store(Box::new(s.clone()));
+    let c = p.connect();
+    let conn = p.clients[0].conn;
+    (p, s, c, conn)
+}
+
+fn emit(p: &mut Pair, s: &Script, ev: StoreEvent) {
+    s.events.lock().unwrap().push_back(ev);
+    let now = p.time;
+    p.core.poll_store(now);
+    p.drive();
+}
+
+fn take_ops(s: &Script) -> Vec<String> {
+    std::mem::take(&mut *s.ops.lock().unwrap())
+}
+
+fn granted(conn: ConnId, id: &str, token: u64) -> StoreEvent {
+    StoreEvent::Granted {
+        conn,
+        id: id.into(),
+        key: "k".into(),
+        grant: Grant {
+            token,
+            queue_len: 0,
+            readers: 0,
+        },
+    }
+}
+
+fn queued(conn: ConnId, id: &str) -> StoreEvent {
+    StoreEvent::Queued {
+        conn,
+        id: id.into(),
+        key: "k".into(),
+        queue_len: 1,
+        readers: 0,
+    }
+}
+
+/// The tag of the one op recorded, read from its debug text.
+fn tag_of(op: &str) -> u64 {
+    let rest = &op[op.find("tag: ").expect("a tagged op") + 5..];
+    rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_grant_is_sent_only_when_the_store_records_it() {
+    let (mut p, s, c, conn) = setup();
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    p.expect_silence(c);
+    let ops = take_ops(&s);
+    assert!(ops.len() == 1 && ops[0].starts_with("Lock(") && ops[0].contains("\"a\""));
+    emit(&mut p, &s, queued(conn, "a"));
+    assert_eq!(p.recv(c)["acquired"], false);
+    // A retry of a waiting request is asked again: the store reports its place.
+    p.send(
+        c,
+        json!({"type":"lock","uuid":"a","key":"k","retryCount":1}),
+    );
+    assert_eq!(take_ops(&s).len(), 1);
+    emit(&mut p, &s, granted(conn, "a", 77));
+    let v = p.recv(c);
+    assert_eq!((&v["uuid"], &v["acquired"]), (&json!("a"), &json!(true)));
+    assert_eq!(v["fencingToken"], 77);
+    // A retry of a granted request is answered here, never granted twice.
+    p.send(
+        c,
+        json!({"type":"lock","uuid":"a","key":"k","retryCount":2}),
+    );
+    assert_eq!(p.recv(c)["acquired"], false);
+    assert!(take_ops(&s).is_empty());
+    p.send(c, json!({"type":"unlock","uuid":"u","key":"k","_uuid":"a"}));
+    p.expect_silence(c);
+    let ops = take_ops(&s);
+    assert!(ops[0].starts_with("Unlock") && ops[0].contains("Some(\"a\")"));
+    let unlocked = StoreEvent::Unlocked {
+        tag: tag_of(&ops[0]),
+        key: "k".into(),
+        id: Some("a".into()),
+        queue_len: 0,
+    };
+    emit(&mut p, &s, unlocked);
+    let v = p.recv(c);
+    assert_eq!((&v["uuid"], &v["unlocked"]), (&json!("u"), &json!(true)));
+}
+
+#[test]
+fn a_lost_lock_is_told_and_its_connection_closed() {
+    let (mut p, s, c, conn) = setup();
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    emit(&mut p, &s, granted(conn, "a", 5));
+    assert_eq!(p.recv(c)["acquired"], true);
+    let lost = StoreEvent::Lost {
+        conn,
+        id: "a".into(),
+        key: "k".into(),
+        reason: "lease".into(),
+    };
+    emit(&mut p, &s, lost);
+    let v = p.recv(c);
+    assert_eq!((&v["type"], &v["uuid"]), (&json!("lock"), &json!("a")));
+    assert!(v["error"].as_str().unwrap().contains("lock lost"), "{v}");
+    assert!(p.closed(c));
+    assert!(take_ops(&s).last().unwrap().starts_with("Disconnect"));
+}
+
+#[test]
+fn a_grant_the_client_gave_up_on_is_given_back_unseen() {
+    let (mut p, s, c, conn) = setup();
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    emit(&mut p, &s, queued(conn, "a"));
+    assert_eq!(p.recv(c)["acquired"], false);
+    p.send(
+        c,
+        json!({"type":"lock-client-timeout","uuid":"a","key":"k"}),
+    );
+    assert!(take_ops(&s)[1].starts_with("Cancel"));
+    // The store granted it before it saw the cancel: given back again, the client told nothing.
+    emit(&mut p, &s, granted(conn, "a", 9));
+    p.expect_silence(c);
+    let ops = take_ops(&s);
+    assert!(ops.len() == 1 && ops[0].starts_with("Cancel") && ops[0].contains("\"a\""));
+}
+
+#[test]
+fn a_grant_for_a_closed_connection_is_given_back() {
+    let (mut p, s, c, conn) = setup();
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    p.disconnect(c);
+    take_ops(&s);
+    emit(&mut p, &s, granted(conn, "a", 3));
+    let ops = take_ops(&s);
+    assert!(ops.len() == 1 && ops[0].starts_with("Cancel"), "{ops:?}");
+}
+
+#[test]
+fn a_grant_pushed_to_a_node_client_is_probed_if_unacknowledged() {
+    let (mut p, s, c, conn) = setup();
+    p.send(c, json!({"type":"version","value":"0.2.25"}));
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    emit(&mut p, &s, queued(conn, "a"));
+    assert_eq!(p.recv(c)["acquired"], false);
+    emit(&mut p, &s, granted(conn, "a", 4));
+    assert_eq!(p.recv(c)["acquired"], true);
+    p.advance(Duration::from_millis(200));
+    let probe = p.recv(c);
+    assert_eq!(probe["uuid"], "lmx-ack-probe:a");
+    // Answered while unacknowledged: the client dropped it, so it goes back to the store.
+    p.send(
+        c,
+        json!({"type":"lock-received-rejected","uuid":"lmx-ack-probe:a","key":"k"}),
+    );
+    assert!(take_ops(&s).last().unwrap().starts_with("Cancel"));
+}
+
+#[test]
+fn store_errors_become_replies_to_the_op_that_failed() {
+    let (mut p, s, c, conn) = setup();
+    p.send(
+        c,
+        json!({"type":"extend","uuid":"e","key":"k","_uuid":"a","ttl":1000}),
+    );
+    let tag = tag_of(&take_ops(&s)[0]);
+    let failed = StoreEvent::Failed {
+        conn,
+        op: Op::Extend,
+        tag,
+        id: Some(Name::from("a")),
+        key: Some(Name::from("k")),
+        error: StoreError::Rule(TableError::NotHeld),
+    };
+    emit(&mut p, &s, failed);
+    let v = p.recv(c);
+    assert_eq!((&v["uuid"], &v["extended"]), (&json!("e"), &json!(false)));
+    // The 0.2.x read/write emulation needs a local table.
+    p.send(c, json!({"type":"increment-readers","uuid":"r","key":"k"}));
+    let v = p.recv(c);
+    assert!(
+        v["error"].as_str().unwrap().contains("not supported"),
+        "{v}"
+    );
+}

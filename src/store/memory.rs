@@ -1,0 +1,290 @@
+//! The in-memory table as a [`Store`]: every op is decided in the call, and its answer, then
+//! whatever the op did to other requests (grants to the next waiters, expiries that were
+//! due), waits in the event queue when `submit` returns.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::WaiterView;
+use super::{HolderView, KeyView, Op, Store, StoreError, StoreEvent, StoreOp, StoreStats};
+use crate::table::{self, Event, LockOutcome, ManyOutcome, Name, Table};
+
+/// The table and the answers it gave, not yet drained.
+pub(crate) struct MemStore {
+    table: Table,
+    events: VecDeque<StoreEvent>,
+}
+
+impl MemStore {
+    pub(crate) fn new(cfg: table::Config) -> Self {
+        MemStore {
+            table: Table::new(cfg),
+            events: VecDeque::new(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &mut self,
+        conn: table::ConnId,
+        op: Op,
+        tag: u64,
+        id: Option<&str>,
+        key: Option<&str>,
+        e: table::TableError,
+    ) {
+        self.events.push_back(StoreEvent::Failed {
+            conn,
+            op,
+            tag,
+            id: id.map(Name::from),
+            key: key.map(Name::from),
+            error: StoreError::Rule(e),
+        });
+    }
+
+    /// The table's events about other requests, after the answer to the op that caused them.
+    fn drain_table(&mut self) {
+        while let Some(ev) = self.table.poll_event() {
+            self.events.push_back(match ev {
+                Event::Granted {
+                    conn,
+                    id,
+                    key,
+                    grant,
+                } => StoreEvent::Granted {
+                    conn,
+                    id,
+                    key,
+                    grant,
+                },
+                Event::ManyGranted { conn, id, tokens } => {
+                    StoreEvent::ManyGranted { conn, id, tokens }
+                }
+                Event::TimedOut {
+                    conn,
+                    id,
+                    key,
+                    waited,
+                } => StoreEvent::TimedOut {
+                    conn,
+                    id,
+                    key,
+                    waited,
+                },
+                Event::Expired { conn, id, key } => StoreEvent::Expired { conn, id, key },
+            });
+        }
+    }
+
+    fn lock(&mut self, now: Instant, req: &table::LockRequest<'_>) {
+        let (conn, id, key) = (req.conn, Name::from(req.id), Name::from(req.key));
+        let ev = match self.table.lock(now, req) {
+            Err(e) => return self.failed(conn, Op::Lock, 0, Some(req.id), Some(req.key), e),
+            Ok(LockOutcome::Granted(grant)) => StoreEvent::Granted {
+                conn,
+                id,
+                key,
+                grant,
+            },
+            Ok(LockOutcome::Queued { queue_len, readers }) => StoreEvent::Queued {
+                conn,
+                id,
+                key,
+                queue_len,
+                readers,
+            },
+            Ok(LockOutcome::Busy { queue_len, readers }) => StoreEvent::Busy {
+                conn,
+                id,
+                key,
+                queue_len,
+                readers,
+            },
+            Ok(LockOutcome::TimedOut) => StoreEvent::TimedOut {
+                conn,
+                id,
+                key: Some(key),
+                waited: Duration::ZERO,
+            },
+        };
+        self.events.push_back(ev);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unlock(
+        &mut self,
+        now: Instant,
+        conn: table::ConnId,
+        tag: u64,
+        key: &str,
+        id: Option<&str>,
+        force: bool,
+    ) {
+        // A forced unlock releases holders silently: say whom, so their requests are forgotten.
+        let forced: Vec<(table::ConnId, Name)> = if force {
+            self.table.handle_timeout(now);
+            self.table.info(now, key).map_or_else(Vec::new, |i| {
+                i.holders.into_iter().map(|h| (h.conn, h.id)).collect()
+            })
+        } else {
+            Vec::new()
+        };
+        match self.table.unlock(now, key, id, force) {
+            Ok(_) => {
+                let queue_len = self.table.counts(key).0;
+                self.events.push_back(StoreEvent::Unlocked {
+                    tag,
+                    key: key.into(),
+                    id: id.map(Name::from),
+                    queue_len,
+                });
+                for (holder, hid) in forced {
+                    self.events.push_back(StoreEvent::Released {
+                        conn: holder,
+                        id: hid,
+                        key: key.into(),
+                    });
+                }
+            }
+            Err(e) => self.failed(conn, Op::Unlock, tag, id, Some(key), e),
+        }
+    }
+
+    fn info(&self, now: Instant, key: &str) -> Option<KeyView> {
+        let i = self.table.info(now, key)?;
+        Some(KeyView {
+            max: i.max,
+            readers: i.readers,
+            holders: i
+                .holders
+                .into_iter()
+                .map(|h| HolderView {
+                    id: h.id,
+                    conn: Some(h.conn),
+                    mode: h.mode,
+                    token: h.token,
+                    ttl_remaining: h.ttl_remaining,
+                    since: Some(h.since),
+                })
+                .collect(),
+            waiters: i
+                .queue
+                .into_iter()
+                .map(|w| WaiterView {
+                    id: w.id,
+                    conn: Some(w.conn),
+                    mode: w.mode,
+                    since: Some(w.since),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Store for MemStore {
+    fn submit(&mut self, now: Instant, op: StoreOp<'_>) {
+        match op {
+            StoreOp::Lock(req) => self.lock(now, &req),
+            StoreOp::Cancel { conn, key, id } => {
+                self.table.cancel(now, conn, key, id);
+            }
+            StoreOp::Unlock {
+                conn,
+                tag,
+                key,
+                id,
+                force,
+            } => self.unlock(now, conn, tag, key, id, force),
+            StoreOp::Extend {
+                conn,
+                tag,
+                key,
+                id,
+                ttl,
+            } => match self.table.extend(now, key, id, ttl) {
+                Ok(_) => self.events.push_back(StoreEvent::Extended { tag }),
+                Err(e) => self.failed(conn, Op::Extend, tag, Some(id), Some(key), e),
+            },
+            StoreOp::LockMany(req) => {
+                let (conn, id) = (req.conn, Name::from(req.id));
+                let ev = match self.table.lock_many(now, &req) {
+                    Err(e) => return self.failed(conn, Op::LockMany, 0, Some(req.id), None, e),
+                    Ok(ManyOutcome::Granted(tokens)) => {
+                        StoreEvent::ManyGranted { conn, id, tokens }
+                    }
+                    Ok(ManyOutcome::Queued) => StoreEvent::ManyQueued { conn, id },
+                    Ok(ManyOutcome::Busy) => StoreEvent::ManyBusy { conn, id },
+                    Ok(ManyOutcome::TimedOut) => StoreEvent::TimedOut {
+                        conn,
+                        id,
+                        key: None,
+                        waited: Duration::ZERO,
+                    },
+                };
+                self.events.push_back(ev);
+            }
+            StoreOp::ReleaseMany { conn, tag, id } => match self.table.release_many(now, id) {
+                Ok(_) => self.events.push_back(StoreEvent::ManyReleased { tag }),
+                Err(e) => self.failed(conn, Op::ReleaseMany, tag, Some(id), None, e),
+            },
+            StoreOp::Disconnect { conn } => self.table.disconnect(now, conn),
+            StoreOp::Keys { tag } => {
+                let keys = self.table.keys().cloned().collect();
+                self.events.push_back(StoreEvent::Keys {
+                    tag,
+                    keys: Ok(keys),
+                });
+            }
+            StoreOp::Info { tag, key } => {
+                let info = self.info(now, key);
+                self.events.push_back(StoreEvent::Info {
+                    tag,
+                    info: Ok(info),
+                });
+            }
+            StoreOp::Stats { tag } => {
+                let s = self.table.stats();
+                self.events.push_back(StoreEvent::Stats {
+                    tag,
+                    stats: Ok(StoreStats {
+                        keys: s.keys,
+                        holders: s.holders,
+                        waiters: s.waiters,
+                        grants: s.grants,
+                    }),
+                });
+            }
+        }
+        self.drain_table();
+    }
+
+    fn poll_event(&mut self) -> Option<StoreEvent> {
+        // Also what `table_mut` callers did (the 0.2.x read/write emulation).
+        if self.events.is_empty() {
+            self.drain_table();
+        }
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.table.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.table.handle_timeout(now);
+        self.drain_table();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn table(&self) -> Option<&Table> {
+        Some(&self.table)
+    }
+
+    fn table_mut(&mut self) -> Option<&mut Table> {
+        Some(&mut self.table)
+    }
+}
