@@ -120,27 +120,9 @@ impl Core {
                     self.route.locks.remove(&(key.clone(), id));
                 }
                 self.counters.unlocks += 1;
-                if let Some((slot, p)) = self.awaited(tag) {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.unlock_reply(slot, uuid, &key, Ok(()), false, queue_len);
-                }
+                self.settle(tag, Ok(queue_len), false);
             }
-            StoreEvent::Extended { tag, .. } => {
-                if let Some((slot, p)) = self.awaited(tag)
-                    && let Awaited::Extend(key) = &p.kind
-                {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.send(
-                        slot,
-                        &Reply::Extend {
-                            uuid,
-                            key,
-                            extended: true,
-                            error: None,
-                        },
-                    );
-                }
-            }
+            StoreEvent::Extended { tag } => self.settle(tag, Ok(0), false),
             StoreEvent::ManyGranted { conn, id, tokens } => {
                 let Some(slot) = self.slot_of(conn) else {
                     // Its connection is gone: give it back, unseen (tag 0: no answer awaited).
@@ -177,22 +159,9 @@ impl Core {
                     );
                 }
             }
-            StoreEvent::ManyReleased { tag, .. } => {
+            StoreEvent::ManyReleased { tag } => {
                 self.counters.unlocks += 1;
-                if let Some((slot, p)) = self.awaited(tag)
-                    && let Awaited::ReleaseMany(lock_id) = &p.kind
-                {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.send(
-                        slot,
-                        &Reply::ReleaseMany {
-                            uuid,
-                            lock_id,
-                            released: true,
-                            error: None,
-                        },
-                    );
-                }
+                self.settle(tag, Ok(0), false);
             }
             StoreEvent::Failed {
                 conn,
@@ -340,45 +309,50 @@ impl Core {
                         self.route.locks.remove(&k);
                     }
                 }
-                if let Some((slot, p)) = self.awaited(tag)
-                    && let Awaited::Unlock(key) = &p.kind
-                {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.unlock_reply(slot, uuid, key, Err(&msg), lost, 0);
-                }
+                self.settle(tag, Err(&msg), lost);
             }
-            Op::Extend => {
-                if let Some((slot, p)) = self.awaited(tag)
-                    && let Awaited::Extend(key) = &p.kind
-                {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.send(
-                        slot,
-                        &Reply::Extend {
-                            uuid,
-                            key,
-                            extended: false,
-                            error: Some(&msg),
-                        },
-                    );
-                }
+            Op::Extend | Op::ReleaseMany => self.settle(tag, Err(&msg), false),
+        }
+    }
+
+    /// Answers the unlock, extend or release-many awaiting `tag`: done (with the waiters left
+    /// on the key, for an unlock), or why not.
+    fn settle(&mut self, tag: u64, res: Result<usize, &str>, lost: bool) {
+        let Some((slot, p)) = self.awaited(tag) else {
+            return;
+        };
+        let uuid = p.uuid.as_deref().unwrap_or("");
+        let (ok, error) = (res.is_ok(), res.err());
+        match &p.kind {
+            Awaited::Unlock(key) => {
+                let lrc = res.unwrap_or(0);
+                self.unlock_reply(slot, uuid, key, res.map(|_| ()), lost, lrc);
             }
-            Op::ReleaseMany => {
-                if let Some((slot, p)) = self.awaited(tag)
-                    && let Awaited::ReleaseMany(lock_id) = &p.kind
-                {
-                    let uuid = p.uuid.as_deref().unwrap_or("");
-                    self.send(
-                        slot,
-                        &Reply::ReleaseMany {
-                            uuid,
-                            lock_id,
-                            released: false,
-                            error: Some(&msg),
-                        },
-                    );
-                }
+            Awaited::Extend(key) => {
+                let extended = ok;
+                self.send(
+                    slot,
+                    &Reply::Extend {
+                        uuid,
+                        key,
+                        extended,
+                        error,
+                    },
+                );
             }
+            Awaited::ReleaseMany(lock_id) => {
+                let released = ok;
+                self.send(
+                    slot,
+                    &Reply::ReleaseMany {
+                        uuid,
+                        lock_id,
+                        released,
+                        error,
+                    },
+                );
+            }
+            _ => {}
         }
     }
 
