@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::*;
 use live_mutex::store::etcd::{
-    ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp, Ttl, Wait,
+    ConnId, EtcdConfig, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, Ttl, Wait,
 };
 
 #[test]
@@ -135,6 +135,7 @@ fn try_lock_and_semaphore_across_brokers() {
         matches!(
             e,
             StoreEvent::Error {
+                op: Op::Lock,
                 error: live_mutex::store::etcd::StoreError::MaxMismatch {
                     current: 2,
                     requested: 3
@@ -212,6 +213,7 @@ fn ttl_expiry_and_wait_timeout() {
         matches!(
             e,
             StoreEvent::Error {
+                op: Op::Unlock,
                 error: live_mutex::store::etcd::StoreError::NotHeld,
                 ..
             }
@@ -387,7 +389,7 @@ fn etcd_unreachable_means_errors_and_lost_never_a_grant() {
         &wake,
         "n refused",
         T,
-        |e| matches!(e, StoreEvent::Error { id: Some(i), .. } if i == "n"),
+        |e| matches!(e, StoreEvent::Error { op: Op::Lock, id: Some(i), .. } if i == "n"),
     );
     let err_after = t0.elapsed();
     signal(libc::SIGCONT);
@@ -440,6 +442,7 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
         matches!(
             e,
             StoreEvent::Error {
+                op: Op::Unlock,
                 error: live_mutex::store::etcd::StoreError::StillWaiting,
                 ..
             }

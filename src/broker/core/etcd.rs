@@ -392,10 +392,18 @@ impl Core {
             }
             StoreEvent::Error {
                 conn,
+                op: _,
                 id,
                 key,
                 error,
             } => self.etcd_error(ConnId(conn.0), id, key, error),
+            // This route submits no extend, cancel or acquire-many yet.
+            StoreEvent::Extended { .. }
+            | StoreEvent::ManyGranted { .. }
+            | StoreEvent::ManyQueued { .. }
+            | StoreEvent::ManyBusy { .. }
+            | StoreEvent::ManyTimedOut { .. }
+            | StoreEvent::ManyReleased { .. } => {}
             StoreEvent::Keys { tag, keys, .. } => {
                 let Some((slot, q)) = self.etcd_query_done(tag) else {
                     return;
