@@ -9,12 +9,13 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
 use live_mutex::store::etcd::{
-    ConnId, EtcdConfig, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, Ttl, Wait,
+    ConnId, EtcdConfig, EtcdStore, KeyInfo, LockSpec, ManySpec, Op, StoreError, StoreEvent,
+    StoreOp, Ttl, Wait,
 };
 
 #[test]
@@ -463,4 +464,278 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
         T,
         |e| matches!(e, StoreEvent::Lost { id, .. } if id == "kept"),
     );
+}
+
+/// Acquire-many of `keys` as group `id` (no TTL, waits forever unless `f` says otherwise).
+fn many(n: &Node, conn: u64, keys: &[&str], id: &str, f: impl FnOnce(&mut ManySpec)) {
+    let mut spec = ManySpec {
+        conn: ConnId(conn),
+        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        id: id.into(),
+        ttl: Ttl::Never,
+        wait: Wait::Forever,
+        keep_after_disconnect: false,
+    };
+    f(&mut spec);
+    n.submit(StoreOp::LockMany(spec));
+}
+
+fn cancel(n: &Node, conn: u64, key: &str, id: &str) {
+    n.submit(StoreOp::Cancel {
+        conn: ConnId(conn),
+        key: key.into(),
+        id: id.into(),
+    });
+}
+
+fn extend(n: &Node, key: &str, id: &str, ttl: Ttl) {
+    n.submit(StoreOp::Extend {
+        conn: ConnId(9),
+        key: key.into(),
+        id: id.into(),
+        ttl,
+    });
+}
+
+fn error_is(op: Op, error: StoreError) -> impl FnMut(&StoreEvent) -> bool {
+    move |e| matches!(e, StoreEvent::Error { op: o, error: x, .. } if *o == op && *x == error)
+}
+
+/// etcd's record of `key`, as `info` reads it.
+fn info(n: &mut Node, wake: &Receiver<()>, key: &str) -> Option<KeyInfo> {
+    let tag = fastrand::u64(..);
+    n.submit(StoreOp::Info {
+        conn: ConnId(1),
+        tag,
+        key: key.into(),
+    });
+    match n.expect(
+        wake,
+        "info",
+        T,
+        |e| matches!(e, StoreEvent::Info { tag: t, .. } if *t == tag),
+    ) {
+        StoreEvent::Info { info: Ok(i), .. } => i,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Holder ids and waiter ids of `key` in etcd.
+fn who(n: &mut Node, wake: &Receiver<()>, key: &str) -> (Vec<String>, Vec<String>) {
+    info(n, wake, key).map_or_else(Default::default, |i| {
+        (i.holders.into_iter().map(|h| h.id).collect(), i.queue)
+    })
+}
+
+fn all_keys(n: &mut Node, wake: &Receiver<()>) -> Vec<String> {
+    let tag = fastrand::u64(..);
+    n.submit(StoreOp::Keys {
+        conn: ConnId(1),
+        tag,
+    });
+    match n.expect(
+        wake,
+        "keys",
+        T,
+        |e| matches!(e, StoreEvent::Keys { tag: t, .. } if *t == tag),
+    ) {
+        StoreEvent::Keys { keys: Ok(k), .. } => k,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Fails if an event `f` accepts arrives on `n` within `d` (or is in its backlog).
+fn quiet(n: &mut Node, wake: &Receiver<()>, d: Duration, mut f: impl FnMut(&StoreEvent) -> bool) {
+    let end = Instant::now() + d;
+    loop {
+        while let Some(ev) = n.store.poll_event() {
+            n.backlog.push_back(ev);
+        }
+        assert!(!n.backlog.iter().any(&mut f), "{:?}", n.backlog);
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = wake.recv_timeout(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn cancel_of_a_waiter_frees_the_next_one_and_deletes_its_key() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("cancelw");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "k", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    n[1].lock(1, "k", "w1", |_| {});
+    n[1].expect(&wake, "w1 queued", T, queued("w1"));
+    n[1].lock(2, "k", "w2", |_| {});
+    n[1].expect(&wake, "w2 queued", T, queued("w2"));
+    // Only the connection that made the request may cancel it.
+    cancel(&n[1], 2, "k", "w1");
+    assert_eq!(
+        who(&mut n[1], &wake, "k"),
+        (names(&["h"]), names(&["w1", "w2"]))
+    );
+    cancel(&n[1], 1, "k", "w1");
+    let end = Instant::now() + T;
+    while who(&mut n[1], &wake, "k").1 != ["w2"] {
+        assert!(Instant::now() < end, "w1's key is still in etcd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n[0].unlock(1, "k", "h");
+    n[1].expect(&wake, "w2 granted", T, granted("w2"));
+    // A cancel is never answered, and the cancelled request says nothing more.
+    quiet(&mut n[1], &wake, Duration::from_millis(300), |e| {
+        format!("{e:?}").contains("\"w1\"")
+    });
+    println!("cancel of a waiter: its key left etcd, the next waiter was granted, no event");
+}
+
+#[test]
+fn cancel_of_a_holder_hands_over() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("cancelh");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "k", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    n[1].lock(1, "k", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    cancel(&n[0], 1, "k", "h");
+    n[1].expect(&wake, "w granted", T, granted("w"));
+    quiet(&mut n[0], &wake, Duration::from_millis(300), |_| true);
+    // A group is cancelled whole through any of its keys.
+    many(&n[0], 2, &["g1", "g2"], "g", |_| {});
+    n[0].expect(&wake, "g granted", T, |e| {
+        matches!(e, StoreEvent::ManyGranted { .. })
+    });
+    n[1].lock(2, "g2", "after", |_| {});
+    n[1].expect(&wake, "after queued", T, queued("after"));
+    cancel(&n[0], 2, "g1", "g");
+    n[1].expect(&wake, "after granted", T, granted("after"));
+    assert_eq!(all_keys(&mut n[0], &wake), names(&["g2", "k"]));
+    quiet(&mut n[0], &wake, Duration::from_millis(300), |_| true);
+}
+
+#[test]
+fn extend_keeps_a_holder_past_its_ttl() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("extend");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "k", "h", |s| {
+        s.ttl = Ttl::After(Duration::from_millis(1000))
+    });
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    let t0 = Instant::now();
+    n[1].lock(1, "k", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    std::thread::sleep(Duration::from_millis(400));
+    extend(&n[0], "k", "h", Ttl::After(Duration::from_millis(2000)));
+    n[0].expect(
+        &wake,
+        "extended",
+        T,
+        |e| matches!(e, StoreEvent::Extended { id, .. } if id == "h"),
+    );
+    // Past its first TTL, still held.
+    quiet(
+        &mut n[1],
+        &wake,
+        Duration::from_millis(1800).saturating_sub(t0.elapsed()),
+        |e| matches!(e, StoreEvent::Granted { .. }),
+    );
+    assert!(
+        !n[0]
+            .backlog
+            .iter()
+            .any(|e| matches!(e, StoreEvent::Expired { .. }))
+    );
+    n[0].expect(
+        &wake,
+        "h expired",
+        T,
+        |e| matches!(e, StoreEvent::Expired { id, .. } if id == "h"),
+    );
+    n[1].expect(&wake, "w granted", T, granted("w"));
+    println!(
+        "extend at 400 ms by 2 s: the 1 s holder expired after {:?}",
+        t0.elapsed()
+    );
+    extend(&n[0], "k", "h", Ttl::Default);
+    n[0].expect(
+        &wake,
+        "expired: not held",
+        T,
+        error_is(Op::Extend, StoreError::NotHeld),
+    );
+    extend(&n[0], "k", "nobody", Ttl::Default);
+    n[0].expect(
+        &wake,
+        "unknown: not held",
+        T,
+        error_is(Op::Extend, StoreError::NotHeld),
+    );
+    n[0].lock(2, "k", "w3", |_| {});
+    n[0].expect(&wake, "w3 queued", T, queued("w3"));
+    extend(&n[0], "k", "w3", Ttl::Default);
+    n[0].expect(
+        &wake,
+        "still waiting",
+        T,
+        error_is(Op::Extend, StoreError::StillWaiting),
+    );
+    // w is held through the other broker, whose timer only it can restart.
+    let other = n[1].store.owner().to_owned();
+    extend(&n[0], "k", "w", Ttl::Never);
+    n[0].expect(
+        &wake,
+        "other broker",
+        T,
+        error_is(Op::Extend, StoreError::OtherBroker(other)),
+    );
+    // An extend can shorten too: w goes, w3 follows.
+    extend(&n[1], "k", "w", Ttl::After(Duration::from_millis(200)));
+    n[1].expect(&wake, "w extended", T, |e| {
+        matches!(e, StoreEvent::Extended { .. })
+    });
+    n[1].expect(
+        &wake,
+        "w expired",
+        T,
+        |e| matches!(e, StoreEvent::Expired { id, .. } if id == "w"),
+    );
+    n[0].expect(&wake, "w3 granted", T, granted("w3"));
+    // A group is extended through any of its keys; a keep-after-death one too.
+    many(&n[0], 3, &["m1", "m2"], "g", |s| {
+        s.ttl = Ttl::After(Duration::from_millis(500));
+        s.keep_after_disconnect = true;
+    });
+    n[0].expect(&wake, "g granted", T, |e| {
+        matches!(e, StoreEvent::ManyGranted { .. })
+    });
+    n[0].submit(StoreOp::Disconnect { conn: ConnId(3) });
+    extend(&n[0], "m2", "g", Ttl::Never);
+    n[0].expect(
+        &wake,
+        "g extended",
+        T,
+        |e| matches!(e, StoreEvent::Extended { id, .. } if id == "g"),
+    );
+    quiet(&mut n[0], &wake, Duration::from_millis(1000), |e| {
+        matches!(e, StoreEvent::Expired { .. })
+    });
+    assert_eq!(who(&mut n[1], &wake, "m1").0, ["g"]);
 }
