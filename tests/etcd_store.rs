@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
@@ -738,4 +739,301 @@ fn extend_keeps_a_holder_past_its_ttl() {
         matches!(e, StoreEvent::Expired { .. })
     });
     assert_eq!(who(&mut n[1], &wake, "m1").0, ["g"]);
+}
+
+fn many_granted<'a>(id: &'a str) -> impl FnMut(&StoreEvent) -> bool + 'a {
+    move |e| matches!(e, StoreEvent::ManyGranted { id: i, .. } if i == id)
+}
+
+fn tokens(e: &StoreEvent) -> Vec<(String, u64)> {
+    match e {
+        StoreEvent::ManyGranted { tokens, .. } => tokens.clone(),
+        other => panic!("not a group grant: {other:?}"),
+    }
+}
+
+#[test]
+fn groups_with_keys_in_opposite_orders_never_deadlock_nor_overlap() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("many");
+    let nodes = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    // Per client: the keys it takes, in the order it names them (a single lock when one).
+    let sets: [&[&str]; 4] = [&["a", "b", "c"], &["c", "b", "a"], &["b", "a"], &["c"]];
+    let mut next = 0u64;
+    let mut ask = |n: usize, c: u64| {
+        next += 1;
+        let id = format!("r{next}");
+        let keys = sets[c as usize];
+        if keys.len() == 1 {
+            nodes[n].lock(c, keys[0], &id, |_| {});
+        } else {
+            many(&nodes[n], c, keys, &id, |_| {});
+        }
+        id
+    };
+    let mut asked: HashMap<(usize, u64), String> = HashMap::new();
+    for n in 0..2 {
+        for c in 0..4 {
+            asked.insert((n, c), ask(n, c));
+        }
+    }
+    // Who holds each key, as the clients see it: set at a grant, cleared before the release
+    // is sent. A grant of a key someone still holds is an overlap.
+    let mut held: HashMap<String, (usize, u64)> = HashMap::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut due: Vec<(Instant, usize, u64, Vec<String>)> = Vec::new();
+    let (mut grants, mut groups, mut overlaps, mut falling, mut errors) = (0, 0, 0, 0, 0);
+    let start = Instant::now();
+    while grants < 80 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "stalled (a deadlock?) after {grants} grants; held {held:?}"
+        );
+        let _ = wake.recv_timeout(Duration::from_millis(2));
+        let now = Instant::now();
+        let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|d| d.0 <= now);
+        due = later;
+        for (_, n, c, keys) in ready {
+            for k in &keys {
+                held.remove(k);
+            }
+            let id = asked[&(n, c)].clone();
+            if keys.len() == 1 {
+                nodes[n].unlock(c, &keys[0], &id);
+            } else {
+                nodes[n].submit(StoreOp::ReleaseMany {
+                    conn: ConnId(c),
+                    id,
+                });
+            }
+        }
+        for n in 0..2 {
+            while let Some(ev) = nodes[n].store.poll_event() {
+                let (c, got) = match ev {
+                    StoreEvent::Granted {
+                        conn, key, token, ..
+                    } => (conn.0, vec![(key, token)]),
+                    StoreEvent::ManyGranted { conn, tokens, .. } => {
+                        groups += 1;
+                        (conn.0, tokens)
+                    }
+                    StoreEvent::Unlocked { conn, .. } | StoreEvent::ManyReleased { conn, .. } => {
+                        asked.insert((n, conn.0), ask(n, conn.0));
+                        continue;
+                    }
+                    StoreEvent::Error { conn, .. } | StoreEvent::Lost { conn, .. } => {
+                        println!("unexpected: {ev:?}");
+                        errors += 1;
+                        asked.insert((n, conn.0), ask(n, conn.0));
+                        continue;
+                    }
+                    _ => continue,
+                };
+                grants += 1;
+                for (k, t) in &got {
+                    if held.insert(k.clone(), (n, c)).is_some() {
+                        overlaps += 1;
+                    }
+                    if last.insert(k.clone(), *t).is_some_and(|l| l >= *t) {
+                        falling += 1;
+                    }
+                }
+                let keys = got.into_iter().map(|(k, _)| k).collect();
+                due.push((Instant::now() + Duration::from_millis(5), n, c, keys));
+            }
+        }
+    }
+    println!(
+        "acquire-many across 2 brokers, keys in opposite orders plus single locks: {grants} grants \
+         ({groups} of groups) in {:?}: {overlaps} overlaps, {falling} falling tokens, {errors} errors",
+        start.elapsed()
+    );
+    assert_eq!((overlaps, falling, errors), (0, 0, 0));
+    assert!(groups > 20, "{groups}");
+}
+
+#[test]
+fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("manyone");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    many(&n[0], 1, &["y", "x"], "g", |_| {});
+    let t = tokens(&n[0].expect(&wake, "g granted", T, many_granted("g")));
+    assert_eq!(
+        t.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["x", "y"]
+    );
+    assert_eq!(t[0].1, t[1].1, "members share one create revision");
+    n[1].lock(1, "y", "s", |_| {});
+    n[1].expect(&wake, "s queued", T, queued("s"));
+    assert_eq!(who(&mut n[1], &wake, "y"), (names(&["g"]), names(&["s"])));
+    // One key of a group cannot be unlocked alone.
+    n[1].unlock(1, "y", "g");
+    n[1].expect(
+        &wake,
+        "group member",
+        T,
+        error_is(Op::Unlock, StoreError::GroupMember),
+    );
+    n[0].submit(StoreOp::ReleaseMany {
+        conn: ConnId(1),
+        id: "g".into(),
+    });
+    n[0].expect(
+        &wake,
+        "released",
+        T,
+        |e| matches!(e, StoreEvent::ManyReleased { id, .. } if id == "g"),
+    );
+    let s = token(&n[1].expect(&wake, "s granted", T, granted("s")));
+    assert!(s > t[0].1);
+    // A group waits for an older single lock, and shows as a waiter on every key until it
+    // holds them all; a later single lock waits for it.
+    many(&n[0], 1, &["y", "z"], "g2", |_| {});
+    n[0].expect(
+        &wake,
+        "g2 queued",
+        T,
+        |e| matches!(e, StoreEvent::ManyQueued { id, .. } if id == "g2"),
+    );
+    n[1].lock(2, "z", "late", |_| {});
+    n[1].expect(&wake, "late queued", T, queued("late"));
+    assert_eq!(who(&mut n[1], &wake, "z"), (vec![], names(&["g2", "late"])));
+    n[1].unlock(1, "y", "s");
+    n[0].expect(&wake, "g2 granted", T, many_granted("g2"));
+    assert_eq!(
+        who(&mut n[1], &wake, "z"),
+        (names(&["g2"]), names(&["late"]))
+    );
+    n[0].submit(StoreOp::ReleaseMany {
+        conn: ConnId(7),
+        id: "g2".into(),
+    });
+    n[0].expect(&wake, "g2 released", T, |e| {
+        matches!(e, StoreEvent::ManyReleased { .. })
+    });
+    n[1].expect(&wake, "late granted", T, granted("late"));
+    n[0].submit(StoreOp::ReleaseMany {
+        conn: ConnId(1),
+        id: "g2".into(),
+    });
+    n[0].expect(
+        &wake,
+        "twice",
+        T,
+        error_is(Op::ReleaseMany, StoreError::NotHeld),
+    );
+    // A forced unlock of one member: the group is lost, and its other keys go too.
+    many(&n[0], 3, &["u", "v"], "g3", |_| {});
+    n[0].expect(&wake, "g3 granted", T, many_granted("g3"));
+    n[1].submit(StoreOp::Unlock {
+        conn: ConnId(3),
+        key: "u".into(),
+        id: None,
+        force: true,
+    });
+    n[0].expect(
+        &wake,
+        "g3 lost",
+        T,
+        |e| matches!(e, StoreEvent::Lost { id, key, .. } if id == "g3" && key == "u"),
+    );
+    let end = Instant::now() + T;
+    while all_keys(&mut n[1], &wake).contains(&"v".to_owned()) {
+        assert!(Instant::now() < end, "v outlived its group");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn try_lock_group_is_refused_with_no_key_left_behind() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("manybusy");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "b", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    many(&n[1], 1, &["a", "b", "c"], "t", |s| s.wait = Wait::No);
+    n[1].expect(
+        &wake,
+        "busy",
+        T,
+        |e| matches!(e, StoreEvent::ManyBusy { id, .. } if id == "t"),
+    );
+    assert_eq!(all_keys(&mut n[1], &wake), ["b"]);
+    // A deadline that passes while it waits: it times out, and its keys go too.
+    many(&n[1], 1, &["a", "b"], "u", |s| {
+        s.wait = Wait::Until(std::time::Instant::now() + Duration::from_millis(300))
+    });
+    n[1].expect(
+        &wake,
+        "timed out",
+        T,
+        |e| matches!(e, StoreEvent::ManyTimedOut { id, .. } if id == "u"),
+    );
+    let end = Instant::now() + T;
+    while all_keys(&mut n[1], &wake) != ["b"] {
+        assert!(Instant::now() < end, "a timed-out group left a key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    many(&n[1], 1, &[], "none", |_| {});
+    n[1].expect(
+        &wake,
+        "no keys",
+        T,
+        error_is(Op::LockMany, StoreError::BadKeyCount { got: 0, max: 64 }),
+    );
+    let lots: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
+    let lots: Vec<&str> = lots.iter().map(String::as_str).collect();
+    many(&n[1], 1, &lots, "lots", |_| {});
+    n[1].expect(
+        &wake,
+        "too many",
+        T,
+        error_is(Op::LockMany, StoreError::BadKeyCount { got: 65, max: 64 }),
+    );
+    // Duplicates count once; 64 distinct keys fit in one Txn.
+    many(&n[1], 1, &["d", "d", "e"], "dup", |_| {});
+    let t = tokens(&n[1].expect(&wake, "dup granted", T, many_granted("dup")));
+    assert_eq!(t.len(), 2);
+    many(&n[1], 2, &lots[..64], "full", |_| {});
+    let t = tokens(&n[1].expect(&wake, "64 keys granted", T, many_granted("full")));
+    assert_eq!(t.len(), 64);
+}
+
+#[test]
+fn disconnect_releases_the_group() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("manydisc");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    many(&n[0], 1, &["p", "q"], "g", |_| {});
+    n[0].expect(&wake, "g granted", T, many_granted("g"));
+    n[1].lock(1, "q", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    // A waiting group of the same connection goes too.
+    many(&n[0], 1, &["q", "r"], "g2", |_| {});
+    n[0].expect(&wake, "g2 queued", T, |e| {
+        matches!(e, StoreEvent::ManyQueued { .. })
+    });
+    let t0 = Instant::now();
+    n[0].submit(StoreOp::Disconnect { conn: ConnId(1) });
+    n[1].expect(&wake, "w granted", T, granted("w"));
+    println!(
+        "disconnect of a group's connection -> waiter on the other broker granted after {:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(all_keys(&mut n[1], &wake), ["q"]);
+    quiet(&mut n[0], &wake, Duration::from_millis(300), |_| true);
 }
