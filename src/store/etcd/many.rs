@@ -5,7 +5,7 @@
 //! create revision `R`, which is also the group's fencing token on every key. Each member is an
 //! exclusive request that names no `max` (so it takes the key's own, like an exclusive lock),
 //! and the group holds when, on every key, [`rules::granted`] says its member's turn has come.
-//! Until then it waits, key by key, for the older requests in its way to go
+//! Until then it waits, on every blocked key at once, for the older requests in its way to go
 //! (`request::wait_turn`, the same watch-and-recheck as a single lock).
 //!
 //! Why this never deadlocks: a request only ever waits for requests older than itself (lower
@@ -288,16 +288,19 @@ async fn acquire(
             conn,
             id: id.clone(),
         });
-        // Key by key: a turn that has come stays (only older requests stand in its way, and
-        // they only go), so waiting for them one after the other waits for all of them.
-        let turns = async {
-            for &i in &blocked {
+        // Every blocked key at once: a turn that has come stays (only older requests stand in
+        // its way, and they only go), so once each has come they have all come.
+        let waits: Vec<Turn<'_>> = blocked
+            .iter()
+            .map(|&i| {
                 let one = LockSpec::new(spec.conn, &keys[i], &spec.id);
                 let older = std::mem::take(&mut by_key[i]);
-                wait_turn(sh, &one, &dirs[i], &members[i], rev, older, seen).await?;
-            }
-            Ok::<(), StoreError>(())
-        };
+                let (dir, me) = (&dirs[i], &members[i]);
+                Box::pin(async move { wait_turn(sh, &one, dir, me, rev, older, seen).await })
+                    as Turn<'_>
+            })
+            .collect();
+        let turns = all_turns(waits);
         let outcome = match spec.wait {
             Wait::Until(t) => race(sleep_until(Instant::from_std(t)), turns).await,
             _ => Either::Right(turns.await),
@@ -421,6 +424,30 @@ async fn hold(
         }
     });
     Ok(())
+}
+
+/// One key's wait for its turn.
+type Turn<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + 'a>>;
+
+/// Waits for every turn; the first error ends the wait.
+async fn all_turns(mut waits: Vec<Turn<'_>>) -> Result<(), StoreError> {
+    std::future::poll_fn(|cx| {
+        let mut failed = None;
+        waits.retain_mut(|w| match w.as_mut().poll(cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(e)) => {
+                failed.get_or_insert(e);
+                false
+            }
+            Poll::Pending => true,
+        });
+        match failed {
+            Some(e) => Poll::Ready(Err(e)),
+            None if waits.is_empty() => Poll::Ready(Ok(())),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Returns the index of the first member that no longer exists.
