@@ -810,8 +810,8 @@ fn groups_with_keys_in_opposite_orders_never_deadlock_nor_overlap() {
                 });
             }
         }
-        for n in 0..2 {
-            while let Some(ev) = nodes[n].store.poll_event() {
+        for (n, node) in nodes.iter().enumerate() {
+            while let Some(ev) = node.store.poll_event() {
                 let (c, got) = match ev {
                     StoreEvent::Granted {
                         conn, key, token, ..

@@ -15,7 +15,18 @@
 //! - **Try-lock** deletes its key when not first. **Wait time-outs** and **per-holder TTLs**
 //!   are timers of this store that delete the key (leases count whole seconds, 2 s at least,
 //!   too coarse for lock TTLs). **Unlock** is owner-checked by lock id (the id is part of the
-//!   key) and deletes it; a forced unlock deletes every holder of the key.
+//!   key) and deletes it; a forced unlock deletes every holder of the key. A **cancel** (the
+//!   client gave the request up) deletes the key of its own connection's request, waiting or
+//!   held, and is never answered.
+//! - **Extend** restarts a holder's TTL timer once a Txn has confirmed its key still exists.
+//!   Only the broker that granted a hold runs its timer, so an extend of another broker's
+//!   holder is refused ([`StoreError::OtherBroker`]); see `extend.rs`.
+//! - **Acquire-many** puts every member `PREFIX/<key>/<id>` in one Txn, so they share one
+//!   create revision, and holds when every member's turn has come on its key. Since every
+//!   request only waits for older ones, and revisions are one order over all keys and brokers,
+//!   groups and single locks never deadlock. Members say in their value that they belong to a
+//!   group, and once it holds, that it holds, so every broker tells holders from waiters alike.
+//!   The reasoning is in `many.rs`.
 //! - **keepLocksAfterDeath** requests sit on a lease of the store, not of the connection, kept
 //!   alive while the store runs. Bound: such a lock outlives its connection, not its broker: it
 //!   ends at an unlock by id (from any broker), at its TTL, or one session TTL after its

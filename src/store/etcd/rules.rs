@@ -8,6 +8,9 @@
 //! - read: every older request is a read;
 //! - write: no older request at all.
 //!
+//! A member of an acquire-many is an exclusive request that names no `max`; it counts as
+//! holding only once its whole group holds ([`holders_and_waiters`]).
+//!
 //! Because a request's grant depends only on the requests older than it, anyone who reads the
 //! key's range can tell who holds it (for `info`, `stats` and a forced unlock) without asking
 //! the broker that made the request. This file does no I/O.
