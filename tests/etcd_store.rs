@@ -911,6 +911,16 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         who(&mut n[1], &wake, "z"),
         (names(&["g2"]), names(&["late"]))
     );
+    n[1].submit(StoreOp::Stats {
+        conn: ConnId(1),
+        tag: 5,
+    });
+    let st = n[1].expect(&wake, "stats", T, |e| matches!(e, StoreEvent::Stats { .. }));
+    let StoreEvent::Stats { stats: Ok(st), .. } = st else {
+        panic!("{st:?}")
+    };
+    // y and z: g2 holds both (a holder of each), late waits on z.
+    assert_eq!((st.keys, st.holders, st.waiters), (2, 2, 1), "{st:?}");
     n[0].submit(StoreOp::ReleaseMany {
         conn: ConnId(7),
         id: "g2".into(),
