@@ -1046,4 +1046,23 @@ fn disconnect_releases_the_group() {
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert_eq!(all_keys(&mut n[1], &wake), ["q"]);
     quiet(&mut n[0], &wake, Duration::from_millis(300), |_| true);
+    // A group's TTL ends for all its keys at once, and a waiter on the other broker follows.
+    many(&n[0], 2, &["e2", "e1"], "ge", |s| {
+        s.ttl = Ttl::After(Duration::from_millis(300))
+    });
+    n[0].expect(&wake, "ge granted", T, many_granted("ge"));
+    n[1].lock(2, "e2", "next", |_| {});
+    n[1].expect(&wake, "next queued", T, queued("next"));
+    n[0].expect(
+        &wake,
+        "ge expired",
+        T,
+        |e| matches!(e, StoreEvent::Expired { id, key, .. } if id == "ge" && key == "e1"),
+    );
+    n[1].expect(&wake, "next granted", T, granted("next"));
+    let end = Instant::now() + T;
+    while all_keys(&mut n[1], &wake) != ["e2", "q"] {
+        assert!(Instant::now() < end, "an expired group left a key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

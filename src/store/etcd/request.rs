@@ -366,7 +366,8 @@ async fn recheck(
 }
 
 /// Reports the grant, then holds until the TTL ends (the key is deleted: `Expired`) or the key
-/// is deleted by someone else (`Lost`). An unlock or a disconnect aborts this task first.
+/// is deleted by someone else (`Lost`). An unlock, a cancel or a disconnect aborts this task
+/// first; an extend replaces its deadline.
 async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64) {
     let ttl = sh.ttl(spec.ttl);
     let (deadline, timer) = tokio::sync::watch::channel(ttl.map(|d| Instant::now() + d));
