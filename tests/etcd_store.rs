@@ -939,6 +939,30 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         T,
         error_is(Op::ReleaseMany, StoreError::NotHeld),
     );
+    // The group id is the credential on any broker; its own broker reports the group lost.
+    many(&n[0], 4, &["r1", "r2"], "g4", |_| {});
+    n[0].expect(&wake, "g4 granted", T, many_granted("g4"));
+    n[1].submit(StoreOp::ReleaseMany {
+        conn: ConnId(4),
+        id: "g4".into(),
+    });
+    n[1].expect(
+        &wake,
+        "g4 released remotely",
+        T,
+        |e| matches!(e, StoreEvent::ManyReleased { id, .. } if id == "g4"),
+    );
+    n[0].expect(
+        &wake,
+        "g4 lost on its broker",
+        T,
+        |e| matches!(e, StoreEvent::Lost { id, .. } if id == "g4"),
+    );
+    assert!(
+        !all_keys(&mut n[1], &wake)
+            .iter()
+            .any(|k| k.starts_with('r'))
+    );
     // A forced unlock of one member: the group is lost, and its other keys go too.
     many(&n[0], 3, &["u", "v"], "g3", |_| {});
     n[0].expect(&wake, "g3 granted", T, many_granted("g3"));

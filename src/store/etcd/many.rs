@@ -523,7 +523,14 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
         })
     };
     let Some(g) = g else {
-        return fail(&sh, id, String::new(), StoreError::NotHeld);
+        // Not one of ours: maybe another broker's (a client back through another broker).
+        tokio::task::spawn_local(async move {
+            match remote_release(&sh, &id).await {
+                Ok(()) => sh.emit(StoreEvent::ManyReleased { conn, id }),
+                Err((key, e)) => fail(&sh, id, key, e),
+            }
+        });
+        return;
     };
     let key = g.keys[0].clone();
     if !g.held {
@@ -543,6 +550,61 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
             Err(e) => fail(&sh, id, key, e),
         }
     });
+}
+
+/// Release-many of a group this store did not make: found by reading every key under the
+/// prefix (the id alone does not say which keys it holds), released when every member is held,
+/// in one Txn that checks they are all still there. Its own broker sees its members go and
+/// reports the group lost, as for an unlock by id from another broker. A group that still
+/// waits is left to its own broker ([`StoreError::StillWaiting`]). The error comes with the
+/// group's first key, when one was found.
+async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError)> {
+    let (by_key, _) = super::query::read_all(sh)
+        .await
+        .map_err(|e| (String::new(), e))?;
+    let mut first = None;
+    let mut revs = Vec::new();
+    let mut members = Vec::new();
+    let mut held = true;
+    for (key, all) in &by_key {
+        let (holders, _) = rules::holders_and_waiters(all);
+        for e in all.iter().filter(|e| e.id == id && e.group) {
+            first.get_or_insert_with(|| key.clone());
+            revs.push(e.rev);
+            members.push(e.raw.clone());
+            held &= holders.iter().any(|h| h.raw == e.raw);
+        }
+    }
+    let key = first.unwrap_or_default();
+    revs.dedup();
+    let rev = match revs[..] {
+        [] => return Err((key, StoreError::NotHeld)),
+        [rev] => rev,
+        // Two groups with one id (made on two brokers): the id does not say which.
+        _ => return Err((key, StoreError::DuplicateId)),
+    };
+    if !held {
+        return Err((key, StoreError::StillWaiting));
+    }
+    let txn = Txn::new()
+        .when(
+            members
+                .iter()
+                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
+                .collect::<Vec<_>>(),
+        )
+        .and_then(
+            members
+                .iter()
+                .map(|m| TxnOp::delete(m.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+    let mut kv = sh.client.kv_client();
+    match sh.call(kv.txn(txn)).await {
+        Ok(r) if r.succeeded() => Ok(()),
+        Ok(_) => Err((key, StoreError::NotHeld)),
+        Err(e) => Err((key, e)),
+    }
 }
 
 /// A cancel naming group `id` of connection `conn`: the group goes, with no event.

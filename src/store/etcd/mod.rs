@@ -178,11 +178,13 @@ pub enum StoreOp {
     /// Take several keys at once: answered by `ManyGranted`, `ManyQueued` (then `ManyGranted`
     /// or `ManyTimedOut`), `ManyBusy` or `Error` with [`Op::LockMany`].
     LockMany(ManySpec),
-    /// Release every key of acquire-many `id` (from any connection: the id is the
-    /// credential). Answered by [`StoreEvent::ManyReleased`], or `Error` with
-    /// [`Op::ReleaseMany`]: [`StoreError::NotHeld`] when this store knows no such group (a
-    /// group is released through the broker that made it), [`StoreError::StillWaiting`] when
-    /// it still waits (it is abandoned, its keys deleted, as the in-memory table does).
+    /// Release every key of acquire-many `id` (from any connection and any broker: the id is
+    /// the credential). Answered by [`StoreEvent::ManyReleased`], or `Error` with
+    /// [`Op::ReleaseMany`]: [`StoreError::NotHeld`] when etcd holds no such group,
+    /// [`StoreError::StillWaiting`] when it still waits (a group of this store is then
+    /// abandoned, its keys deleted, as the in-memory table does; another broker's is left to
+    /// it). A group of another broker is found by reading the whole prefix, and its broker
+    /// reports it [`StoreEvent::Lost`].
     ReleaseMany {
         /// The connection asking; the answer goes to it.
         conn: ConnId,

@@ -189,7 +189,7 @@ pub fn stats(sh: &Rc<Shared>, conn: ConnId, tag: u64) {
 }
 
 /// Every request under the prefix, by lock key, and etcd's revision.
-async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
+pub async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
     let mut kv = sh.client.kv_client();
     let r = sh
         .call(kv.get(sh.cfg.root(), Some(GetOptions::new().with_prefix())))
