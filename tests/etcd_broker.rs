@@ -394,32 +394,44 @@ fn etcd_leader_kill_both_brokers_serve_again_without_overlap() {
 }
 
 #[test]
-fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
+fn keep_alive_extend_and_lock_info_through_etcd() {
     let Some(cl) = Cluster::get(false) else {
         return;
     };
-    let p = prefix("bunsup");
-    let (h, url) = broker(&cl, &p);
-    let c = client(&url);
-    let many = c.lock_many(&["a", "b"]);
-    assert!(many.is_err(), "acquire-many is refused: {many:?}");
-    let g = c.lock("x").expect("lock");
-    // Refused (the client then counts the guard lost); dropping the guard still releases it.
-    assert!(g.extend(Some(Duration::from_secs(5))).is_err());
-    assert!(c.info("x").expect("info").is_locked);
-    drop(g);
-    // The release is pipelined, and answered once etcd has it (a ping answered by the broker
-    // itself may overtake it): wait for it, boundedly.
-    let end = Instant::now() + T;
-    while c.info("x").expect("info").is_locked {
-        assert!(
-            Instant::now() < end,
-            "the dropped guard's release never landed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(c);
-    stop(h);
+    let p = prefix("bextend");
+    let (b1, u1) = broker(&cl, &p);
+    let (b2, u2) = broker(&cl, &p);
+    let (c1, c2) = (client(&u1), client(&u2));
+    // A 2 s TTL renewed by the guard (extend, every TTL/3) outlives its TTL several times.
+    let opts = LockOptions::default()
+        .ttl(Duration::from_secs(2))
+        .keep_alive();
+    let g = c1.lock_with("x", &opts).expect("lock");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!g.is_lost(), "the keep-alive guard was lost");
+    let busy = c2.lock_with("x", &LockOptions::default().try_only());
+    assert!(
+        busy.is_err(),
+        "x is still held, seen from the other broker: {busy:?}"
+    );
+    // lock-info: etcd's holders; this broker says who its own holder is, the other cannot.
+    let mine = c1.info("x").expect("info");
+    assert!(mine.is_locked && mine.holders.len() == 1, "{mine:?}");
+    assert_eq!(mine.holders[0].fencing_token, g.fencing_token());
+    assert_eq!(mine.holders[0].who.pid, Some(u64::from(std::process::id())));
+    let theirs = c2.info("x").expect("info");
+    assert_eq!(theirs.holders[0].fencing_token, g.fencing_token());
+    assert_eq!(theirs.holders[0].who.pid, None);
+    g.unlock().expect("unlock");
+    // Extending a lock whose TTL ended is refused.
+    let short = LockOptions::default().ttl(Duration::from_millis(300));
+    let g = c1.lock_with("y", &short).expect("lock");
+    std::thread::sleep(Duration::from_secs(1));
+    let r = g.extend(Some(Duration::from_secs(5)));
+    assert!(r.is_err(), "extend of an expired lock: {r:?}");
+    drop((c1, c2));
+    stop(b1);
+    stop(b2);
     let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
         .args(["start", "--port", "0", "--store", "http://nope"])
         .output()
@@ -427,6 +439,45 @@ fn unsupported_requests_get_errors_and_lmx_rejects_bad_store_urls() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--store"), "{err}");
+}
+
+#[test]
+fn acquire_many_across_two_brokers() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let p = prefix("bmany");
+    let (b1, u1) = broker(&cl, &p);
+    let (b2, u2) = broker(&cl, &p);
+    let (c1, c2) = (client(&u1), Arc::new(client(&u2)));
+    let g = c1.lock_many(&["a", "b"]).expect("group on broker 1");
+    let tokens = g.fencing_tokens().clone();
+    assert_eq!(tokens.len(), 2);
+    // A group on the other broker that shares "b" waits; a single lock of "a" is refused.
+    let busy = c2.lock_with("a", &LockOptions::default().try_only());
+    assert!(busy.is_err(), "a is a member of a held group: {busy:?}");
+    let (tx, rx) = channel();
+    let c = c2.clone();
+    let t = std::thread::spawn(move || {
+        let g2 = c.lock_many(&["c", "b"]).expect("group on broker 2");
+        tx.send(g2.fencing_tokens().clone()).expect("send");
+        g2.unlock().expect("release");
+    });
+    wait_waiters(&c2, "b", 1);
+    assert!(
+        rx.try_recv().is_err(),
+        "granted while the first group held b"
+    );
+    g.unlock().expect("release-many");
+    let later = rx.recv_timeout(T).expect("the second group is granted");
+    assert!(
+        later["b"] > tokens["b"],
+        "tokens rise: {later:?} after {tokens:?}"
+    );
+    t.join().expect("thread");
+    drop((c1, c2));
+    stop(b1);
+    stop(b2);
 }
 
 // ---- the npm live-mutex 0.2.25 client against an etcd-backed broker ----

@@ -240,7 +240,7 @@ impl EtcdBridge {
                 })
                 .collect(),
             waiters: i
-                .waiters
+                .queue
                 .iter()
                 .map(|w| WaiterView {
                     id: w.id.as_str().into(),

@@ -221,10 +221,6 @@ pub(crate) enum StoreError {
     #[cfg(feature = "etcd")]
     #[error(transparent)]
     Etcd(crate::store::etcd::StoreError),
-    /// The store does not offer this operation.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    #[error("{0} is not supported by this lock store")]
-    Unsupported(&'static str),
 }
 
 impl StoreError {
@@ -245,10 +241,14 @@ impl StoreError {
                     E::IdRequired => TableError::IdRequired,
                     E::NotHeld => TableError::NotHeld,
                     E::StillWaiting => TableError::StillWaiting,
+                    E::GroupMember => TableError::GroupMember,
+                    E::BadKeyCount { got, max } => TableError::BadKeyCount {
+                        got: *got,
+                        max: *max,
+                    },
                     _ => return None,
                 })
             }
-            StoreError::Unsupported(_) => None,
         }
     }
 }

@@ -15,7 +15,18 @@
 //! - **Try-lock** deletes its key when not first. **Wait time-outs** and **per-holder TTLs**
 //!   are timers of this store that delete the key (leases count whole seconds, 2 s at least,
 //!   too coarse for lock TTLs). **Unlock** is owner-checked by lock id (the id is part of the
-//!   key) and deletes it; a forced unlock deletes every holder of the key.
+//!   key) and deletes it; a forced unlock deletes every holder of the key. A **cancel** (the
+//!   client gave the request up) deletes the key of its own connection's request, waiting or
+//!   held, and is never answered.
+//! - **Extend** restarts a holder's TTL timer once a Txn has confirmed its key still exists.
+//!   Only the broker that granted a hold runs its timer, so an extend of another broker's
+//!   holder is refused ([`StoreError::OtherBroker`]); see `extend.rs`.
+//! - **Acquire-many** puts every member `PREFIX/<key>/<id>` in one Txn, so they share one
+//!   create revision, and holds when every member's turn has come on its key. Since every
+//!   request only waits for older ones, and revisions are one order over all keys and brokers,
+//!   groups and single locks never deadlock. Members say in their value that they belong to a
+//!   group, and once it holds, that it holds, so every broker tells holders from waiters alike.
+//!   The reasoning is in `many.rs`.
 //! - **keepLocksAfterDeath** requests sit on a lease of the store, not of the connection, kept
 //!   alive while the store runs. Bound: such a lock outlives its connection, not its broker: it
 //!   ends at an unlock by id (from any broker), at its TTL, or one session TTL after its
@@ -32,6 +43,8 @@
 //! wake hook given to [`EtcdStore::start`] (the reactor's `mio::Waker::wake`).
 
 mod config;
+mod extend;
+mod many;
 mod query;
 mod request;
 mod rules;
@@ -89,6 +102,31 @@ impl LockSpec {
     }
 }
 
+/// A request for several keys at once, granted all together or not at all (acquire-many).
+#[derive(Clone, Debug)]
+pub struct ManySpec {
+    /// The connection asking: its lease carries the member keys (unless
+    /// `keep_after_disconnect`) and its events go to it.
+    pub conn: ConnId,
+    /// 1 to [`MAX_KEYS_PER_MANY`] keys, any order; duplicates count once. Each is taken
+    /// exclusively (within the key's `max`, like an exclusive lock that names none).
+    pub keys: Vec<String>,
+    /// The group's lock id: every member key is `PREFIX/<key>/<id>`, and
+    /// [`StoreOp::ReleaseMany`], [`StoreOp::Cancel`] and [`StoreOp::Extend`] name it.
+    pub id: String,
+    /// How long the group holds once granted: one timer for all its keys.
+    pub ttl: Ttl,
+    /// What it does when some key cannot be granted at once.
+    pub wait: Wait,
+    /// Survive the connection's death (the bound is that of a single lock's, in the module
+    /// docs).
+    pub keep_after_disconnect: bool,
+}
+
+/// Most keys in one acquire-many, as the in-memory table's default: 64 member puts and 64
+/// range reads fill etcd's default `--max-txn-ops` (128) of the one Txn that records them.
+pub const MAX_KEYS_PER_MANY: usize = 64;
+
 /// What the owner asks of the store. Answers come back as [`StoreEvent`]s.
 #[derive(Clone, Debug)]
 pub enum StoreOp {
@@ -106,6 +144,52 @@ pub enum StoreOp {
         id: Option<String>,
         /// Delete every holder of the key, whatever its id; waiters stay queued.
         force: bool,
+    },
+    /// The client gave request `id` up (its own time-out, or it refused a grant that came too
+    /// late). A waiter stops waiting and a holder is released, as by an unlock; either way its
+    /// etcd key is deleted and no event answers. Only the connection that made the request
+    /// may (an unknown id, or another connection's, is ignored). When `id` names no single
+    /// request of `key` but an acquire-many of this connection, the whole group goes.
+    Cancel {
+        /// The connection that made the request.
+        conn: ConnId,
+        /// The lock key.
+        key: String,
+        /// The lock id.
+        id: String,
+    },
+    /// Restart the TTL timer of holder `id` of `key` from now, with `ttl`. Owner-checked by
+    /// id like an unlock (any connection may name it); answered by [`StoreEvent::Extended`]
+    /// once etcd confirms the hold still exists, or by [`StoreEvent::Error`] with
+    /// [`Op::Extend`]: [`StoreError::NotHeld`], [`StoreError::StillWaiting`], or
+    /// [`StoreError::OtherBroker`] for a holder that another broker made (its TTL timer runs
+    /// there, so only that broker can restart it). An id naming an acquire-many of this store
+    /// that includes `key` extends the whole group.
+    Extend {
+        /// The connection asking; the answer goes to it.
+        conn: ConnId,
+        /// The lock key.
+        key: String,
+        /// The holder's lock id.
+        id: String,
+        /// The new lifetime, from now (`Ttl::Never`: no timer).
+        ttl: Ttl,
+    },
+    /// Take several keys at once: answered by `ManyGranted`, `ManyQueued` (then `ManyGranted`
+    /// or `ManyTimedOut`), `ManyBusy` or `Error` with [`Op::LockMany`].
+    LockMany(ManySpec),
+    /// Release every key of acquire-many `id` (from any connection and any broker: the id is
+    /// the credential). Answered by [`StoreEvent::ManyReleased`], or `Error` with
+    /// [`Op::ReleaseMany`]: [`StoreError::NotHeld`] when etcd holds no such group,
+    /// [`StoreError::StillWaiting`] when it still waits (a group of this store is then
+    /// abandoned, its keys deleted, as the in-memory table does; another broker's is left to
+    /// it). A group of another broker is found by reading the whole prefix, and its broker
+    /// reports it [`StoreEvent::Lost`].
+    ReleaseMany {
+        /// The connection asking; the answer goes to it.
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
     },
     /// The connection closed: drop its waiters, release its holds (except keep-after-death
     /// ones) and revoke its lease.
@@ -140,7 +224,7 @@ pub enum StoreOp {
     },
 }
 
-/// One holder, for inspection.
+/// One holder (or waiter), for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
     /// Its lock id.
@@ -164,8 +248,9 @@ pub struct KeyInfo {
     pub max: u32,
     /// The requests granted, oldest first, from every broker.
     pub holders: Vec<HolderInfo>,
-    /// Lock ids of the waiters, oldest first.
-    pub queue: Vec<String>,
+    /// The waiters, oldest first (`token`: the create revision that orders them; it becomes
+    /// the fencing token when granted).
+    pub queue: Vec<HolderInfo>,
     /// How many of the holders hold it in [`Mode::Read`].
     pub readers: usize,
 }
@@ -238,7 +323,8 @@ pub enum StoreEvent {
         /// How long since the store took the request.
         waited: Duration,
     },
-    /// The holder's TTL ended; its key was deleted.
+    /// The holder's TTL ended; its key was deleted. For an acquire-many, every key of the
+    /// group was, and `key` is its first key in sorted order.
     Expired {
         /// The holder's connection.
         conn: ConnId,
@@ -259,7 +345,8 @@ pub enum StoreEvent {
         released: usize,
     },
     /// A held lock is no longer held (its key was deleted by someone else, or its lease may
-    /// have expired). The client must be told at once.
+    /// have expired). The client must be told at once. For an acquire-many, `key` is the
+    /// member that went, and the group's other keys are deleted too.
     Lost {
         /// The holder's connection.
         conn: ConnId,
@@ -270,16 +357,68 @@ pub enum StoreEvent {
         /// Why, for the client's error message.
         reason: String,
     },
-    /// A request failed; nothing is held for it.
+    /// An op failed. For a lock or lock-many nothing is held for it; for an unlock, extend or
+    /// release-many the error says what the id holds (nothing, or still waits).
     Error {
         /// The connection that asked.
         conn: ConnId,
+        /// Which op failed, so the owner knows which reply to send without guessing.
+        op: Op,
         /// The lock id the op named (`None` for an unlock that named none).
         id: Option<String>,
-        /// The lock key.
+        /// The lock key (for [`Op::LockMany`] and [`Op::ReleaseMany`], whose id names a group
+        /// of keys: its first key in sorted order, or empty when none is known).
         key: String,
         /// What went wrong.
         error: StoreError,
+    },
+    /// An extend succeeded: the holder's TTL timer restarted.
+    Extended {
+        /// The connection that asked for the extend.
+        conn: ConnId,
+        /// The lock key.
+        key: String,
+        /// The lock id.
+        id: String,
+    },
+    /// An acquire-many holds every one of its keys, recorded in etcd.
+    ManyGranted {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
+        /// Every key, sorted, with its fencing token: the create revision its members share.
+        tokens: Vec<(String, u64)>,
+    },
+    /// An acquire-many is recorded and waits for some of its keys.
+    ManyQueued {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
+    },
+    /// A try-lock acquire-many was refused; every one of its keys was deleted first.
+    ManyBusy {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
+    },
+    /// A waiting acquire-many reached its [`Wait::Until`] deadline; its keys are deleted.
+    ManyTimedOut {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
+        /// How long since the store took the request.
+        waited: Duration,
+    },
+    /// A release-many succeeded: every key of the group was deleted from etcd.
+    ManyReleased {
+        /// The connection that asked for the release (not necessarily the holder's).
+        conn: ConnId,
+        /// The group's lock id.
+        id: String,
     },
     /// The answer to [`StoreOp::Keys`].
     Keys {
@@ -308,6 +447,21 @@ pub enum StoreEvent {
         /// The totals, or why etcd could not be read.
         stats: Result<Stats, StoreError>,
     },
+}
+
+/// Which op a [`StoreEvent::Error`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// [`StoreOp::Lock`] (also a waiter dropped because its session was lost).
+    Lock,
+    /// [`StoreOp::Unlock`].
+    Unlock,
+    /// [`StoreOp::Extend`].
+    Extend,
+    /// [`StoreOp::LockMany`] (also a waiting group dropped because its session was lost).
+    LockMany,
+    /// [`StoreOp::ReleaseMany`].
+    ReleaseMany,
 }
 
 /// Errors of the etcd store.
@@ -348,6 +502,22 @@ pub enum StoreError {
     /// The unlock's id is a waiter, not a holder: nothing was released.
     #[error("lock id is still waiting for this key, it does not hold it")]
     StillWaiting,
+    /// An acquire-many named no key, or more than [`MAX_KEYS_PER_MANY`] distinct ones.
+    #[error("acquire-many needs between 1 and {max} keys, got {got}")]
+    BadKeyCount {
+        /// Distinct keys named.
+        got: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// An unlock by id named a key held by an acquire-many: releasing one key alone would
+    /// break the all-or-nothing rule.
+    #[error("this lock belongs to an acquire-many; release it with release-many")]
+    GroupMember,
+    /// An extend named a holder that another broker made: its TTL timer runs on that broker,
+    /// so only that broker can restart it (the text names its store).
+    #[error("lock id is held through another broker ({0}); extend it there")]
+    OtherBroker(String),
     /// A waiting request's etcd key was deleted (by someone else, or its lease ended); it is no
     /// longer queued.
     #[error("the request's key was deleted from etcd while it waited")]

@@ -12,13 +12,14 @@ use etcd_client::{GetOptions, Txn, TxnOp};
 use super::request::{Guard, delete_key, delete_once, entries};
 use super::rules::{self, Entry, Mode};
 use super::worker::Shared;
-use super::{ConnId, HolderInfo, KeyInfo, Stats, StoreError, StoreEvent};
+use super::{ConnId, HolderInfo, KeyInfo, Op, Stats, StoreError, StoreEvent};
 
 pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, force: bool) {
     let sh = sh.clone();
     if !force && id.is_none() {
         return sh.emit(StoreEvent::Error {
             conn,
+            op: Op::Unlock,
             id,
             key,
             error: StoreError::IdRequired,
@@ -33,6 +34,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                 drop(st);
                 return sh.emit(StoreEvent::Error {
                     conn,
+                    op: Op::Unlock,
                     id,
                     key,
                     error: StoreError::StillWaiting,
@@ -57,6 +59,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                     // yet seen the delete), so it is not reported as released.
                     Ok(false) => StoreEvent::Error {
                         conn,
+                        op: Op::Unlock,
                         id,
                         key,
                         error: StoreError::NotHeld,
@@ -66,6 +69,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                         tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(r.rev)));
                         StoreEvent::Error {
                             conn,
+                            op: Op::Unlock,
                             id,
                             key,
                             error,
@@ -88,6 +92,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
             },
             Err(error) => StoreEvent::Error {
                 conn,
+                op: Op::Unlock,
                 id,
                 key,
                 error,
@@ -118,6 +123,9 @@ async fn remote_unlock(
         return Ok(holders.len());
     }
     let id = id.unwrap_or_default();
+    if all.iter().any(|e| e.id == id && e.group) {
+        return Err(StoreError::GroupMember);
+    }
     if let Some(h) = holders.iter().find(|e| e.id == id) {
         return match delete_once(sh, &h.raw, Guard::Rev(h.rev)).await? {
             true => Ok(1),
@@ -131,7 +139,7 @@ async fn remote_unlock(
     })
 }
 
-async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
+pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
     let mut kv = sh.client.kv_client();
     let r = sh
         .call(kv.get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix())))
@@ -181,7 +189,7 @@ pub fn stats(sh: &Rc<Shared>, conn: ConnId, tag: u64) {
 }
 
 /// Every request under the prefix, by lock key, and etcd's revision.
-async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
+pub async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
     let mut kv = sh.client.kv_client();
     let r = sh
         .call(kv.get(sh.cfg.root(), Some(GetOptions::new().with_prefix())))
@@ -217,6 +225,15 @@ fn key_info(key: String, all: &[Entry]) -> Option<KeyInfo> {
                 token: h.rev.unsigned_abs(),
             })
             .collect(),
-        queue: waiters.iter().map(|w| w.id.clone()).collect(),
+        queue: waiters
+            .iter()
+            .map(|w| HolderInfo {
+                id: w.id.clone(),
+                owner: w.owner.clone(),
+                conn: w.conn,
+                mode: w.mode,
+                token: w.rev.unsigned_abs(),
+            })
+            .collect(),
     })
 }

@@ -20,7 +20,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
 use super::worker::{Either, Req, Shared, race};
-use super::{LockSpec, StoreError, StoreEvent, Ttl, Wait};
+use super::{LockSpec, Op, StoreError, StoreEvent, Wait};
 
 /// Pause before reopening a broken watch or retrying a failed check.
 const RETRY: Duration = Duration::from_millis(200);
@@ -30,6 +30,7 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
     let fail = |error| {
         sh.emit(StoreEvent::Error {
             conn: spec.conn,
+            op: Op::Lock,
             id: Some(spec.id.clone()),
             key: spec.key.clone(),
             error,
@@ -78,6 +79,7 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
                 held: false,
                 keep: spec.keep_after_disconnect,
                 task: None,
+                deadline: None,
             },
         );
         seq
@@ -96,6 +98,7 @@ async fn run(sh: Rc<Shared>, spec: LockSpec, seq: u64) {
     {
         sh.emit(StoreEvent::Error {
             conn: spec.conn,
+            op: Op::Lock,
             id: Some(spec.id.clone()),
             key: spec.key.clone(),
             error,
@@ -113,12 +116,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     let lease = Session::lease_for(sh, holder).await?;
     let me = sh.cfg.request_key(&spec.key, &spec.id);
     let dir = sh.cfg.key_dir(&spec.key);
-    let record = Record {
-        mode: spec.mode,
-        max: spec.max.unwrap_or(0),
-        owner: sh.owner.clone(),
-        conn: spec.conn.0,
-    };
+    let record = Record::single(spec.mode, spec.max.unwrap_or(0), &sh.owner, spec.conn.0);
     let txn = Txn::new()
         .when([Compare::create_revision(me.clone(), CompareOp::Equal, 0)])
         .and_then([
@@ -151,14 +149,19 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     let Some(rev) = all.iter().find(|e| e.raw == me).map(|e| e.rev) else {
         return Err(StoreError::Vanished);
     };
-    if let Some(r) = sh
+    match sh
         .st
         .borrow_mut()
         .reqs
         .get_mut(&(spec.key.clone(), spec.id.clone()))
-        && r.seq == seq
     {
-        r.rev = rev;
+        Some(r) if r.seq == seq => r.rev = rev,
+        _ => {
+            // Cancelled while its put was under way: the key is deleted here, not by the
+            // cancel, which could not know whether the put had landed.
+            tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
+            return Ok(());
+        }
     }
     all.retain(|e| e.rev < rev);
     let older = all;
@@ -251,7 +254,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
 /// Waits until the request's turn has come and etcd confirms it. `Err` only when its own key
 /// is gone: every other failure is retried (a failing etcd ends the session, and this task
 /// with it).
-async fn wait_turn(
+pub async fn wait_turn(
     sh: &Rc<Shared>,
     spec: &LockSpec,
     dir: &[u8],
@@ -363,12 +366,18 @@ async fn recheck(
 }
 
 /// Reports the grant, then holds until the TTL ends (the key is deleted: `Expired`) or the key
-/// is deleted by someone else (`Lost`). An unlock or a disconnect aborts this task first.
+/// is deleted by someone else (`Lost`). An unlock, a cancel or a disconnect aborts this task
+/// first; an extend replaces its deadline.
 async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64) {
+    let ttl = sh.ttl(spec.ttl);
+    let (deadline, timer) = tokio::sync::watch::channel(ttl.map(|d| Instant::now() + d));
     {
         let mut st = sh.st.borrow_mut();
         match st.reqs.get_mut(&(spec.key.clone(), spec.id.clone())) {
-            Some(r) if r.seq == seq => r.held = true,
+            Some(r) if r.seq == seq => {
+                r.held = true;
+                r.deadline = Some(deadline);
+            }
             _ => return,
         }
         st.grants += 1;
@@ -379,19 +388,7 @@ async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64)
         key: spec.key.clone(),
         token: rev.unsigned_abs(),
     });
-    let ttl = match spec.ttl {
-        Ttl::Default => sh.cfg.default_ttl,
-        Ttl::Never => None,
-        Ttl::After(d) => Some(d),
-    };
-    let gone = watch_gone(sh, &me, rev);
-    let expired = match ttl {
-        Some(d) => matches!(race(sleep(d), gone).await, Either::Left(())),
-        None => {
-            gone.await;
-            false
-        }
-    };
+    let expired = super::extend::hold_until(timer, watch_gone(sh, &me, rev)).await;
     if expired {
         tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
     }
@@ -415,7 +412,7 @@ async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64)
 }
 
 /// Returns once our key (revision `rev`) no longer exists.
-async fn watch_gone(sh: &Shared, me: &[u8], rev: i64) {
+pub async fn watch_gone(sh: &Shared, me: &[u8], rev: i64) {
     let mut from = rev + 1;
     loop {
         let mut wc = sh.client.watch_client();

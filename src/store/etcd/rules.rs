@@ -8,6 +8,9 @@
 //! - read: every older request is a read;
 //! - write: no older request at all.
 //!
+//! A member of an acquire-many is an exclusive request that names no `max`; it counts as
+//! holding only once its whole group holds ([`holders_and_waiters`]).
+//!
 //! Because a request's grant depends only on the requests older than it, anyone who reads the
 //! key's range can tell who holds it (for `info`, `stats` and a forced unlock) without asking
 //! the broker that made the request. This file does no I/O.
@@ -36,13 +39,32 @@ pub struct Record {
     pub owner: String,
     /// The connection on that broker.
     pub conn: u64,
+    /// A member of an acquire-many (see [`holders_and_waiters`]).
+    pub group: bool,
+    /// For a group member: the whole group holds (written when it is granted).
+    pub held: bool,
 }
 
 impl Record {
+    /// A single request's record (not a group member).
+    pub fn single(mode: Mode, max: u32, owner: &str, conn: u64) -> Record {
+        Record {
+            mode,
+            max,
+            owner: owner.to_owned(),
+            conn,
+            group: false,
+            held: false,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        json!({"mode": self.mode.as_str(), "max": self.max, "owner": self.owner, "conn": self.conn})
-            .to_string()
-            .into_bytes()
+        let mut v = json!({"mode": self.mode.as_str(), "max": self.max, "owner": self.owner, "conn": self.conn});
+        if self.group {
+            v["group"] = json!(true);
+            v["held"] = json!(self.held);
+        }
+        v.to_string().into_bytes()
     }
 
     /// `None` for a value this code did not write: such a key is treated as an exclusive
@@ -54,6 +76,8 @@ impl Record {
             max: u32::try_from(v.get("max")?.as_u64()?).ok()?,
             owner: v.get("owner")?.as_str()?.to_owned(),
             conn: v.get("conn")?.as_u64()?,
+            group: v.get("group").and_then(|g| g.as_bool()).unwrap_or(false),
+            held: v.get("held").and_then(|g| g.as_bool()).unwrap_or(false),
         })
     }
 }
@@ -70,16 +94,13 @@ pub struct Entry {
     pub max: u32,
     pub owner: String,
     pub conn: u64,
+    pub group: bool,
+    pub held: bool,
 }
 
 impl Entry {
     pub fn new(raw: Vec<u8>, id: String, rev: i64, value: &[u8]) -> Entry {
-        let r = Record::decode(value).unwrap_or(Record {
-            mode: Mode::Exclusive,
-            max: 1,
-            owner: String::new(),
-            conn: 0,
-        });
+        let r = Record::decode(value).unwrap_or(Record::single(Mode::Exclusive, 1, "", 0));
         Entry {
             raw,
             id,
@@ -88,6 +109,8 @@ impl Entry {
             max: r.max,
             owner: r.owner,
             conn: r.conn,
+            group: r.group,
+            held: r.held,
         }
     }
 }
@@ -149,13 +172,19 @@ pub fn predecessor<'a>(mode: Mode, max: u32, older: &[&'a Entry]) -> Option<&'a 
 }
 
 /// Splits all requests of one key (any order) into holders and waiters, both oldest first.
+///
+/// A member of an acquire-many counts as a holder only once its group wrote `held` into it:
+/// its turn on this key may have come while the group still waits for another key, and then it
+/// holds nothing (a forced unlock must leave it queued). Either way it is older than every
+/// later request of the key, so it blocks them ([`granted`] counts waiters too): a single lock
+/// on any broker waits for the group.
 pub fn holders_and_waiters(all: &[Entry]) -> (Vec<&Entry>, Vec<&Entry>) {
     let mut sorted: Vec<&Entry> = all.iter().collect();
     sorted.sort_by_key(|e| e.rev);
     let mut holders = Vec::new();
     let mut waiters = Vec::new();
     for (i, e) in sorted.iter().enumerate() {
-        if granted(e.mode, e.max, &sorted[..i]) {
+        if granted(e.mode, e.max, &sorted[..i]) && (!e.group || e.held) {
             holders.push(*e);
         } else {
             waiters.push(*e);
@@ -177,6 +206,8 @@ mod tests {
             max,
             owner: "o".into(),
             conn: 1,
+            group: false,
+            held: false,
         }
     }
 
@@ -242,12 +273,28 @@ mod tests {
     fn strangers_values_count_as_exclusive() {
         let x = Entry::new(Vec::new(), "x".into(), 1, b"not json");
         assert_eq!((x.mode, x.max), (Mode::Exclusive, 1));
-        let r = Record {
-            mode: Mode::Write,
-            max: 3,
-            owner: "b1".into(),
-            conn: 9,
-        };
+        let r = Record::single(Mode::Write, 3, "b1", 9);
         assert_eq!(Record::decode(&r.encode()), Some(r));
+        let g = Record {
+            group: true,
+            held: true,
+            ..Record::single(Mode::Exclusive, 0, "b1", 9)
+        };
+        assert_eq!(Record::decode(&g.encode()), Some(g));
+    }
+
+    #[test]
+    fn a_group_member_holds_only_once_its_group_does() {
+        let mut g = e(2, Mode::Exclusive, 0);
+        g.group = true;
+        let all = [g.clone(), e(4, Mode::Exclusive, 0)];
+        let (h, w) = holders_and_waiters(&all);
+        assert!(h.is_empty());
+        assert_eq!(w.iter().map(|e| e.rev).collect::<Vec<_>>(), [2, 4]);
+        g.held = true;
+        let all = [g, e(4, Mode::Exclusive, 0)];
+        let (h, w) = holders_and_waiters(&all);
+        assert_eq!(h.iter().map(|e| e.rev).collect::<Vec<_>>(), [2]);
+        assert_eq!(w.iter().map(|e| e.rev).collect::<Vec<_>>(), [4]);
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::worker::Shared;
-use super::{ConnId, StoreError, StoreEvent};
+use super::{ConnId, Op, StoreError, StoreEvent};
 
 /// Whose lease a session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +158,7 @@ async fn keep_alive(sh: Rc<Shared>, s: Rc<Session>, lease: i64) {
 /// Drops every request on the session's lease and tells their clients.
 fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
     let mut gone = Vec::new();
+    let mut groups = Vec::new();
     {
         let mut st = sh.st.borrow_mut();
         match s.holder {
@@ -185,6 +186,37 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
             }
             !on_it
         });
+        st.groups.retain(|id, g| {
+            let on_it = match s.holder {
+                Holder::Keep => g.keep,
+                Holder::Conn(c) => g.conn == c && !g.keep,
+            };
+            if on_it {
+                if let Some(t) = &g.task {
+                    t.abort();
+                }
+                groups.push((g.conn, g.keys[0].clone(), id.clone(), g.held));
+            }
+            !on_it
+        });
+    }
+    for (conn, key, id, held) in groups {
+        sh.emit(if held {
+            StoreEvent::Lost {
+                conn,
+                id,
+                key,
+                reason: format!("the connection's etcd lease may have expired: {reason}"),
+            }
+        } else {
+            StoreEvent::Error {
+                conn,
+                op: Op::LockMany,
+                id: Some(id),
+                key,
+                error: StoreError::SessionLost(reason.to_owned()),
+            }
+        });
     }
     for (conn, key, id, held) in gone {
         sh.emit(if held {
@@ -197,6 +229,7 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
         } else {
             StoreEvent::Error {
                 conn,
+                op: Op::Lock,
                 id: Some(id),
                 key,
                 error: StoreError::SessionLost(reason.to_owned()),

@@ -38,12 +38,19 @@ pub struct Req {
     pub held: bool,
     pub keep: bool,
     pub task: Option<AbortHandle>,
+    /// While held: restarts its TTL timer ([`StoreOp::Extend`]); `None` = no timer.
+    pub deadline: Option<Deadline>,
 }
+
+/// The holder task's TTL deadline, which an extend replaces.
+pub type Deadline = tokio::sync::watch::Sender<Option<tokio::time::Instant>>;
 
 #[derive(Default)]
 pub struct State {
     /// By (lock key, lock id).
     pub reqs: HashMap<(String, String), Req>,
+    /// Acquire-many groups, by lock id.
+    pub groups: HashMap<String, super::many::Group>,
     pub sessions: HashMap<ConnId, Rc<Session>>,
     pub keep: Option<Rc<Session>>,
     pub next_seq: u64,
@@ -78,6 +85,15 @@ impl Shared {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Etcd(e.to_string())),
             Err(_) => Err(StoreError::Timeout(self.cfg.op_timeout)),
+        }
+    }
+
+    /// How long a hold with `ttl` lasts: `None` = until released.
+    pub fn ttl(&self, ttl: super::Ttl) -> Option<std::time::Duration> {
+        match ttl {
+            super::Ttl::Default => self.cfg.default_ttl,
+            super::Ttl::Never => None,
+            super::Ttl::After(d) => Some(d),
         }
     }
 
@@ -215,6 +231,10 @@ fn dispatch(sh: &Rc<Shared>, op: StoreOp) {
             id,
             force,
         } => super::query::unlock(sh, conn, key, id, force),
+        StoreOp::Cancel { conn, key, id } => super::extend::cancel(sh, conn, key, id),
+        StoreOp::Extend { conn, key, id, ttl } => super::extend::extend(sh, conn, key, id, ttl),
+        StoreOp::LockMany(spec) => super::many::start(sh, spec),
+        StoreOp::ReleaseMany { conn, id } => super::many::release(sh, conn, id),
         StoreOp::Disconnect { conn } => disconnect(sh, conn),
         StoreOp::Keys { conn, tag } => super::query::keys(sh, conn, tag),
         StoreOp::Info { conn, tag, key } => super::query::info(sh, conn, tag, key),
@@ -222,7 +242,8 @@ fn dispatch(sh: &Rc<Shared>, op: StoreOp) {
     }
 }
 
-/// Drops the connection's waiters and holds (keep-after-death holds stay) and revokes its
+/// Drops the connection's waiters and holds, single and acquire-many (keep-after-death holds
+/// stay), and revokes its
 /// lease, which deletes its keys in etcd in one step.
 fn disconnect(sh: &Rc<Shared>, conn: ConnId) {
     let mut orphans = Vec::new();
@@ -250,6 +271,25 @@ fn disconnect(sh: &Rc<Shared>, conn: ConnId) {
             }
             false
         });
+        st.groups.retain(|id, g| {
+            if g.conn != conn || (g.keep && g.held) {
+                return true;
+            }
+            if let Some(t) = &g.task {
+                t.abort();
+            }
+            if g.keep {
+                let guard = match (g.rev, keep_lease) {
+                    (rev, _) if rev > 0 => Some(Guard::Rev(rev)),
+                    (_, Some(l)) => Some(Guard::Lease(l)),
+                    _ => None,
+                };
+                if let Some(guard) = guard {
+                    orphans.extend(g.keys.iter().map(|k| (k.clone(), id.clone(), guard)));
+                }
+            }
+            false
+        });
         st.sessions.remove(&conn)
     };
     for (key, id, guard) in orphans {
@@ -271,6 +311,12 @@ async fn shutdown(sh: &Rc<Shared>) {
             }
         }
         st.reqs.clear();
+        for g in st.groups.values() {
+            if let Some(t) = &g.task {
+                t.abort();
+            }
+        }
+        st.groups.clear();
         let mut v: Vec<_> = st.sessions.drain().map(|(_, s)| s).collect();
         v.extend(st.keep.take());
         v
