@@ -637,14 +637,14 @@ fn extend_keeps_a_holder_past_its_ttl() {
     let p = prefix("extend");
     let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
     n[0].lock(1, "k", "h", |s| {
-        s.ttl = Ttl::After(Duration::from_millis(1000))
+        s.ttl = Ttl::After(Duration::from_millis(1500))
     });
     n[0].expect(&wake, "h granted", T, granted("h"));
     let t0 = Instant::now();
     n[1].lock(1, "k", "w", |_| {});
     n[1].expect(&wake, "w queued", T, queued("w"));
-    std::thread::sleep(Duration::from_millis(400));
-    extend(&n[0], "k", "h", Ttl::After(Duration::from_millis(2000)));
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(t0.elapsed()));
+    extend(&n[0], "k", "h", Ttl::After(Duration::from_millis(3000)));
     n[0].expect(
         &wake,
         "extended",
@@ -655,7 +655,7 @@ fn extend_keeps_a_holder_past_its_ttl() {
     quiet(
         &mut n[1],
         &wake,
-        Duration::from_millis(1800).saturating_sub(t0.elapsed()),
+        Duration::from_millis(1900).saturating_sub(t0.elapsed()),
         |e| matches!(e, StoreEvent::Granted { .. }),
     );
     assert!(
@@ -672,7 +672,7 @@ fn extend_keeps_a_holder_past_its_ttl() {
     );
     n[1].expect(&wake, "w granted", T, granted("w"));
     println!(
-        "extend at 400 ms by 2 s: the 1 s holder expired after {:?}",
+        "extend at 300 ms by 3 s: the 1.5 s holder expired after {:?}",
         t0.elapsed()
     );
     extend(&n[0], "k", "h", Ttl::Default);
