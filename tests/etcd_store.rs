@@ -905,6 +905,24 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
     n[1].lock(2, "z", "late", |_| {});
     n[1].expect(&wake, "late queued", T, queued("late"));
     assert_eq!(who(&mut n[1], &wake, "z"), (vec![], names(&["g2", "late"])));
+    // Waiting is not holding: neither extended nor released from afar (left to its broker).
+    extend(&n[0], "y", "g2", Ttl::Never);
+    n[0].expect(
+        &wake,
+        "g2 still waiting",
+        T,
+        error_is(Op::Extend, StoreError::StillWaiting),
+    );
+    n[1].submit(StoreOp::ReleaseMany {
+        conn: ConnId(1),
+        id: "g2".into(),
+    });
+    n[1].expect(
+        &wake,
+        "g2 still waiting, remotely",
+        T,
+        error_is(Op::ReleaseMany, StoreError::StillWaiting),
+    );
     n[1].unlock(1, "y", "s");
     n[0].expect(&wake, "g2 granted", T, many_granted("g2"));
     assert_eq!(
