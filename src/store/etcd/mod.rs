@@ -36,6 +36,7 @@ mod query;
 mod request;
 mod rules;
 mod session;
+mod watch;
 mod worker;
 
 use std::sync::mpsc;
