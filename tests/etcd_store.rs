@@ -464,3 +464,86 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
         |e| matches!(e, StoreEvent::Lost { id, .. } if id == "kept"),
     );
 }
+
+/// The store's one shared watch routes each delete to the right task: a holder whose key
+/// another broker force-deletes is told `Lost` (not on a timer: nothing else would tell it), a
+/// waiter behind it on the other broker is granted, a waiter whose own key a stranger deletes
+/// gets `Vanished`, and the other keys' holders on the same watch hear nothing.
+#[test]
+fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("watch");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "f", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    n[0].lock(2, "g", "other", |_| {});
+    n[0].expect(&wake, "other granted", T, granted("other"));
+    n[1].lock(1, "f", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    let t0 = Instant::now();
+    n[1].submit(StoreOp::Unlock {
+        conn: ConnId(1),
+        key: "f".into(),
+        id: None,
+        force: true,
+    });
+    n[1].expect(&wake, "forced unlock", T, |e| {
+        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+    });
+    n[0].expect(
+        &wake,
+        "h lost",
+        T,
+        |e| matches!(e, StoreEvent::Lost { id, .. } if id == "h"),
+    );
+    let lost_after = t0.elapsed();
+    n[1].expect(&wake, "w granted", T, granted("w"));
+    // A waiter whose own key a stranger deletes is dropped, never granted.
+    n[0].lock(3, "f", "w2", |_| {});
+    n[0].expect(&wake, "w2 queued", T, queued("w2"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let eps: Vec<String> = cl.endpoints.split(',').map(str::to_owned).collect();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(&eps, None)
+            .await
+            .expect("etcd");
+        let r = c.delete(format!("{p}/f/w2"), None).await.expect("delete");
+        assert_eq!(r.deleted(), 1);
+    });
+    n[0].expect(&wake, "w2 vanished", T, |e| {
+        matches!(
+            e,
+            StoreEvent::Error {
+                id: Some(i),
+                error: live_mutex::store::etcd::StoreError::Vanished,
+                ..
+            } if i == "w2"
+        )
+    });
+    n[1].unlock(1, "f", "w");
+    n[1].expect(&wake, "w unlocked", T, |e| {
+        matches!(e, StoreEvent::Unlocked { .. })
+    });
+    // The holder of the other key is untouched, and still releases normally.
+    n[0].unlock(2, "g", "other");
+    n[0].expect(&wake, "other unlocked", T, |e| {
+        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+    });
+    for node in &n {
+        assert!(
+            !node.backlog.iter().any(|e| matches!(
+                e,
+                StoreEvent::Lost { .. } | StoreEvent::Granted { .. } | StoreEvent::Error { .. }
+            )),
+            "stray events: {:?}",
+            node.backlog
+        );
+    }
+    println!("forced unlock on broker B: holder on broker A told Lost after {lost_after:?}");
+}

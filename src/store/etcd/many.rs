@@ -296,8 +296,11 @@ async fn acquire(
                 let one = LockSpec::new(spec.conn, &keys[i], &spec.id);
                 let older = std::mem::take(&mut by_key[i]);
                 let (dir, me) = (&dirs[i], &members[i]);
-                Box::pin(async move { wait_turn(sh, &one, dir, me, rev, older, seen).await })
-                    as Turn<'_>
+                Box::pin(async move {
+                    wait_turn(sh, &one, dir, me, rev, older, seen)
+                        .await
+                        .map(|_| ())
+                }) as Turn<'_>
             })
             .collect();
         let turns = all_turns(waits);
@@ -364,14 +367,20 @@ async fn hold(
                 .collect::<Vec<_>>(),
         );
     let mut kv = sh.client.kv_client();
-    let marked = sh
-        .call(kv.txn(txn))
-        .await
-        .and_then(|r| r.succeeded().then_some(()).ok_or(StoreError::Vanished));
-    if let Err(e) = marked {
-        tokio::task::spawn_local(delete_members(sh.clone(), members, rev));
-        return Err(e);
-    }
+    // The revision at which every member was confirmed: the shared watch reports deletes
+    // after it.
+    let marked = sh.call(kv.txn(txn)).await.and_then(|r| {
+        r.succeeded()
+            .then(|| r.header().map_or(rev, |h| h.revision()))
+            .ok_or(StoreError::Vanished)
+    });
+    let seen = match marked {
+        Ok(at) => at,
+        Err(e) => {
+            tokio::task::spawn_local(delete_members(sh.clone(), members, rev));
+            return Err(e);
+        }
+    };
     let ttl = sh.ttl(spec.ttl);
     let (deadline, timer) = watch::channel(ttl.map(|d| Instant::now() + d));
     let tokens = {
@@ -399,7 +408,7 @@ async fn hold(
         tokens,
     });
     let which = Cell::new(0);
-    let gone = async { which.set(first_gone(sh, &members, rev).await) };
+    let gone = async { which.set(first_gone(sh, keys, &members, rev, seen).await) };
     let expired = hold_until(timer, gone).await;
     tokio::task::spawn_local(delete_members(sh.clone(), members, rev));
     let Some(g) = forget(sh, &spec.id, seq) else {
@@ -450,11 +459,22 @@ async fn all_turns(mut waits: Vec<Turn<'_>>) -> Result<(), StoreError> {
     .await
 }
 
-/// Returns the index of the first member that no longer exists.
-async fn first_gone(sh: &Shared, members: &[Vec<u8>], rev: i64) -> usize {
+/// Returns the index of the first member (of `keys`, all existing at revision `seen`) that no
+/// longer exists.
+async fn first_gone(
+    sh: &Shared,
+    keys: &[String],
+    members: &[Vec<u8>],
+    rev: i64,
+    seen: i64,
+) -> usize {
+    let dirs: Vec<Vec<u8>> = keys.iter().map(|k| sh.cfg.key_dir(k)).collect();
     let mut watches: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = members
         .iter()
-        .map(|m| Box::pin(watch_gone(sh, m, rev)) as Pin<Box<dyn Future<Output = ()> + '_>>)
+        .zip(&dirs)
+        .map(|(m, d)| {
+            Box::pin(watch_gone(sh, d, m, rev, seen)) as Pin<Box<dyn Future<Output = ()> + '_>>
+        })
         .collect();
     std::future::poll_fn(|cx| {
         for (i, w) in watches.iter_mut().enumerate() {

@@ -9,8 +9,12 @@
 //! - **Acquire.** A request is the key `PREFIX/<key>/<id>`, put-if-absent with the lease in one
 //!   Txn that also reads the key's other requests. Its create revision orders it; it is
 //!   granted when no conflicting older request exists (the rules are in `rules.rs`).
-//!   Otherwise it watches for deletes from the revision it read, and before it reports a grant
+//!   Otherwise it listens for deletes from the revision it read, and before it reports a grant
 //!   it checks again in etcd that its own key still exists and nothing older conflicts.
+//! - **Deletes** reach every request task from one etcd watch per store on the whole prefix
+//!   (`watch.rs`), not a watch per request: a holder hears of its own key's delete (`Lost`), a
+//!   waiter of its key's. Opening and cancelling a watch per grant cost an exchange with etcd
+//!   on every lock+unlock.
 //! - **Fencing token.** The key's create revision: it rises across every broker and restarts.
 //! - **Try-lock** deletes its key when not first. **Wait time-outs** and **per-holder TTLs**
 //!   are timers of this store that delete the key (leases count whole seconds, 2 s at least,
@@ -49,6 +53,7 @@ mod query;
 mod request;
 mod rules;
 mod session;
+mod watch;
 mod worker;
 
 use std::sync::mpsc;

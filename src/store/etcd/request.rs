@@ -1,28 +1,29 @@
 //! One lock request, from its put-if-absent to its release: the extended etcd Mutex recipe.
 //!
 //! Each request is one task on the store's thread. It puts its key and reads the key's other
-//! requests in one Txn; if older conflicting requests exist it watches deletes under the key
-//! (from the revision it read, so none is missed) and, when its turn seems to have come, checks
-//! again in etcd, in one Txn, that its own key still exists and nothing older conflicts:
-//! only then does it report a grant. While it holds, it watches its own key, so a deletion by
-//! anyone else (a forced unlock, an unlock by id on another broker, an expired lease) becomes
-//! [`StoreEvent::Lost`] at once, and it runs its TTL timer.
+//! requests in one Txn; if older conflicting requests exist it listens for deletes under the key
+//! (from the revision it read, so none is missed: the store's one shared watch, `watch.rs`)
+//! and, when its turn seems to have come, checks again in etcd, in one Txn, that its own key
+//! still exists and nothing older conflicts: only then does it report a grant. While it holds,
+//! it listens for its own key's delete, so a deletion by anyone else (a forced unlock, an
+//! unlock by id on another broker, an expired lease) becomes [`StoreEvent::Lost`] at once, and
+//! it runs its TTL timer.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchOptions,
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
+use super::watch::Note;
 use super::worker::{Either, Req, Shared, race};
 use super::{LockSpec, Op, StoreError, StoreEvent, Wait};
 
-/// Pause before reopening a broken watch or retrying a failed check.
+/// Pause before retrying a failed check.
 const RETRY: Duration = Duration::from_millis(200);
 
 /// Registers the request and starts its task; answers a repeat of a known request at once.
@@ -230,7 +231,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             Wait::Until(t) => race(sleep_until(Instant::from_std(t)), turn).await,
             _ => Either::Right(turn.await),
         };
-        match outcome {
+        let confirmed = match outcome {
             Either::Right(r) => r?,
             Either::Left(()) => {
                 tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
@@ -245,15 +246,17 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
                 }
                 return Ok(());
             }
-        }
+        };
+        hold(sh, spec, seq, &dir, me, rev, confirmed).await;
+        return Ok(());
     }
-    hold(sh, spec, seq, me, rev).await;
+    hold(sh, spec, seq, &dir, me, rev, seen).await;
     Ok(())
 }
 
-/// Waits until the request's turn has come and etcd confirms it. `Err` only when its own key
-/// is gone: every other failure is retried (a failing etcd ends the session, and this task
-/// with it).
+/// Waits until the request's turn has come and etcd confirms it, returning the revision at
+/// which it did. `Err` only when its own key is gone: every other failure is retried (a failing
+/// etcd ends the session, and this task with it).
 pub async fn wait_turn(
     sh: &Rc<Shared>,
     spec: &LockSpec,
@@ -261,72 +264,52 @@ pub async fn wait_turn(
     me: &[u8],
     rev: i64,
     mut older: Vec<Entry>,
-    mut seen: i64,
-) -> Result<(), StoreError> {
+    seen: i64,
+) -> Result<i64, StoreError> {
     let max = spec.max.unwrap_or(0);
+    let mut deletes = sh.hub.register(dir, None, seen);
     loop {
-        let mut wc = sh.client.watch_client();
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(seen + 1)
-            .with_filters([WatchFilterType::NoPut]);
-        if let Ok(mut stream) = sh.call(wc.watch(dir.to_vec(), Some(opts))).await {
-            while let Ok(Some(resp)) = stream.message().await {
-                if resp.canceled() {
-                    break;
+        let checked = match deletes.next().await {
+            Note::Deleted(key, _) => {
+                if key == me {
+                    return Err(StoreError::Vanished);
                 }
-                let mut relevant = false;
                 let pred = {
                     let refs: Vec<&Entry> = older.iter().collect();
                     rules::predecessor(spec.mode, max, &refs).map(|e| e.raw.clone())
                 };
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    if ev.event_type() != EventType::Delete {
-                        continue;
-                    }
-                    if kv.key() == me {
-                        return Err(StoreError::Vanished);
-                    }
-                    seen = seen.max(kv.mod_revision());
-                    let before = older.len();
-                    older.retain(|e| e.raw != kv.key());
-                    if older.len() < before && pred.as_deref().is_none_or(|p| p == kv.key()) {
-                        relevant = true;
-                    }
-                }
+                let before = older.len();
+                older.retain(|e| e.raw != key);
+                let relevant = older.len() < before && pred.is_none_or(|p| p == key);
                 let refs: Vec<&Entry> = older.iter().collect();
-                if relevant && rules::granted(spec.mode, max, &refs) {
-                    match recheck(sh, dir, me, rev).await {
-                        Ok(Some((fresh, _))) => {
-                            older = fresh;
-                            let refs: Vec<&Entry> = older.iter().collect();
-                            if rules::granted(spec.mode, max, &refs) {
-                                return Ok(());
-                            }
-                        }
-                        Ok(None) => return Err(StoreError::Vanished),
-                        Err(_) => break,
+                if !relevant || !rules::granted(spec.mode, max, &refs) {
+                    continue;
+                }
+                recheck(sh, dir, me, rev).await.ok()
+            }
+            // Deletes may have been missed (the watch was compacted past us).
+            Note::Reread => None,
+        };
+        let (fresh, at) = match checked {
+            Some(Some(found)) => found,
+            Some(None) => return Err(StoreError::Vanished),
+            // etcd failing over, or deletes missed: read afresh, then listen from there.
+            None => loop {
+                sleep(RETRY).await;
+                match recheck(sh, dir, me, rev).await {
+                    Ok(Some((fresh, at))) => {
+                        deletes.reset(at);
+                        break (fresh, at);
                     }
+                    Ok(None) => return Err(StoreError::Vanished),
+                    Err(_) => continue,
                 }
-            }
-        }
-        // The watch broke (etcd failing over, compaction): read afresh, then watch again.
-        loop {
-            sleep(RETRY).await;
-            match recheck(sh, dir, me, rev).await {
-                Ok(Some((fresh, at))) => {
-                    older = fresh;
-                    seen = at;
-                    break;
-                }
-                Ok(None) => return Err(StoreError::Vanished),
-                Err(_) => continue,
-            }
-        }
+            },
+        };
+        older = fresh;
         let refs: Vec<&Entry> = older.iter().collect();
         if rules::granted(spec.mode, max, &refs) {
-            return Ok(());
+            return Ok(at);
         }
     }
 }
@@ -368,7 +351,15 @@ async fn recheck(
 /// Reports the grant, then holds until the TTL ends (the key is deleted: `Expired`) or the key
 /// is deleted by someone else (`Lost`). An unlock, a cancel or a disconnect aborts this task
 /// first; an extend replaces its deadline.
-async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64) {
+async fn hold(
+    sh: &Rc<Shared>,
+    spec: &LockSpec,
+    seq: u64,
+    dir: &[u8],
+    me: Vec<u8>,
+    rev: i64,
+    seen: i64,
+) {
     let ttl = sh.ttl(spec.ttl);
     let (deadline, timer) = tokio::sync::watch::channel(ttl.map(|d| Instant::now() + d));
     {
@@ -388,7 +379,8 @@ async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64)
         key: spec.key.clone(),
         token: rev.unsigned_abs(),
     });
-    let expired = super::extend::hold_until(timer, watch_gone(sh, &me, rev)).await;
+    let gone = watch_gone(sh, dir, &me, rev, seen);
+    let expired = super::extend::hold_until(timer, gone).await;
     if expired {
         tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
     }
@@ -411,41 +403,23 @@ async fn hold(sh: &Rc<Shared>, spec: &LockSpec, seq: u64, me: Vec<u8>, rev: i64)
     });
 }
 
-/// Returns once our key (revision `rev`) no longer exists.
-pub async fn watch_gone(sh: &Shared, me: &[u8], rev: i64) {
-    let mut from = rev + 1;
-    loop {
-        let mut wc = sh.client.watch_client();
-        let opts = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
-        if let Ok(mut stream) = sh.call(wc.watch(me.to_vec(), Some(opts))).await {
-            while let Ok(Some(resp)) = stream.message().await {
-                if resp.canceled() {
-                    break;
-                }
-                if resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return;
-                }
-            }
-        }
-        // The watch broke: look at the key itself, then watch again from there.
+/// Returns once our key (revision `rev`, known to exist at revision `seen`) no longer exists.
+pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64) {
+    let mut deletes = sh.hub.register(dir, Some(me), seen);
+    // Only deletes of our own key above `seen` come: our key existed then, so it is gone.
+    while deletes.next().await == Note::Reread {
+        // Deletes may have been missed: look at the key itself, then listen from there.
         loop {
-            sleep(RETRY).await;
             let mut kv = sh.client.kv_client();
             match sh.call(kv.get(me.to_vec(), None)).await {
                 Ok(r) => {
                     if !r.kvs().iter().any(|k| k.create_revision() == rev) {
                         return;
                     }
-                    from = r.header().map_or(from, |h| h.revision() + 1);
+                    deletes.reset(r.header().map_or(seen, |h| h.revision()));
                     break;
                 }
-                Err(_) => continue,
+                Err(_) => sleep(RETRY).await,
             }
         }
     }

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::task::Poll;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -21,6 +22,7 @@ use tokio::task::{AbortHandle, LocalSet};
 
 use super::request::Guard;
 use super::session::Session;
+use super::watch::{self, Hub};
 use super::{ConnId, EtcdConfig, StoreError, StoreEvent, StoreOp};
 
 pub enum Cmd {
@@ -64,6 +66,8 @@ pub struct Shared {
     pub cfg: EtcdConfig,
     pub owner: String,
     pub client: Client,
+    /// The shared delete watch every request task listens to.
+    pub hub: Rc<Hub>,
     events: mpsc::Sender<StoreEvent>,
     wake: Box<dyn Fn() + Send + Sync>,
     pub st: RefCell<State>,
@@ -81,11 +85,7 @@ impl Shared {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.cfg.op_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Etcd(e.to_string())),
-            Err(_) => Err(StoreError::Timeout(self.cfg.op_timeout)),
-        }
+        within(self.cfg.op_timeout, fut).await
     }
 
     /// How long a hold with `ttl` lasts: `None` = until released.
@@ -106,6 +106,18 @@ impl Shared {
         } else {
             None
         }
+    }
+}
+
+/// Runs an etcd call under deadline `t`, mapping every failure to a [`StoreError`].
+async fn within<T, F>(t: Duration, fut: F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
+    match tokio::time::timeout(t, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError::Etcd(e.to_string())),
+        Err(_) => Err(StoreError::Timeout(t)),
     }
 }
 
@@ -171,6 +183,7 @@ async fn run(
             return;
         }
     };
+    tokio::task::spawn_local(watch::run(sh.clone()));
     let _ = ready.send(Ok(sh.owner.clone()));
     while let Some(cmd) = ops.recv().await {
         match cmd {
@@ -196,30 +209,23 @@ async fn connect(
         .iter()
         .map(|e| format!("http://{e}"))
         .collect();
-    let t = cfg.op_timeout;
-    let client = match tokio::time::timeout(t, Client::connect(eps, Some(opts))).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(StoreError::Etcd(e.to_string())),
-        Err(_) => return Err(StoreError::Timeout(t)),
-    };
-    let owner = format!("{:016x}", fastrand::u64(..));
-    let sh = Shared {
+    let client = within(cfg.op_timeout, Client::connect(eps, Some(opts))).await?;
+    // The connection is lazy: one read proves a member answers. Its revision is where the
+    // shared watch starts.
+    let root = cfg.root();
+    let mut kv = client.kv_client();
+    let count = Some(GetOptions::new().with_prefix().with_count_only());
+    let r = within(cfg.op_timeout, kv.get(root.clone(), count)).await?;
+    let from = r.header().map_or(0, |h| h.revision());
+    Ok(Shared {
+        owner: format!("{:016x}", fastrand::u64(..)),
+        hub: Rc::new(Hub::new(root, from)),
         cfg,
-        owner,
         client,
         events,
         wake,
         st: RefCell::new(State::default()),
-    };
-    // The connection is lazy: one read proves a member answers.
-    let mut kv = sh.client.kv_client();
-    let root = sh.cfg.root();
-    sh.call(kv.get(
-        root,
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    ))
-    .await?;
-    Ok(sh)
+    })
 }
 
 fn dispatch(sh: &Rc<Shared>, op: StoreOp) {
