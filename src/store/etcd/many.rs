@@ -487,15 +487,9 @@ async fn first_gone(
     .await
 }
 
-/// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,
-/// each on its own and retried in the background (`Ok(false)`: some had already gone; `Err`:
-/// etcd failed).
-pub async fn delete_members(
-    sh: Rc<Shared>,
-    members: Vec<Vec<u8>>,
-    rev: i64,
-) -> Result<bool, StoreError> {
-    let txn = Txn::new()
+/// One Txn that deletes every member if all still exist with create revision `rev`.
+fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
+    Txn::new()
         .when(
             members
                 .iter()
@@ -507,7 +501,18 @@ pub async fn delete_members(
                 .iter()
                 .map(|m| TxnOp::delete(m.clone(), None))
                 .collect::<Vec<_>>(),
-        );
+        )
+}
+
+/// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,
+/// each on its own and retried in the background (`Ok(false)`: some had already gone; `Err`:
+/// etcd failed).
+pub async fn delete_members(
+    sh: Rc<Shared>,
+    members: Vec<Vec<u8>>,
+    rev: i64,
+) -> Result<bool, StoreError> {
+    let txn = delete_all(&members, rev);
     let mut kv = sh.client.kv_client();
     let res = sh.call(kv.txn(txn)).await.map(|r| r.succeeded());
     if res != Ok(true) {
@@ -606,19 +611,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
     if !held {
         return Err((key, StoreError::StillWaiting));
     }
-    let txn = Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| TxnOp::delete(m.clone(), None))
-                .collect::<Vec<_>>(),
-        );
+    let txn = delete_all(&members, rev);
     let mut kv = sh.client.kv_client();
     match sh.call(kv.txn(txn)).await {
         Ok(r) if r.succeeded() => Ok(()),

@@ -200,7 +200,11 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
             !on_it
         });
     }
-    for (conn, key, id, held) in groups {
+    let dropped = groups
+        .into_iter()
+        .map(|g| (Op::LockMany, g))
+        .chain(gone.into_iter().map(|g| (Op::Lock, g)));
+    for (op, (conn, key, id, held)) in dropped {
         sh.emit(if held {
             StoreEvent::Lost {
                 conn,
@@ -211,25 +215,7 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
         } else {
             StoreEvent::Error {
                 conn,
-                op: Op::LockMany,
-                id: Some(id),
-                key,
-                error: StoreError::SessionLost(reason.to_owned()),
-            }
-        });
-    }
-    for (conn, key, id, held) in gone {
-        sh.emit(if held {
-            StoreEvent::Lost {
-                conn,
-                id,
-                key,
-                reason: format!("the connection's etcd lease may have expired: {reason}"),
-            }
-        } else {
-            StoreEvent::Error {
-                conn,
-                op: Op::Lock,
+                op,
                 id: Some(id),
                 key,
                 error: StoreError::SessionLost(reason.to_owned()),
