@@ -1,12 +1,12 @@
 //! Lock stores: where the broker's lock decisions live, behind one interface.
 //!
-//! The broker core talks to a [`Store`] and nothing else for lock state: it hands it
-//! [`StoreOp`]s and turns the [`StoreEvent`]s it drains into replies and pushed grants. Two
+//! The broker core talks to a `Store` and nothing else for lock state: it hands it
+//! `StoreOp`s and turns the `StoreEvent`s it drains into replies and pushed grants. Two
 //! implementations:
-//! - `MemStore` (`memory.rs`): the in-memory [`Table`](crate::table::Table), which decides on
+//! - `MemStore` (`memory.rs`): the in-memory [`Table`], which decides on
 //!   the spot, so its answers are waiting by the time `submit` returns, and whose timers (TTLs,
 //!   wait deadlines) run on the core's `poll_timeout`/`handle_timeout`.
-//! - [`etcd`] (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`): every
+//! - `etcd` (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`): every
 //!   decision lives in an etcd cluster, so any number of brokers serve the same keys. Its
 //!   answers come later, from its own thread, which wakes the reactor (`etcd_bridge.rs`
 //!   translates).
@@ -17,7 +17,7 @@
 //! is written once and holds for every store.
 //!
 //! The table offers what a distributed store cannot (the 0.2.x read/write emulation, the live
-//! `watch` snapshots, `/metrics` gauges of every key): [`Store::table`] reaches it when the
+//! `watch` snapshots, `/metrics` gauges of every key): `Store::table` reaches it when the
 //! store is one.
 
 #[cfg(feature = "etcd")]
