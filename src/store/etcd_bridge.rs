@@ -395,6 +395,10 @@ impl Store for EtcdBridge {
 
     fn handle_timeout(&mut self, _now: Instant) {}
 
+    fn answers_later(&self) -> bool {
+        true
+    }
+
     fn is_idle(&self) -> bool {
         // Locks live in etcd and outlive this broker's idleness; only connections count.
         true

@@ -53,6 +53,12 @@ pub(crate) trait Store: Send {
     fn poll_timeout(&mut self) -> Option<Instant>;
     /// Runs what is due at `now`.
     fn handle_timeout(&mut self, now: Instant);
+    /// Answers from another thread, later: the core then bounds what each connection may
+    /// have in the store (the table bounds its own).
+    #[cfg_attr(not(any(feature = "etcd", test)), allow(dead_code))]
+    fn answers_later(&self) -> bool {
+        false
+    }
     /// Holds no lock and no waiter that this broker knows of (for `idle_exit`).
     fn is_idle(&self) -> bool;
     /// The in-memory table, when the store is one.

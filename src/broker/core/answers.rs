@@ -45,7 +45,7 @@ impl Core {
                 queue_len,
                 readers,
             } => {
-                if let Some(l) = self.route.locks.get_mut(&(key.clone(), id.clone())) {
+                if let Some(l) = self.route.lock_mut(&key, &id) {
                     l.queued = true;
                 }
                 self.lock_reply(conn, &id, &key, WireLock::Queued, queue_len, readers);
@@ -82,17 +82,20 @@ impl Core {
                             },
                         );
                     }
-                    None => self.send_many(
-                        slot,
-                        &id,
-                        WireMany::TimedOut {
-                            waited_ms: ms(waited),
-                        },
-                    ),
+                    None => {
+                        self.route.remove_group(&id);
+                        self.send_many(
+                            slot,
+                            &id,
+                            WireMany::TimedOut {
+                                waited_ms: ms(waited),
+                            },
+                        );
+                    }
                 }
             }
             StoreEvent::Expired { conn, id, key } | StoreEvent::Released { conn, id, key } => {
-                self.route.forget(conn, &key, &id);
+                self.forget_any(conn, &key, &id);
                 self.acks.remove(&id);
             }
             StoreEvent::Lost {
@@ -101,7 +104,7 @@ impl Core {
                 key,
                 reason,
             } => {
-                self.route.forget(conn, &key, &id);
+                self.forget_any(conn, &key, &id);
                 self.acks.remove(&id);
                 if let Some(slot) = self.slot_of(conn) {
                     let msg = format!("lock lost: {reason}");
@@ -117,7 +120,7 @@ impl Core {
                 ..
             } => {
                 if let Some(id) = id {
-                    self.route.locks.remove(&(key.clone(), id));
+                    self.route.remove_lock(&key, &id);
                 }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(queue_len), false);
@@ -149,6 +152,7 @@ impl Core {
                 }
             }
             StoreEvent::ManyBusy { conn, id } => {
+                self.route.remove_group(&id);
                 if let Some(slot) = self.slot_of(conn) {
                     self.send_many(
                         slot,
@@ -160,6 +164,10 @@ impl Core {
                 }
             }
             StoreEvent::ManyReleased { tag } => {
+                if let Some(Awaited::ReleaseMany(id)) = self.route.awaiting(tag).map(|p| &p.kind) {
+                    let id = id.clone();
+                    self.route.remove_group(&id);
+                }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(0), false);
             }
@@ -209,9 +217,8 @@ impl Core {
     }
 
     fn granted(&mut self, now: Instant, conn: ConnId, id: Name, key: Name, grant: Grant) {
-        let k = (key.clone(), id.clone());
         let slot = self.slot_of(conn);
-        let state = self.route.locks.get_mut(&k).filter(|l| l.conn == conn);
+        let state = self.route.lock_mut(&key, &id).filter(|l| l.conn == conn);
         let (Some(slot), Some(l)) = (slot, state) else {
             // Its connection is gone, or its client gave it up: give it back, unseen.
             let op = StoreOp::Cancel {
@@ -297,17 +304,20 @@ impl Core {
                 }
             }
             Op::LockMany => {
+                if let Some(i) = id {
+                    self.route.remove_group(i);
+                }
                 if let Some(slot) = self.slot_of(conn) {
                     self.send_error(slot, "acquire-many", id, None, &msg);
                 }
             }
             Op::Unlock => {
                 let lost = rule == Some(crate::table::TableError::NotHeld);
-                if lost && let (Some(i), Some(k)) = (id, key) {
-                    let k = (Name::from(k), Name::from(i));
-                    if self.route.locks.get(&k).is_some_and(|l| l.held) {
-                        self.route.locks.remove(&k);
-                    }
+                if lost
+                    && let (Some(i), Some(k)) = (id, key)
+                    && self.route.lock_of(k, i).is_some_and(|l| l.held)
+                {
+                    self.route.remove_lock(k, i);
                 }
                 self.settle(tag, Err(&msg), lost);
             }
@@ -356,9 +366,16 @@ impl Core {
         }
     }
 
+    /// Forgets what `id` names on `key`: a lock request of `conn`, else an acquire-many.
+    fn forget_any(&mut self, conn: ConnId, key: &str, id: &str) {
+        if self.route.forget(conn, key, id).is_none() {
+            self.route.remove_group(id);
+        }
+    }
+
     /// The reply awaiting `tag`, and its connection's slot (`None` once that closed).
     fn awaited(&mut self, tag: u64) -> Option<(usize, Pending)> {
-        let p = self.route.pending.remove(&tag)?;
+        let p = self.route.answered(tag)?;
         Some((self.slot_of(p.conn)?, p))
     }
 

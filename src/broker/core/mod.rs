@@ -125,6 +125,9 @@ struct ConnState {
 pub(crate) struct Core {
     store: Box<dyn Store>,
     route: route::Route,
+    /// Lock requests, and unanswered ops, one connection may have in a store that answers
+    /// later (the table enforces its own limit).
+    max_per_conn: usize,
     /// By the low 32 bits of the `ConnId`.
     conns: Vec<Option<ConnState>>,
     open: usize,
@@ -166,6 +169,7 @@ fn ms(d: Duration) -> u64 {
 impl Core {
     pub fn new(cfg: Config) -> Self {
         Core {
+            max_per_conn: cfg.table.max_requests_per_conn,
             store: Box::new(MemStore::new(cfg.table)),
             route: route::Route::default(),
             conns: Vec::new(),
@@ -194,6 +198,9 @@ impl Core {
     /// the in-memory table.
     #[cfg(any(feature = "etcd", test))]
     pub fn use_store(&mut self, store: Box<dyn Store>) {
+        if store.answers_later() {
+            self.route.count_load();
+        }
         self.store = store;
     }
 
@@ -483,15 +490,20 @@ impl Core {
                 key,
                 lock_id,
                 ttl,
-            } => self.extend(cid, now, uuid, key, lock_id, ttl),
+            } => self.extend(slot, cid, now, uuid, key, lock_id, ttl),
             Request::AcquireMany(r) => self.acquire_many(slot, cid, now, &r),
-            Request::ReleaseMany { uuid, lock_id } => self.release_many(cid, now, uuid, lock_id),
-            Request::Ls { uuid } => self.ask(cid, now, Some(uuid), route::Awaited::Ls),
+            Request::ReleaseMany { uuid, lock_id } => {
+                self.release_many(slot, cid, now, uuid, lock_id)
+            }
+            Request::Ls { uuid } => self.ask(slot, cid, now, Some(uuid), route::Awaited::Ls),
             Request::LockInfo { uuid, key } => {
-                self.ask(cid, now, Some(uuid), route::Awaited::Info(key.into()))
+                let kind = route::Awaited::Info(key.into());
+                self.ask(slot, cid, now, Some(uuid), kind)
             }
             Request::Ping { uuid } => self.ping(slot, uuid),
-            Request::SystemStats { uuid } => self.ask(cid, now, Some(uuid), route::Awaited::Stats),
+            Request::SystemStats { uuid } => {
+                self.ask(slot, cid, now, Some(uuid), route::Awaited::Stats)
+            }
             Request::Auth { uuid, .. } => {
                 self.send(
                     slot,
@@ -503,9 +515,13 @@ impl Core {
                 );
             }
             Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
-            Request::Inspect { uuid, command } => {
-                self.ask(cid, now, uuid, route::Awaited::Inspect(command.into()))
-            }
+            Request::Inspect { uuid, command } => self.ask(
+                slot,
+                cid,
+                now,
+                uuid,
+                route::Awaited::Inspect(command.into()),
+            ),
             Request::Hello { name, pid } => self.hello(slot, name, pid),
             Request::Watch { uuid, interval_ms } => self.watch(slot, cid, now, uuid, interval_ms),
         }

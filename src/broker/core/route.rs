@@ -23,10 +23,26 @@ use crate::table::{self, ConnId, ManyRequest, Name, TableError};
 #[derive(Default)]
 pub(super) struct Route {
     /// Lock requests not yet ended, by (key, lock id): unique in every store.
-    pub locks: HashMap<(Name, Name), LockState, RandomState>,
+    locks: HashMap<(Name, Name), LockState, RandomState>,
+    /// Acquire-many groups not yet ended (counted only), by lock id.
+    groups: HashMap<Name, ConnId, RandomState>,
     /// Replies awaiting the store's answer, by tag.
-    pub pending: HashMap<u64, Pending, RandomState>,
+    pending: HashMap<u64, Pending, RandomState>,
+    /// Per connection, when the store answers later (etcd): what it has in the store and
+    /// awaits from it. The table bounds its own; a store on another thread would take
+    /// whatever a client pipelines, so the core bounds it (`Config::table`'s
+    /// `max_requests_per_conn`).
+    load: Option<HashMap<ConnId, Load, RandomState>>,
     next_tag: u64,
+}
+
+/// What one connection has in a store that answers later.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Load {
+    /// Lock requests and acquire-many groups, waiting or held.
+    pub requests: usize,
+    /// Ops not yet answered.
+    pub unanswered: usize,
 }
 
 pub(super) struct LockState {
@@ -55,31 +71,103 @@ pub(super) enum Awaited {
 }
 
 impl Route {
+    /// Counts each connection's load (for a store that answers later).
+    #[cfg_attr(not(any(feature = "etcd", test)), allow(dead_code))]
+    pub(super) fn count_load(&mut self) {
+        self.load = Some(HashMap::default());
+    }
+
+    pub(super) fn load(&self, conn: ConnId) -> Load {
+        self.load
+            .as_ref()
+            .and_then(|l| l.get(&conn).copied())
+            .unwrap_or_default()
+    }
+
+    fn add_load(&mut self, conn: ConnId, f: impl FnOnce(&mut Load)) {
+        if let Some(l) = self.load.as_mut() {
+            let e = l.entry(conn).or_default();
+            f(e);
+            if e.requests == 0 && e.unanswered == 0 {
+                l.remove(&conn);
+            }
+        }
+    }
+
     /// A tag for a reply that awaits the store; 0 is never one (an answer nobody awaits).
     pub(super) fn expect(&mut self, conn: ConnId, uuid: Option<&str>, kind: Awaited) -> u64 {
         self.next_tag += 1;
         let tag = self.next_tag;
         let uuid = uuid.map(Name::from);
         self.pending.insert(tag, Pending { conn, uuid, kind });
+        self.add_load(conn, |l| l.unanswered += 1);
         tag
     }
 
-    /// Forgets request (`key`, `id`) of `conn`; true when it was held.
-    pub(super) fn forget(&mut self, conn: ConnId, key: &str, id: &str) -> bool {
-        match self.locks.get(&(Name::from(key), Name::from(id))) {
-            Some(l) if l.conn == conn => {
-                let held = l.held;
-                self.locks.remove(&(Name::from(key), Name::from(id)));
-                held
-            }
-            _ => false,
+    pub(super) fn awaiting(&self, tag: u64) -> Option<&Pending> {
+        self.pending.get(&tag)
+    }
+
+    /// The reply awaiting `tag`, now answered.
+    pub(super) fn answered(&mut self, tag: u64) -> Option<Pending> {
+        let p = self.pending.remove(&tag)?;
+        self.add_load(p.conn, |l| l.unanswered = l.unanswered.saturating_sub(1));
+        Some(p)
+    }
+
+    pub(super) fn lock_mut(&mut self, key: &Name, id: &Name) -> Option<&mut LockState> {
+        self.locks.get_mut(&(key.clone(), id.clone()))
+    }
+
+    pub(super) fn lock_of(&self, key: &str, id: &str) -> Option<&LockState> {
+        self.locks.get(&(Name::from(key), Name::from(id)))
+    }
+
+    pub(super) fn add_lock(&mut self, key: &str, id: &str, conn: ConnId) {
+        let state = LockState {
+            conn,
+            held: false,
+            queued: false,
+        };
+        self.locks.insert((key.into(), id.into()), state);
+        self.add_load(conn, |l| l.requests += 1);
+    }
+
+    /// Forgets lock request (`key`, `id`), whoever made it.
+    pub(super) fn remove_lock(&mut self, key: &str, id: &str) -> Option<LockState> {
+        let l = self.locks.remove(&(Name::from(key), Name::from(id)))?;
+        self.add_load(l.conn, |n| n.requests = n.requests.saturating_sub(1));
+        Some(l)
+    }
+
+    /// Forgets request (`key`, `id`) of `conn`; `Some(held)` when there was one.
+    pub(super) fn forget(&mut self, conn: ConnId, key: &str, id: &str) -> Option<bool> {
+        if self.lock_of(key, id)?.conn != conn {
+            return None;
+        }
+        self.remove_lock(key, id).map(|l| l.held)
+    }
+
+    pub(super) fn add_group(&mut self, id: &str, conn: ConnId) {
+        if self.load.is_some() && self.groups.insert(id.into(), conn).is_none() {
+            self.add_load(conn, |l| l.requests += 1);
+        }
+    }
+
+    pub(super) fn remove_group(&mut self, id: &str) {
+        if let Some(conn) = self.groups.remove(id) {
+            self.add_load(conn, |l| l.requests = l.requests.saturating_sub(1));
         }
     }
 
     /// Forgets everything of a closed connection.
     pub(super) fn disconnect(&mut self, conn: ConnId) {
         self.locks.retain(|_, l| l.conn != conn);
+        self.groups.retain(|_, c| *c != conn);
         self.pending.retain(|_, p| p.conn != conn);
+        if let Some(l) = self.load.as_mut() {
+            l.remove(&conn);
+        }
     }
 }
 
@@ -91,12 +179,11 @@ impl Core {
         now: Instant,
         r: &proto::LockRequest<'_>,
     ) {
-        let k = (Name::from(r.key), Name::from(r.uuid));
         // A Node client re-sends a lock (same uuid) when its own timer fires. A waiting one is
         // asked again (the store reports its place); a granted one's grant is already on its
         // way, and a second `acquired:true` would reach a request the client has settled and
         // make it release the lock.
-        let retry = match self.route.locks.get(&k) {
+        let retry = match self.route.lock_of(r.key, r.uuid) {
             None => false,
             Some(l) if l.conn != cid => {
                 let e = TableError::DuplicateId;
@@ -131,14 +218,10 @@ impl Core {
             keep_after_disconnect: r.keep_locks_after_death || keep_default,
         };
         if !retry {
-            self.route.locks.insert(
-                k,
-                LockState {
-                    conn: cid,
-                    held: false,
-                    queued: false,
-                },
-            );
+            if let Err(e) = self.room(cid, true) {
+                return self.send_error(slot, "lock", Some(r.uuid), Some(r.key), &e);
+            }
+            self.route.add_lock(r.key, r.uuid, cid);
             if let Some(c) = self.conn_at(slot) {
                 c.requests += 1;
             }
@@ -168,7 +251,7 @@ impl Core {
     /// Ends request (`key`, `id`) of `conn` without an answer: a waiter leaves the queue, a
     /// holder is released. True when it was held.
     pub(super) fn give_back(&mut self, now: Instant, conn: ConnId, key: &str, id: &str) -> bool {
-        let held = self.route.forget(conn, key, id);
+        let held = self.route.forget(conn, key, id) == Some(true);
         self.store.submit(now, StoreOp::Cancel { conn, key, id });
         held
     }
@@ -209,6 +292,9 @@ impl Core {
             let lrc = self.store.table().map_or(0, |t| t.counts(key).0);
             return self.unlock_reply(slot, uuid, key, Ok(()), false, lrc);
         }
+        if let Err(e) = self.room(cid, false) {
+            return self.unlock_reply(slot, uuid, key, Err(&e), false, 0);
+        }
         let tag = self
             .route
             .expect(cid, Some(uuid), Awaited::Unlock(key.into()));
@@ -247,8 +333,10 @@ impl Core {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn extend(
         &mut self,
+        slot: usize,
         cid: ConnId,
         now: Instant,
         uuid: &str,
@@ -256,6 +344,9 @@ impl Core {
         lock_id: &str,
         ttl: proto::Ttl,
     ) {
+        if let Err(e) = self.room(cid, false) {
+            return self.send_error(slot, "extend", Some(uuid), Some(key), &e);
+        }
         let tag = self
             .route
             .expect(cid, Some(uuid), Awaited::Extend(key.into()));
@@ -278,7 +369,17 @@ impl Core {
         now: Instant,
         r: &proto::AcquireMany<'_>,
     ) {
-        let keep_default = self.conn_at(slot).is_some_and(|c| c.keep_default);
+        if let Err(e) = self.room(cid, true) {
+            return self.send_error(slot, "acquire-many", Some(r.uuid), None, &e);
+        }
+        self.route.add_group(r.uuid, cid);
+        let keep_default = match self.conn_at(slot) {
+            Some(c) => {
+                c.requests += 1;
+                c.keep_default
+            }
+            None => false,
+        };
         let req = ManyRequest {
             conn: cid,
             keys: &r.keys,
@@ -290,7 +391,17 @@ impl Core {
         self.store.submit(now, StoreOp::LockMany(req));
     }
 
-    pub(super) fn release_many(&mut self, cid: ConnId, now: Instant, uuid: &str, lock_id: &str) {
+    pub(super) fn release_many(
+        &mut self,
+        slot: usize,
+        cid: ConnId,
+        now: Instant,
+        uuid: &str,
+        lock_id: &str,
+    ) {
+        if let Err(e) = self.room(cid, false) {
+            return self.send_error(slot, "release-many", Some(uuid), None, &e);
+        }
         let tag = self
             .route
             .expect(cid, Some(uuid), Awaited::ReleaseMany(lock_id.into()));
@@ -306,7 +417,23 @@ impl Core {
 
     /// `ls`, `lock-info`, `system-stats`, `inspect`: asked of the store (for etcd, of every
     /// broker's requests).
-    pub(super) fn ask(&mut self, cid: ConnId, now: Instant, uuid: Option<&str>, kind: Awaited) {
+    pub(super) fn ask(
+        &mut self,
+        slot: usize,
+        cid: ConnId,
+        now: Instant,
+        uuid: Option<&str>,
+        kind: Awaited,
+    ) {
+        if let Err(e) = self.room(cid, false) {
+            let ty = match kind {
+                Awaited::Ls => "ls",
+                Awaited::Info(_) => "lock-info",
+                Awaited::Inspect(_) => "inspect",
+                _ => "system-stats",
+            };
+            return self.send_error(slot, ty, uuid, None, &e);
+        }
         let key = match &kind {
             Awaited::Info(k) => Some(k.clone()),
             _ => None,
@@ -319,5 +446,18 @@ impl Core {
             None => StoreOp::Keys { tag },
         };
         self.store.submit(now, op);
+    }
+
+    /// Room for one more op of `conn` in a store that answers later: at most
+    /// `max_per_conn` lock requests and groups (`request`), and as many unanswered ops.
+    fn room(&mut self, conn: ConnId, request: bool) -> Result<(), String> {
+        let l = self.route.load(conn);
+        let max = self.max_per_conn;
+        if l.unanswered >= max || (request && l.requests >= max) {
+            let e = TableError::TooManyRequests(max);
+            self.reject(Reject::from(&e));
+            return Err(e.to_string());
+        }
+        Ok(())
     }
 }

@@ -29,6 +29,9 @@ impl Store for Script {
         None
     }
     fn handle_timeout(&mut self, _now: Instant) {}
+    fn answers_later(&self) -> bool {
+        true
+    }
     fn is_idle(&self) -> bool {
         true
     }
@@ -229,4 +232,68 @@ fn store_errors_become_replies_to_the_op_that_failed() {
         v["error"].as_str().unwrap().contains("not supported"),
         "{v}"
     );
+}
+
+#[test]
+fn a_connection_cannot_pile_up_requests_in_a_store_that_answers_later() {
+    let mut cfg = config();
+    cfg.table.max_requests_per_conn = 2;
+    let mut p = Pair::new(cfg);
+    let s = Script::default();
+    p.core.use_store(Box::new(s.clone()));
+    let (c, other) = (p.connect(), p.connect());
+    let conn = p.clients[0].conn;
+    p.send(c, json!({"type":"lock","uuid":"a","key":"k"}));
+    p.send(
+        c,
+        json!({"type":"acquire-many","uuid":"g","keys":["x","y"]}),
+    );
+    p.send(c, json!({"type":"lock","uuid":"b","key":"k"}));
+    let v = p.recv(c);
+    assert_eq!(v["uuid"], "b");
+    assert!(v["error"].as_str().unwrap().contains("(the limit)"), "{v}");
+    assert_eq!(
+        take_ops(&s).len(),
+        2,
+        "the third request never reached the store"
+    );
+    // Another connection has room of its own.
+    p.send(other, json!({"type":"lock","uuid":"o","key":"k"}));
+    assert_eq!(take_ops(&s).len(), 1);
+    // Questions count while unanswered: two in flight, the third refused.
+    p.send(c, json!({"type":"ls","uuid":"q1"}));
+    p.send(c, json!({"type":"ls","uuid":"q2"}));
+    p.send(c, json!({"type":"ls","uuid":"q3"}));
+    let v = p.recv(c);
+    assert_eq!((&v["uuid"], &v["type"]), (&json!("q3"), &json!("ls")));
+    assert!(v["error"].is_string(), "{v}");
+    let ops = take_ops(&s);
+    let answer = |op: &String| StoreEvent::Keys {
+        tag: tag_of(op),
+        keys: Ok(Vec::new()),
+    };
+    emit(&mut p, &s, answer(&ops[0]));
+    assert_eq!(p.recv(c)["uuid"], "q1");
+    p.send(c, json!({"type":"ls","uuid":"q4"}));
+    p.expect_silence(c);
+    let q4 = take_ops(&s);
+    assert_eq!(q4.len(), 1, "answered, so there is room again");
+    emit(&mut p, &s, answer(&ops[1]));
+    emit(&mut p, &s, answer(&q4[0]));
+    assert_eq!(
+        (p.recv(c)["uuid"].clone(), p.recv(c)["uuid"].clone()),
+        (json!("q2"), json!("q4"))
+    );
+    // A lock that ends makes room too.
+    emit(&mut p, &s, granted(conn, "a", 1));
+    assert_eq!(p.recv(c)["acquired"], true);
+    let expired = StoreEvent::Expired {
+        conn,
+        id: "a".into(),
+        key: "k".into(),
+    };
+    emit(&mut p, &s, expired);
+    p.send(c, json!({"type":"lock","uuid":"b","key":"k"}));
+    p.expect_silence(c);
+    assert!(take_ops(&s)[0].starts_with("Lock("));
 }
