@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::*;
 use live_mutex::store::etcd::{
-    ConnId, EtcdConfig, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, Ttl, Wait,
+    ConnId, EtcdConfig, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
 #[test]
@@ -136,10 +136,10 @@ fn try_lock_and_semaphore_across_brokers() {
             e,
             StoreEvent::Error {
                 op: Op::Lock,
-                error: live_mutex::store::etcd::StoreError::MaxMismatch {
+                error: live_mutex::store::etcd::StoreError::Rule(TableError::MaxMismatch {
                     current: 2,
                     requested: 3
-                },
+                }),
                 ..
             }
         )
@@ -214,7 +214,7 @@ fn ttl_expiry_and_wait_timeout() {
             e,
             StoreEvent::Error {
                 op: Op::Unlock,
-                error: live_mutex::store::etcd::StoreError::NotHeld,
+                error: live_mutex::store::etcd::StoreError::Rule(TableError::NotHeld),
                 ..
             }
         )
@@ -443,7 +443,7 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
             e,
             StoreEvent::Error {
                 op: Op::Unlock,
-                error: live_mutex::store::etcd::StoreError::StillWaiting,
+                error: live_mutex::store::etcd::StoreError::Rule(TableError::StillWaiting),
                 ..
             }
         )

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::*;
 use live_mutex::store::etcd::{
-    ConnId, KeyInfo, ManySpec, Op, StoreError, StoreEvent, StoreOp, Ttl, Wait,
+    ConnId, KeyInfo, ManySpec, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
 /// Acquire-many of `keys` as group `id` (no TTL, waits forever unless `f` says otherwise).
@@ -230,14 +230,14 @@ fn extend_keeps_a_holder_past_its_ttl() {
         &wake,
         "expired: not held",
         T,
-        error_is(Op::Extend, StoreError::NotHeld),
+        error_is(Op::Extend, StoreError::Rule(TableError::NotHeld)),
     );
     extend(&n[0], "k", "nobody", Ttl::Default);
     n[0].expect(
         &wake,
         "unknown: not held",
         T,
-        error_is(Op::Extend, StoreError::NotHeld),
+        error_is(Op::Extend, StoreError::Rule(TableError::NotHeld)),
     );
     n[0].lock(2, "k", "w3", |_| {});
     n[0].expect(&wake, "w3 queued", T, queued("w3"));
@@ -246,7 +246,7 @@ fn extend_keeps_a_holder_past_its_ttl() {
         &wake,
         "still waiting",
         T,
-        error_is(Op::Extend, StoreError::StillWaiting),
+        error_is(Op::Extend, StoreError::Rule(TableError::StillWaiting)),
     );
     // w is held through the other broker, whose timer only it can restart.
     let other = n[1].store.owner().to_owned();
@@ -429,7 +429,7 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         &wake,
         "group member",
         T,
-        error_is(Op::Unlock, StoreError::GroupMember),
+        error_is(Op::Unlock, StoreError::Rule(TableError::GroupMember)),
     );
     n[0].submit(StoreOp::ReleaseMany {
         conn: ConnId(1),
@@ -461,7 +461,7 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         &wake,
         "g2 still waiting",
         T,
-        error_is(Op::Extend, StoreError::StillWaiting),
+        error_is(Op::Extend, StoreError::Rule(TableError::StillWaiting)),
     );
     n[1].submit(StoreOp::ReleaseMany {
         conn: ConnId(1),
@@ -471,7 +471,7 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         &wake,
         "g2 still waiting, remotely",
         T,
-        error_is(Op::ReleaseMany, StoreError::StillWaiting),
+        error_is(Op::ReleaseMany, StoreError::Rule(TableError::StillWaiting)),
     );
     n[1].unlock(1, "y", "s");
     n[0].expect(&wake, "g2 granted", T, many_granted("g2"));
@@ -505,7 +505,7 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         &wake,
         "twice",
         T,
-        error_is(Op::ReleaseMany, StoreError::NotHeld),
+        error_is(Op::ReleaseMany, StoreError::Rule(TableError::NotHeld)),
     );
     // The group id is the credential on any broker; its own broker reports the group lost.
     many(&n[0], 4, &["r1", "r2"], "g4", |_| {});
@@ -591,7 +591,10 @@ fn try_lock_group_is_refused_with_no_key_left_behind() {
         &wake,
         "no keys",
         T,
-        error_is(Op::LockMany, StoreError::BadKeyCount { got: 0, max: 64 }),
+        error_is(
+            Op::LockMany,
+            StoreError::Rule(TableError::BadKeyCount { got: 0, max: 64 }),
+        ),
     );
     let lots: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
     let lots: Vec<&str> = lots.iter().map(String::as_str).collect();
@@ -600,7 +603,10 @@ fn try_lock_group_is_refused_with_no_key_left_behind() {
         &wake,
         "too many",
         T,
-        error_is(Op::LockMany, StoreError::BadKeyCount { got: 65, max: 64 }),
+        error_is(
+            Op::LockMany,
+            StoreError::Rule(TableError::BadKeyCount { got: 65, max: 64 }),
+        ),
     );
     // Duplicates count once; 64 distinct keys fit in one Txn.
     many(&n[1], 1, &["d", "d", "e"], "dup", |_| {});

@@ -209,8 +209,8 @@ pub(crate) struct StoreStats {
     pub grants: u64,
 }
 
-/// Why a store refused or failed a request. One enum for the layer, nesting each store's own:
-/// the table's rule errors are the same in every store (etcd's duplicates of them map here).
+/// Why a store refused or failed a request. One enum for the layer, nesting each store's own;
+/// the table's rule errors are the same in every store (the etcd store nests them too).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum StoreError {
@@ -224,31 +224,14 @@ pub(crate) enum StoreError {
 }
 
 impl StoreError {
-    /// The rule broken, when it is one (etcd's copies of the rule errors included).
+    /// The rule broken, when it is one (the etcd store's rule errors are the table's).
     pub(crate) fn rule(&self) -> Option<TableError> {
         match self {
             StoreError::Rule(e) => Some(e.clone()),
             #[cfg(feature = "etcd")]
-            StoreError::Etcd(e) => {
-                use crate::store::etcd::StoreError as E;
-                Some(match e {
-                    E::InvalidMax => TableError::InvalidMax,
-                    E::MaxMismatch { current, requested } => TableError::MaxMismatch {
-                        current: *current,
-                        requested: *requested,
-                    },
-                    E::DuplicateId => TableError::DuplicateId,
-                    E::IdRequired => TableError::IdRequired,
-                    E::NotHeld => TableError::NotHeld,
-                    E::StillWaiting => TableError::StillWaiting,
-                    E::GroupMember => TableError::GroupMember,
-                    E::BadKeyCount { got, max } => TableError::BadKeyCount {
-                        got: *got,
-                        max: *max,
-                    },
-                    _ => return None,
-                })
-            }
+            StoreError::Etcd(crate::store::etcd::StoreError::Rule(e)) => Some(e.clone()),
+            #[cfg(feature = "etcd")]
+            StoreError::Etcd(_) => None,
         }
     }
 }

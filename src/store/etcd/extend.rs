@@ -23,6 +23,7 @@ use etcd_client::{Compare, CompareOp, Txn};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use super::TableError;
 use super::request::{Guard, delete_key};
 use super::rules;
 use super::worker::{Deadline, Either, Shared, race};
@@ -89,7 +90,7 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
         })
     };
     match local {
-        Some((_, false, _)) => fail(&sh, StoreError::StillWaiting),
+        Some((_, false, _)) => fail(&sh, StoreError::Rule(TableError::StillWaiting)),
         Some((seq, true, rev)) => {
             tokio::task::spawn_local(async move {
                 let me = sh.cfg.request_key(&key, &id);
@@ -111,7 +112,7 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
                     .map(|g| (g.seq, g.held, g.rev, g.keys.clone()))
             };
             match group {
-                Some((_, false, _, _)) => fail(&sh, StoreError::StillWaiting),
+                Some((_, false, _, _)) => fail(&sh, StoreError::Rule(TableError::StillWaiting)),
                 Some((seq, true, rev, keys)) => {
                     tokio::task::spawn_local(async move {
                         let members: Vec<Vec<u8>> =
@@ -134,9 +135,9 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
                                 if let Some(h) = holders.iter().find(|h| h.id == id) {
                                     StoreError::OtherBroker(h.owner.clone())
                                 } else if waiters.iter().any(|w| w.id == id) {
-                                    StoreError::StillWaiting
+                                    StoreError::Rule(TableError::StillWaiting)
                                 } else {
-                                    StoreError::NotHeld
+                                    StoreError::Rule(TableError::NotHeld)
                                 }
                             }
                         };
@@ -170,7 +171,7 @@ fn finish(
             });
         }
         // Gone from etcd, or its hold ended (expired, released) while etcd answered.
-        (Ok(_), _) => fail(sh, StoreError::NotHeld),
+        (Ok(_), _) => fail(sh, StoreError::Rule(TableError::NotHeld)),
         (Err(e), _) => fail(sh, e),
     }
 }

@@ -23,7 +23,7 @@
 //! forced unlock ([`rules::holders_and_waiters`]) then see the members as holders, and not
 //! before. Either way a member is older than every later request of its key, so a single lock
 //! on any broker waits for the group. An unlock by id of a member is refused
-//! ([`StoreError::GroupMember`]): only release-many (or a cancel) releases a group, whole.
+//! ([`TableError::GroupMember`]): only release-many (or a cancel) releases a group, whole.
 //!
 //! While it holds, one TTL timer (restarted by an extend) covers the group, and a watch on
 //! each member turns a delete by anyone else into [`StoreEvent::Lost`]; either way every other
@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
+use super::TableError;
 use super::extend::hold_until;
 use super::request::{Guard, delete_key, entries, wait_turn, watch_gone};
 use super::rules::{self, Entry, Record};
@@ -107,10 +108,10 @@ pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
         })
     };
     if keys.is_empty() || keys.len() > MAX_KEYS_PER_MANY {
-        return fail(StoreError::BadKeyCount {
+        return fail(StoreError::Rule(TableError::BadKeyCount {
             got: keys.len(),
             max: MAX_KEYS_PER_MANY,
-        });
+        }));
     }
     let seq = {
         let mut st = sh.st.borrow_mut();
@@ -131,7 +132,7 @@ pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
             drop(st);
             return match ev {
                 Some(ev) => sh.emit(ev),
-                None => fail(StoreError::DuplicateId),
+                None => fail(StoreError::Rule(TableError::DuplicateId)),
             };
         }
         st.next_seq += 1;
@@ -227,7 +228,7 @@ async fn acquire(
         }
     };
     if !resp.succeeded() {
-        return Err(StoreError::DuplicateId);
+        return Err(StoreError::Rule(TableError::DuplicateId));
     }
     let seen = resp.header().map_or(0, |h| h.revision());
     let mut by_key: Vec<Vec<Entry>> = Vec::with_capacity(keys.len());
@@ -561,7 +562,7 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
     if !g.held {
         // Abandoned while it waits, as the in-memory table does, and told so.
         stop(&sh, &id, &g);
-        return fail(&sh, id, key, StoreError::StillWaiting);
+        return fail(&sh, id, key, StoreError::Rule(TableError::StillWaiting));
     }
     if let Some(t) = &g.task {
         t.abort();
@@ -571,7 +572,7 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
         match delete_members(sh.clone(), members, g.rev).await {
             Ok(true) => sh.emit(StoreEvent::ManyReleased { conn, id }),
             // A member had already gone: the group was lost (its task had not yet seen it).
-            Ok(false) => fail(&sh, id, key, StoreError::NotHeld),
+            Ok(false) => fail(&sh, id, key, StoreError::Rule(TableError::NotHeld)),
             Err(e) => fail(&sh, id, key, e),
         }
     });
@@ -581,7 +582,7 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
 /// prefix (the id alone does not say which keys it holds), released when every member is held,
 /// in one Txn that checks they are all still there. Its own broker sees its members go and
 /// reports the group lost, as for an unlock by id from another broker. A group that still
-/// waits is left to its own broker ([`StoreError::StillWaiting`]). The error comes with the
+/// waits is left to its own broker ([`TableError::StillWaiting`]). The error comes with the
 /// group's first key, when one was found.
 async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError)> {
     let (by_key, _) = super::query::read_all(sh)
@@ -603,19 +604,19 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
     let key = first.unwrap_or_default();
     revs.dedup();
     let rev = match revs[..] {
-        [] => return Err((key, StoreError::NotHeld)),
+        [] => return Err((key, StoreError::Rule(TableError::NotHeld))),
         [rev] => rev,
         // Two groups with one id (made on two brokers): the id does not say which.
-        _ => return Err((key, StoreError::DuplicateId)),
+        _ => return Err((key, StoreError::Rule(TableError::DuplicateId))),
     };
     if !held {
-        return Err((key, StoreError::StillWaiting));
+        return Err((key, StoreError::Rule(TableError::StillWaiting)));
     }
     let txn = delete_all(&members, rev);
     let mut kv = sh.client.kv_client();
     match sh.call(kv.txn(txn)).await {
         Ok(r) if r.succeeded() => Ok(()),
-        Ok(_) => Err((key, StoreError::NotHeld)),
+        Ok(_) => Err((key, StoreError::Rule(TableError::NotHeld))),
         Err(e) => Err((key, e)),
     }
 }

@@ -66,7 +66,7 @@ pub use config::EtcdConfig;
 /// TTL and a wait. Here `Ttl::Default` means [`EtcdConfig::default_ttl`], `Ttl::After` is a
 /// timer of this store (leases count whole seconds) that deletes the request's key when it
 /// fires ([`StoreEvent::Expired`]), and `Wait::Until` ends in [`StoreEvent::TimedOut`].
-pub use crate::table::{ConnId, Mode, Ttl, Wait};
+pub use crate::table::{ConnId, Mode, TableError, Ttl, Wait};
 
 /// A request for one key. `id` is the client's request uuid and becomes the lock id.
 #[derive(Clone, Debug)]
@@ -145,7 +145,7 @@ pub enum StoreOp {
         conn: ConnId,
         /// The lock key.
         key: String,
-        /// The lock id to release; `None` only with `force` (else [`StoreError::IdRequired`]).
+        /// The lock id to release; `None` only with `force` (else [`TableError::IdRequired`]).
         id: Option<String>,
         /// Delete every holder of the key, whatever its id; waiters stay queued.
         force: bool,
@@ -166,7 +166,7 @@ pub enum StoreOp {
     /// Restart the TTL timer of holder `id` of `key` from now, with `ttl`. Owner-checked by
     /// id like an unlock (any connection may name it); answered by [`StoreEvent::Extended`]
     /// once etcd confirms the hold still exists, or by [`StoreEvent::Error`] with
-    /// [`Op::Extend`]: [`StoreError::NotHeld`], [`StoreError::StillWaiting`], or
+    /// [`Op::Extend`]: [`TableError::NotHeld`], [`TableError::StillWaiting`], or
     /// [`StoreError::OtherBroker`] for a holder that another broker made (its TTL timer runs
     /// there, so only that broker can restart it). An id naming an acquire-many of this store
     /// that includes `key` extends the whole group.
@@ -185,8 +185,8 @@ pub enum StoreOp {
     LockMany(ManySpec),
     /// Release every key of acquire-many `id` (from any connection and any broker: the id is
     /// the credential). Answered by [`StoreEvent::ManyReleased`], or `Error` with
-    /// [`Op::ReleaseMany`]: [`StoreError::NotHeld`] when etcd holds no such group,
-    /// [`StoreError::StillWaiting`] when it still waits (a group of this store is then
+    /// [`Op::ReleaseMany`]: [`TableError::NotHeld`] when etcd holds no such group,
+    /// [`TableError::StillWaiting`] when it still waits (a group of this store is then
     /// abandoned, its keys deleted, as the in-memory table does; another broker's is left to
     /// it). A group of another broker is found by reading the whole prefix, and its broker
     /// reports it [`StoreEvent::Lost`].
@@ -481,44 +481,13 @@ pub enum StoreError {
     /// An etcd call passed [`EtcdConfig::op_timeout`] (the duration given).
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
-    /// A request asked for `max` 0.
-    #[error("max must be at least 1")]
-    InvalidMax,
-    /// An exclusive request named a `max` other than the one the key's older requests declare.
-    #[error("key is in use with max {current}; this request asked for max {requested}")]
-    MaxMismatch {
-        /// The key's capacity, from its oldest request that names one.
-        current: u32,
-        /// The capacity this request named.
-        requested: u32,
-    },
-    /// The lock id is taken for this key: by another connection of this store, or its etcd
-    /// key already exists (the put-if-absent failed).
-    #[error("lock id is already in use by another request")]
-    DuplicateId,
-    /// An unlock named neither a lock id nor `force`.
-    #[error("unlock needs the lock id (_uuid) or force")]
-    IdRequired,
-    /// The unlock's id holds nothing on this key: nothing was released.
-    #[error(
-        "lock id does not hold this key: the lock was lost (expired or forced), already released, or never granted"
-    )]
-    NotHeld,
-    /// The unlock's id is a waiter, not a holder: nothing was released.
-    #[error("lock id is still waiting for this key, it does not hold it")]
-    StillWaiting,
-    /// An acquire-many named no key, or more than [`MAX_KEYS_PER_MANY`] distinct ones.
-    #[error("acquire-many needs between 1 and {max} keys, got {got}")]
-    BadKeyCount {
-        /// Distinct keys named.
-        got: usize,
-        /// The most allowed.
-        max: usize,
-    },
-    /// An unlock by id named a key held by an acquire-many: releasing one key alone would
-    /// break the all-or-nothing rule.
-    #[error("this lock belongs to an acquire-many; release it with release-many")]
-    GroupMember,
+    /// The request broke a rule of the lock table, the same rules (and texts) as the in-memory
+    /// broker's: `max` 0 or another than the key's, a lock id in use (by another connection of
+    /// this store, or its etcd key already exists), an unlock without an id, an id that holds
+    /// nothing or still waits, a group member unlocked alone, a bad acquire-many key count
+    /// (at most [`MAX_KEYS_PER_MANY`] distinct keys).
+    #[error(transparent)]
+    Rule(#[from] TableError),
     /// An extend named a holder that another broker made: its TTL timer runs on that broker,
     /// so only that broker can restart it (the text names its store).
     #[error("lock id is held through another broker ({0}); extend it there")]

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use etcd_client::{GetOptions, Txn, TxnOp};
 
+use super::TableError;
 use super::request::{Guard, delete_key, delete_once, entries};
 use super::rules::{self, Entry, Mode};
 use super::worker::Shared;
@@ -22,7 +23,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
             op: Op::Unlock,
             id,
             key,
-            error: StoreError::IdRequired,
+            error: StoreError::Rule(TableError::IdRequired),
         });
     }
     // A request of this store: decided here, without a read.
@@ -37,7 +38,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                     op: Op::Unlock,
                     id,
                     key,
-                    error: StoreError::StillWaiting,
+                    error: StoreError::Rule(TableError::StillWaiting),
                 });
             }
             let r = st.reqs.remove(&k).expect("just found");
@@ -62,7 +63,7 @@ pub fn unlock(sh: &Rc<Shared>, conn: ConnId, key: String, id: Option<String>, fo
                         op: Op::Unlock,
                         id,
                         key,
-                        error: StoreError::NotHeld,
+                        error: StoreError::Rule(TableError::NotHeld),
                     },
                     Err(error) => {
                         // It is no longer ours to report on; its key still goes.
@@ -124,18 +125,18 @@ async fn remote_unlock(
     }
     let id = id.unwrap_or_default();
     if all.iter().any(|e| e.id == id && e.group) {
-        return Err(StoreError::GroupMember);
+        return Err(StoreError::Rule(TableError::GroupMember));
     }
     if let Some(h) = holders.iter().find(|e| e.id == id) {
         return match delete_once(sh, &h.raw, Guard::Rev(h.rev)).await? {
             true => Ok(1),
-            false => Err(StoreError::NotHeld),
+            false => Err(StoreError::Rule(TableError::NotHeld)),
         };
     }
     Err(if waiters.iter().any(|e| e.id == id) {
-        StoreError::StillWaiting
+        StoreError::Rule(TableError::StillWaiting)
     } else {
-        StoreError::NotHeld
+        StoreError::Rule(TableError::NotHeld)
     })
 }
 

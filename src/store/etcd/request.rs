@@ -17,6 +17,7 @@ use etcd_client::{
 };
 use tokio::time::{Instant, sleep, sleep_until};
 
+use super::TableError;
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
 use super::watch::Note;
@@ -38,7 +39,7 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
         })
     };
     if spec.max == Some(0) {
-        return fail(StoreError::InvalidMax);
+        return fail(StoreError::Rule(TableError::InvalidMax));
     }
     let k = (spec.key.clone(), spec.id.clone());
     let seq = {
@@ -66,7 +67,7 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
             drop(st);
             return match ev {
                 Some(ev) => sh.emit(ev),
-                None => fail(StoreError::DuplicateId),
+                None => fail(StoreError::Rule(TableError::DuplicateId)),
             };
         }
         st.next_seq += 1;
@@ -138,7 +139,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
         }
     };
     if !resp.succeeded() {
-        return Err(StoreError::DuplicateId);
+        return Err(StoreError::Rule(TableError::DuplicateId));
     }
     let seen = resp.header().map_or(0, |h| h.revision());
     let mut all = Vec::new();
@@ -173,10 +174,10 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
         let current = rules::resolve_max(0, &refs);
         if refs.iter().any(|e| e.max > 0) && current != m {
             tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
-            return Err(StoreError::MaxMismatch {
+            return Err(StoreError::Rule(TableError::MaxMismatch {
                 current,
                 requested: m,
-            });
+            }));
         }
     }
     let ev = |f: fn(super::ConnId, String, String, usize) -> StoreEvent, n| {
