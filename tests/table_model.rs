@@ -123,6 +123,7 @@ impl MKey {
                 self.holders.len() < self.max as usize
                     && self.holders.iter().all(|h| h.mode == Mode::Exclusive)
             }
+            other => panic!("the model knows no mode {other:?}"),
         }
     }
     fn readers(&self) -> usize {

@@ -14,28 +14,9 @@ use super::Table;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// How a lock shares its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Up to the key's `max` holders (a mutex when `max` is 1, a semaphore otherwise).
-    #[default]
-    Exclusive,
-    /// Shares with other readers only.
-    Read,
-    /// Alone on the key, whatever its `max`.
-    Write,
-}
-
-impl Mode {
-    /// The mode's name on the wire and in inspection output: `exclusive`, `read` or `write`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Read => "read",
-            Mode::Write => "write",
-        }
-    }
-}
+/// How a lock shares its key: the protocol's own [`Mode`](crate::proto::Mode), so a request's
+/// mode reaches the table (and the etcd store) without a translation.
+pub use crate::proto::Mode;
 
 /// How long a granted lock lives unless unlocked or extended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use super::acks::{PROBE_DELAY, PendingAck};
 use super::identity::wall_ms;
 use super::route::{Awaited, Pending};
-use super::{Core, Reject, ms, wire_mode};
+use super::{Core, Reject, ms};
 use crate::proto::Reply;
 use crate::proto::encode::{
     self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
@@ -398,7 +398,7 @@ impl Core {
             .map(|h| HolderInfo {
                 id: (*h.id).into(),
                 fencing_token: Some(h.token),
-                mode: wire_mode(h.mode),
+                mode: h.mode,
                 ttl_remaining: h.ttl_remaining,
                 held_since_ms: h.since.map(|s| wall_ms(wall, now, s)),
                 who: h.conn.map(|c| self.who(c)).unwrap_or_default(),
@@ -409,7 +409,7 @@ impl Core {
             .iter()
             .map(|w| WaiterInfo {
                 id: (*w.id).into(),
-                mode: wire_mode(w.mode),
+                mode: w.mode,
                 waiting_since_ms: w.since.map(|s| wall_ms(wall, now, s)),
                 who: w.conn.map(|c| self.who(c)).unwrap_or_default(),
             })

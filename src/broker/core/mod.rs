@@ -587,22 +587,6 @@ impl Core {
     }
 }
 
-fn table_mode(m: proto::Mode) -> table::Mode {
-    match m {
-        proto::Mode::Exclusive => table::Mode::Exclusive,
-        proto::Mode::Read => table::Mode::Read,
-        proto::Mode::Write => table::Mode::Write,
-    }
-}
-
-fn wire_mode(m: table::Mode) -> proto::Mode {
-    match m {
-        table::Mode::Exclusive => proto::Mode::Exclusive,
-        table::Mode::Read => proto::Mode::Read,
-        table::Mode::Write => proto::Mode::Write,
-    }
-}
-
 fn ttl_of(t: proto::Ttl) -> table::Ttl {
     match t {
         proto::Ttl::BrokerDefault => table::Ttl::Default,

@@ -13,7 +13,7 @@ use ahash::RandomState;
 use hashbrown::HashMap;
 
 use super::acks::PROBE_PREFIX;
-use super::{Core, Reject, table_mode, ttl_of, wait_of};
+use super::{Core, Reject, ttl_of, wait_of};
 use crate::proto::encode::LockOutcome as WireLock;
 use crate::proto::{self, Reply};
 use crate::store::StoreOp;
@@ -210,7 +210,7 @@ impl Core {
             conn: cid,
             key: r.key,
             id: r.uuid,
-            mode: table_mode(r.mode),
+            mode: r.mode,
             max: r.max,
             ttl: ttl_of(r.ttl),
             wait: wait_of(now, r.try_lock, r.wait_timeout),

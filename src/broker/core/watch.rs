@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::identity::wall_ms;
-use super::{Core, Reject, ms, wire_mode};
+use super::{Core, Reject, ms};
 use crate::proto::encode::{Obj, write_list};
 use crate::table::{ConnId, Name, WAIT_BUCKETS};
 
@@ -151,7 +151,7 @@ impl Core {
                 let mut ho = Obj::new(out);
                 ho.str("id", &h.id)
                     .u64("fencingToken", h.token)
-                    .str("mode", wire_mode(h.mode).as_str())
+                    .str("mode", h.mode.as_str())
                     .opt_u64("ttlRemaining", h.ttl_remaining.map(ms))
                     .u64("heldSince", wall_ms(wall, now, h.since))
                     .who(&self.who(h.conn));
@@ -161,7 +161,7 @@ impl Core {
             write_list(&mut *k.out, i.queue.iter().take(MAX_PER_KEY), |out, w| {
                 let mut wo = Obj::new(out);
                 wo.str("id", &w.id)
-                    .str("mode", wire_mode(w.mode).as_str())
+                    .str("mode", w.mode.as_str())
                     .u64("waitingSince", wall_ms(wall, now, w.since))
                     .who(&self.who(w.conn));
                 wo.finish();
