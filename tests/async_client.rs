@@ -42,20 +42,25 @@ where
     }
 }
 
-/// Polls `info(key).waiters` until it equals `n` (10 s at most).
-async fn wait_for_waiters(c: &AsyncClient, key: &str, n: u64) {
+/// Polls `f` every 2 ms until it gives `Some` (10 s at most, then fails saying `never`).
+async fn eventually<T, F: Future<Output = Option<T>>>(never: &str, mut f: impl FnMut() -> F) -> T {
     let t = Instant::now();
     loop {
-        let w = c.info(key).await.unwrap().waiters;
-        if w == n {
-            return;
+        if let Some(v) = f().await {
+            return v;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{w} waiters, want {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(t.elapsed() < Duration::from_secs(10), "{never}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Polls `info(key).waiters` until it equals `n`.
+async fn wait_for_waiters(c: &AsyncClient, key: &str, n: u64) {
+    let never = format!("{key} never had {n} waiters");
+    eventually(&never, || async {
+        (c.info(key).await.unwrap().waiters == n).then_some(())
+    })
+    .await;
 }
 
 #[test]
@@ -79,16 +84,8 @@ fn lock_try_many_timeouts_and_contention_everywhere() {
             assert!(r.unwrap_err().is_busy());
             drop(g);
             // The unlock was queued by the drop; this try-lock on another connection sees it.
-            let t0 = Instant::now();
-            let g2 = loop {
-                if let Some(g) = c2.try_lock("k").await.unwrap() {
-                    break g;
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(5),
-                    "{t:?}: drop never released"
-                );
-            };
+            let never = format!("{t:?}: drop never released");
+            let g2 = eventually(&never, || async { c2.try_lock("k").await.unwrap() }).await;
             g2.unlock().await.unwrap();
             let zero = LockOptions::new().ttl(Duration::from_micros(500));
             assert!(matches!(
@@ -206,14 +203,8 @@ fn a_grant_racing_the_abort_is_released() {
                 for task in tasks {
                     let _ = task.await;
                 }
-                let t0 = Instant::now();
-                while holder.try_lock(&key).await.unwrap().is_none() {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(5),
-                        "{t:?}: key {key} stayed held after every waiter was aborted"
-                    );
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+                let never = format!("{t:?}: key {key} stayed held after every waiter was aborted");
+                drop(eventually(&never, || async { holder.try_lock(&key).await.unwrap() }).await);
             }
         }
     });
@@ -256,11 +247,10 @@ fn broker_gone() {
         .unwrap();
         let r = waiting.await.unwrap();
         assert!(r.unwrap_err().is_connection());
-        let t0 = Instant::now();
-        while !g.is_lost() {
-            assert!(t0.elapsed() < Duration::from_secs(5));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the guard never saw its lock lost", || async {
+            g.is_lost().then_some(())
+        })
+        .await;
         assert!(c.lock("k").await.unwrap_err().is_connection());
     });
 }

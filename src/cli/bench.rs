@@ -121,6 +121,24 @@ impl Outcome {
         self.first_error
             .get_or_insert_with(|| format!("{what}: {e}"));
     }
+    /// A lock asked for at `t`: its wait recorded, or its failure.
+    pub fn locked<G>(&mut self, r: Result<G, Error>, t: Instant) -> Result<G, Error> {
+        match &r {
+            Ok(_) => self
+                .hist
+                .saturating_record((t.elapsed().as_nanos() as u64).max(1)),
+            Err(e) => self.fail("lock", e),
+        }
+        r
+    }
+    /// Pipelined releases whose answer said the lock was lost count as errors.
+    pub fn lost_releases(&mut self, n: u64) {
+        if n > 0 {
+            self.errors += n;
+            self.first_error
+                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+        }
+    }
 }
 
 pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
@@ -325,18 +343,11 @@ fn run_threads(
                                 Some(g) => client.lock_after(g, key, common.opts),
                                 None => client.lock_with(key, common.opts),
                             };
-                            let g = match got {
+                            let g = match o.locked(got, t) {
                                 Ok(g) => g,
-                                Err(e) => {
-                                    o.fail("lock", &e);
-                                    if e.is_connection() {
-                                        break;
-                                    }
-                                    continue;
-                                }
+                                Err(e) if e.is_connection() => break,
+                                Err(_) => continue,
                             };
-                            o.hist
-                                .saturating_record((t.elapsed().as_nanos() as u64).max(1));
                             common.enter(k);
                             common.leave(k);
                             if common.wait_unlock {
@@ -374,16 +385,10 @@ fn run_threads(
         }
         (elapsed, outcomes)
     });
-    // Pipelined releases whose answer said "lost" count as errors.
     let mut outcomes = outcomes;
     for cl in &clients {
-        if let Ok(n) = cl.ping().and_then(|_| cl.lost_releases())
-            && n > 0
-        {
-            outcomes[0].errors += n;
-            outcomes[0]
-                .first_error
-                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+        if let Ok(n) = cl.ping().and_then(|_| cl.lost_releases()) {
+            outcomes[0].lost_releases(n);
         }
     }
     // All connections stay open until every client is done: the npm broker releases every lock
