@@ -24,7 +24,7 @@ mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
 mod spawn;
-mod transport;
+pub(crate) mod transport;
 pub(crate) mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
