@@ -64,8 +64,9 @@ pub(super) struct Common<'a> {
 }
 
 impl Common<'_> {
-    /// Marks the critical section of key `k` entered (counting an overlap if someone was in).
-    pub fn enter(&self, k: usize) {
+    /// The critical section of key `k`: counts an overlap if someone else is in, and holds
+    /// for `hold`.
+    pub fn critical_section(&self, k: usize) {
         if self.inside[k].fetch_add(1, Ordering::AcqRel) != 0 {
             self.overlaps.fetch_add(1, Ordering::Relaxed);
         }
@@ -75,8 +76,6 @@ impl Common<'_> {
                 std::hint::spin_loop();
             }
         }
-    }
-    pub fn leave(&self, k: usize) {
         self.inside[k].fetch_sub(1, Ordering::AcqRel);
     }
     pub fn cycle_done(&self, i: usize) {
@@ -348,8 +347,7 @@ fn run_threads(
                                 Err(e) if e.is_connection() => break,
                                 Err(_) => continue,
                             };
-                            common.enter(k);
-                            common.leave(k);
+                            common.critical_section(k);
                             if common.wait_unlock {
                                 if let Err(e) = g.unlock() {
                                     o.fail("unlock", &e);

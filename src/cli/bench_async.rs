@@ -66,8 +66,7 @@ async fn one(client: &AsyncClient, i: usize, quota: u64, common: &Common<'_>) ->
             Err(e) if e.is_connection() => break,
             Err(_) => continue,
         };
-        common.enter(k);
-        common.leave(k);
+        common.critical_section(k);
         if common.wait_unlock {
             if let Err(e) = g.unlock().await {
                 o.fail("unlock", &e);
