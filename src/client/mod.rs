@@ -42,7 +42,7 @@ pub use spawn::{
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
 use backoff::Slot;
-pub(crate) use calls::{new_uuid, refusal, unlock_request};
+use calls::{new_uuid, refusal, unlock_request};
 use driver::{Conn, Pending};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
