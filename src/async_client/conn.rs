@@ -14,8 +14,9 @@
 //! waiters for a few instructions, so taking it from an executor thread is not blocking.
 
 use super::transport::{self, Io, RawWriter};
-use crate::client::url::Endpoint;
-use crate::client::{Error, Result, unlock_request};
+use crate::client::calls::{self, new_uuid, release_many_request, unlock_request};
+use crate::client::url::Target;
+use crate::client::{Error, Result};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;
@@ -56,7 +57,6 @@ pub(super) struct Shared {
     /// Wakes the connection task: bytes to write, or every handle is gone.
     wake: Notify,
     dead: AtomicBool,
-    node: AtomicBool,
     closing: AtomicBool,
     /// The write half of an NDJSON connection (`None` over WebSocket).
     raw: Option<RawWriter>,
@@ -222,13 +222,12 @@ impl Drop for Pending {
             st.session.give_up(self.id);
             match (self.rx.try_recv(), &self.key) {
                 (Ok(Answer::Locked { .. }), Some(key)) => {
-                    st.session
-                        .release(&unlock_request(&crate::client::new_uuid(), key, &uuid));
+                    st.session.release(&unlock_request(&new_uuid(), key, &uuid));
                 }
-                (Ok(Answer::ManyLocked(_)), None) => st.session.release(&Request::ReleaseMany {
-                    uuid: &crate::client::new_uuid(),
-                    lock_id: &uuid,
-                }),
+                (Ok(Answer::ManyLocked(_)), None) => {
+                    st.session
+                        .release(&release_many_request(&new_uuid(), &uuid));
+                }
                 _ => {}
             }
             Ok(())
@@ -238,12 +237,9 @@ impl Drop for Pending {
 
 impl Conn {
     /// Connects, starts the connection task, authenticates and detects the broker.
-    pub(crate) async fn open(
-        ep: &Endpoint,
-        token: Option<&str>,
-        timeout: Duration,
-    ) -> Result<Conn> {
-        let (io, raw) = transport::connect(ep, token, timeout).await?;
+    pub(crate) async fn open(t: &Target) -> Result<Conn> {
+        let (token, timeout) = (t.token.as_deref(), t.connect_timeout);
+        let (io, raw) = transport::connect(&t.endpoint, token, timeout).await?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 dead: false,
@@ -254,56 +250,28 @@ impl Conn {
             raw,
             wake: Notify::new(),
             dead: AtomicBool::new(false),
-            node: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });
         tokio::spawn(run(shared.clone(), io));
         let conn = Conn { shared };
-        let new = crate::client::new_uuid;
         let auth = match token {
             Some(token) => Some(conn.request(
                 &Request::Auth {
-                    uuid: Some(&new()),
+                    uuid: Some(&new_uuid()),
                     token,
                 },
                 None,
             )?),
             None => None,
         };
-        let ping = conn.request(&Request::Ping { uuid: &new() }, None)?;
+        let ping = conn.request(&Request::Ping { uuid: &new_uuid() }, None)?;
         let reply = with_timeout(timeout, ping).await;
-        let auth_err = auth
-            .and_then(|mut a| a.rx.try_recv().ok())
-            .and_then(|a| match a {
-                Answer::Rejected(e) | Answer::Unknown(e) => Some(e),
-                _ => None,
-            });
-        match reply {
-            Ok(Answer::Pong(_)) => {
-                if let Some(e) = auth_err {
-                    return Err(Error::Rejected(e));
-                }
-                // Our broker: name the connection (`program[pid]`), as the blocking client does.
-                let name = crate::client::client_name();
-                let hello = Request::Hello {
-                    name: &name,
-                    pid: Some(u64::from(std::process::id())),
-                };
-                conn.shared.with(false, |st| {
-                    st.session.notify(&hello);
-                    Ok(())
-                })?;
-            }
-            Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
-            Ok(Answer::Unknown(_)) => {
-                conn.shared.node.store(true, Ordering::Relaxed);
-                lock(&conn.shared.state)
-                    .session
-                    .set_broker(BrokerKind::Node);
-            }
-            Ok(a) => return Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
-            Err(e) => return Err(auth_err.map_or(e, Error::Rejected)),
-        }
+        let auth = auth.and_then(|mut a| a.rx.try_recv().ok());
+        let kind = calls::handshake(reply, auth)?;
+        conn.shared.with(false, |st| {
+            calls::greet(&mut st.session, kind);
+            Ok(())
+        })?;
         Ok(conn)
     }
 
@@ -312,10 +280,7 @@ impl Conn {
     pub(crate) fn request(&self, req: &Request<'_>, key: Option<&str>) -> Result<Pending> {
         let (tx, rx) = oneshot::channel();
         let id = self.shared.with(true, |st| {
-            let id = st
-                .session
-                .request(req)
-                .ok_or_else(|| Error::Protocol("request without an id".into()))?;
+            let id = calls::request_id(&mut st.session, req)?;
             st.waiters.insert(id, tx);
             Ok(id)
         })?;
@@ -351,11 +316,7 @@ impl Conn {
     }
 
     pub(crate) fn kind(&self) -> BrokerKind {
-        if self.shared.node.load(Ordering::Relaxed) {
-            BrokerKind::Node
-        } else {
-            BrokerKind::Rust
-        }
+        lock(&self.shared.state).session.broker()
     }
 }
 

@@ -3,10 +3,9 @@
 //! dropping never blocks and never needs a runtime handle).
 
 use super::conn::Conn;
-use crate::client::guard::{Lease, extend_request};
-use crate::client::{Error, Result, new_uuid, refusal, unlock_request};
-use crate::proto::Request;
-use crate::proto::session::{Answer, Unlocked};
+use crate::client::calls::{new_uuid, release_many_request, released, unlock_request};
+use crate::client::guard::{Lease, extend_request, renew_period};
+use crate::client::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +73,7 @@ pub(super) fn keep_alive(
     timeout: Duration,
     lease: Arc<Lease>,
 ) -> JoinHandle<()> {
-    let every = (ttl / 3).max(Duration::from_millis(1));
+    let every = renew_period(ttl);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
@@ -137,12 +136,7 @@ impl AsyncLockGuard {
         }
         let uuid = new_uuid();
         let req = unlock_request(&uuid, &self.key, &self.id);
-        match self.conn.call(self.timeout, &req).await {
-            Ok(Answer::Unlocked(Unlocked::Yes)) => Ok(()),
-            Ok(Answer::Unlocked(_)) | Err(Error::ConnectionLost) => Err(Error::LockLost),
-            Ok(a) => Err(refusal(a)),
-            Err(e) => Err(e),
-        }
+        released(self.conn.call(self.timeout, &req).await)
     }
 
     /// Stops managing the lock and returns its id: it stays held until its TTL, an unlock by
@@ -205,26 +199,16 @@ impl AsyncManyGuard {
     pub async fn unlock(mut self) -> Result<()> {
         self.done = true;
         let uuid = new_uuid();
-        let req = Request::ReleaseMany {
-            uuid: &uuid,
-            lock_id: &self.id,
-        };
-        match self.conn.call(self.timeout, &req).await {
-            Ok(Answer::Released(true)) => Ok(()),
-            Ok(Answer::Released(false)) | Err(Error::ConnectionLost) => Err(Error::LockLost),
-            Ok(a) => Err(refusal(a)),
-            Err(e) => Err(e),
-        }
+        let req = release_many_request(&uuid, &self.id);
+        released(self.conn.call(self.timeout, &req).await)
     }
 }
 
 impl Drop for AsyncManyGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
-            self.conn.release(&Request::ReleaseMany {
-                uuid: &new_uuid(),
-                lock_id: &self.id,
-            });
+            self.conn
+                .release(&release_many_request(&new_uuid(), &self.id));
         }
     }
 }

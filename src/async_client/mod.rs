@@ -37,10 +37,10 @@ mod transport;
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
 use crate::client::backoff::Slot;
-use crate::client::url::{self, Endpoint};
-use crate::client::{
-    BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats, Ttl, new_uuid, refusal,
-};
+use crate::client::calls::{self, new_uuid};
+use crate::client::guard::Lease;
+use crate::client::url::{Settings, Target};
+use crate::client::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats};
 use crate::proto::Request;
 use crate::proto::session::Answer;
 use conn::{Conn, with_timeout};
@@ -50,43 +50,29 @@ use tokio::sync::Mutex;
 
 /// Builds an [`AsyncClient`] with non-default time-outs or token.
 #[derive(Debug, Clone)]
-pub struct AsyncClientBuilder {
-    url: String,
-    token: Option<String>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-}
+pub struct AsyncClientBuilder(Settings);
 
 impl AsyncClientBuilder {
     /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
     pub fn token(mut self, t: impl Into<String>) -> Self {
-        self.token = Some(t.into());
+        self.0.token = Some(t.into());
         self
     }
     /// Longest time to establish a connection, handshake included (default 3 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.0.connect_timeout = d;
         self
     }
     /// Longest wait for the reply to a request other than a lock wait (default 10 s).
     pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
+        self.0.request_timeout = d;
         self
     }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     pub async fn connect(self) -> Result<AsyncClient> {
-        let (endpoint, url_token) = url::parse(&self.url)?;
-        let token = self.token.or(url_token).or_else(|| {
-            std::env::var("LMX_AUTH_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-        });
         let client = AsyncClient {
             inner: Arc::new(Inner {
-                endpoint,
-                token,
-                connect_timeout: self.connect_timeout,
-                request_timeout: self.request_timeout,
+                target: self.0.resolve()?,
                 slot: Mutex::new(Slot::default()),
             }),
         };
@@ -96,10 +82,7 @@ impl AsyncClientBuilder {
 }
 
 struct Inner {
-    endpoint: Endpoint,
-    token: Option<String>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    target: Target,
     slot: Mutex<Slot<Conn>>,
 }
 
@@ -114,7 +97,7 @@ pub struct AsyncClient {
 impl std::fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.inner.target.endpoint)
             .finish()
     }
 }
@@ -128,12 +111,7 @@ impl AsyncClient {
 
     /// Starts an [`AsyncClientBuilder`] for `url`.
     pub fn builder(url: &str) -> AsyncClientBuilder {
-        AsyncClientBuilder {
-            url: url.to_string(),
-            token: None,
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(10),
-        }
+        AsyncClientBuilder(Settings::new(url))
     }
 
     /// Which broker this client is talking to.
@@ -152,15 +130,12 @@ impl AsyncClient {
         if let Some(at) = slot.next_attempt() {
             tokio::time::sleep_until(at.into()).await;
         }
-        let i = &self.inner;
-        slot.connected(Conn::open(&i.endpoint, i.token.as_deref(), i.connect_timeout).await)
+        slot.connected(Conn::open(&self.inner.target).await)
     }
 
     async fn call(&self, req: &Request<'_>) -> Result<Answer> {
-        self.conn()
-            .await?
-            .call(self.inner.request_timeout, req)
-            .await
+        let timeout = self.inner.target.request_timeout;
+        self.conn().await?.call(timeout, req).await
     }
 
     /// Waits until `key` is granted, with the broker's default TTL.
@@ -183,47 +158,32 @@ impl AsyncClient {
     pub async fn lock_with(&self, key: &str, o: &LockOptions) -> Result<AsyncLockGuard> {
         o.check()?;
         let conn = self.conn().await?;
-        let slack = if conn.kind() == BrokerKind::Node {
-            Duration::ZERO
-        } else {
-            SLACK
-        };
+        let (limit, limit_is_wait) = calls::lock_limit(conn.kind(), o);
         let p = conn.request(&o.lock_request(&new_uuid(), key), Some(key))?;
         let id = p.uuid();
-        let answer = await_grant(p, o.wait_timeout.map(|t| t + slack), slack.is_zero()).await?;
-        match answer {
-            Answer::Locked { fencing_token } => {
-                let lease = crate::client::guard::Lease::new(match o.ttl {
-                    Ttl::After(d) => Some(Instant::now() + d),
-                    _ => None,
-                });
-                let timeout = self.inner.request_timeout;
-                let keep_alive = match (o.renew_every(), o.ttl) {
-                    (Some(_), Ttl::After(ttl)) => Some(guard::keep_alive(
-                        conn.clone(),
-                        key.to_string(),
-                        id.clone(),
-                        ttl,
-                        timeout,
-                        lease.clone(),
-                    )),
-                    _ => None,
-                };
-                Ok(AsyncLockGuard {
-                    conn,
-                    key: key.to_string(),
-                    id,
-                    token: fencing_token,
-                    lease,
-                    timeout,
-                    done: false,
-                    keep_alive,
-                })
-            }
-            Answer::NotGranted if o.try_only => Err(Error::Busy),
-            Answer::NotGranted => Err(Error::WaitTimedOut),
-            a => Err(refusal(a)),
-        }
+        let token = calls::locked(await_grant(p, limit, limit_is_wait).await?, o)?;
+        let lease = Lease::new(o.ttl);
+        let timeout = self.inner.target.request_timeout;
+        let keep_alive = o.keep_alive_ttl().map(|ttl| {
+            guard::keep_alive(
+                conn.clone(),
+                key.to_string(),
+                id.clone(),
+                ttl,
+                timeout,
+                lease.clone(),
+            )
+        });
+        Ok(AsyncLockGuard {
+            conn,
+            key: key.to_string(),
+            id,
+            token,
+            lease,
+            timeout,
+            done: false,
+            keep_alive,
+        })
     }
 
     /// Takes all of `keys` at once (all-or-nothing).
@@ -243,46 +203,31 @@ impl AsyncClient {
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
         let p = conn.request(&o.many_request(&new_uuid(), &keys), None)?;
         let id = p.uuid();
-        match await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await? {
-            Answer::ManyLocked(tokens) => Ok(AsyncManyGuard {
-                conn,
-                id,
-                tokens: tokens.into_iter().collect(),
-                timeout: self.inner.request_timeout,
-                done: false,
-            }),
-            Answer::NotGranted if o.try_only => Err(Error::Busy),
-            Answer::NotGranted => Err(Error::WaitTimedOut),
-            a => Err(refusal(a)),
-        }
+        let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await?;
+        Ok(AsyncManyGuard {
+            tokens: calls::many_locked(answer, o)?,
+            conn,
+            id,
+            timeout: self.inner.target.request_timeout,
+            done: false,
+        })
     }
 
     /// Holders and queue of `key`.
     pub async fn info(&self, key: &str) -> Result<LockInfo> {
-        match self
-            .call(&Request::LockInfo {
-                uuid: &new_uuid(),
-                key,
-            })
-            .await?
-        {
-            Answer::Info(info) => Ok(LockInfo {
-                key: key.to_string(),
-                ..info
-            }),
-            a => Err(refusal(a)),
-        }
+        let uuid = new_uuid();
+        calls::info(
+            key,
+            self.call(&Request::LockInfo { uuid: &uuid, key }).await?,
+        )
     }
 
     /// Broker-wide counters.
     pub async fn stats(&self) -> Result<Stats> {
-        match self
-            .call(&Request::SystemStats { uuid: &new_uuid() })
-            .await?
-        {
-            Answer::Stats(s) => Ok(s),
-            a => Err(refusal(a)),
-        }
+        calls::stats(
+            self.call(&Request::SystemStats { uuid: &new_uuid() })
+                .await?,
+        )
     }
 
     /// One round trip (the npm broker answers its unknown `ping` with an error: also a trip).

@@ -1,6 +1,7 @@
 //! The byte pipes of the async client: TCP, Unix socket or WebSocket, whole messages in and
 //! out (a line, or a WebSocket text frame). Knows nothing of the protocol.
 
+use crate::client::transport::{MAX_LINE, ws_config, ws_refused, ws_request};
 use crate::client::url::{Endpoint, host_port};
 use crate::client::{Error, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -9,12 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-
-/// Replies larger than this mean the peer is not a live-mutex broker (or is broken).
-const MAX_LINE: usize = 16 << 20;
 
 /// The read half of a TCP or Unix connection.
 type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
@@ -69,7 +65,7 @@ impl Io {
                 let n = avail.len();
                 buf.extend_from_slice(avail);
                 r.consume(n);
-                if buf.len() > MAX_LINE {
+                if buf.len() as u64 > MAX_LINE {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "reply line too long",
@@ -154,28 +150,10 @@ async fn open(ep: &Endpoint, token: Option<&str>) -> Result<(Io, Option<RawWrite
         }
         Endpoint::Ws { host, port, path } => (host, *port, path),
     };
-    let mut req = format!("ws://{}{path}", host_port(host, port))
-        .into_client_request()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    if let Some(t) = token {
-        let v = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| Error::Config("token is not a valid header value".into()))?;
-        req.headers_mut().insert("authorization", v);
-    }
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(8 << 10)
-        .max_message_size(Some(MAX_LINE))
-        .max_frame_size(Some(MAX_LINE));
+    let req = ws_request(host, port, path, token)?;
     let stream = tcp(host, port).await?;
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
         .await
-        .map_err(|e| match e {
-            tungstenite::Error::Io(e) => Error::Io(e),
-            tungstenite::Error::Http(r) => {
-                Error::Rejected(format!("WebSocket upgrade refused: HTTP {}", r.status()))
-            }
-            e => Error::Protocol(format!("WebSocket handshake: {e}")),
-        })?;
+        .map_err(ws_refused)?;
     Ok((Io::Ws(Box::new(ws)), None))
 }

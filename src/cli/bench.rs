@@ -64,8 +64,9 @@ pub(super) struct Common<'a> {
 }
 
 impl Common<'_> {
-    /// Marks the critical section of key `k` entered (counting an overlap if someone was in).
-    pub fn enter(&self, k: usize) {
+    /// The critical section of key `k`: counts an overlap if someone else is in, and holds
+    /// for `hold`.
+    pub fn critical_section(&self, k: usize) {
         if self.inside[k].fetch_add(1, Ordering::AcqRel) != 0 {
             self.overlaps.fetch_add(1, Ordering::Relaxed);
         }
@@ -75,8 +76,6 @@ impl Common<'_> {
                 std::hint::spin_loop();
             }
         }
-    }
-    pub fn leave(&self, k: usize) {
         self.inside[k].fetch_sub(1, Ordering::AcqRel);
     }
     pub fn cycle_done(&self, i: usize) {
@@ -120,6 +119,24 @@ impl Outcome {
         self.errors += 1;
         self.first_error
             .get_or_insert_with(|| format!("{what}: {e}"));
+    }
+    /// A lock asked for at `t`: its wait recorded, or its failure.
+    pub fn locked<G>(&mut self, r: Result<G, Error>, t: Instant) -> Result<G, Error> {
+        match &r {
+            Ok(_) => self
+                .hist
+                .saturating_record((t.elapsed().as_nanos() as u64).max(1)),
+            Err(e) => self.fail("lock", e),
+        }
+        r
+    }
+    /// Pipelined releases whose answer said the lock was lost count as errors.
+    pub fn lost_releases(&mut self, n: u64) {
+        if n > 0 {
+            self.errors += n;
+            self.first_error
+                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+        }
     }
 }
 
@@ -325,20 +342,12 @@ fn run_threads(
                                 Some(g) => client.lock_after(g, key, common.opts),
                                 None => client.lock_with(key, common.opts),
                             };
-                            let g = match got {
+                            let g = match o.locked(got, t) {
                                 Ok(g) => g,
-                                Err(e) => {
-                                    o.fail("lock", &e);
-                                    if e.is_connection() {
-                                        break;
-                                    }
-                                    continue;
-                                }
+                                Err(e) if e.is_connection() => break,
+                                Err(_) => continue,
                             };
-                            o.hist
-                                .saturating_record((t.elapsed().as_nanos() as u64).max(1));
-                            common.enter(k);
-                            common.leave(k);
+                            common.critical_section(k);
                             if common.wait_unlock {
                                 if let Err(e) = g.unlock() {
                                     o.fail("unlock", &e);
@@ -374,16 +383,10 @@ fn run_threads(
         }
         (elapsed, outcomes)
     });
-    // Pipelined releases whose answer said "lost" count as errors.
     let mut outcomes = outcomes;
     for cl in &clients {
-        if let Ok(n) = cl.ping().and_then(|_| cl.lost_releases())
-            && n > 0
-        {
-            outcomes[0].errors += n;
-            outcomes[0]
-                .first_error
-                .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+        if let Ok(n) = cl.ping().and_then(|_| cl.lost_releases()) {
+            outcomes[0].lost_releases(n);
         }
     }
     // All connections stay open until every client is done: the npm broker releases every lock

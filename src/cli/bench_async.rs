@@ -41,12 +41,8 @@ pub(super) fn run(
                     cl.lost_releases().await
                 }
                 .await
-                    && n > 0
                 {
-                    outcomes[0].errors += n;
-                    outcomes[0]
-                        .first_error
-                        .get_or_insert_with(|| "a pipelined unlock found its lock lost".into());
+                    outcomes[0].lost_releases(n);
                 }
             }
             Ok((kind, elapsed, outcomes))
@@ -64,20 +60,13 @@ async fn one(client: &AsyncClient, i: usize, quota: u64, common: &Common<'_>) ->
     for n in 0..quota {
         let k = (i + n as usize) % common.keys.len();
         let t = Instant::now();
-        let g = match client.lock_with(&common.keys[k], common.opts).await {
+        let got = client.lock_with(&common.keys[k], common.opts).await;
+        let g = match o.locked(got, t) {
             Ok(g) => g,
-            Err(e) => {
-                o.fail("lock", &e);
-                if e.is_connection() {
-                    break;
-                }
-                continue;
-            }
+            Err(e) if e.is_connection() => break,
+            Err(_) => continue,
         };
-        o.hist
-            .saturating_record((t.elapsed().as_nanos() as u64).max(1));
-        common.enter(k);
-        common.leave(k);
+        common.critical_section(k);
         if common.wait_unlock {
             if let Err(e) = g.unlock().await {
                 o.fail("unlock", &e);

@@ -10,9 +10,10 @@
 //! the guards' `on_lost` hooks, and so the session can answer grants nobody waits for); it
 //! steps aside as soon as a caller waits.
 
+use super::calls::{self, new_uuid};
 use super::error::{Error, Result};
 use super::transport::{Reader, Stream, Writer, connect};
-use super::url::Endpoint;
+use super::url::Target;
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;
@@ -88,7 +89,6 @@ struct Shared {
     write: Mutex<WriteSide>,
     state: Mutex<State>,
     read: Mutex<ReadSide>,
-    node: AtomicBool,
     dead: AtomicBool,
     closer: Stream,
 }
@@ -315,8 +315,9 @@ impl Drop for Pending {
 }
 
 impl Conn {
-    pub(crate) fn open(ep: &Endpoint, token: Option<&str>, timeout: Duration) -> Result<Conn> {
-        let (reader, writer, closer) = connect(ep, token, timeout)?;
+    pub(crate) fn open(t: &Target) -> Result<Conn> {
+        let (token, timeout) = (t.token.as_deref(), t.connect_timeout);
+        let (reader, writer, closer) = connect(&t.endpoint, token, timeout)?;
         let shared = Arc::new(Shared {
             write: Mutex::new(WriteSide {
                 writer,
@@ -336,7 +337,6 @@ impl Conn {
                 buf: Vec::with_capacity(4096),
                 timeout: None,
             }),
-            node: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             closer,
         });
@@ -356,41 +356,12 @@ impl Conn {
         };
         let ping = conn.request(&Request::Ping { uuid: &new_uuid() })?;
         let reply = ping.recv(Some(Instant::now() + timeout));
-        let auth_err = auth
-            .and_then(|a| a.rx.try_recv().ok().flatten())
-            .and_then(|a| match a {
-                Answer::Rejected(e) | Answer::Unknown(e) => Some(e),
-                _ => None,
-            });
-        match reply {
-            Ok(Answer::Pong(_)) => {
-                if let Some(e) = auth_err {
-                    return Err(Error::Rejected(e));
-                }
-                // Our broker: name the connection, so `lmx info` shows who holds a lock. No
-                // reply comes (the npm broker is never sent it).
-                let name = client_name();
-                let hello = Request::Hello {
-                    name: &name,
-                    pid: Some(u64::from(std::process::id())),
-                };
-                conn.shared.send_with(|st| {
-                    st.session.notify(&hello);
-                    Ok(())
-                })?;
-            }
-            // Our broker echoes the type in errors ("authenticate first"); the npm broker
-            // answers an unknown type with a type-less "Malformed data" error.
-            Ok(Answer::Rejected(e)) => return Err(Error::Rejected(auth_err.unwrap_or(e))),
-            Ok(Answer::Unknown(_)) => {
-                conn.shared.node.store(true, Ordering::Relaxed);
-                lock(&conn.shared.state)
-                    .session
-                    .set_broker(BrokerKind::Node);
-            }
-            Ok(a) => return Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
-            Err(e) => return Err(auth_err.map_or(e, Error::Rejected)),
-        }
+        let auth = auth.and_then(|a| a.rx.try_recv().ok().flatten());
+        let kind = calls::handshake(reply, auth)?;
+        conn.shared.send_with(|st| {
+            calls::greet(&mut st.session, kind);
+            Ok(())
+        })?;
         Ok(conn)
     }
 
@@ -412,10 +383,7 @@ impl Conn {
             if let Some(release) = release {
                 st.session.release(release);
             }
-            let id = st
-                .session
-                .request(req)
-                .ok_or_else(|| Error::Protocol("request without an id".into()))?;
+            let id = calls::request_id(&mut st.session, req)?;
             st.waiters.insert(id, tx);
             Ok(id)
         })?;
@@ -450,11 +418,7 @@ impl Conn {
     }
 
     pub(crate) fn kind(&self) -> BrokerKind {
-        if self.shared.node.load(Ordering::Relaxed) {
-            BrokerKind::Node
-        } else {
-            BrokerKind::Rust
-        }
+        lock(&self.shared.state).session.broker()
     }
 
     /// Runs `f` once when the connection dies (at once if it already has); the id returned
@@ -479,11 +443,6 @@ impl Conn {
                 .retain(|(id, _)| !ids.contains(id));
         }
     }
-}
-
-/// A fresh request id in its wire form.
-pub(crate) fn new_uuid() -> String {
-    RequestId::random().to_string()
 }
 
 /// Reads while no caller waits, so that a dropped connection is noticed (guards report
@@ -518,26 +477,4 @@ fn background_reader(shared: Arc<Shared>) {
         let st = lock(&shared.state);
         shared.hand_off(&st);
     }
-}
-
-/// The name a connection gives the broker: `LMX_CLIENT_NAME` if set, else the program's file
-/// name and pid (`cargo-test[4242]`), as `lmx info` shows it.
-pub(crate) fn client_name() -> String {
-    let name = match std::env::var("LMX_CLIENT_NAME") {
-        Ok(n) if !n.is_empty() => n,
-        _ => {
-            let prog = std::env::args_os()
-                .next()
-                .map(std::path::PathBuf::from)
-                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "rust".into());
-            format!("{prog}[{}]", std::process::id())
-        }
-    };
-    // Within the broker's limit, cut on a character boundary.
-    let mut end = name.len().min(crate::proto::MAX_CLIENT_NAME);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_string()
 }

@@ -1,9 +1,9 @@
 //! The guards: a held lock (or several) tied to its connection, released when dropped.
 
-use super::driver::{Conn, new_uuid};
+use super::calls::{new_uuid, refusal, release_many_request, released, unlock_request};
+use super::driver::Conn;
 use super::error::{Error, Result};
-use super::{refusal, unlock_request};
-use crate::proto::session::{Answer, Unlocked};
+use crate::proto::session::Answer;
 use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,12 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(expires: Option<Instant>) -> Arc<Lease> {
+    /// A new grant's lease: its TTL counts from now, when the grant arrived (never too early).
+    pub(crate) fn new(ttl: Ttl) -> Arc<Lease> {
+        let expires = match ttl {
+            Ttl::After(d) => Some(Instant::now() + d),
+            _ => None,
+        };
         Arc::new(Lease {
             lost: AtomicBool::new(false),
             expires: Mutex::new(expires),
@@ -105,8 +110,13 @@ fn renew(
     lease.renewed(sent, ttl, conn.call(timeout, &extend)?)
 }
 
-/// The keep-alive thread of one guard: renews every `every` until the guard drops (its sender
-/// goes away) or the lock is lost.
+/// How often a keep-alive renews a lock of `ttl`: a third of it.
+pub(crate) fn renew_period(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(1))
+}
+
+/// The keep-alive thread of one guard: renews every [`renew_period`] until the guard drops
+/// (its sender goes away) or the lock is lost.
 pub(crate) fn keep_alive(
     conn: Arc<Conn>,
     key: String,
@@ -116,7 +126,7 @@ pub(crate) fn keep_alive(
     lease: Arc<Lease>,
 ) -> mpsc::Sender<()> {
     let (stop, stopped) = mpsc::channel::<()>();
-    let every = (ttl / 3).max(Duration::from_millis(1));
+    let every = renew_period(ttl);
     let mine = lease.clone();
     let spawned = std::thread::Builder::new()
         .name("lmx-keep-alive".into())
@@ -173,15 +183,6 @@ impl std::fmt::Debug for LockGuard {
             .field("id", &self.id)
             .field("token", &self.token)
             .finish()
-    }
-}
-
-/// A lost connection while releasing means the lock is gone anyway.
-fn lost_if_disconnected(e: Error) -> Error {
-    if matches!(e, Error::ConnectionLost) {
-        Error::LockLost
-    } else {
-        e
     }
 }
 
@@ -296,15 +297,10 @@ impl LockGuard {
             return Err(Error::LockLost);
         }
         let (key, id) = (&self.key, &self.id);
-        let answer = self
-            .conn
-            .call(self.timeout, &unlock_request(&new_uuid(), key, id))
-            .map_err(lost_if_disconnected)?;
-        match answer {
-            Answer::Unlocked(Unlocked::Yes) => Ok(()),
-            Answer::Unlocked(_) => Err(Error::LockLost),
-            a => Err(refusal(a)),
-        }
+        released(
+            self.conn
+                .call(self.timeout, &unlock_request(&new_uuid(), key, id)),
+        )
     }
 
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires). Fails with
@@ -432,33 +428,19 @@ impl ManyGuard {
         if self.conn.is_dead() {
             return Err(Error::LockLost);
         }
-        let lock_id = &self.id;
-        let answer = self
-            .conn
-            .call(
-                self.timeout,
-                &Request::ReleaseMany {
-                    uuid: &new_uuid(),
-                    lock_id,
-                },
-            )
-            .map_err(lost_if_disconnected)?;
-        match answer {
-            Answer::Released(true) => Ok(()),
-            Answer::Released(false) => Err(Error::LockLost),
-            a => Err(refusal(a)),
-        }
+        released(
+            self.conn
+                .call(self.timeout, &release_many_request(&new_uuid(), &self.id)),
+        )
     }
 }
 
 impl Drop for ManyGuard {
     fn drop(&mut self) {
         if !self.done && !self.conn.is_dead() {
-            let lock_id = &self.id;
-            let _ = self.conn.release(&Request::ReleaseMany {
-                uuid: &new_uuid(),
-                lock_id,
-            });
+            let _ = self
+                .conn
+                .release(&release_many_request(&new_uuid(), &self.id));
         }
     }
 }

@@ -18,12 +18,13 @@
 //! ```
 
 pub(crate) mod backoff;
+pub(crate) mod calls;
 mod driver;
 mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
 mod spawn;
-mod transport;
+pub(crate) mod transport;
 pub(crate) mod url;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
@@ -41,13 +42,11 @@ pub use spawn::{
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
 use backoff::Slot;
-#[cfg(feature = "tokio")]
-pub(crate) use driver::client_name;
-pub(crate) use driver::new_uuid;
+use calls::{new_uuid, refusal, unlock_request};
 use driver::{Conn, Pending};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use url::Endpoint;
+use url::{Settings, Target};
 
 /// How long the client waits beyond a broker-side wait time-out before it gives up on its own:
 /// the broker decides, this only guards against a broker that never answers.
@@ -97,12 +96,7 @@ pub struct Pong {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct ClientBuilder {
-    url: String,
-    token: Option<String>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-}
+pub struct ClientBuilder(Settings);
 
 impl ClientBuilder {
     /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
@@ -112,7 +106,7 @@ impl ClientBuilder {
     /// # drop(b);
     /// ```
     pub fn token(mut self, t: impl Into<String>) -> Self {
-        self.token = Some(t.into());
+        self.0.token = Some(t.into());
         self
     }
     /// Longest time to establish a connection, including the broker handshake (default 3 s).
@@ -122,7 +116,7 @@ impl ClientBuilder {
     /// assert!(b.connect().is_err());
     /// ```
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.0.connect_timeout = d;
         self
     }
     /// Longest wait for the reply to a request other than a lock wait (default 10 s).
@@ -132,7 +126,7 @@ impl ClientBuilder {
     /// # drop(b);
     /// ```
     pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
+        self.0.request_timeout = d;
         self
     }
     /// Connects now, so a wrong address fails here rather than at the first lock.
@@ -141,17 +135,8 @@ impl ClientBuilder {
     /// assert!(live_mutex::Client::builder("bogus").connect().is_err());
     /// ```
     pub fn connect(self) -> Result<Client> {
-        let (endpoint, url_token) = url::parse(&self.url)?;
-        let token = self.token.or(url_token).or_else(|| {
-            std::env::var("LMX_AUTH_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-        });
         let inner = Inner {
-            endpoint,
-            token,
-            connect_timeout: self.connect_timeout,
-            request_timeout: self.request_timeout,
+            target: self.0.resolve()?,
             slot: Mutex::new(Slot::default()),
         };
         let client = Client {
@@ -163,10 +148,7 @@ impl ClientBuilder {
 }
 
 struct Inner {
-    endpoint: Endpoint,
-    token: Option<String>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    target: Target,
     slot: Mutex<Slot<Conn>>,
 }
 
@@ -191,7 +173,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.inner.target.endpoint)
             .finish()
     }
 }
@@ -221,12 +203,7 @@ impl Client {
     /// # drop(b);
     /// ```
     pub fn builder(url: &str) -> ClientBuilder {
-        ClientBuilder {
-            url: url.to_string(),
-            token: None,
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(10),
-        }
+        ClientBuilder(Settings::new(url))
     }
 
     /// Connects to [`url_from_env`] (`LMX_URL`, else the npm variables, else
@@ -266,16 +243,11 @@ impl Client {
         if let Some(at) = slot.next_attempt() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
-        let i = &self.inner;
-        slot.connected(Conn::open(
-            &i.endpoint,
-            i.token.as_deref(),
-            i.connect_timeout,
-        ))
+        slot.connected(Conn::open(&self.inner.target))
     }
 
     fn call(&self, req: &Request<'_>) -> Result<Answer> {
-        self.conn()?.call(self.inner.request_timeout, req)
+        self.conn()?.call(self.inner.target.request_timeout, req)
     }
 
     /// Blocks until `key` is granted, with the broker's default TTL.
@@ -302,13 +274,10 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_lock(&self, key: &str) -> Result<Option<LockGuard>> {
-        self.acquire(
-            key,
-            &LockOptions {
-                try_only: true,
-                ..Default::default()
-            },
-        )
+        match self.lock_with(key, &LockOptions::new().try_only()) {
+            Err(Error::Busy) => Ok(None),
+            r => r.map(Some),
+        }
     }
 
     /// Takes `key` with options: [`Error::WaitTimedOut`] if it was not granted within
@@ -330,7 +299,7 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_with(&self, key: &str, opts: &LockOptions) -> Result<LockGuard> {
-        self.acquire(key, opts)?.ok_or_else(|| not_granted(opts))
+        self.acquire_after(None, key, opts)
     }
 
     /// Pipelined releases (guards dropped without [`LockGuard::unlock`]) whose answer said the
@@ -371,12 +340,7 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_after(&self, prev: LockGuard, key: &str, opts: &LockOptions) -> Result<LockGuard> {
-        self.acquire_after(Some(prev), key, opts)?
-            .ok_or_else(|| not_granted(opts))
-    }
-
-    fn acquire(&self, key: &str, o: &LockOptions) -> Result<Option<LockGuard>> {
-        self.acquire_after(None, key, o)
+        self.acquire_after(Some(prev), key, opts)
     }
 
     fn acquire_after(
@@ -384,15 +348,10 @@ impl Client {
         prev: Option<LockGuard>,
         key: &str,
         o: &LockOptions,
-    ) -> Result<Option<LockGuard>> {
+    ) -> Result<LockGuard> {
         o.check()?;
         let conn = self.conn()?;
-        // The npm broker knows no wait time-out: there the client's own timer is the deadline.
-        let slack = if conn.kind() == BrokerKind::Node {
-            Duration::ZERO
-        } else {
-            SLACK
-        };
+        let (limit, limit_is_wait) = calls::lock_limit(conn.kind(), o);
         let uuid = new_uuid();
         let req = o.lock_request(&uuid, key);
         let p = match prev {
@@ -409,42 +368,30 @@ impl Client {
             }
         };
         let id = p.uuid();
-        match await_grant(p, o.wait_timeout.map(|t| t + slack), slack.is_zero())? {
-            Some(Answer::Locked { fencing_token }) => {
-                let lease = guard::Lease::new(match o.ttl {
-                    Ttl::After(d) => Some(Instant::now() + d),
-                    _ => None,
-                });
-                let timeout = self.inner.request_timeout;
-                let keep_alive = o.renew_every().map(|_| {
-                    let ttl = match o.ttl {
-                        Ttl::After(d) => d,
-                        _ => unreachable!("renew_every needs Ttl::After"),
-                    };
-                    guard::keep_alive(
-                        conn.clone(),
-                        key.to_string(),
-                        id.clone(),
-                        ttl,
-                        timeout,
-                        lease.clone(),
-                    )
-                });
-                Ok(Some(LockGuard {
-                    lease,
-                    conn,
-                    key: key.to_string(),
-                    id,
-                    token: fencing_token,
-                    done: false,
-                    timeout,
-                    hooks: Mutex::new(Vec::new()),
-                    keep_alive,
-                }))
-            }
-            None | Some(Answer::NotGranted) => Ok(None),
-            Some(a) => Err(refusal(a)),
-        }
+        let token = calls::locked(await_grant(p, limit, limit_is_wait)?, o)?;
+        let lease = guard::Lease::new(o.ttl);
+        let timeout = self.inner.target.request_timeout;
+        let keep_alive = o.keep_alive_ttl().map(|ttl| {
+            guard::keep_alive(
+                conn.clone(),
+                key.to_string(),
+                id.clone(),
+                ttl,
+                timeout,
+                lease.clone(),
+            )
+        });
+        Ok(LockGuard {
+            lease,
+            conn,
+            key: key.to_string(),
+            id,
+            token,
+            done: false,
+            timeout,
+            hooks: Mutex::new(Vec::new()),
+            keep_alive,
+        })
     }
 
     /// Takes all of `keys` at once (all-or-nothing, no deadlock between overlapping sets).
@@ -478,17 +425,14 @@ impl Client {
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
         let p = conn.request(&o.many_request(&new_uuid(), &keys))?;
         let id = p.uuid();
-        match await_grant(p, o.wait_timeout.map(|t| t + SLACK), false)? {
-            Some(Answer::ManyLocked(tokens)) => Ok(ManyGuard {
-                conn,
-                id,
-                tokens: tokens.into_iter().collect(),
-                done: false,
-                timeout: self.inner.request_timeout,
-            }),
-            None | Some(Answer::NotGranted) => Err(not_granted(o)),
-            Some(a) => Err(refusal(a)),
-        }
+        let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false)?;
+        Ok(ManyGuard {
+            tokens: calls::many_locked(answer, o)?,
+            conn,
+            id,
+            done: false,
+            timeout: self.inner.target.request_timeout,
+        })
     }
 
     /// Releases the lock `id` on `key`, e.g. one taken by `lmx acquire`. [`Error::NotHeld`] if
@@ -566,16 +510,8 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn info(&self, key: &str) -> Result<LockInfo> {
-        match self.call(&Request::LockInfo {
-            uuid: &new_uuid(),
-            key,
-        })? {
-            Answer::Info(info) => Ok(LockInfo {
-                key: key.to_string(),
-                ..info
-            }),
-            a => Err(refusal(a)),
-        }
+        let uuid = new_uuid();
+        calls::info(key, self.call(&Request::LockInfo { uuid: &uuid, key })?)
     }
 
     /// Broker-wide counters.
@@ -588,10 +524,7 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Result<Stats> {
-        match self.call(&Request::SystemStats { uuid: &new_uuid() })? {
-            Answer::Stats(s) => Ok(s),
-            a => Err(refusal(a)),
-        }
+        calls::stats(self.call(&Request::SystemStats { uuid: &new_uuid() })?)
     }
 
     /// One round trip to the broker. The npm broker does not know `ping` and answers with an
@@ -608,7 +541,7 @@ impl Client {
         let conn = self.conn()?;
         let t = Instant::now();
         let answer = conn.call(
-            self.inner.request_timeout,
+            self.inner.target.request_timeout,
             &Request::Ping { uuid: &new_uuid() },
         )?;
         let rtt = t.elapsed();
@@ -629,49 +562,20 @@ impl Client {
     }
 }
 
-/// Waits for a lock's or acquire-many's answer until `limit` from now; `None` once the wait
-/// ran out, after the request was given up (a lock is cancelled at the broker). The limit is
-/// the wait time-out itself when `limit_is_wait` (the npm broker has none of its own), else
-/// the broker's wait time-out plus slack: running past that means the broker went silent.
-fn await_grant(p: Pending, limit: Option<Duration>, limit_is_wait: bool) -> Result<Option<Answer>> {
+/// Waits for a lock's or acquire-many's answer until `limit` from now; past it the request is
+/// given up (a lock is cancelled at the broker) and the answer is "not granted" when the limit
+/// is the wait time-out itself (`limit_is_wait`), else [`Error::BrokerSilent`].
+fn await_grant(p: Pending, limit: Option<Duration>, limit_is_wait: bool) -> Result<Answer> {
     match p.recv(limit.map(|l| Instant::now() + l)) {
         Err(Error::BrokerSilent) => {
             p.give_up()?;
             if limit_is_wait {
-                Ok(None)
+                Ok(Answer::NotGranted)
             } else {
                 Err(Error::BrokerSilent)
             }
         }
-        r => r.map(Some),
-    }
-}
-
-/// The error for a lock that was answered "not granted".
-fn not_granted(o: &LockOptions) -> Error {
-    if o.try_only {
-        Error::Busy
-    } else {
-        Error::WaitTimedOut
-    }
-}
-
-/// The `unlock` request that releases lock `id` on `key`.
-pub(crate) fn unlock_request<'a>(uuid: &'a str, key: &'a str, id: &'a str) -> Request<'a> {
-    Request::Unlock {
-        uuid,
-        key,
-        lock_id: Some(id),
-        force: false,
-    }
-}
-
-/// The error for an answer that is not the one asked for.
-pub(crate) fn refusal(a: Answer) -> Error {
-    match a {
-        Answer::Rejected(e) | Answer::Unknown(e) => Error::Rejected(e),
-        Answer::Unexpected(e) => Error::Protocol(e),
-        a => Error::Protocol(format!("unexpected answer: {a:?}")),
+        r => r,
     }
 }
 

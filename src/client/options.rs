@@ -121,10 +121,10 @@ impl LockOptions {
         check_ttl(self.ttl)
     }
 
-    /// The keep-alive period, when keep-alive applies: a third of the TTL.
-    pub(crate) fn renew_every(&self) -> Option<Duration> {
+    /// The TTL to keep renewing, when keep-alive applies.
+    pub(crate) fn keep_alive_ttl(&self) -> Option<Duration> {
         match self.ttl {
-            Ttl::After(d) if self.keep_alive => Some(d / 3),
+            Ttl::After(d) if self.keep_alive => Some(d),
             _ => None,
         }
     }

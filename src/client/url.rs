@@ -1,5 +1,53 @@
 use super::error::{Error, Result};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// What both client builders collect: the URL, a token that wins over the URL's, and the
+/// time-outs.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub url: String,
+    pub token: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// What both clients keep to (re)connect: the [`Settings`], with the URL parsed and the token
+/// chosen.
+pub(crate) struct Target {
+    pub endpoint: Endpoint,
+    pub token: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    /// The defaults: 3 s to connect (handshake included), 10 s for an answer.
+    pub fn new(url: &str) -> Settings {
+        Settings {
+            url: url.to_string(),
+            token: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Parses the URL; the token is the builder's, else the URL's, else `LMX_AUTH_TOKEN`.
+    pub fn resolve(self) -> Result<Target> {
+        let (endpoint, url_token) = parse(&self.url)?;
+        let token = self.token.or(url_token).or_else(|| {
+            std::env::var("LMX_AUTH_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        Ok(Target {
+            endpoint,
+            token,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        })
+    }
+}
 
 /// Where a broker listens, parsed from `tcp://host:port`, `ws://host:port[/path]` or
 /// `unix:///path`, each optionally carrying an auth token.
