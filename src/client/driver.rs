@@ -10,7 +10,7 @@
 //! the guards' `on_lost` hooks, and so the session can answer grants nobody waits for); it
 //! steps aside as soon as a caller waits.
 
-use super::calls::{self, new_uuid};
+use super::calls::{self, new_uuid, release_many_request, unlock_request};
 use super::error::{Error, Result};
 use super::transport::{Reader, Stream, Writer, connect};
 use super::url::Target;
@@ -229,6 +229,9 @@ pub(crate) struct Pending {
     id: RequestId,
     rx: Receiver<Msg>,
     shared: Arc<Shared>,
+    /// What a grant that races the give-up is released with: a lock's key (`None` for an
+    /// acquire-many, released by id). `Err` for other requests, which hold nothing.
+    holds: Result<Option<String>, ()>,
 }
 
 impl Pending {
@@ -297,11 +300,27 @@ impl Pending {
         self.shared.flush()
     }
 
-    /// Drops the waiter and tells the session; `true` if that left bytes to send.
+    /// Drops the waiter and tells the session; `true` if that left bytes to send. A grant
+    /// that a reader routed to this request after its wait ended (so the session no longer
+    /// had it pending and sent no cancel) is released at once, not left held until its TTL.
     fn forget(&self) -> bool {
         let mut st = lock(&self.shared.state);
         st.waiters.remove(&self.id);
         st.session.give_up(self.id);
+        let uuid = self.id.to_string();
+        // `None`s are only nudges to a parked waiter.
+        while let Ok(msg) = self.rx.try_recv() {
+            match (msg, &self.holds) {
+                (Some(Answer::Locked { .. }), Ok(Some(key))) => {
+                    st.session.release(&unlock_request(&new_uuid(), key, &uuid));
+                }
+                (Some(Answer::ManyLocked(_)), Ok(None)) => {
+                    st.session
+                        .release(&release_many_request(&new_uuid(), &uuid));
+                }
+                _ => {}
+            }
+        }
         st.session.wants_transmit()
     }
 }
@@ -387,10 +406,16 @@ impl Conn {
             st.waiters.insert(id, tx);
             Ok(id)
         })?;
+        let holds = match req {
+            Request::Lock(l) => Ok(Some(l.key.to_owned())),
+            Request::AcquireMany(_) => Ok(None),
+            _ => Err(()),
+        };
         Ok(Pending {
             id,
             rx,
             shared: self.shared.clone(),
+            holds,
         })
     }
 
@@ -476,5 +501,68 @@ fn background_reader(shared: Arc<Shared>) {
         drop(rs);
         let st = lock(&shared.state);
         shared.hand_off(&st);
+    }
+}
+
+#[cfg(all(test, feature = "broker"))]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use super::{Conn, new_uuid};
+    use crate::Client;
+    use crate::broker::Broker;
+    use crate::client::LockOptions;
+    use crate::client::url::Settings;
+    use crate::proto::Request;
+
+    /// A grant that another caller's read routes to a request after its own wait ended (the
+    /// session no longer has it pending, so giving it up sends no cancel) is released, not left
+    /// held by the connection until its TTL.
+    #[test]
+    fn a_grant_routed_to_a_request_given_up_is_released() {
+        let broker = Broker::builder()
+            .tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .bind()
+            .expect("bind");
+        let url = format!("tcp://{}", broker.local_addr().expect("tcp"));
+        let handle = broker.spawn().expect("spawn");
+        let holder = Client::connect(&url).expect("connect");
+        let g = holder.lock("k").expect("lock");
+        let target = Settings::new(&url).resolve().expect("target");
+        let conn = Conn::open(&target).expect("open");
+        let opts = LockOptions::default().ttl(Duration::from_secs(60));
+        let id = new_uuid();
+        let waiting = conn.request(&opts.lock_request(&id, "k")).expect("request");
+        // Queued behind `holder`; then granted when it unlocks.
+        let ping = |conn: &Conn| {
+            let uuid = new_uuid();
+            conn.call(Duration::from_secs(5), &Request::Ping { uuid: &uuid })
+                .expect("ping")
+        };
+        ping(&conn);
+        g.unlock().expect("unlock");
+        // Wait until the broker has granted it (the key has a holder again); a ping on the
+        // same connection reads the grant and routes it into the request's channel.
+        let end = Instant::now() + Duration::from_secs(5);
+        while holder.info("k").expect("info").holders.is_empty() {
+            assert!(Instant::now() < end, "never granted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ping(&conn);
+        // The caller gave up (its wait ended) without taking the answer.
+        drop(waiting);
+        let end = Instant::now() + Duration::from_secs(5);
+        while !holder.info("k").expect("info").holders.is_empty() {
+            assert!(
+                Instant::now() < end,
+                "the grant was kept by a request nobody waits for"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(conn);
+        drop(holder);
+        handle.shutdown();
+        handle.join().expect("broker");
     }
 }
