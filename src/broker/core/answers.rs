@@ -168,7 +168,10 @@ impl Core {
                     let id = id.clone();
                     self.route.remove_group(&id);
                 }
-                self.counters.unlocks += 1;
+                // Tag 0: a grant given back unseen, not a client's release.
+                if tag != 0 {
+                    self.counters.unlocks += 1;
+                }
                 self.settle(tag, Ok(0), false);
             }
             StoreEvent::Failed {
