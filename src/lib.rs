@@ -114,6 +114,8 @@ pub mod client;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "tls")]
+mod pem;
 pub mod proto;
 #[cfg(feature = "broker")]
 pub mod store;

@@ -41,6 +41,9 @@ pub struct BrokerBuilder {
     pub(super) allow_hosts: Vec<String>,
     pub(super) allow_origins: Vec<String>,
     pub(super) idle_exit: Option<Duration>,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<super::tls::TlsFiles>,
+    pub(super) require_tls: bool,
     /// Lock decisions in etcd instead of the in-memory table (see [`BrokerBuilder::etcd`]).
     #[cfg(feature = "etcd")]
     pub(super) etcd: Option<crate::store::etcd::EtcdConfig>,
@@ -77,6 +80,9 @@ impl Default for BrokerBuilder {
             allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
             idle_exit: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            require_tls: false,
             #[cfg(feature = "etcd")]
             etcd: None,
         }
@@ -214,6 +220,40 @@ impl BrokerBuilder {
         self
     }
 
+    /// Serve TLS on the TCP port (feature `tls`) with this certificate chain and private key
+    /// (PEM files): a client that starts with a TLS handshake gets NDJSON, WebSocket and the
+    /// HTTP endpoints inside it (`tls://`, `wss://`), and plain clients are still served
+    /// (see [`require_tls`](Self::require_tls)). The files are read again by
+    /// [`Broker::tls_reloader`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let client_ca = self.tls.take().and_then(|t| t.client_ca);
+        self.tls = Some(super::tls::TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca,
+        });
+        self
+    }
+    /// Ask TLS clients for a certificate signed by a CA in this PEM file (after
+    /// [`tls`](Self::tls)): a verified one authenticates its connection as the auth token
+    /// would (no `auth` message needed; `force` allowed under `restrict_admin`). Clients
+    /// without a certificate are still served (and need the token if there is one).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_ca(mut self, ca: Option<PathBuf>) -> Self {
+        if let Some(t) = &mut self.tls {
+            t.client_ca = ca;
+        }
+        self
+    }
+    /// Refuse plain TCP (NDJSON, WebSocket, HTTP) from any address but loopback: only TLS is
+    /// served to other hosts. The Unix socket and loopback clients (the npm client, which
+    /// cannot speak TLS) are unaffected. Needs [`tls`](Self::tls).
+    pub fn require_tls(mut self, on: bool) -> Self {
+        self.require_tls = on;
+        self
+    }
+
     /// Keep every lock decision in an etcd cluster (feature `etcd`), so that any number of
     /// brokers can serve the same keys: see [`crate::store::etcd`] for the recipe and
     /// README.md, "Running more than one broker". The broker's default TTL
@@ -229,6 +269,22 @@ impl BrokerBuilder {
     pub fn bind(self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
             return Err(BrokerError::NoListener);
+        }
+        #[cfg(feature = "tls")]
+        let tls = self
+            .tls
+            .clone()
+            .map(super::tls::ServerTls::load)
+            .transpose()?;
+        #[cfg(feature = "tls")]
+        let has_tls = tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let has_tls = false;
+        if self.require_tls && !has_tls {
+            return Err(BrokerError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "require_tls needs a TLS certificate and key (--tls-cert, --tls-key)",
+            )));
         }
         let poll = Poll::new()?;
         let mut tcp = match self.tcp {
@@ -255,6 +311,7 @@ impl BrokerBuilder {
         if let Some(addr) = local_addr
             && !addr.ip().is_loopback()
             && self.auth_token.is_none()
+            && !self.require_tls
         {
             tracing::warn!(
                 "listening on {addr}, beyond this machine, with no auth token: \
@@ -313,6 +370,8 @@ impl BrokerBuilder {
             turns: 0,
             http_served: 0,
             cfg: self,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }

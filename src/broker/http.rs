@@ -43,14 +43,14 @@ impl Broker {
     pub(super) fn sniff_http(
         &mut self,
         slot: usize,
-        stream: Stream,
+        mut stream: Stream,
         now: Instant,
     ) -> Option<Stream> {
-        let Stream::Tcp(tcp) = &stream else {
+        if matches!(stream, Stream::Unix(_)) {
             return Some(stream);
-        };
+        }
         let mut buf = vec![0u8; MAX_HEAD];
-        let n = match tcp.peek(&mut buf) {
+        let n = match stream.peek(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
@@ -74,7 +74,6 @@ impl Broker {
                 response,
             } => {
                 self.http_served += 1;
-                let mut stream = stream;
                 // Take the request out of the socket: closing with unread bytes would send
                 // a reset, which can destroy the response before the client reads it.
                 let mut sink = [0u8; 4096];

@@ -2,7 +2,8 @@
 //! [`Table`](crate::table::Table). This module is the only one that does network I/O.
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
-//! an HTTP upgrade to WebSocket, anything else is NDJSON); a Unix socket serves NDJSON.
+//! an HTTP upgrade to WebSocket, 0x16 a TLS handshake inside which the same choice is made
+//! again, anything else is NDJSON); a Unix socket serves NDJSON.
 //! Web pages are kept out by `http_guard` (HTTP lines on NDJSON close the connection, Host and
 //! Origin rules on upgrades); vanished peers are found by `keepalive`.
 //!
@@ -17,6 +18,8 @@
 //! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
 //!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
 //!   and writing its output out.
+//! - `tls` (feature `tls`): rustls on the TCP port, the `require_tls` rule, client
+//!   certificates, reloading the files.
 //! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
 //!   close requests out, with a file per command; its tests drive it in memory with
@@ -40,6 +43,8 @@ pub(crate) mod http_guard;
 mod keepalive;
 mod metrics;
 mod reactor;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 use std::io;
@@ -49,6 +54,8 @@ pub use config::{BrokerBuilder, uds_lock_path};
 pub use handle::{BrokerHandle, ShutdownHandle};
 pub use keepalive::Keepalive;
 pub use reactor::Broker;
+#[cfg(feature = "tls")]
+pub use tls::TlsReloader;
 
 /// Errors of starting or running a broker.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,11 @@ pub enum BrokerError {
     /// The broker thread started by [`Broker::spawn`] panicked; found by [`BrokerHandle::join`].
     #[error("the broker thread panicked")]
     Panicked,
+    /// A TLS file could not be used (missing, not PEM, a key that does not match the
+    /// certificate), or `require_tls` was asked for without a certificate.
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The etcd store did not start (bad settings, or etcd did not answer).
     #[cfg(feature = "etcd")]
     #[error("etcd store: {0}")]

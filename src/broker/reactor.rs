@@ -59,6 +59,9 @@ pub struct Broker {
     pub(super) turns: u64,
     pub(super) http_served: u64,
     pub(super) cfg: BrokerBuilder,
+    /// The TLS configuration, if the broker has a certificate.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<Arc<super::tls::ServerTls>>,
 }
 
 impl Broker {

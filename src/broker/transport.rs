@@ -24,6 +24,32 @@ use crate::table::ConnId;
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TCP inside TLS (see `tls`).
+    #[cfg(feature = "tls")]
+    Tls(Box<super::tls::TlsStream>),
+}
+
+impl Stream {
+    /// The first bytes of what the peer sent, left to be read (the Unix socket is never
+    /// sniffed).
+    pub(crate) fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.peek(buf),
+            Stream::Unix(_) => Ok(1),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.peek(buf),
+        }
+    }
+
+    /// Writes what a TLS stream still holds; false if the socket did not take all of it.
+    /// A plain socket holds nothing.
+    fn flushed(&mut self) -> io::Result<bool> {
+        match self.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -31,6 +57,8 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -40,10 +68,16 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+        }
     }
 }
 
@@ -52,18 +86,24 @@ impl mio::event::Source for Stream {
         match self {
             Stream::Tcp(s) => s.register(r, t, i),
             Stream::Unix(s) => s.register(r, t, i),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.register(r, t, i),
         }
     }
     fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.reregister(r, t, i),
             Stream::Unix(s) => s.reregister(r, t, i),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.reregister(r, t, i),
         }
     }
     fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.deregister(r),
             Stream::Unix(s) => s.deregister(r),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.deregister(r),
         }
     }
 }
@@ -223,7 +263,7 @@ impl Socket {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((pos, pos == out.len()))
+                Ok((pos, pos == out.len() && s.flushed()?))
             }
             Io::Handshake(_) | Io::Http(_) | Io::Gone => Ok((0, true)),
         }
@@ -245,7 +285,7 @@ impl Socket {
             }
         }
         self.http_out.drain(..pos);
-        Ok((pos, self.http_out.is_empty()))
+        Ok((pos, self.http_out.is_empty() && s.flushed()?))
     }
 }
 
@@ -271,11 +311,16 @@ impl Broker {
                 return;
             }
             match std::mem::replace(&mut sock.io, Io::Gone) {
-                Io::Sniff(stream) => {
+                Io::Sniff(mut stream) => {
                     let mut b = [0u8; 1];
-                    let peeked = match &stream {
-                        Stream::Tcp(s) => s.peek(&mut b),
-                        Stream::Unix(_) => Ok(1),
+                    let peeked = stream.peek(&mut b);
+                    #[cfg(feature = "tls")]
+                    let Some((stream, peeked)) = self.tls_gate(slot, stream, peeked, &mut b, now)
+                    else {
+                        return;
+                    };
+                    let Some(sock) = self.socks.get_mut(slot) else {
+                        return;
                     };
                     match peeked {
                         Ok(0) => {
@@ -293,9 +338,12 @@ impl Broker {
                             };
                             // The WebSocket upgrade; `UpgradeCheck` is its callback.
                             let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
+                            // A client certificate stands in for the token.
                             let check = UpgradeCheck {
                                 policy: self.policy.clone(),
-                                token: self.cfg.auth_token.as_deref().map(Into::into),
+                                token: (self.cfg.auth_token.as_deref())
+                                    .filter(|_| !self.core.is_authed(sock.id))
+                                    .map(Into::into),
                             };
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
                                 Ok(ws) => {
@@ -312,6 +360,14 @@ impl Broker {
                                     return self.handshake_failed(slot, now, &e);
                                 }
                             }
+                        }
+                        Ok(_) if b[0] == 0x16 => {
+                            sock.io = Io::Sniff(stream);
+                            return self.refuse(
+                                slot,
+                                now,
+                                "a TLS ClientHello, but this broker has no certificate (--tls-cert)",
+                            );
                         }
                         Ok(_) => {
                             sock.io = Io::Ndjson(stream);

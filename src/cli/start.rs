@@ -105,6 +105,22 @@ pub(crate) struct StartArgs {
     /// least 2): a broker that dies loses its clients' locks this long after [default: 10]
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     session_ttl: Option<u64>,
+    /// TLS on the TCP port: this certificate chain (PEM). Clients then use tls:// or wss://;
+    /// plain TCP stays available unless --require-tls. SIGHUP reloads it (and the key and
+    /// client CA) without dropping connections
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Ask TLS clients for a certificate signed by a CA in this PEM file; a verified one
+    /// authenticates the connection (instead of the token; `force` under --restrict-admin)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse plain TCP from any address but loopback (the Unix socket and loopback clients
+    /// such as the npm client still work); needs --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    require_tls: bool,
     /// Log level (error, warn, info, debug, trace) or a tracing filter such as
     /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs one line per connection
     /// opened and closed; `debug` adds each HTTP request
@@ -232,6 +248,22 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         None => b,
     };
     let b = store(a, b)?;
+    let b = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => b
+            .tls(
+                std::path::absolute(cert).map_err(|e| e.to_string())?,
+                std::path::absolute(key).map_err(|e| e.to_string())?,
+            )
+            .tls_client_ca(
+                a.tls_client_ca
+                    .as_deref()
+                    .map(std::path::absolute)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+            )
+            .require_tls(a.require_tls),
+        _ => b,
+    };
     Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
         .uds_mode(uds_mode)
         .auth_token(a.auth_token.clone())
@@ -284,15 +316,24 @@ pub(crate) fn serve(
     b: Result<BrokerBuilder, String>,
     ready: impl FnOnce(&Broker),
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let broker = bind(b?)?;
+    let reloader = broker.tls_reloader();
+    if reloader.is_some() {
+        signals.add_signal(SIGHUP)?;
+    }
     if let Some(addr) = broker.local_addr() {
         tracing::info!(
             "listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket); status page \
              http://{addr}/, metrics http://{addr}/metrics"
         );
+        if reloader.is_some() {
+            tracing::info!(
+                "and TLS on the same port: tls://{addr}, wss://{addr} (SIGHUP reloads the files)"
+            );
+        }
     }
     if let Some(p) = broker.uds_path() {
         tracing::info!("listening on unix://{} (NDJSON)", p.display());
@@ -301,9 +342,19 @@ pub(crate) fn serve(
     let stop = broker.shutdown_handle();
     let sigs = signals.handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == SIGHUP
+                && let Some(r) = &reloader
+            {
+                match r.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::warn!("SIGHUP: {e}; the previous certificate stays"),
+                }
+                continue;
+            }
             tracing::info!("signal {sig}, shutting down");
             stop.shutdown();
+            break;
         }
     });
     broker.run()?;

@@ -239,6 +239,21 @@ impl Core {
         }
     }
 
+    /// The transport verified a client certificate (TLS with a client CA): it stands in for
+    /// the auth token, admin rights included, as the token itself would give them.
+    #[cfg(feature = "tls")]
+    pub fn trusted(&mut self, id: ConnId) {
+        if let Some(c) = self.state_mut(id) {
+            c.authed = true;
+            c.admin = true;
+        }
+    }
+
+    /// Has the connection proved itself (or is no token needed)?
+    pub fn is_authed(&self, id: ConnId) -> bool {
+        self.state(id).is_some_and(|c| c.authed)
+    }
+
     /// The connection is gone: the store releases exactly its holds, and its waiters' turns
     /// pass on.
     pub fn close(&mut self, id: ConnId, now: Instant) {
