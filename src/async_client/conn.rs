@@ -15,7 +15,7 @@
 
 use super::transport::{self, Io, RawWriter};
 use crate::client::calls::{self, new_uuid, release_many_request, unlock_request};
-use crate::client::url::Target;
+use crate::client::url::{Endpoint, Target};
 use crate::client::{Error, Result};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
@@ -60,6 +60,8 @@ pub(super) struct Shared {
     closing: AtomicBool,
     /// The write half of an NDJSON connection (`None` over WebSocket).
     raw: Option<RawWriter>,
+    /// The TLS error that ended the connection (an alert from the broker), for `open`.
+    failure: Mutex<Option<Error>>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -162,7 +164,16 @@ async fn run(shared: Arc<Shared>, mut io: Io) {
                     drop(st);
                     inbuf.clear();
                 }
-                Ok(false) | Err(_) => break,
+                Ok(false) => break,
+                Err(e) => {
+                    #[cfg(feature = "tls")]
+                    if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                        *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(crate::client::tls::failure("the broker", &e));
+                    }
+                    let _ = e;
+                    break;
+                }
             },
         }
     }
@@ -237,9 +248,9 @@ impl Drop for Pending {
 
 impl Conn {
     /// Connects, starts the connection task, authenticates and detects the broker.
-    pub(crate) async fn open(t: &Target) -> Result<Conn> {
+    pub(crate) async fn open(t: &Target, ep: &Endpoint) -> Result<Conn> {
         let (token, timeout) = (t.token.as_deref(), t.connect_timeout);
-        let (io, raw) = transport::connect(&t.endpoint, token, timeout).await?;
+        let (io, raw) = transport::connect(ep, t).await?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 dead: false,
@@ -248,6 +259,7 @@ impl Conn {
                 out: Vec::with_capacity(4096),
             }),
             raw,
+            failure: Mutex::new(None),
             wake: Notify::new(),
             dead: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -267,7 +279,17 @@ impl Conn {
         let ping = conn.request(&Request::Ping { uuid: &new_uuid() }, None)?;
         let reply = with_timeout(timeout, ping).await;
         let auth = auth.and_then(|mut a| a.rx.try_recv().ok());
-        let kind = calls::handshake(reply, auth)?;
+        // A broker that refused our client certificate says so with an alert after the
+        // handshake: its words beat "connection lost".
+        let kind = calls::handshake(reply, auth).map_err(|e| {
+            let failure = conn
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            failure.unwrap_or(e)
+        })?;
         conn.shared.with(false, |st| {
             calls::greet(&mut st.session, kind);
             Ok(())

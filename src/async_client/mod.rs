@@ -68,12 +68,19 @@ impl AsyncClientBuilder {
         self.0.request_timeout = d;
         self
     }
+    /// With a list of brokers, start at a random one; see
+    /// [`ClientBuilder::random_start`](crate::client::ClientBuilder::random_start).
+    pub fn random_start(mut self, on: bool) -> Self {
+        self.0.random = on;
+        self
+    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     pub async fn connect(self) -> Result<AsyncClient> {
+        let target = self.0.resolve()?;
         let client = AsyncClient {
             inner: Arc::new(Inner {
-                target: self.0.resolve()?,
-                slot: Mutex::new(Slot::default()),
+                slot: Mutex::new(Slot::new(target.endpoints.len(), target.random)),
+                target,
             }),
         };
         client.conn().await?;
@@ -97,7 +104,7 @@ pub struct AsyncClient {
 impl std::fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
-            .field("endpoint", &self.inner.target.endpoint)
+            .field("endpoints", &self.inner.target.endpoints)
             .finish()
     }
 }
@@ -119,18 +126,35 @@ impl AsyncClient {
         Ok(self.conn().await?.kind())
     }
 
-    /// The live connection, reconnecting if the last one died; reconnects after a failure are
+    /// The broker of the live connection, as a URL without its token (`None` while
+    /// disconnected); see [`Client::endpoint`](crate::Client::endpoint).
+    pub async fn endpoint(&self) -> Option<String> {
+        let t = &self.inner.target;
+        let mut slot = self.inner.slot.lock().await;
+        let (_, at) = slot.live(t.endpoints.len(), |c| c.is_dead())?;
+        Some(t.endpoints[at].to_string())
+    }
+
+    /// The live connection, reconnecting if the last one died: to the brokers of the list in
+    /// turn, starting after the one that died; reconnects after every broker failed are
     /// spaced out (50 ms doubling to 2 s, jittered) with an async sleep.
     async fn conn(&self) -> Result<Arc<Conn>> {
+        let t = &self.inner.target;
         let mut slot = self.inner.slot.lock().await;
-        if let Some(c) = slot.conn.as_ref().filter(|c| !c.is_dead()) {
-            return Ok(c.clone());
+        if let Some((c, _)) = slot.live(t.endpoints.len(), |c| c.is_dead()) {
+            return Ok(c);
         }
-        slot.conn = None;
         if let Some(at) = slot.next_attempt() {
             tokio::time::sleep_until(at.into()).await;
         }
-        slot.connected(Conn::open(&self.inner.target).await)
+        let mut failed = Error::ConnectionLost;
+        for i in slot.order(t.endpoints.len()) {
+            match Conn::open(t, &t.endpoints[i]).await {
+                Ok(c) => return slot.connected(Ok((c, i))),
+                Err(e) => failed = e,
+            }
+        }
+        slot.connected(Err(failed))
     }
 
     async fn call(&self, req: &Request<'_>) -> Result<Answer> {

@@ -89,6 +89,8 @@ pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
             Ok(p) => {
                 let broker = format!("{:?}", p.broker).to_lowercase();
                 let us = p.rtt.as_micros() as u64;
+                // With a list of brokers: the one that answered.
+                let url = client.endpoint().unwrap_or_else(|| url.to_string());
                 let h = format!("pong from {url} ({broker} broker) in {us} µs");
                 out(
                     h,

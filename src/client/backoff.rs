@@ -7,23 +7,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client's connection, if it has one, and its record of failed connects.
+///
+/// With a list of brokers, `at` is the index of the live connection's broker; when that
+/// connection dies, the next connect starts with the broker after it and goes round the list,
+/// so a client leaves a dead broker at once (and comes back to it last).
 pub(crate) struct Slot<C> {
     pub conn: Option<Arc<C>>,
     failures: u32,
     last_fail: Option<Instant>,
+    at: usize,
 }
 
-impl<C> Default for Slot<C> {
-    fn default() -> Self {
+impl<C> Slot<C> {
+    /// Starts at the first of `n` brokers, or at a random one (to spread clients).
+    pub fn new(n: usize, random: bool) -> Self {
         Slot {
             conn: None,
             failures: 0,
             last_fail: None,
+            at: if random {
+                fastrand::usize(..n.max(1))
+            } else {
+                0
+            },
         }
     }
-}
 
-impl<C> Slot<C> {
+    /// The live connection and the index of its broker; a dead one is dropped, and the next
+    /// connect starts after its broker.
+    pub fn live(&mut self, n: usize, is_dead: impl Fn(&C) -> bool) -> Option<(Arc<C>, usize)> {
+        match &self.conn {
+            Some(c) if !is_dead(c) => Some((c.clone(), self.at)),
+            Some(_) => {
+                self.conn = None;
+                self.at = (self.at + 1) % n.max(1);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The order in which to try `n` brokers.
+    pub fn order(&self, n: usize) -> impl Iterator<Item = usize> + use<C> {
+        let at = self.at;
+        (0..n).map(move |i| (at + i) % n)
+    }
+
     /// When the next connect may start (`None`: at once, nothing failed since the last success).
     pub fn next_attempt(&self) -> Option<Instant> {
         let t = self.last_fail?;
@@ -31,14 +60,17 @@ impl<C> Slot<C> {
         Some(t + backoff.mul_f64(0.75 + fastrand::f64() / 2.0))
     }
 
-    /// Records a connect: the new connection, or one more failure.
-    pub fn connected<E>(&mut self, r: Result<C, E>) -> Result<Arc<C>, E> {
+    /// Records a connect: the new connection and its broker's index, or one more failure
+    /// (of every broker in the list).
+    pub fn connected<E>(&mut self, r: Result<(C, usize), E>) -> Result<Arc<C>, E> {
         match r {
-            Ok(c) => {
+            Ok((c, at)) => {
                 let c = Arc::new(c);
                 *self = Slot {
                     conn: Some(c.clone()),
-                    ..Slot::default()
+                    failures: 0,
+                    last_fail: None,
+                    at,
                 };
                 Ok(c)
             }

@@ -13,7 +13,7 @@
 use super::calls::{self, new_uuid, release_many_request, unlock_request};
 use super::error::{Error, Result};
 use super::transport::{Reader, Stream, Writer, connect};
-use super::url::Target;
+use super::url::{Endpoint, Target};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;
@@ -334,9 +334,9 @@ impl Drop for Pending {
 }
 
 impl Conn {
-    pub(crate) fn open(t: &Target) -> Result<Conn> {
+    pub(crate) fn open(t: &Target, ep: &Endpoint) -> Result<Conn> {
         let (token, timeout) = (t.token.as_deref(), t.connect_timeout);
-        let (reader, writer, closer) = connect(&t.endpoint, token, timeout)?;
+        let (reader, writer, closer) = connect(ep, t)?;
         let shared = Arc::new(Shared {
             write: Mutex::new(WriteSide {
                 writer,
@@ -376,7 +376,10 @@ impl Conn {
         let ping = conn.request(&Request::Ping { uuid: &new_uuid() })?;
         let reply = ping.recv(Some(Instant::now() + timeout));
         let auth = auth.and_then(|a| a.rx.try_recv().ok().flatten());
-        let kind = calls::handshake(reply, auth)?;
+        // A broker that refused our client certificate says so with an alert after the
+        // handshake: its words beat "connection lost".
+        let kind =
+            calls::handshake(reply, auth).map_err(|e| conn.shared.closer.failure().unwrap_or(e))?;
         conn.shared.send_with(|st| {
             calls::greet(&mut st.session, kind);
             Ok(())

@@ -50,6 +50,11 @@ pub enum Error {
     /// never came up).
     #[error("cannot spawn a broker: {0}")]
     Spawn(String),
+    /// A `tls://` or `wss://` connection failed its TLS handshake; says which certificate and
+    /// what is wrong with it (a wrong name, an unknown CA, an expired certificate, a client
+    /// certificate the broker refused). Never followed by a plain-text attempt.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

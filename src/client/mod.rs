@@ -24,6 +24,8 @@ mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
 mod spawn;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod url;
 
@@ -129,15 +131,27 @@ impl ClientBuilder {
         self.0.request_timeout = d;
         self
     }
+    /// With a list of brokers, start at a random one instead of the first (to spread clients
+    /// over the brokers); the default is `LMX_URL_RANDOM=1` in the environment, else off.
+    ///
+    /// ```
+    /// let b = live_mutex::Client::builder("tls://a:6970,tls://b:6970").random_start(true);
+    /// # drop(b);
+    /// ```
+    pub fn random_start(mut self, on: bool) -> Self {
+        self.0.random = on;
+        self
+    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     ///
     /// ```
     /// assert!(live_mutex::Client::builder("bogus").connect().is_err());
     /// ```
     pub fn connect(self) -> Result<Client> {
+        let target = self.0.resolve()?;
         let inner = Inner {
-            target: self.0.resolve()?,
-            slot: Mutex::new(Slot::default()),
+            slot: Mutex::new(Slot::new(target.endpoints.len(), target.random)),
+            target,
         };
         let client = Client {
             inner: Arc::new(inner),
@@ -173,14 +187,21 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.inner.target.endpoint)
+            .field("endpoints", &self.inner.target.endpoints)
             .finish()
     }
 }
 
 impl Client {
-    /// Connects to `tcp://host:port`, `ws://host:port[/path]` or `unix:///path`. A token may
+    /// Connects to `tcp://host:port`, `ws://host:port[/path]` or `unix:///path`, or inside TLS
+    /// to `tls://host:port` or `wss://host:port[/path]` (feature `tls`; trusting `LMX_TLS_CA`
+    /// or the system's roots, presenting `LMX_TLS_CERT`/`LMX_TLS_KEY` if set). A token may
     /// ride in the URL (`?token=T`, `T@host` or `user:T@host`) or in `LMX_AUTH_TOKEN`.
+    ///
+    /// A comma-separated list (`tls://a:6970,tls://b:6970`) names brokers that serve the same
+    /// locks (`--store etcd://`): the client connects to the first that answers and, when that
+    /// connection drops, the next call goes to the next live one. Guards of the dropped
+    /// connection report lost as always; nothing is re-acquired. See [`Client::endpoint`].
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -231,19 +252,44 @@ impl Client {
         Ok(self.conn()?.kind())
     }
 
-    /// The live connection, reconnecting if the last one died. Reconnects after a failed
-    /// attempt are spaced out (50 ms doubling to 2 s, jittered) so a down broker is not
-    /// hammered by every caller.
-    fn conn(&self) -> Result<Arc<Conn>> {
+    /// The broker of the live connection, as a URL without its token (`None` while
+    /// disconnected: the next call reconnects).
+    ///
+    /// ```
+    /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    /// # let addr = broker.local_addr().unwrap();
+    /// let client = live_mutex::Client::connect(&format!("tcp://127.0.0.1:1,tcp://{addr}"))?;
+    /// assert_eq!(client.endpoint(), Some(format!("tcp://{addr}")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn endpoint(&self) -> Option<String> {
+        let t = &self.inner.target;
         let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = slot.conn.as_ref().filter(|c| !c.is_dead()) {
-            return Ok(c.clone());
+        let (_, at) = slot.live(t.endpoints.len(), |c| c.is_dead())?;
+        Some(t.endpoints[at].to_string())
+    }
+
+    /// The live connection, reconnecting if the last one died: to the brokers of the list in
+    /// turn, starting after the one that died. Reconnects after every broker failed are
+    /// spaced out (50 ms doubling to 2 s, jittered) so a down broker is not hammered by every
+    /// caller.
+    fn conn(&self) -> Result<Arc<Conn>> {
+        let t = &self.inner.target;
+        let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, _)) = slot.live(t.endpoints.len(), |c| c.is_dead()) {
+            return Ok(c);
         }
-        slot.conn = None;
         if let Some(at) = slot.next_attempt() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
-        slot.connected(Conn::open(&self.inner.target))
+        let mut failed = Error::ConnectionLost;
+        for i in slot.order(t.endpoints.len()) {
+            match Conn::open(t, &t.endpoints[i]) {
+                Ok(c) => return slot.connected(Ok((c, i))),
+                Err(e) => failed = e,
+            }
+        }
+        slot.connected(Err(failed))
     }
 
     fn call(&self, req: &Request<'_>) -> Result<Answer> {

@@ -46,12 +46,27 @@ pub enum LocalAddr {
 /// assert_eq!(spawn_target("unix:///tmp/x.sock")?, LocalAddr::Unix("/tmp/x.sock".into()));
 /// assert!(matches!(spawn_target("tcp://127.0.0.1:7000")?, LocalAddr::Tcp(_)));
 /// assert!(spawn_target("tcp://10.0.0.1:7000").is_err());
+/// assert!(spawn_target("tls://127.0.0.1:7000").is_err());
 /// # Ok::<(), live_mutex::Error>(())
 /// ```
 pub fn spawn_target(url: &str) -> Result<LocalAddr> {
-    let (host, port) = match url::parse(url)?.0 {
+    // A list names brokers that run elsewhere (sharing an etcd store), and a TLS broker
+    // needs a certificate: both are connected to, never spawned.
+    let never = || {
+        Error::Spawn(format!(
+            "{url}: a list of brokers or a TLS broker is never spawned (start it with `lmx start`)"
+        ))
+    };
+    if url.contains(',') {
+        return Err(never());
+    }
+    let endpoint = url::parse(url)?.0;
+    if endpoint.is_tls() {
+        return Err(never());
+    }
+    let (host, port) = match endpoint {
         Endpoint::Unix(p) => return Ok(LocalAddr::Unix(p)),
-        Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => (host, port),
+        Endpoint::Tcp { host, port, .. } | Endpoint::Ws { host, port, .. } => (host, port),
     };
     let remote = || {
         Error::Spawn(format!(

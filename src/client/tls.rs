@@ -36,7 +36,8 @@ pub(crate) fn config_from_env() -> Result<Config> {
         .with_root_certificates(roots);
     let cfg = match (var("LMX_TLS_CERT"), var("LMX_TLS_KEY")) {
         (Some(cert), Some(key)) => {
-            let certs = pem::certs(&cert).map_err(|e| Error::Config(format!("LMX_TLS_CERT: {e}")))?;
+            let certs =
+                pem::certs(&cert).map_err(|e| Error::Config(format!("LMX_TLS_CERT: {e}")))?;
             let key = pem::key(&key).map_err(|e| Error::Config(format!("LMX_TLS_KEY: {e}")))?;
             builder
                 .with_client_auth_cert(certs, key)
@@ -57,7 +58,11 @@ fn system_roots() -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(found.certs);
     if added == 0 {
-        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         return Err(Error::Config(format!(
             "no system CA certificates found{why}: set LMX_TLS_CA to the broker's CA (a PEM file)"
         )));
@@ -149,8 +154,7 @@ pub(super) fn handshake(
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut sock)
-            .map_err(|e| failure(host, &e))?;
+        conn.complete_io(&mut sock).map_err(|e| failure(host, &e))?;
     }
     sock.set_read_timeout(None)?;
     sock.set_write_timeout(None)?;

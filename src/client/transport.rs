@@ -3,7 +3,7 @@
 //! protocol: whole messages in and out (a line, or a WebSocket text frame).
 
 use super::error::{Error, Result};
-use super::url::{Endpoint, host_port};
+use super::url::{Endpoint, Target, host_port};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -19,6 +19,8 @@ pub(crate) const MAX_LINE: u64 = 16 << 20;
 pub(super) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(super::tls::TlsPipe),
 }
 
 impl Stream {
@@ -26,18 +28,38 @@ impl Stream {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Stream::Tls(s.try_clone()?),
         })
     }
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Some(s.socket()),
+        }
+    }
     pub(super) fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        let _ = match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.shutdown(Shutdown::Both),
+            (_, Some(s)) => s.shutdown(Shutdown::Both),
+            _ => Ok(()),
         };
     }
     pub(super) fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.set_read_timeout(d),
+            (_, Some(s)) => s.set_read_timeout(d),
+            _ => Ok(()),
+        }
+    }
+    /// The TLS error (an alert from the broker) that ended the connection, if any.
+    pub(super) fn failure(&self) -> Option<Error> {
         match self {
-            Stream::Tcp(s) => s.set_read_timeout(d),
-            Stream::Unix(s) => s.set_read_timeout(d),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.take_failure(),
+            _ => None,
         }
     }
 }
@@ -47,6 +69,8 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -56,12 +80,16 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
             Stream::Unix(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
         }
     }
 }
@@ -170,19 +198,32 @@ fn tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     Err(last)
 }
 
-pub(super) fn connect(
-    ep: &Endpoint,
-    token: Option<&str>,
-    timeout: Duration,
-) -> Result<(Reader, Writer, Stream)> {
+/// Opens `ep` (with its TLS and WebSocket handshakes) within `t.connect_timeout`: the read and
+/// write halves, and a handle that shuts the connection.
+pub(super) fn connect(ep: &Endpoint, t: &Target) -> Result<(Reader, Writer, Stream)> {
+    let (token, timeout) = (t.token.as_deref(), t.connect_timeout);
     let stream = match ep {
-        Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => {
-            Stream::Tcp(tcp(host, *port, timeout)?)
+        Endpoint::Tcp { host, port, tls }
+        | Endpoint::Ws {
+            host, port, tls, ..
+        } => {
+            let s = tcp(host, *port, timeout)?;
+            match (*tls, t) {
+                #[cfg(feature = "tls")]
+                (true, Target { tls: Some(cfg), .. }) => {
+                    Stream::Tls(super::tls::handshake(cfg, host, s, timeout)?)
+                }
+                (true, _) => return Err(Error::Config(format!("{ep}: no TLS configuration"))),
+                (false, _) => Stream::Tcp(s),
+            }
         }
         Endpoint::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
     };
     let closer = stream.try_clone()?;
-    let Endpoint::Ws { host, port, path } = ep else {
+    let Endpoint::Ws {
+        host, port, path, ..
+    } = ep
+    else {
         let reader = Reader::Lines(BufReader::with_capacity(16 << 10, stream.try_clone()?));
         return Ok((
             reader,
@@ -191,9 +232,9 @@ pub(super) fn connect(
         ));
     };
     let req = ws_request(host, *port, path, token)?;
-    let Stream::Tcp(tcp) = &stream else {
-        unreachable!("ws endpoints are tcp")
-    };
+    let tcp = stream
+        .tcp()
+        .ok_or_else(|| Error::Config(format!("{ep}: WebSocket needs TCP")))?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
     let cfg = ws_config();

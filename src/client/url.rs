@@ -2,23 +2,28 @@ use super::error::{Error, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What both client builders collect: the URL, a token that wins over the URL's, and the
-/// time-outs.
+/// What both client builders collect: the URL (or a comma-separated list of them), a token
+/// that wins over the URL's, the time-outs, and whether to start at a random broker.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub url: String,
     pub token: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub random: bool,
 }
 
-/// What both clients keep to (re)connect: the [`Settings`], with the URL parsed and the token
-/// chosen.
+/// What both clients keep to (re)connect: the [`Settings`], with the URLs parsed, the token
+/// chosen and the TLS configuration read (once, if any URL needs it).
 pub(crate) struct Target {
-    pub endpoint: Endpoint,
+    /// Tried in turn; see `backoff::Slot` for the order.
+    pub endpoints: Vec<Endpoint>,
+    pub random: bool,
     pub token: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::tls::Config>,
 }
 
 impl Settings {
@@ -29,40 +34,97 @@ impl Settings {
             token: None,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            random: std::env::var("LMX_URL_RANDOM").is_ok_and(|v| v == "1" || v == "true"),
         }
     }
 
-    /// Parses the URL; the token is the builder's, else the URL's, else `LMX_AUTH_TOKEN`.
+    /// Parses the URLs (`a,b,...`); the token is the builder's, else the first URL's that
+    /// carries one, else `LMX_AUTH_TOKEN`.
     pub fn resolve(self) -> Result<Target> {
-        let (endpoint, url_token) = parse(&self.url)?;
+        let mut endpoints = Vec::new();
+        let mut url_token = None;
+        for url in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let (endpoint, t) = parse(url)?;
+            url_token = url_token.or(t);
+            endpoints.push(endpoint);
+        }
+        if endpoints.is_empty() {
+            return Err(Error::Config(format!("no broker URL in {:?}", self.url)));
+        }
         let token = self.token.or(url_token).or_else(|| {
             std::env::var("LMX_AUTH_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())
         });
+        let tls = endpoints.iter().any(Endpoint::is_tls);
+        #[cfg(not(feature = "tls"))]
+        if tls {
+            return Err(Error::Config(
+                "tls:// and wss:// need live-mutex built with the `tls` feature".into(),
+            ));
+        }
         Ok(Target {
-            endpoint,
+            endpoints,
+            random: self.random,
             token,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            #[cfg(feature = "tls")]
+            tls: tls.then(super::tls::config_from_env).transpose()?,
         })
     }
 }
 
-/// Where a broker listens, parsed from `tcp://host:port`, `ws://host:port[/path]` or
-/// `unix:///path`, each optionally carrying an auth token.
+/// Where a broker listens, parsed from `tcp://host:port`, `tls://host:port`,
+/// `ws://host:port[/path]`, `wss://host:port[/path]` or `unix:///path`, each optionally
+/// carrying an auth token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     Tcp {
         host: String,
         port: u16,
+        /// `tls://`: NDJSON inside TLS.
+        tls: bool,
     },
     Ws {
         host: String,
         port: u16,
         path: String,
+        /// `wss://`
+        tls: bool,
     },
     Unix(PathBuf),
+}
+
+impl Endpoint {
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::Tcp { tls: true, .. } | Endpoint::Ws { tls: true, .. }
+        )
+    }
+}
+
+/// The URL without its token (for `Client::endpoint`, logs and `lmx ping`).
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port, tls } => {
+                let scheme = if *tls { "tls" } else { "tcp" };
+                write!(f, "{scheme}://{}", host_port(host, *port))
+            }
+            Endpoint::Ws {
+                host,
+                port,
+                path,
+                tls,
+            } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                write!(f, "{scheme}://{}{path}", host_port(host, *port))
+            }
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
 }
 
 /// The default endpoint of the npm live-mutex broker, kept so Node and Rust users meet.
@@ -108,13 +170,26 @@ pub(crate) fn parse(url: &str) -> Result<(Endpoint, Option<String>)> {
         return Err(bad("missing host"));
     }
     let host = host.to_string();
+    let path = if path.is_empty() { "/" } else { path }.to_string();
     match scheme {
-        "tcp" => Ok((Endpoint::Tcp { host, port }, token)),
-        "ws" => {
-            let path = if path.is_empty() { "/" } else { path }.to_string();
-            Ok((Endpoint::Ws { host, port, path }, token))
-        }
-        _ => Err(bad("unsupported scheme (want tcp, ws or unix)")),
+        "tcp" | "tls" => Ok((
+            Endpoint::Tcp {
+                host,
+                port,
+                tls: scheme == "tls",
+            },
+            token,
+        )),
+        "ws" | "wss" => Ok((
+            Endpoint::Ws {
+                host,
+                port,
+                path,
+                tls: scheme == "wss",
+            },
+            token,
+        )),
+        _ => Err(bad("unsupported scheme (want tcp, tls, ws, wss or unix)")),
     }
 }
 
@@ -158,6 +233,7 @@ mod tests {
         let tcp = |h: &str, p| Endpoint::Tcp {
             host: h.into(),
             port: p,
+            tls: false,
         };
         assert_eq!(
             parse("tcp://127.0.0.1:7000").unwrap(),
@@ -181,8 +257,18 @@ mod tests {
             host: "h".into(),
             port: 2,
             path: "/lmx".into(),
+            tls: false,
         };
         assert_eq!(parse("ws://h:2/lmx").unwrap().0, ws);
+        let wss = parse("wss://h:2/lmx").unwrap().0;
+        assert_eq!(wss.to_string(), "wss://h:2/lmx");
+        assert!(wss.is_tls());
+        let tls = parse("tls://t@[::1]:9").unwrap();
+        assert_eq!(
+            (tls.0.to_string(), tls.1.as_deref()),
+            ("tls://[::1]:9".into(), Some("t"))
+        );
+        assert_eq!(parse("ws://h").unwrap().0.to_string(), "ws://h:6970/");
         assert_eq!(
             parse("unix:///tmp/x.sock?token=t").unwrap(),
             (Endpoint::Unix("/tmp/x.sock".into()), Some("t".into()))
@@ -196,5 +282,23 @@ mod tests {
         ] {
             assert!(matches!(parse(bad), Err(Error::Config(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_list_of_brokers() {
+        let mut s = Settings::new(" tcp://a:1, tcp://t@b:2 ,,unix:///x");
+        s.token = None;
+        let t = s.resolve().unwrap();
+        let eps: Vec<String> = t.endpoints.iter().map(ToString::to_string).collect();
+        assert_eq!(eps, ["tcp://a:1", "tcp://b:2", "unix:///x"]);
+        assert_eq!(t.token.as_deref(), Some("t"));
+        assert!(matches!(
+            Settings::new(" , ").resolve(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            Settings::new("tcp://a:1,bogus").resolve(),
+            Err(Error::Config(_))
+        ));
     }
 }
