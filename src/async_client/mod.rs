@@ -74,6 +74,22 @@ impl AsyncClientBuilder {
         self.0.random = on;
         self
     }
+    /// See [`ClientBuilder::tls_ca`](crate::client::ClientBuilder::tls_ca).
+    #[cfg(feature = "tls")]
+    pub fn tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
+        self.0.tls_ca = Some(pem.into());
+        self
+    }
+    /// See [`ClientBuilder::tls_client_cert`](crate::client::ClientBuilder::tls_client_cert).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.0.tls_cert = Some((cert.into(), key.into()));
+        self
+    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     pub async fn connect(self) -> Result<AsyncClient> {
         let target = self.0.resolve()?;

@@ -141,6 +141,7 @@ impl Broker {
                 }
                 peeked = stream.peek(first);
             } else if first[0] != 0x16 && self.cfg.require_tls && !peer.is_some_and(is_local) {
+                stream.discard_input();
                 sock.io = Io::Sniff(stream);
                 self.refuse(
                     slot,

@@ -41,6 +41,18 @@ impl Stream {
         }
     }
 
+    /// Reads and drops what has arrived (up to 64 KiB), so that a close right after sends a
+    /// FIN, not the reset the kernel sends for unread data: a refused peer sees a clean end.
+    pub(crate) fn discard_input(&mut self) {
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match self.read(&mut sink) {
+                Ok(n) if n == sink.len() => {}
+                _ => break,
+            }
+        }
+    }
+
     /// Writes what a TLS stream still holds; false if the socket did not take all of it.
     /// A plain socket holds nothing.
     fn flushed(&mut self) -> io::Result<bool> {
@@ -362,6 +374,8 @@ impl Broker {
                             }
                         }
                         Ok(_) if b[0] == 0x16 => {
+                            let mut stream = stream;
+                            stream.discard_input();
                             sock.io = Io::Sniff(stream);
                             return self.refuse(
                                 slot,

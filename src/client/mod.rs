@@ -142,6 +142,25 @@ impl ClientBuilder {
         self.0.random = on;
         self
     }
+    /// For `tls://` and `wss://`: trust the CA certificates in this PEM file instead of
+    /// `LMX_TLS_CA` (else the system's roots). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
+        self.0.tls_ca = Some(pem.into());
+        self
+    }
+    /// For `tls://` and `wss://`: present this client certificate (chain) and key, PEM files,
+    /// instead of `LMX_TLS_CERT`/`LMX_TLS_KEY`. A broker with a client CA takes a verified
+    /// certificate in place of the auth token. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.0.tls_cert = Some((cert.into(), key.into()));
+        self
+    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     ///
     /// ```

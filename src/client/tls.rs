@@ -19,14 +19,19 @@ use std::time::Duration;
 /// A client's TLS settings, read once per client (reconnects reuse them).
 pub(crate) type Config = Arc<ClientConfig>;
 
-/// The configuration the environment asks for; see the module docs.
-pub(crate) fn config_from_env() -> Result<Config> {
+/// The configuration: the files given to the builder, else those the environment names; see
+/// the module docs.
+pub(crate) fn config(ca: Option<PathBuf>, cert: Option<(PathBuf, PathBuf)>) -> Result<Config> {
     let var = |n: &str| {
         std::env::var_os(n)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let roots = match var("LMX_TLS_CA") {
+    let (cert, key) = match cert {
+        Some((c, k)) => (Some(c), Some(k)),
+        None => (var("LMX_TLS_CERT"), var("LMX_TLS_KEY")),
+    };
+    let roots = match ca.or_else(|| var("LMX_TLS_CA")) {
         Some(ca) => pem::roots(&ca).map_err(|e| Error::Config(format!("LMX_TLS_CA: {e}")))?,
         None => system_roots()?,
     };
@@ -34,7 +39,7 @@ pub(crate) fn config_from_env() -> Result<Config> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    let cfg = match (var("LMX_TLS_CERT"), var("LMX_TLS_KEY")) {
+    let cfg = match (cert, key) {
         (Some(cert), Some(key)) => {
             let certs =
                 pem::certs(&cert).map_err(|e| Error::Config(format!("LMX_TLS_CERT: {e}")))?;

@@ -11,6 +11,10 @@ pub(crate) struct Settings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub random: bool,
+    /// CA file to trust (wins over `LMX_TLS_CA`).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key files (win over `LMX_TLS_CERT`/`LMX_TLS_KEY`).
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// What both clients keep to (re)connect: the [`Settings`], with the URLs parsed, the token
@@ -35,6 +39,8 @@ impl Settings {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             random: std::env::var("LMX_URL_RANDOM").is_ok_and(|v| v == "1" || v == "true"),
+            tls_ca: None,
+            tls_cert: None,
         }
     }
 
@@ -70,7 +76,9 @@ impl Settings {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             #[cfg(feature = "tls")]
-            tls: tls.then(super::tls::config_from_env).transpose()?,
+            tls: tls
+                .then(|| super::tls::config(self.tls_ca, self.tls_cert))
+                .transpose()?,
         })
     }
 }

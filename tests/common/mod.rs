@@ -3,6 +3,7 @@
 //! the wire protocol byte by byte over each transport.
 #![allow(dead_code)]
 
+pub mod certs;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 
