@@ -121,6 +121,23 @@ pub(crate) struct StartArgs {
     /// such as the npm client still work); needs --tls-cert
     #[arg(long, requires = "tls_cert")]
     require_tls: bool,
+    /// With --store: the CA that signed the etcd members' certificates (PEM); implies TLS
+    /// to etcd, as does `etcds://` (which otherwise trusts the system's roots)
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// With --store: a client certificate for etcd (PEM; with --etcd-key)
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// With --store: the key of --etcd-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// With --store: the etcd user (etcd `auth enable`); the password comes from
+    /// --etcd-password-file, else $LMX_ETCD_PASSWORD
+    #[arg(long, value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// With --etcd-user: a file whose first line is the password
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter such as
     /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs one line per connection
     /// opened and closed; `debug` adds each HTTP request
@@ -290,8 +307,12 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
 fn store(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
     match a.store.as_deref() {
         None | Some("memory") => {
-            if a.session_ttl.is_some() {
-                return Err("--session-ttl needs --store etcd://...".into());
+            if a.session_ttl.is_some()
+                || a.etcd_ca.is_some()
+                || a.etcd_cert.is_some()
+                || a.etcd_user.is_some()
+            {
+                return Err("--session-ttl and --etcd-* need --store etcd://...".into());
             }
             Ok(b)
         }
@@ -300,6 +321,26 @@ fn store(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
             let mut cfg = live_mutex::store::etcd::EtcdConfig::from_url(url)
                 .map_err(|e| format!("--store: {e}"))?;
             cfg.session_ttl = Duration::from_secs(a.session_ttl.unwrap_or(10));
+            let abs =
+                |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+            cfg.ca = a.etcd_ca.as_ref().map(abs).transpose()?;
+            if let (Some(c), Some(k)) = (&a.etcd_cert, &a.etcd_key) {
+                cfg.cert_key = Some((abs(c)?, abs(k)?));
+            }
+            if let Some(user) = &a.etcd_user {
+                let password = match &a.etcd_password_file {
+                    Some(f) => std::fs::read_to_string(f)
+                        .map_err(|e| format!("--etcd-password-file {}: {e}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                    None => std::env::var("LMX_ETCD_PASSWORD").map_err(
+                        |_| "--etcd-user needs --etcd-password-file FILE or $LMX_ETCD_PASSWORD",
+                    )?,
+                };
+                cfg.user = Some((user.clone(), password));
+            }
             Ok(b.etcd(cfg))
         }
         #[cfg(not(feature = "etcd"))]

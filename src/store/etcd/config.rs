@@ -4,12 +4,13 @@
 //! `enc` percent-escapes `%`, `/` and control bytes. Escaping `/` keeps the requests of key
 //! `a` and key `a/b` in disjoint ranges, so a range read of `PREFIX/enc(K)/` sees one key only.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::StoreError;
 
 /// Settings of an [`EtcdStore`](super::EtcdStore).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     /// `host:port` of each member; the client balances over them and fails over between them.
     pub endpoints: Vec<String>,
@@ -21,15 +22,46 @@ pub struct EtcdConfig {
     pub default_ttl: Option<Duration>,
     /// Deadline of each etcd call: past it the request gets an error, never a silent wait.
     pub op_timeout: Duration,
+    /// TLS to etcd (`etcds://`, or any of the files below); needs the `tls` feature. Without
+    /// `ca` the system's roots are trusted.
+    pub tls: bool,
+    /// The CA that signed the members' certificates (PEM).
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for members started with
+    /// `--client-cert-auth`.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// etcd user name and password (etcd's `auth enable`).
+    pub user: Option<(String, String)>,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("session_ttl", &self.session_ttl)
+            .field("default_ttl", &self.default_ttl)
+            .field("op_timeout", &self.op_timeout)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("cert_key", &self.cert_key)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 impl EtcdConfig {
-    /// Parses `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. The prefix defaults to `lmx`.
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, or `etcds://...` for TLS. The
+    /// prefix defaults to `lmx`.
     pub fn from_url(url: &str) -> Result<EtcdConfig, StoreError> {
         let bad = |why: &str| StoreError::BadUrl(format!("{url}: {why}"));
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let (tls, rest) = match url.strip_prefix("etcds://") {
+            Some(rest) => (true, Some(rest)),
+            None => (false, url.strip_prefix("etcd://")),
+        };
+        let rest =
+            rest.ok_or_else(|| bad("expected etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
         let (hosts, prefix) = match rest.split_once('/') {
             Some((h, p)) => (h, p.trim_end_matches('/')),
             None => (rest, ""),
@@ -53,6 +85,7 @@ impl EtcdConfig {
             } else {
                 prefix.to_owned()
             },
+            tls,
             ..EtcdConfig::default()
         })
     }
@@ -101,6 +134,10 @@ impl Default for EtcdConfig {
             session_ttl: Duration::from_secs(10),
             default_ttl: Some(Duration::from_millis(5000)),
             op_timeout: Duration::from_secs(3),
+            tls: false,
+            ca: None,
+            cert_key: None,
+            user: None,
         }
     }
 }
@@ -149,6 +186,9 @@ mod tests {
         assert_eq!(c.endpoints, ["127.0.0.1:2379", "10.0.0.2:2380"]);
         assert_eq!(c.prefix, "locks/a");
         assert_eq!(EtcdConfig::from_url("etcd://h:1").unwrap().prefix, "lmx");
+        assert!(!EtcdConfig::from_url("etcd://h:1").unwrap().tls);
+        let s = EtcdConfig::from_url("etcds://h:1/p").unwrap();
+        assert!(s.tls && s.prefix == "p" && s.endpoints == ["h:1"]);
         assert!(EtcdConfig::from_url("tcp://h:1").is_err());
         assert!(EtcdConfig::from_url("etcd://h").is_err());
         assert!(EtcdConfig::from_url("etcd://h:0").is_err());

@@ -53,6 +53,7 @@ mod query;
 mod request;
 mod rules;
 mod session;
+mod tls;
 mod watch;
 mod worker;
 

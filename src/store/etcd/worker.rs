@@ -199,15 +199,24 @@ async fn connect(
     wake: Box<dyn Fn() + Send + Sync>,
     events: mpsc::Sender<StoreEvent>,
 ) -> Result<Shared, StoreError> {
-    let opts = ConnectOptions::new()
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.op_timeout)
         .with_timeout(cfg.op_timeout)
         .with_keep_alive(cfg.op_timeout, cfg.op_timeout)
         .with_require_leader(true);
+    if let Some((user, password)) = &cfg.user {
+        // etcd's simple tokens expire (5 min by default): fetch a new one when told so.
+        opts = opts.with_user(user, password).with_auto_token_refresh(true);
+    }
+    let tls = cfg.tls || cfg.ca.is_some() || cfg.cert_key.is_some();
+    if tls {
+        opts = super::tls::options(opts, &cfg)?;
+    }
+    let scheme = if tls { "https" } else { "http" };
     let eps: Vec<String> = cfg
         .endpoints
         .iter()
-        .map(|e| format!("http://{e}"))
+        .map(|e| format!("{scheme}://{e}"))
         .collect();
     let client = within(cfg.op_timeout, Client::connect(eps, Some(opts))).await?;
     // The connection is lazy: one read proves a member answers. Its revision is where the
