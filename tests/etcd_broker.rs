@@ -26,7 +26,7 @@ use live_mutex::{Client, Error};
 const T: Duration = Duration::from_secs(10);
 
 fn etcd_cfg(cl: &Cluster, p: &str, session_ttl: Duration) -> EtcdConfig {
-    let mut cfg = EtcdConfig::from_url(&format!("etcd://{}/{p}", cl.endpoints)).expect("url");
+    let mut cfg = cl.config(p);
     cfg.session_ttl = session_ttl;
     cfg
 }
@@ -241,11 +241,11 @@ fn disconnect_frees_the_key_for_a_waiter_on_the_other_broker() {
 
 /// `lmx start --store etcd://... --session-ttl S` on a port of its own; returns it and its URL.
 fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Killed, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmx"));
+    cmd.args(["start", "--host", "127.0.0.1", "--port", "0"]);
+    cl.lmx_store(&mut cmd, p);
     let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_lmx"))
-            .args(["start", "--host", "127.0.0.1", "--port", "0", "--store"])
-            .arg(format!("etcd://{}/{p}", cl.endpoints))
-            .args(["--session-ttl", &ttl.to_string()])
+        cmd.args(["--session-ttl", &ttl.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -580,4 +580,91 @@ fn npm_client_contention() {
 #[test]
 fn npm_client_semaphore() {
     npm_scenario("semaphore");
+}
+
+/// Failover with a list of brokers (issue 25): a client holds `k` through broker A, named
+/// first in its URL list; another waits on B. kill -9 of A: the holder's guard reports lost,
+/// the waiter is granted within A's session TTL, and the first client's next calls go through
+/// B. Every grant is checked against the others (never two inside at once).
+#[test]
+fn a_client_with_a_list_of_brokers_fails_over_after_kill_9() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let ttl = 3u64;
+    let p = prefix("bfailover");
+    let (mut a, url_a) = lmx_broker(&cl, &p, ttl);
+    let (hb, url_b) = broker(&cl, &p);
+    // Who is inside `k` now: each client enters on its grant and leaves on unlock, or, for
+    // the killed broker's holder, when its guard reports the loss.
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let enter = {
+        let (inside, overlaps) = (inside.clone(), overlaps.clone());
+        move || {
+            if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let list = format!("{url_a},{url_b}");
+    let c1 = client(&list);
+    assert_eq!(
+        c1.endpoint().as_deref(),
+        Some(url_a.as_str()),
+        "the first that answers"
+    );
+    let g1 = c1.lock("k").expect("lock through A");
+    enter();
+    let (tx, got) = channel();
+    let waiter = {
+        let (url_b, enter, inside) = (url_b.clone(), enter.clone(), inside.clone());
+        std::thread::spawn(move || {
+            let c2 = client(&url_b);
+            let g = c2.lock("k").expect("waiter through B");
+            enter();
+            tx.send(Instant::now()).expect("send");
+            std::thread::sleep(Duration::from_millis(50));
+            inside.fetch_sub(1, Ordering::SeqCst);
+            g.unlock().expect("unlock");
+        })
+    };
+    let watcher = client(&url_b);
+    wait_waiters(&watcher, "k", 1);
+    let t0 = Instant::now();
+    a.0.kill().expect("SIGKILL broker A");
+    let _ = a.0.wait();
+    while !g1.is_lost() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the holder is told its lock is lost"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let told = t0.elapsed();
+    inside.fetch_sub(1, Ordering::SeqCst);
+    let bound = Duration::from_secs(ttl + 5);
+    let at = got
+        .recv_timeout(bound)
+        .expect("the waiter is granted within the session TTL");
+    waiter.join().expect("waiter");
+    // The first client's next call connects to the next live broker in its list: B.
+    let g = c1.lock("k").expect("the next lock goes through B");
+    enter();
+    assert_eq!(c1.endpoint().as_deref(), Some(url_b.as_str()));
+    inside.fetch_sub(1, Ordering::SeqCst);
+    g.unlock().expect("unlock through B");
+    println!(
+        "kill -9 of broker A: holder told after {told:?}, waiter on B granted after {:?}, \
+         the list's next lock on {url_b}; overlaps {}",
+        at.duration_since(t0),
+        overlaps.load(Ordering::SeqCst)
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        g1.unlock(),
+        Err(Error::LockLost | Error::ConnectionLost)
+    ));
+    drop((c1, watcher));
+    stop(hb);
 }

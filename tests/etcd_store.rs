@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::*;
 use live_mutex::store::etcd::{
-    ConnId, EtcdConfig, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, TableError, Ttl, Wait,
+    ConnId, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
 #[test]
@@ -231,7 +231,7 @@ fn holder_child() {
     };
     let [eps, prefix, ttl]: [&str; 3] =
         arg.split('|').collect::<Vec<_>>().try_into().expect("args");
-    let mut cfg = EtcdConfig::from_url(&format!("etcd://{eps}/{prefix}")).expect("url");
+    let mut cfg = common::etcd::config(eps, prefix, common::etcd::Secure::from_env().as_ref());
     cfg.session_ttl = Duration::from_secs(ttl.parse().expect("ttl"));
     let (tx, wake) = channel::<()>();
     let store = EtcdStore::start(
@@ -508,11 +508,8 @@ fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
         .enable_all()
         .build()
         .expect("runtime");
-    let eps: Vec<String> = cl.endpoints.split(',').map(str::to_owned).collect();
     rt.block_on(async {
-        let mut c = etcd_client::Client::connect(&eps, None)
-            .await
-            .expect("etcd");
+        let mut c = cl.raw_client().await;
         let r = c.delete(format!("{p}/f/w2"), None).await.expect("delete");
         assert_eq!(r.deleted(), 1);
     });

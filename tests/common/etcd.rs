@@ -15,9 +15,54 @@ use live_mutex::store::etcd::{ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEven
 /// are about etcd, not about 2 cores shared by several clusters.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A secured cluster's CA and credentials (`LMX_ETCD_SECURE=1 .ci/etcd.sh start`): TLS to the
+/// members, and authentication.
+#[derive(Clone)]
+pub struct Secure {
+    pub ca: PathBuf,
+    pub user: String,
+    pub password: String,
+}
+
+impl Secure {
+    /// From `LMX_ETCD_CA`, `LMX_ETCD_USER`, `LMX_ETCD_PASSWORD` when `LMX_ETCD_SECURE=1`.
+    pub fn from_env() -> Option<Secure> {
+        Self::from_vars(|n| std::env::var(n).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Secure> {
+        if var("LMX_ETCD_SECURE").as_deref() != Some("1") {
+            return None;
+        }
+        Some(Secure {
+            ca: PathBuf::from(var("LMX_ETCD_CA").expect("LMX_ETCD_CA")),
+            user: var("LMX_ETCD_USER").expect("LMX_ETCD_USER"),
+            password: var("LMX_ETCD_PASSWORD").expect("LMX_ETCD_PASSWORD"),
+        })
+    }
+
+    /// Applies the CA and credentials to a store's settings.
+    pub fn apply(&self, cfg: &mut EtcdConfig) {
+        cfg.tls = true;
+        cfg.ca = Some(self.ca.clone());
+        cfg.user = Some((self.user.clone(), self.password.clone()));
+    }
+}
+
+/// The store settings for `etcd://EPS/PREFIX`, secured when `secure` says so.
+pub fn config(eps: &str, prefix: &str, secure: Option<&Secure>) -> EtcdConfig {
+    let mut cfg = EtcdConfig::from_url(&format!("etcd://{eps}/{prefix}")).expect("url");
+    if let Some(s) = secure {
+        s.apply(&mut cfg);
+    }
+    cfg
+}
+
 pub struct Cluster {
     pub endpoints: String,
     pub pids: Vec<i32>,
+    /// Set on a secured cluster (CI runs the etcd tests on one too).
+    pub secure: Option<Secure>,
     /// Set when this test started the cluster: its state file, for `.ci/etcd.sh stop`.
     state: Option<PathBuf>,
     _serial: MutexGuard<'static, ()>,
@@ -30,6 +75,7 @@ impl Cluster {
             return Some(Cluster {
                 endpoints: eps,
                 pids: Vec::new(),
+                secure: Secure::from_env(),
                 state: None,
                 _serial: serial,
             });
@@ -75,24 +121,78 @@ impl Cluster {
                 .split(',')
                 .map(|p| p.parse().expect("pid"))
                 .collect(),
+            secure: Secure::from_vars(|n| {
+                vars.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{n}=")))
+                    .map(str::to_owned)
+            }),
             state: Some(state),
             _serial: serial,
         })
     }
 
+    /// The store settings for `prefix` on this cluster.
+    pub fn config(&self, prefix: &str) -> EtcdConfig {
+        config(&self.endpoints, prefix, self.secure.as_ref())
+    }
+
+    /// `lmx start` arguments (and the password's variable) for `--store` on this cluster.
+    pub fn lmx_store(&self, cmd: &mut Command, prefix: &str) {
+        cmd.arg("--store")
+            .arg(format!("etcd://{}/{prefix}", self.endpoints));
+        if let Some(s) = &self.secure {
+            cmd.arg("--etcd-ca")
+                .arg(&s.ca)
+                .args(["--etcd-user", &s.user]);
+            cmd.env("LMX_ETCD_PASSWORD", &s.password);
+        }
+    }
+
+    /// `etcdctl` on this cluster (with its CA and credentials when secured).
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints]);
+        if let Some(s) = &self.secure {
+            c.arg("--cacert").arg(&s.ca);
+            c.args(["--user", &format!("{}:{}", s.user, s.password)]);
+        }
+        c
+    }
+
+    /// A raw etcd client on this cluster (secured like the store).
+    pub async fn raw_client(&self) -> etcd_client::Client {
+        let (scheme, opts) = match &self.secure {
+            #[cfg(feature = "tls")]
+            Some(s) => {
+                let ca = std::fs::read(&s.ca).expect("CA");
+                let tls = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(ca));
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_tls(tls)
+                    .with_user(&s.user, &s.password);
+                ("https", Some(opts))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => panic!("a secured cluster needs the tls feature"),
+            None => ("http", None),
+        };
+        let eps: Vec<String> = self
+            .endpoints
+            .split(',')
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        etcd_client::Client::connect(&eps, opts)
+            .await
+            .expect("etcd")
+    }
+
     /// A store on this cluster under `prefix`, its wake hook feeding `wake`.
     /// The index (into `pids`) of the member that is the Raft leader now.
     pub fn leader(&self) -> usize {
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.endpoints,
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-            ])
+        let out = self
+            .etcdctl()
+            .args(["endpoint", "status", "-w", "json"])
             .output()
             .expect("etcdctl");
         let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
@@ -107,8 +207,7 @@ impl Cluster {
     }
 
     pub fn store(&self, prefix: &str, session_ttl: Duration, wake: &Sender<()>) -> Node {
-        let mut cfg =
-            EtcdConfig::from_url(&format!("etcd://{}/{prefix}", self.endpoints)).expect("url");
+        let mut cfg = self.config(prefix);
         cfg.session_ttl = session_ttl;
         let tx = wake.clone();
         let store = EtcdStore::start(
