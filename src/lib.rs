@@ -34,11 +34,12 @@
 //! - [`broker`] (`src/broker/`, feature `broker`): `core/` is the broker's sans-IO state
 //!   machine (messages and time in; bytes per connection and close events out): `route.rs`
 //!   turns requests into store ops, `answers.rs` the store's events into replies; around it, the only code that touches sockets: `reactor.rs` (the `mio` loop),
-//!   `accept.rs`, `transport.rs` (NDJSON and WebSocket framing), `config.rs`, `handle.rs`,
+//!   `accept.rs`, `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP
+//!   port, feature `tls`), `config.rs`, `handle.rs`,
 //!   `http_guard.rs` (web pages kept out), `keepalive.rs` (vanished peers found).
 //! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
 //!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
-//!   `transport.rs`, `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
+//!   `transport.rs`, `tls.rs`, `url.rs` (a list of brokers), `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
 //!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
 //!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
 //!   serialise tests across processes.

@@ -19,7 +19,12 @@ pub(crate) const EXIT_LOST: i32 = 76;
 
 const AFTER_HELP: &str = "\
 Environment:
-  LMX_URL            broker URL (tcp://HOST:PORT, ws://HOST:PORT, unix:///PATH), like --url
+  LMX_URL            broker URL (tcp://HOST:PORT, ws://HOST:PORT, unix:///PATH, tls://HOST:PORT,
+                     wss://HOST:PORT), like --url; a comma-separated list: the first that answers
+  LMX_URL_RANDOM=1   with a list, start at a random broker
+  LMX_TLS_CA         CA certificate(s) to trust for tls:// and wss:// (PEM; default: the system's)
+  LMX_TLS_CERT, LMX_TLS_KEY
+                     a client certificate and its key to present (PEM)
   live_mutex_host, live_mutex_port
                      used when LMX_URL is unset (default tcp://127.0.0.1:6970)
   LMX_AUTH_TOKEN     auth token, unless the URL carries one (?token=T or T@HOST)

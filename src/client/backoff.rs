@@ -82,3 +82,24 @@ impl<C> Slot<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead connection's broker goes last: the next connect starts with the one after it.
+    #[test]
+    fn a_dead_brokers_successor_is_tried_first() {
+        let mut s: Slot<bool> = Slot::new(3, false);
+        assert_eq!(s.order(3).collect::<Vec<_>>(), [0, 1, 2]);
+        let _ = s.connected::<()>(Ok((false, 1)));
+        assert_eq!(s.live(3, |dead| *dead).map(|(_, at)| at), Some(1));
+        let _ = s.connected::<()>(Ok((true, 2)));
+        assert!(s.live(3, |dead| *dead).is_none(), "dead: dropped");
+        assert_eq!(s.order(3).collect::<Vec<_>>(), [0, 1, 2], "after 2 comes 0");
+        let _ = s.connected::<()>(Err(()));
+        assert!(s.next_attempt().is_some(), "all failed: back off");
+        let r: Slot<bool> = Slot::new(5, true);
+        assert!(r.order(5).all(|i| i < 5));
+    }
+}
