@@ -277,7 +277,7 @@ impl Drop for Lmx {
 }
 
 fn lmx_start(args: &[&std::ffi::OsStr]) -> Lmx {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lmx"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lmx"))
         .args(["start", "--host", "127.0.0.1", "--port", "0"])
         .args(args)
         .stdin(Stdio::null())
@@ -285,7 +285,12 @@ fn lmx_start(args: &[&std::ffi::OsStr]) -> Lmx {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lmx start");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    // Killed and reaped on drop from here on, whatever happens.
+    let mut lmx = Lmx {
+        child,
+        addr: String::new(),
+    };
+    let mut err = BufReader::new(lmx.child.stderr.take().expect("stderr"));
     let mut line = String::new();
     loop {
         line.clear();
@@ -294,11 +299,11 @@ fn lmx_start(args: &[&std::ffi::OsStr]) -> Lmx {
             "lmx start ended"
         );
         if let Some(rest) = line.split("listening on tcp://").nth(1) {
-            let addr = rest.split_whitespace().next().expect("addr").to_owned();
+            lmx.addr = rest.split_whitespace().next().expect("addr").to_owned();
             std::thread::spawn(move || {
                 let _ = err.read_to_end(&mut Vec::new());
             });
-            return Lmx { child, addr };
+            return lmx;
         }
     }
 }

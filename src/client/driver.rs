@@ -533,7 +533,7 @@ mod tests {
         let holder = Client::connect(&url).expect("connect");
         let g = holder.lock("k").expect("lock");
         let target = Settings::new(&url).resolve().expect("target");
-        let conn = Conn::open(&target).expect("open");
+        let conn = Conn::open(&target, &target.endpoints[0]).expect("open");
         let opts = LockOptions::default().ttl(Duration::from_secs(60));
         let id = new_uuid();
         let waiting = conn.request(&opts.lock_request(&id, "k")).expect("request");

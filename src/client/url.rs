@@ -12,8 +12,10 @@ pub(crate) struct Settings {
     pub request_timeout: Duration,
     pub random: bool,
     /// CA file to trust (wins over `LMX_TLS_CA`).
+    #[cfg(feature = "tls")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key files (win over `LMX_TLS_CERT`/`LMX_TLS_KEY`).
+    #[cfg(feature = "tls")]
     pub tls_cert: Option<(PathBuf, PathBuf)>,
 }
 
@@ -39,7 +41,9 @@ impl Settings {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             random: std::env::var("LMX_URL_RANDOM").is_ok_and(|v| v == "1" || v == "true"),
+            #[cfg(feature = "tls")]
             tls_ca: None,
+            #[cfg(feature = "tls")]
             tls_cert: None,
         }
     }
