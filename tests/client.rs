@@ -404,3 +404,35 @@ fn auth_token() {
     assert_eq!(c.broker_kind().unwrap(), BrokerKind::Rust);
     stop(h);
 }
+
+/// A list of brokers (issue 25): the first that answers is used; when its connection drops,
+/// the guards report lost and the next call goes to the next live broker, not back to the
+/// dead one. (Two in-memory brokers: separate locks; tests/etcd_broker.rs has the shared-store
+/// failover.)
+#[test]
+fn a_list_of_brokers_moves_on_when_the_connection_drops() {
+    let (a, url_a) = broker();
+    let (b, url_b) = broker();
+    let c = Client::connect(&format!("tcp://127.0.0.1:1,{url_a},{url_b}")).expect("connect");
+    assert_eq!(
+        c.endpoint().as_deref(),
+        Some(url_a.as_str()),
+        "1 refused: A"
+    );
+    let g = c.lock("k").expect("lock on A");
+    stop(a);
+    let t = Instant::now();
+    while !g.is_lost() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the guard is told");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(c.endpoint(), None, "no live connection");
+    let g2 = c.lock("k").expect("the next call connects to B");
+    assert_eq!(c.endpoint().as_deref(), Some(url_b.as_str()));
+    g2.unlock().expect("unlock on B");
+    assert!(matches!(
+        g.unlock(),
+        Err(Error::LockLost | Error::ConnectionLost)
+    ));
+    stop(b);
+}

@@ -8,15 +8,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Killed;
 use common::etcd::{Cluster, prefix};
 use live_mutex::broker::{Broker, BrokerHandle};
 use live_mutex::client::LockOptions;
@@ -244,39 +245,9 @@ fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Killed, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmx"));
     cmd.args(["start", "--host", "127.0.0.1", "--port", "0"]);
     cl.lmx_store(&mut cmd, p);
-    let mut child = Killed(
-        cmd.args(["--session-ttl", &ttl.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lmx start"),
-    );
-    let mut err = BufReader::new(child.0.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).expect("read") > 0,
-            "lmx start --store ended before listening"
-        );
-        if let Some(rest) = line.split("listening on tcp://").nth(1) {
-            let addr = rest.split_whitespace().next().expect("addr").to_owned();
-            // Keep draining its log so it never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let _ = err.read_to_end(&mut Vec::new());
-            });
-            return (child, format!("tcp://{addr}"));
-        }
-    }
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    cmd.args(["--session-ttl", &ttl.to_string()]);
+    let (child, addr) = common::lmx_listening(&mut cmd);
+    (child, format!("tcp://{addr}"))
 }
 
 #[test]

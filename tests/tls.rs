@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::certs::{Ca, Leaf};
@@ -263,51 +263,6 @@ fn require_tls_needs_a_certificate() {
     );
 }
 
-/// `lmx start` with TLS on port 0; its address from the log.
-struct Lmx {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Lmx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lmx_start(args: &[&std::ffi::OsStr]) -> Lmx {
-    let child = Command::new(env!("CARGO_BIN_EXE_lmx"))
-        .args(["start", "--host", "127.0.0.1", "--port", "0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lmx start");
-    // Killed and reaped on drop from here on, whatever happens.
-    let mut lmx = Lmx {
-        child,
-        addr: String::new(),
-    };
-    let mut err = BufReader::new(lmx.child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).expect("read") > 0,
-            "lmx start ended"
-        );
-        if let Some(rest) = line.split("listening on tcp://").nth(1) {
-            lmx.addr = rest.split_whitespace().next().expect("addr").to_owned();
-            std::thread::spawn(move || {
-                let _ = err.read_to_end(&mut Vec::new());
-            });
-            return lmx;
-        }
-    }
-}
-
 #[test]
 fn sighup_reloads_the_certificate_while_a_connection_holds_a_lock() {
     let p = pki("tls-reload");
@@ -315,13 +270,14 @@ fn sighup_reloads_the_certificate_while_a_connection_holds_a_lock() {
     let key = p.dir.join("live-key.pem");
     std::fs::copy(&p.server.cert, &cert).unwrap();
     std::fs::copy(&p.server.key, &key).unwrap();
-    let lmx = lmx_start(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
-    let url = format!("tls://{}", lmx.addr);
+    let (lmx, addr) = common::lmx_listening(
+        Command::new(env!("CARGO_BIN_EXE_lmx"))
+            .args(["start", "--host", "127.0.0.1", "--port", "0", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key),
+    );
+    let url = format!("tls://{addr}");
     let holder = tls_client(&url, &p.ca.pem).expect("connect");
     let g = holder.lock("k").expect("lock");
     // A new CA's certificate replaces the files; SIGHUP.
@@ -329,7 +285,7 @@ fn sighup_reloads_the_certificate_while_a_connection_holds_a_lock() {
     let next = ca2.server("next", &["127.0.0.1"]);
     std::fs::copy(&next.cert, &cert).unwrap();
     std::fs::copy(&next.key, &key).unwrap();
-    let pid = lmx.child.id().to_string();
+    let pid = lmx.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-HUP", &pid])

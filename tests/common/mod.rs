@@ -294,3 +294,43 @@ pub fn rss_kib() -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap()
 }
+
+/// A child process killed and reaped on drop.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `lmx start ...` (its stderr piped) and returns it once it logs its TCP address, with
+/// that address (`HOST:PORT`). Its log is drained from then on, so it never blocks on a full
+/// pipe.
+pub fn lmx_listening(cmd: &mut std::process::Command) -> (Killed, String) {
+    use std::process::Stdio;
+    let mut child = Killed(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lmx start"),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("read") > 0,
+            "lmx start ended before listening"
+        );
+        if let Some(rest) = line.split("listening on tcp://").nth(1) {
+            let addr = rest.split_whitespace().next().expect("addr").to_owned();
+            std::thread::spawn(move || {
+                let _ = err.read_to_end(&mut Vec::new());
+            });
+            return (child, addr);
+        }
+    }
+}
