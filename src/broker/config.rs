@@ -298,6 +298,7 @@ impl BrokerBuilder {
             socks: Slab::new(),
             scratch: Vec::with_capacity(1024),
             flush_list: Vec::new(),
+            resumed: Vec::new(),
             local_addr,
             next_gen: 1,
             needs_housekeeping: false,

@@ -15,6 +15,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
 use super::Broker;
+use super::flow::Flow;
 use super::http_guard::{self, HttpPolicy};
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
@@ -124,8 +125,8 @@ pub(crate) struct Socket {
     pub io: Io,
     pub framer: LineFramer,
     pub opened: Instant,
-    /// Output is backed up: reading stopped at this instant.
-    pub stalled_since: Option<Instant>,
+    /// Whether its requests are read (back-pressure; see `flow`).
+    pub flow: Flow,
     /// Close once the output is flushed (the core asked, or the peer half-closed).
     pub close_after_flush: bool,
     /// Why, for the log line.
@@ -156,7 +157,7 @@ impl Socket {
             io,
             framer: LineFramer::new(max_line),
             opened: now,
-            stalled_since: None,
+            flow: Flow::Reading,
             close_after_flush: false,
             closing_why: "",
             ws_unflushed: false,
@@ -186,30 +187,50 @@ impl Socket {
     /// Returns how many bytes of `out` were taken, and whether everything went out; Err means
     /// the connection must be closed.
     ///
-    /// A WebSocket takes every line at once, one text message each, into tungstenite's bounded
-    /// write buffer; a full buffer is an error.
+    /// A WebSocket sends each line as one text message.
     pub fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
         match &mut self.io {
             Io::Ws(ws) => {
-                for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    match ws.write(Message::text(text)) {
-                        Ok(()) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Lines go into tungstenite's buffer a batch at a time, and only once the
+                // previous batch went out: what the socket did not take stays in the core's
+                // output, where back-pressure sees it, and the buffer never fills.
+                let mut taken = 0;
+                loop {
+                    if self.ws_unflushed {
+                        match ws.flush() {
+                            Ok(()) => self.ws_unflushed = false,
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == io::ErrorKind::WouldBlock =>
+                            {
+                                return Ok((taken, false));
+                            }
+                            Err(e) => return Err(io::Error::other(e)),
                         }
-                        Err(e) => return Err(io::Error::other(e)),
                     }
+                    if taken == out.len() {
+                        return Ok((taken, true));
+                    }
+                    let mut batch = 0;
+                    for line in out[taken..].split_inclusive(|&b| b == b'\n') {
+                        if batch > 0 && batch + line.len() > WS_BATCH {
+                            break;
+                        }
+                        batch += line.len();
+                        let text = line.strip_suffix(b"\n").unwrap_or(line);
+                        if text.is_empty() {
+                            continue;
+                        }
+                        let text = String::from_utf8_lossy(text).into_owned();
+                        match ws.write(Message::text(text)) {
+                            Ok(()) => {}
+                            // Queued: the flush above sends it.
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(io::Error::other(e)),
+                        }
+                    }
+                    taken += batch;
                     self.ws_unflushed = true;
-                }
-                match ws.flush() {
-                    Ok(()) => {
-                        self.ws_unflushed = false;
-                        Ok((out.len(), true))
-                    }
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        Ok((out.len(), false))
-                    }
-                    Err(e) => Err(io::Error::other(e)),
                 }
             }
             Io::Sniff(s) | Io::Ndjson(s) => {
@@ -249,6 +270,32 @@ impl Socket {
     }
 }
 
+const HTTP_ON_NDJSON: &str = "HTTP on the NDJSON port (a web page?)";
+
+/// Hands one NDJSON line to the core. Until its first valid request, a line that looks like
+/// HTTP means a web page (or a confused client) is talking: Err, and the caller closes the
+/// connection before anything it sent, such as a POST body in the same segment, can run.
+fn hand_line(
+    core: &mut super::core::Core,
+    vetted: &mut bool,
+    id: ConnId,
+    line: &mut [u8],
+    now: Instant,
+) -> Result<(), ()> {
+    if !*vetted {
+        if http_guard::is_http_line(line) {
+            return Err(());
+        }
+        *vetted = core.handle_message(id, line, now);
+        return Ok(());
+    }
+    core.handle_message(id, line, now);
+    Ok(())
+}
+
+/// Bytes of lines handed to tungstenite at once (at least one whole line).
+const WS_BATCH: usize = 64 * 1024;
+
 /// WebSocket settings (DESIGN §4): a small read buffer (the 128 KiB default is zeroed on every
 /// read), message and frame caps, and a bounded write buffer.
 pub(crate) fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
@@ -267,7 +314,7 @@ impl Broker {
             let Some(sock) = self.socks.get_mut(slot) else {
                 return;
             };
-            if sock.stalled_since.is_some() {
+            if sock.flow.is_paused() {
                 return;
             }
             match std::mem::replace(&mut sock.io, Io::Gone) {
@@ -366,92 +413,90 @@ impl Broker {
         }
     }
 
-    /// The NDJSON read path: reads what the socket has, hands each complete line to the core.
+    /// The NDJSON read path: hands each complete line to the core, then reads what the socket
+    /// has, until it would block or the connection's output backs up (see `flow`). Lines
+    /// already read stay in the framer while it is paused, and are handled first on resuming.
     fn read_ndjson(&mut self, slot: usize, now: Instant) {
+        let caps = self.caps();
+        let mut drained = false;
         loop {
-            let Some(sock) = self.socks.get_mut(slot) else {
-                return;
-            };
-            let id = sock.id;
-            if self.core.output(id).len() > self.cfg.out_soft {
-                sock.stalled_since = Some(now);
-                self.needs_housekeeping = true;
-                return;
-            }
-            let Io::Ndjson(stream) = &mut sock.io else {
-                return;
-            };
-            // A short read drained the socket: after its lines, wait for the next readiness
-            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
-            // Not when the peer has closed: no further event would come for its EOF.
-            let (eof, drained) = match sock.framer.read_some(stream) {
-                Ok((0, _)) => (true, false),
-                Ok((n, filled)) => {
-                    self.bytes_in += n as u64;
-                    (false, !filled)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.close(slot, now, "read failed"),
-            };
-            // Handle every complete line read so far.
+            // Every complete line read so far, while the output has room.
             loop {
                 let Some(sock) = self.socks.get_mut(slot) else {
                     return;
                 };
+                let id = sock.id;
+                if !sock.flow.may_read(self.core.output(id).len(), &caps, now) {
+                    self.needs_housekeeping = true;
+                    return;
+                }
                 let line = match sock.framer.next_line() {
                     Ok(Some(line)) => line,
-                    Ok(None) if eof => match sock.framer.finish() {
-                        Some(line) => line,
-                        None => break,
-                    },
                     Ok(None) => break,
                     // Framing is lost: only this connection is closed.
                     Err(_) => return self.close(slot, now, "line too long (framing lost)"),
                 };
-                if !sock.vetted {
-                    // Until its first valid request, a line that looks like HTTP means a web
-                    // page (or a confused client) is talking: close before anything it sent,
-                    // such as a POST body in the same segment, can run.
-                    if http_guard::is_http_line(line) {
-                        return self.refuse(slot, now, "HTTP on the NDJSON port (a web page?)");
-                    }
-                    if self.core.handle_message(id, line, now)
-                        && let Some(s) = self.socks.get_mut(slot)
-                    {
-                        s.vetted = true;
-                    }
-                    continue;
+                if hand_line(&mut self.core, &mut sock.vetted, id, line, now).is_err() {
+                    return self.refuse(slot, now, HTTP_ON_NDJSON);
                 }
-                self.core.handle_message(id, line, now);
             }
-            if eof {
-                // The peer may have only half-closed (`printf ... | nc`): its replies still go
-                // out, then the connection closes and its locks are released.
-                let Some(sock) = self.socks.get_mut(slot) else {
-                    return;
-                };
-                if self.core.output(id).is_empty() && !sock.ws_unflushed {
-                    return self.close(slot, now, "peer closed");
-                }
-                sock.close_after_flush = true;
-                sock.closing_why = "peer closed";
-                self.queue_flush(slot);
-                return;
-            }
+            // A short read drained the socket: after its lines, wait for the next readiness
+            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
+            // Not when the peer has closed: no further event would come for its EOF.
             if drained && self.socks.get(slot).is_some_and(|s| !s.peer_closed) {
                 return;
             }
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            let id = sock.id;
+            let Io::Ndjson(stream) = &mut sock.io else {
+                return;
+            };
+            match sock.framer.read_some(stream) {
+                Ok((0, _)) => {}
+                Ok((n, filled)) => {
+                    self.bytes_in += n as u64;
+                    drained = !filled;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(slot, now, "read failed"),
+            }
+            // The peer closed its side: its last, unterminated line, then the close.
+            if let Some(line) = sock.framer.finish()
+                && hand_line(&mut self.core, &mut sock.vetted, id, line, now).is_err()
+            {
+                return self.refuse(slot, now, HTTP_ON_NDJSON);
+            }
+            // The peer may have only half-closed (`printf ... | nc`): its replies still go
+            // out, then the connection closes and its locks are released.
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            if self.core.output(id).is_empty() && !sock.ws_unflushed {
+                return self.close(slot, now, "peer closed");
+            }
+            sock.close_after_flush = true;
+            sock.closing_why = "peer closed";
+            self.queue_flush(slot);
+            return;
         }
     }
 
     /// The WebSocket read path: hands each text or binary message to the core.
     fn read_ws(&mut self, slot: usize, now: Instant) {
+        let caps = self.caps();
         loop {
             let Some(sock) = self.socks.get_mut(slot) else {
                 return;
             };
             let id = sock.id;
+            if !sock.flow.may_read(self.core.output(id).len(), &caps, now) {
+                self.needs_housekeeping = true;
+                return;
+            }
             let Io::Ws(ws) = &mut sock.io else {
                 return;
             };
