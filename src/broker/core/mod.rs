@@ -254,17 +254,22 @@ impl Core {
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
         }
+        // Only what this connection has is looked at: its requests (and the acks and parked
+        // holds, which are its requests' ids), never the other connections' (issue 20).
         if requests > 0 {
-            self.route.disconnect(id);
+            for lock_id in self.route.disconnect(id) {
+                if self.acks.get(&lock_id).is_some_and(|a| a.conn == id) {
+                    self.acks.remove(&lock_id);
+                }
+                if self.parked.get(&lock_id) == Some(&id) {
+                    self.parked.remove(&lock_id);
+                }
+            }
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
             self.depart(id, ident);
         }
-        if !self.acks.is_empty() {
-            self.acks.retain(|_, a| a.conn != id);
-        }
-        self.parked.retain(|_, c| *c != id);
         self.unwatch(id);
         let mut woken = std::mem::take(&mut self.woken);
         self.rw.disconnect(id, &mut woken);
