@@ -168,6 +168,7 @@ fn ms(d: Duration) -> u64 {
 
 impl Core {
     pub fn new(cfg: Config) -> Self {
+        let rw = LegacyRw::new(cfg.table.max_requests_per_conn, cfg.table.max_keys);
         Core {
             max_per_conn: cfg.table.max_requests_per_conn,
             store: Box::new(MemStore::new(cfg.table)),
@@ -184,7 +185,7 @@ impl Core {
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
-            rw: LegacyRw::default(),
+            rw,
             parked: HashMap::default(),
             woken: Vec::new(),
             counters: Counters::default(),
