@@ -125,6 +125,12 @@ impl BrokerBuilder {
         self.limits.max_many_keys = self.table.max_keys_per_many;
         self
     }
+    /// Most requests waiting at once across the broker (default 100 000); one more that would
+    /// wait is refused with an error (a try-lock or an immediate grant never is).
+    pub fn max_waiters(mut self, n: usize) -> Self {
+        self.table.max_waiters = n;
+        self
+    }
     /// Most open connections (default 10 000); one more is accepted and closed at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;

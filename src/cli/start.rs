@@ -49,6 +49,10 @@ pub(crate) struct StartArgs {
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// Most lock requests waiting at once across the broker; one more that would wait is
+    /// refused with an error
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_waiters: usize,
     /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
     /// WebSocket upgrades may name; repeatable
     #[arg(
@@ -237,6 +241,7 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         .auth_token(a.auth_token.clone())
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
+        .max_waiters(a.max_waiters)
         .spin(Duration::from_micros(a.spin_us))
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())

@@ -230,6 +230,10 @@ impl Table {
                 return Err(format!("connection {conn:?} request count off"));
             }
         }
+        let queued: usize = self.keys.iter().map(|(_, ks)| ks.queue.len()).sum();
+        if queued != self.waiting {
+            return Err(format!("{queued} queued, {} counted", self.waiting));
+        }
         if self.index.len() != self.keys.len() {
             return Err("index and slab disagree".into());
         }

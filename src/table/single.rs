@@ -65,6 +65,9 @@ impl Table {
             {
                 return Err(TableError::QueueFull(self.cfg.max_waiters_per_key));
             }
+            if !ks.grantable_now(req.mode) && req.wait != Wait::No {
+                self.check_waiters()?;
+            }
         }
         self.check_conn_capacity(req.conn, 1)?;
         self.check_key_capacity(&[req.key])?;
@@ -102,6 +105,7 @@ impl Table {
         if let Some(at) = deadline {
             self.timers.arm(Timer::new(at, TimerKind::Wait, rid, slot));
         }
+        self.waiting += 1;
         self.keys[slot as usize].queue.push_back(Waiter {
             id: req.id.into(),
             rid,
@@ -320,6 +324,7 @@ impl Table {
 
     pub(super) fn remove_waiter_at(&mut self, slot: u32, i: usize) {
         if let Some(w) = self.keys[slot as usize].queue.remove(i) {
+            self.waiting -= 1;
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }
@@ -340,6 +345,7 @@ impl Table {
                 break;
             }
             let Some(w) = ks.queue.pop_front() else { break };
+            self.waiting -= 1;
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }
