@@ -276,6 +276,52 @@ fn ls_bigger_than_the_output_cap_is_paged() {
     assert!(first["next"].is_string(), "{}", &first.to_string()[..200]);
 }
 
+/// Issue 20, item 2: `lock-info` of a key with 2,000 waiters and a `watch` of 600 held keys,
+/// both far above the output cap when listed whole, come back truncated within it (counts
+/// exact), and the asker stays connected.
+#[test]
+fn lock_info_and_watch_stay_within_the_output_cap() {
+    let b = TestBroker::with(|b| b.output_caps(16 * 1024, 64 * 1024));
+    let long = "i".repeat(200);
+    let mut h = Eager::connect(b.addr);
+    let mut out = Vec::new();
+    for i in 0..600 {
+        let id = format!("{long}{i}");
+        out.extend(line(
+            json!({"type":"lock","uuid":id,"key":format!("held{i}"),"ttl":null}),
+        ));
+    }
+    out.extend(line(
+        json!({"type":"lock","uuid":"hot-holder","key":"hot","ttl":null}),
+    ));
+    h.write(&out);
+    h.take(601, "holding keys");
+    let mut w = Eager::connect(b.addr);
+    let mut out = Vec::new();
+    for i in 0..2000 {
+        let id = format!("{long}w{i}");
+        out.extend(line(
+            json!({"type":"lock","uuid":id,"key":"hot","ttl":null}),
+        ));
+    }
+    w.write(&out);
+    w.take(2000, "queueing");
+    let mut c = Eager::connect(b.addr);
+    c.write(&line(
+        json!({"type":"lock-info-request","uuid":"i","key":"hot"}),
+    ));
+    let info = c.next().expect("a lock-info reply");
+    assert_eq!(info["lockRequestCount"], 2000);
+    assert_eq!(info["truncated"], true);
+    assert!(info["waiters"].as_array().unwrap().len() < 2000);
+    c.write(&line(json!({"type":"watch","uuid":"w"})));
+    let snap = c.next().expect("a watch snapshot");
+    assert_eq!(snap["stats"]["keys"], 601);
+    assert_eq!(snap["truncated"], true);
+    assert!(snap.to_string().len() < 64 * 1024);
+    assert_eq!(c.ping("after")["type"], "pong");
+}
+
 /// CI load test (issue 20): 4 connections each pipeline 10,000 lock/unlock pairs while 3 busy
 /// loops load the cores, 20 rounds: no connection is cut off, every reply arrives.
 #[test]

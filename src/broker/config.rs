@@ -275,6 +275,9 @@ impl BrokerBuilder {
             auth_token: self.auth_token.clone(),
             restrict_admin: self.restrict_admin,
             wall_clock: SystemTime::now,
+            // Within the output cap with room to spare: a reply is written whole, so one
+            // listing after a backlog at the soft cap still stays below the hard one.
+            reply_budget: self.out_soft.min(self.out_hard / 4).max(4096),
         });
         #[cfg(feature = "etcd")]
         if let Some(cfg) = &self.etcd {

@@ -491,10 +491,30 @@ impl Client {
     /// assert!(client.ls()?.contains(&"listed".to_string()));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// A long list comes in pages (each within the broker's output cap), all fetched here: a
+    /// key held throughout is listed once; one taken or released meanwhile may be missing.
     pub fn ls(&self) -> Result<Vec<String>> {
-        match self.call(&Request::Ls { uuid: &new_uuid() })? {
-            Answer::Keys(keys) => Ok(keys),
-            a => Err(refusal(a)),
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let uuid = new_uuid();
+            let answer = {
+                let req = Request::Ls {
+                    uuid: &uuid,
+                    after: after.as_deref(),
+                };
+                self.call(&req)?
+            };
+            let (keys, next) = match answer {
+                Answer::Keys(keys, next) => (keys, next),
+                a => return Err(refusal(a)),
+            };
+            all.extend(keys);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
         }
     }
 

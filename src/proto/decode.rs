@@ -166,6 +166,7 @@ struct Fields<'a> {
     pid: Option<Node<'a>>,
     name: Option<Node<'a>>,
     interval: Option<Node<'a>>,
+    after: Option<Node<'a>>,
     /// Tape index of the `keys` value (an array spans several nodes).
     keys: Option<usize>,
 }
@@ -222,6 +223,7 @@ fn decode_tape<'a>(tape: &[Node<'a>], limits: &Limits) -> Result<Request<'a>, De
             "force" => &mut f.force,
             "_uuid" => &mut f.lock_id,
             "lockUuid" => &mut f.lock_uuid,
+            "after" => &mut f.after,
             "retryCount" => &mut f.retry,
             "value" => &mut f.value,
             "token" => &mut f.token,
@@ -442,7 +444,10 @@ fn request<'a>(f: &Fields<'a>, tape: &[Node<'a>], limits: &Limits) -> Result<Req
             uuid: uuid()?,
             lock_id: rd.id("lockUuid", f.lock_uuid)?,
         },
-        "ls" => Request::Ls { uuid: uuid()? },
+        "ls" => Request::Ls {
+            uuid: uuid()?,
+            after: rd.opt_str("after", f.after, limits.max_key_len)?,
+        },
         "lock-info-request" => Request::LockInfo {
             uuid: uuid()?,
             key: key()?,

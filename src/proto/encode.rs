@@ -114,7 +114,10 @@ impl Request<'_> {
             Request::ReleaseMany { uuid, lock_id } => {
                 w.str("uuid", uuid).str("lockUuid", lock_id);
             }
-            Request::Ls { uuid } | Request::Ping { uuid } | Request::SystemStats { uuid } => {
+            Request::Ls { uuid, after } => {
+                w.str("uuid", uuid).opt_str("after", *after);
+            }
+            Request::Ping { uuid } | Request::SystemStats { uuid } => {
                 w.str("uuid", uuid);
             }
             Request::Auth { uuid, token } => {
@@ -251,9 +254,10 @@ impl Reply<'_> {
                     .str("lockUuid", lock_id);
                 w.bool("released", *released).opt_str("error", *error);
             }
-            Reply::Ls { uuid, keys } => {
+            Reply::Ls { uuid, keys, next } => {
                 w.str("type", "ls").str("uuid", uuid).field("ls_result");
                 write_list(w.out, keys.iter(), |o, k| write_str(o, k));
+                w.opt_str("next", *next);
             }
             Reply::LockInfo {
                 uuid,
@@ -264,6 +268,7 @@ impl Reply<'_> {
                 max,
                 holders,
                 waiters,
+                truncated,
             } => {
                 w.str("type", "lock-info-response")
                     .str("uuid", uuid)
@@ -286,6 +291,9 @@ impl Reply<'_> {
                     ho.opt_u64("heldSince", h.held_since_ms).who(&h.who);
                     ho.finish();
                 });
+                if *truncated {
+                    w.bool("truncated", true);
+                }
                 w.field("waiters");
                 write_list(w.out, waiters.iter(), |o, x| {
                     let mut wo = Obj::new(o);

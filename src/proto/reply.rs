@@ -254,8 +254,10 @@ pub enum Reply<'a> {
     Ls {
         /// `uuid`: the `ls` request's id.
         uuid: &'a str,
-        /// `ls_result`: the keys that have holders or waiters.
+        /// `ls_result`: the keys that have holders or waiters (one page of them).
         keys: Cow<'a, [&'a str]>,
+        /// `next` (ext): there are more keys; ask for them with `after` set to this.
+        next: Option<&'a str>,
     },
     /// `is_locked` is sent as is: the npm broker says `true` for a key it knows, holders or not.
     LockInfo {
@@ -273,6 +275,9 @@ pub enum Reply<'a> {
         max: Option<u32>,
         /// `holders` (their ids are also sent as `lockholderUUIDs`).
         holders: Cow<'a, [HolderInfo<'a>]>,
+        /// `truncated` (ext, sent only when true): `holders` or `waiters` lists only the first
+        /// of them, to keep the reply within the broker's output cap; the counts are exact.
+        truncated: bool,
         /// `waiters`: the queue, in order (empty from the npm broker).
         waiters: Cow<'a, [WaiterInfo<'a>]>,
     },

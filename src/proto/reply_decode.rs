@@ -304,6 +304,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
             Reply::Ls {
                 uuid: o.str("uuid")?,
                 keys: Cow::Owned(keys),
+                next: o.opt_str("next")?,
             }
         }
         "lock-info-response" => {
@@ -332,6 +333,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
                     .map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
                 holders: Cow::Owned(holders),
                 waiters: Cow::Owned(waiters),
+                truncated: o.flag("truncated")?,
             }
         }
         "pong" => Reply::Pong {

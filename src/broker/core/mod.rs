@@ -13,6 +13,7 @@ mod answers;
 mod counters;
 mod identity;
 mod legacy_rw;
+mod listing;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,9 @@ pub(crate) struct Config {
     pub restrict_admin: bool,
     /// The wall clock, read only for `pong`'s `serverTimestampMs` (tests pass a fixed one).
     pub wall_clock: fn() -> SystemTime,
+    /// Most bytes one listing reply may take (`ls` pages, `lock-info`, `watch`): within the
+    /// output cap, so that a reply never needs more than the cap.
+    pub reply_budget: usize,
 }
 
 /// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
@@ -156,6 +160,7 @@ pub(crate) struct Core {
     prune_departed_at: usize,
     /// Connections that sent `watch` (see [`watch`]).
     watchers: Vec<Watcher>,
+    reply_budget: usize,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -192,6 +197,7 @@ impl Core {
             departed: HashMap::default(),
             prune_departed_at: 64,
             watchers: Vec::new(),
+            reply_budget: cfg.reply_budget,
         }
     }
 
@@ -501,7 +507,7 @@ impl Core {
             Request::ReleaseMany { uuid, lock_id } => {
                 self.release_many(slot, cid, now, uuid, lock_id)
             }
-            Request::Ls { uuid } => self.ask(slot, cid, now, Some(uuid), route::Awaited::Ls),
+            Request::Ls { uuid, after } => self.ls(slot, cid, now, uuid, after),
             Request::LockInfo { uuid, key } => {
                 let kind = route::Awaited::Info(key.into());
                 self.ask(slot, cid, now, Some(uuid), kind)

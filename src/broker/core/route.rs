@@ -87,7 +87,8 @@ pub(super) enum Awaited {
     Unlock(Name),
     Extend(Name),
     ReleaseMany(Name),
-    Ls,
+    /// The page after this cursor (a store that answers with every key: etcd).
+    Ls(Option<Name>),
     Info(Name),
     Stats,
     Inspect(Name),
@@ -497,7 +498,7 @@ impl Core {
     ) {
         if let Err(e) = self.room(cid, false) {
             let ty = match kind {
-                Awaited::Ls => "ls",
+                Awaited::Ls(_) => "ls",
                 Awaited::Info(_) => "lock-info",
                 Awaited::Inspect(_) => "inspect",
                 _ => "system-stats",

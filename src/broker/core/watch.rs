@@ -8,6 +8,7 @@
 //! is bounded by the caps below. A watcher whose previous snapshots are still unsent (a slow
 //! reader) skips a tick rather than grow its backlog.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::identity::wall_ms;
@@ -136,12 +137,17 @@ impl Core {
             });
             s.finish();
         }
-        o.bool(
-            "truncated",
-            stats.keys > MAX_LISTED || self.open > MAX_LISTED,
-        )
-        .field("keys");
-        write_list(&mut *o.out, infos.iter(), |out, i| {
+        // Within the reply budget: keys while they fit in three quarters of it, connections in
+        // the rest; `truncated` (written last) says whether any was left out.
+        let (budget, used, cut) = (self.reply_budget, Cell::new(0), Cell::new(false));
+        let room = |limit: usize| {
+            let ok = used.get() < limit;
+            cut.set(cut.get() || !ok);
+            ok
+        };
+        o.field("keys");
+        let listed = infos.iter().take_while(|_| room(budget * 3 / 4));
+        write_list(&mut *o.out, listed, |out, i| {
             let mut k = Obj::new(out);
             k.str("key", &i.key)
                 .u64("max", u64::from(i.max))
@@ -167,9 +173,11 @@ impl Core {
                 wo.finish();
             });
             k.finish();
+            used.set(out.len());
         });
         o.field("conns");
         let conns = self.conns.iter().flatten().take(MAX_LISTED);
+        let conns = conns.take_while(|_| room(budget));
         write_list(&mut *o.out, conns, |out, c| {
             let mut co = Obj::new(out);
             co.u64("id", c.id.0)
@@ -177,7 +185,10 @@ impl Core {
                 .bool("watching", self.watchers.iter().any(|w| w.conn == c.id))
                 .who(&self.who(c.id));
             co.finish();
+            used.set(out.len());
         });
+        let over = stats.keys > MAX_LISTED || self.open > MAX_LISTED;
+        o.bool("truncated", over || cut.get());
         o.finish();
         self.send_line(slot, &out);
     }
