@@ -15,7 +15,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
 use super::Broker;
-use super::flow::Flow;
+use super::flow::{Caps, Flow};
 use super::http_guard::{self, HttpPolicy};
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
@@ -293,6 +293,24 @@ fn hand_line(
     Ok(())
 }
 
+/// The socket at `slot` if one more of its requests may be read now; when its output is
+/// backed up, its reading pauses (see `flow`) and the stall deadline is armed (`housekeeping`).
+fn readable<'s>(
+    socks: &'s mut slab::Slab<Socket>,
+    core: &super::core::Core,
+    slot: usize,
+    caps: &Caps,
+    now: Instant,
+    housekeeping: &mut bool,
+) -> Option<&'s mut Socket> {
+    let sock = socks.get_mut(slot)?;
+    if sock.flow.may_read(core.output(sock.id).len(), caps, now) {
+        return Some(sock);
+    }
+    *housekeeping = true;
+    None
+}
+
 /// Bytes of lines handed to tungstenite at once (at least one whole line).
 const WS_BATCH: usize = 64 * 1024;
 
@@ -422,14 +440,11 @@ impl Broker {
         loop {
             // Every complete line read so far, while the output has room.
             loop {
-                let Some(sock) = self.socks.get_mut(slot) else {
+                let hk = &mut self.needs_housekeeping;
+                let Some(sock) = readable(&mut self.socks, &self.core, slot, &caps, now, hk) else {
                     return;
                 };
                 let id = sock.id;
-                if !sock.flow.may_read(self.core.output(id).len(), &caps, now) {
-                    self.needs_housekeeping = true;
-                    return;
-                }
                 let line = match sock.framer.next_line() {
                     Ok(Some(line)) => line,
                     Ok(None) => break,
@@ -489,14 +504,11 @@ impl Broker {
     fn read_ws(&mut self, slot: usize, now: Instant) {
         let caps = self.caps();
         loop {
-            let Some(sock) = self.socks.get_mut(slot) else {
+            let hk = &mut self.needs_housekeeping;
+            let Some(sock) = readable(&mut self.socks, &self.core, slot, &caps, now, hk) else {
                 return;
             };
             let id = sock.id;
-            if !sock.flow.may_read(self.core.output(id).len(), &caps, now) {
-                self.needs_housekeeping = true;
-                return;
-            }
             let Io::Ws(ws) = &mut sock.io else {
                 return;
             };
