@@ -111,6 +111,11 @@ pub mod async_client;
 pub mod broker;
 #[cfg(feature = "client")]
 pub mod client;
+/// Detaching a broker as a daemon: shared by `lmx start --daemon` and the zero-install start
+/// of the shared broker from a test executable (`daemon::self_serve`).
+#[cfg(all(feature = "client", feature = "broker"))]
+#[doc(hidden)]
+pub mod daemon;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
