@@ -130,10 +130,15 @@ pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 #[cfg(feature = "client")]
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
-    connect_or_spawn_using, serial,
+    connect_or_spawn_using, parallel, serial,
 };
-/// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial("db", "cache")]` on a
-/// `#[test]` or async test fn holds those keys (all-or-nothing) for the whole test. A function
-/// and an attribute macro live in different namespaces, so both are `live_mutex::serial`.
+/// The attribute form of [`parallel()`](fn@parallel): holds the keys shared, so parallel tests
+/// of a key run together, never alongside a serial one.
+#[cfg(feature = "macros")]
+pub use live_mutex_macros::parallel;
+/// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial(db, cache)]` on a test
+/// fn (or an async helper, or a `mod` of tests) holds those keys exclusively (all-or-nothing)
+/// for the whole call; `#[live_mutex::serial]` holds one default key. A function and an
+/// attribute macro live in different namespaces, so both are `live_mutex::serial`.
 #[cfg(feature = "macros")]
 pub use live_mutex_macros::serial;

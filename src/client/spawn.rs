@@ -7,9 +7,8 @@
 //! address, spawn `lmx start --daemon` for it (exactly one per address, however many processes
 //! race) and connect to that.
 
-use super::guard::{LockGuard, ManyGuard};
 use super::url::{self, Endpoint};
-use super::{Client, Error, LockOptions, Result, Ttl};
+use super::{Client, Error, Result};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -17,7 +16,6 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a spawned `lmx start --daemon` to report a listening broker. A broker binds
@@ -122,7 +120,7 @@ fn runtime_dir_path() -> PathBuf {
     }
 }
 
-/// The URL [`serial`] and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
+/// The URL [`serial`](crate::serial()) and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
 /// `live_mutex_host`/`live_mutex_port` if either is set, else the per-user Unix socket
 /// `unix://<runtime_dir>/broker.sock`.
 ///
@@ -176,7 +174,7 @@ pub fn connect_or_spawn_using(url: &str, lmx: &Path) -> Result<Client> {
 }
 
 /// What starts a broker: an `lmx` binary, or this very executable (zero install).
-enum Starter {
+pub(crate) enum Starter {
     Lmx(PathBuf),
     #[cfg(feature = "broker")]
     Myself(PathBuf),
@@ -226,7 +224,7 @@ fn local_url(addr: &LocalAddr) -> String {
 }
 
 /// `starter` says what to run; it is only looked for when a spawn is needed.
-fn spawn_with(url: &str, starter: impl FnOnce() -> Result<Starter>) -> Result<Client> {
+pub(crate) fn spawn_with(url: &str, starter: impl FnOnce() -> Result<Starter>) -> Result<Client> {
     // Refuse a remote URL before touching the network.
     let target = spawn_target(url)?;
     if let Some(c) = probe(url)? {
@@ -299,7 +297,7 @@ impl SpawnLock {
 }
 
 /// `LMX_BIN`, else `hint`, else `lmx` on `PATH`, else this executable if it can serve.
-fn find_starter(hint: Option<&Path>) -> Result<Starter> {
+pub(crate) fn find_starter(hint: Option<&Path>) -> Result<Starter> {
     if let Some(p) = std::env::var_os("LMX_BIN").filter(|v| !v.is_empty()) {
         return Ok(Starter::Lmx(PathBuf::from(p)));
     }
@@ -382,63 +380,4 @@ fn run_daemon(mut cmd: Command, what: &str) -> Result<()> {
         "{what} failed ({status}){}{text}",
         if text.is_empty() { "" } else { ": " }
     )))
-}
-
-/// The one client [`serial`] shares within a process.
-static SERIAL: Mutex<Option<Client>> = Mutex::new(None);
-
-fn serial_client(hint: Option<&Path>) -> Result<Client> {
-    let mut slot = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = &*slot {
-        return Ok(c.clone());
-    }
-    let url = spawn_url_from_env()?;
-    let c = match spawn_target(&url) {
-        Ok(_) => spawn_with(&url, || find_starter(hint))?,
-        // A remote LMX_URL (one shared broker in CI) is connected to, never spawned.
-        Err(_) => Client::connect(&url)?,
-    };
-    *slot = Some(c.clone());
-    Ok(c)
-}
-
-/// Holds `key` until the guard drops, across every process that calls it with the same key:
-/// the cross-process counterpart of `serial_test`'s `#[serial]`. One client per process,
-/// connected with [`connect_or_spawn`] to [`spawn_url_from_env`] (by default the per-user
-/// socket, a broker spawned on first use); a remote `LMX_URL` is connected to as is. The lock
-/// never expires: it lasts until the guard drops or the process dies.
-///
-/// ```no_run
-/// #[test]
-/// fn migrates() {
-///     let _db = live_mutex::serial("db").unwrap();
-///     // ... no other test process touches the database now ...
-/// }
-/// ```
-pub fn serial(key: &str) -> Result<LockGuard> {
-    serial_client(None)?.lock_with(key, &LockOptions::new().ttl(Ttl::Never))
-}
-
-/// [`serial`] for several keys, taken all-or-nothing, so two callers with overlapping keys can
-/// never deadlock on each other.
-///
-/// ```no_run
-/// let _g = live_mutex::client::serial_many(&["db", "cache"])?;
-/// # Ok::<(), live_mutex::Error>(())
-/// ```
-pub fn serial_many<S: AsRef<str>>(keys: &[S]) -> Result<ManyGuard> {
-    serial_client(None)?.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never))
-}
-
-/// What `#[live_mutex::serial(..)]` expands to. `lmx_hint` is the `lmx` built by the same
-/// package (`CARGO_BIN_EXE_lmx`, which only this crate's own tests have), used when neither
-/// `LMX_BIN` is set nor a URL needs no spawn.
-#[doc(hidden)]
-pub fn __serial_attr(keys: &[&str], lmx_hint: Option<&str>) -> ManyGuard {
-    let taken = serial_client(lmx_hint.map(Path::new))
-        .and_then(|c| c.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never)));
-    match taken {
-        Ok(g) => g,
-        Err(e) => panic!("#[live_mutex::serial({keys:?})]: {e}"),
-    }
 }
