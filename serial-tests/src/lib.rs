@@ -88,17 +88,33 @@ pub fn visit(dir: &str, keys: &[&str], shared: bool, who: &str) {
 }
 
 /// Waits (at most `within`) until at least `n` parallel holders of `key` are inside at once;
-/// whether they were.
-pub fn together(dir: &str, key: &str, n: usize, within: Duration) -> bool {
+/// whether they were. A barrier in two phases, so that nobody leaves before all have seen the
+/// others: each holder waits for `n` markers of `key`, then says so in the directory of this
+/// `run` (one per driver run), and stays until `n` holders have said so.
+pub fn together(dir: &str, key: &str, n: usize, within: Duration, run: &str) -> bool {
     let d = key_dir(Path::new(dir), key);
+    let seen = Path::new(dir).join(format!("together-{run}"));
+    std::fs::create_dir_all(&seen).unwrap();
     let end = Instant::now() + within;
-    while Instant::now() < end {
-        if parallel_markers(&d).len() >= n {
-            return true;
+    let wait = |ready: &dyn Fn() -> bool| {
+        while !ready() {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        true
+    };
+    if !wait(&|| parallel_markers(&d).len() >= n) {
+        return false;
     }
-    false
+    let me = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::write(seen.join(me), "").unwrap();
+    wait(&|| std::fs::read_dir(&seen).unwrap().count() >= n)
 }
 
 /// Runs the test `name` of the current test binary (ignored tests included) in a child
