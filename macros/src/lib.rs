@@ -110,6 +110,12 @@ impl Parse for Args {
                 keys.push(input.parse()?);
             } else if input.peek(Ident) {
                 let i: Ident = input.parse()?;
+                if input.peek(Token![::]) || input.peek(Token![-]) || input.peek(Token![.]) {
+                    return Err(input.error(format!(
+                        "a key is one identifier or a string: write `\"{i}...\"` for a key \
+                         with other characters"
+                    )));
+                }
                 keys.push(LitStr::new(&i.to_string(), i.span()));
             } else {
                 return Err(input.error(
