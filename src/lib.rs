@@ -40,7 +40,10 @@
 //!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
 //!   `transport.rs`, `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
 //!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
-//!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
+//!   broker daemon on demand (`lmx`, or with feature `broker` the program's own executable:
+//!   `src/daemon/`, shared with `lmx start --daemon`), and [`serial()`](fn@serial) /
+//!   [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]` (`client/serial/`: reentrant
+//!   per test in `held.rs`, waits that name the holder in `wait.rs`, async takes in `scope.rs`)
 //!   serialise tests across processes.
 //! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its
 //!   lock state behind (ops in, events out), and its two implementations: the in-memory

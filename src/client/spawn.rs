@@ -146,9 +146,17 @@ pub fn spawn_url_from_env() -> Result<String> {
 ///
 /// The broker is a daemon of its own, so it outlives the process that spawned it; it exits
 /// after `LMX_IDLE_EXIT` seconds (default 300) with no connections and no locks. It is
-/// `lmx start --daemon --idle-exit N` with `lmx` from `LMX_BIN`, else `lmx` on `PATH`; with
-/// neither, a program built with the `broker` feature starts it from its own executable (zero
-/// install: see the crate docs, "Where the broker comes from").
+/// `lmx start --daemon --idle-exit N` with `lmx` from `LMX_BIN`, else `lmx` on `PATH`.
+///
+/// **Zero install.** With neither, a program built with the `broker` feature (as the `macros`
+/// feature is) starts the broker from its own executable: it runs itself again with a marker
+/// in the environment, and a function this crate puts in the executable's initialiser table
+/// (`.init_array`; `__mod_init_func` on macOS) sees the marker before `main` runs, detaches the
+/// broker exactly as `lmx start --daemon` would and exits, so the program's `main` (a test
+/// harness, say) never runs in that process. Limits: the broker is a copy of that executable
+/// (`ps` shows it with `--live-mutex-broker`) and keeps running its code after a rebuild
+/// replaces the file, until its idle exit; only Linux, Android, the BSDs, illumos and macOS
+/// have the initialiser (elsewhere, install `lmx`). An installed `lmx` always wins.
 ///
 /// A token in `url` (or `LMX_AUTH_TOKEN`) is required by the spawned broker: it is handed over
 /// in the daemon's environment, never on its command line.
