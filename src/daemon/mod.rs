@@ -1,15 +1,15 @@
 //! A broker detached from the process that started it: what `lmx start --daemon` runs, and
-//! what a test executable runs when it starts the shared broker itself ([`self_serve`]).
+//! what a test executable runs when it starts the shared broker itself ([`self_serve`](crate::daemon::self_serve)).
 //!
 //! Classic double fork: the first child calls `setsid` (no controlling terminal, its own
 //! session, so the terminal's or the CI step's hang-up and process-group signals do not reach
 //! it) and forks again, so the broker is not a session leader and can never reacquire a
 //! terminal. The broker's stdio goes to `/dev/null` or a log file. The grandchild reports over
 //! a pipe once it listens (or why it cannot), and only then does the original process return:
-//! when [`detach`] returns 0, clients can connect.
+//! when [`detach`](crate::daemon::detach) returns 0, clients can connect.
 //!
 //! The fork must happen before the calling process has any other thread (`lmx`: only clap has
-//! run; [`self_serve`]: before `main`), so the children inherit no lock held by a thread that
+//! run; [`self_serve`](crate::daemon::self_serve): before `main`), so the children inherit no lock held by a thread that
 //! does not exist in them.
 
 pub mod self_serve;
