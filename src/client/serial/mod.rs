@@ -56,7 +56,13 @@ fn take_blocking(
     let client = process_client(hint)?;
     let deadline = timeout.map(|t| (Instant::now() + t, t));
     for key in missing {
-        let g = wait::take(&client, &key, shared, deadline, test)?;
+        let t = wait::Take {
+            key: &key,
+            shared,
+            deadline,
+            test,
+        };
+        let g = wait::take(&client, &t)?;
         guard.add(key, shared, held::Backing::Blocking(g));
     }
     Ok(guard)

@@ -7,13 +7,13 @@
 //! (whose tasks would die with the first test's runtime): each scope has its own.
 
 use super::held::{self, Backing, Owner, SerialGuard};
-use super::wait::{holders, notice, notice_after, options, timed_out};
+use super::wait::{Take, holders, notice_after};
 use super::{Attr, attr_failed};
 use crate::async_client::{AsyncClient, AsyncLockGuard};
 use crate::client::{Error, Result, spawn_target, spawn_url_from_env};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 struct Scope {
     owner: Owner,
@@ -85,48 +85,38 @@ async fn take(scope: &Scope, attr: Attr) -> Result<SerialGuard> {
     let client = client(scope, attr.lmx_hint).await?;
     let deadline = attr.timeout().map(|t| (Instant::now() + t, t));
     for key in missing {
-        let g = take_one(&client, &key, attr.shared, deadline, attr.test).await?;
+        let t = Take {
+            key: &key,
+            shared: attr.shared,
+            deadline,
+            test: attr.test,
+        };
+        let g = take_one(&client, &t).await?;
         guard.add(key, attr.shared, Backing::Async(g));
     }
     Ok(guard)
 }
 
 /// [`wait::take`](super::wait::take), awaited.
-async fn take_one(
-    client: &AsyncClient,
-    key: &str,
-    shared: bool,
-    deadline: Option<(Instant, Duration)>,
-    test: &str,
-) -> Result<AsyncLockGuard> {
-    let opts = options(shared);
-    match client.lock_with(key, &opts.clone().try_only()).await {
+async fn take_one(client: &AsyncClient, t: &Take<'_>) -> Result<AsyncLockGuard> {
+    match client.lock_with(t.key, &t.try_options()).await {
         Err(Error::Busy) => {}
         r => return r,
     }
     let started = Instant::now();
-    let opts = match deadline {
-        Some((at, _)) => opts.timeout(at.saturating_duration_since(Instant::now())),
-        None => opts,
-    };
-    let lock = client.lock_with(key, &opts);
+    let opts = t.wait_options();
+    let lock = client.lock_with(t.key, &opts);
     tokio::pin!(lock);
     let r = tokio::select! {
         r = &mut lock => r,
         _ = tokio::time::sleep(notice_after()) => {
-            let by = holders(client.info(key).await);
-            eprintln!("{}", notice(test, key, shared, started.elapsed(), &by));
+            let by = holders(client.info(t.key).await);
+            eprintln!("{}", t.notice(started, &by));
             lock.await
         }
     };
-    match (r, deadline) {
-        (Err(Error::WaitTimedOut), Some((_, limit))) => Err(timed_out(
-            test,
-            key,
-            shared,
-            limit,
-            &holders(client.info(key).await),
-        )),
-        (r, _) => r,
+    if t.ran_out(&r) {
+        return Err(t.timed_out(&holders(client.info(t.key).await)));
     }
+    r
 }

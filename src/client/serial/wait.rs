@@ -16,7 +16,7 @@ pub(crate) fn notice_after() -> Duration {
 
 /// The options of a serial (`shared: false`) or parallel take: held until released, never
 /// expiring.
-pub(crate) fn options(shared: bool) -> LockOptions {
+fn options(shared: bool) -> LockOptions {
     LockOptions::new()
         .ttl(Ttl::Never)
         .mode(if shared { Mode::Read } else { Mode::Exclusive })
@@ -71,67 +71,87 @@ pub(crate) fn holders(info: Result<LockInfo>) -> String {
     parts.join(", ")
 }
 
-/// The line printed once a take has waited [`notice_after`].
-pub(crate) fn notice(test: &str, key: &str, shared: bool, waited: Duration, by: &str) -> String {
+/// One key to take, as both the blocking and the async take see it.
+pub(crate) struct Take<'a> {
+    pub key: &'a str,
+    pub shared: bool,
+    /// When to give up, and the `timeout` that set it.
+    pub deadline: Option<(Instant, Duration)>,
+    /// The test's path, for messages.
+    pub test: &'a str,
+}
+
+impl Take<'_> {
+    /// A try first: most takes are not contended, and then nothing waits at all.
+    pub(crate) fn try_options(&self) -> LockOptions {
+        options(self.shared).try_only()
+    }
+
+    /// The waiting request, bounded by what is left of the deadline.
+    pub(crate) fn wait_options(&self) -> LockOptions {
+        match self.deadline {
+            Some((at, _)) => {
+                options(self.shared).timeout(at.saturating_duration_since(Instant::now()))
+            }
+            None => options(self.shared),
+        }
+    }
+
+    /// The line printed once the take has waited since `started`, held `by`.
+    pub(crate) fn notice(&self, started: Instant, by: &str) -> String {
+        notice(self.test, self.key, self.shared, started, by)
+    }
+
+    /// Whether `r` is this take's `timeout` running out (then [`timed_out`](Self::timed_out)).
+    pub(crate) fn ran_out<T>(&self, r: &Result<T>) -> bool {
+        matches!(r, Err(Error::WaitTimedOut)) && self.deadline.is_some()
+    }
+
+    /// The error of a take whose `timeout` ran out, held `by`.
+    pub(crate) fn timed_out(&self, by: &str) -> Error {
+        let limit = self.deadline.map_or(Duration::ZERO, |(_, l)| l);
+        Error::Serial(format!(
+            "{}: timed out after {:.1} s waiting for {} held by {by}",
+            self.test,
+            limit.as_secs_f64(),
+            what(self.key, self.shared)
+        ))
+    }
+}
+
+fn notice(test: &str, key: &str, shared: bool, started: Instant, by: &str) -> String {
     format!(
         "live-mutex: {test} has waited {:.1} s for {} held by {by}",
-        waited.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         what(key, shared)
     )
 }
 
-/// The error of a take whose `timeout` ran out.
-pub(crate) fn timed_out(test: &str, key: &str, shared: bool, limit: Duration, by: &str) -> Error {
-    Error::Serial(format!(
-        "{test}: timed out after {:.1} s waiting for {} held by {by}",
-        limit.as_secs_f64(),
-        what(key, shared)
-    ))
-}
-
-/// Takes one key, waiting until `deadline` (if any), with the notice after a few seconds.
-pub(crate) fn take(
-    client: &Client,
-    key: &str,
-    shared: bool,
-    deadline: Option<(Instant, Duration)>,
-    test: &str,
-) -> Result<LockGuard> {
-    let opts = options(shared);
-    // Most takes are not contended: no watcher thread for those.
-    match client.lock_with(key, &opts.clone().try_only()) {
+/// Takes one key, blocking, with the notice after [`notice_after`] (from a thread of its own).
+pub(crate) fn take(client: &Client, t: &Take<'_>) -> Result<LockGuard> {
+    match client.lock_with(t.key, &t.try_options()) {
         Err(Error::Busy) => {}
         r => return r,
     }
     let started = Instant::now();
     let (done, watch) = mpsc::channel::<()>();
     let watcher = {
-        let (client, key, test) = (client.clone(), key.to_string(), test.to_string());
-        let after = notice_after();
+        let (client, after) = (client.clone(), notice_after());
+        let (test, key, shared) = (t.test.to_string(), t.key.to_string(), t.shared);
         move || {
             if watch.recv_timeout(after) == Err(mpsc::RecvTimeoutError::Timeout) {
                 let by = holders(client.info(&key));
-                eprintln!("{}", notice(&test, &key, shared, started.elapsed(), &by));
+                eprintln!("{}", notice(&test, &key, shared, started, &by));
             }
         }
     };
     std::thread::Builder::new()
         .name("live-mutex-notice".into())
         .spawn(watcher)?;
-    let opts = match deadline {
-        Some((at, _)) => opts.timeout(at.saturating_duration_since(Instant::now())),
-        None => opts,
-    };
-    let r = client.lock_with(key, &opts);
+    let r = client.lock_with(t.key, &t.wait_options());
     drop(done);
-    match (r, deadline) {
-        (Err(Error::WaitTimedOut), Some((_, limit))) => Err(timed_out(
-            test,
-            key,
-            shared,
-            limit,
-            &holders(client.info(key)),
-        )),
-        (r, _) => r,
+    if t.ran_out(&r) {
+        return Err(t.timed_out(&holders(client.info(t.key))));
     }
+    r
 }
