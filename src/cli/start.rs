@@ -2,11 +2,11 @@
 
 use super::daemon;
 use clap::Args;
-use live_mutex::broker::{Broker, BrokerBuilder, BrokerError, Keepalive};
+use live_mutex::broker::{Broker, BrokerBuilder, Keepalive};
 use live_mutex::client::{LocalAddr, runtime_dir, spawn_target};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub(crate) struct StartArgs {
@@ -292,7 +292,7 @@ pub(crate) fn serve(
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let broker = bind(b?)?;
+    let broker = live_mutex::daemon::bind_waiting(b?)?;
     if let Some(addr) = broker.local_addr() {
         tracing::info!(
             "listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket); status page \
@@ -314,21 +314,4 @@ pub(crate) fn serve(
     broker.run()?;
     sigs.close();
     Ok(())
-}
-
-/// Binds; a Unix socket whose lock file is held by a broker that does not answer (one still
-/// starting, or one exiting after its idle time) is waited for, briefly.
-fn bind(b: BrokerBuilder) -> Result<Broker, BrokerError> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match b.clone().bind() {
-            Err(BrokerError::UdsInUse(p))
-                if Instant::now() < deadline
-                    && std::os::unix::net::UnixStream::connect(&p).is_err() =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
 }

@@ -23,6 +23,7 @@ mod driver;
 mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
+mod serial;
 mod spawn;
 pub(crate) mod transport;
 pub(crate) mod url;
@@ -33,10 +34,11 @@ pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
 pub use options::LockOptions;
 #[doc(hidden)]
-pub use spawn::__serial_attr;
+pub use serial::{__Attr, __serial_async, __serial_attr};
+pub use serial::{SerialGuard, parallel, parallel_many, serial, serial_many};
 pub use spawn::{
-    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
-    spawn_target, spawn_url_from_env,
+    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, spawn_target,
+    spawn_url_from_env,
 };
 
 use crate::proto::Request;
