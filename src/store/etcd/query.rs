@@ -111,7 +111,9 @@ async fn remote_unlock(
 ) -> Result<usize, StoreError> {
     let all = read_key(sh, key).await?;
     let (holders, waiters) = rules::holders_and_waiters(&all);
-    if force {
+    // A forced unlock that names an id needs that id to hold the key, as in the table: a
+    // stale id must not evict the current holder.
+    if force && id.is_none_or(|id| holders.iter().any(|h| h.id == id)) {
         if holders.is_empty() {
             return Ok(0);
         }

@@ -1,0 +1,57 @@
+//! Issue 20: the rules a hostile or careless client must not get around, in memory with
+//! simulated time: a forced unlock that names a stale id, a stranger's unlock of a grant that
+//! awaits its ack, lock ids under `restrict_admin`.
+
+use serde_json::json;
+
+use super::util::{Pair, config};
+use super::{holders, lock, pushed_unacknowledged, unlock};
+
+/// A forced unlock naming an id that holds nothing is refused, and the holder keeps the key;
+/// force without an id still releases every holder (live-mutex after 0.2.25 does the same).
+#[test]
+fn a_forced_unlock_naming_a_stale_id_is_refused() {
+    let mut p = Pair::new(config());
+    let (a, b) = (p.connect(), p.connect());
+    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
+    for stale in ["gone", "b-never"] {
+        p.send(
+            b,
+            json!({"type":"unlock","uuid":"f","key":"k","_uuid":stale,"force":true}),
+        );
+        let r = p.recv(b);
+        assert_eq!((&r["unlocked"], &r["lost"]), (&json!(false), &json!(true)), "{r}");
+        assert!(r["error"].is_string(), "{r}");
+    }
+    // an id still queued holds nothing either
+    assert_eq!(lock(&mut p, b, "k", "b1")["queued"], true);
+    p.send(
+        b,
+        json!({"type":"unlock","uuid":"f","key":"k","_uuid":"b1","force":true}),
+    );
+    assert_eq!(p.recv(b)["unlocked"], false);
+    assert_eq!(holders(&mut p, b, "k"), json!(["a1"]));
+    // a key nobody holds: refused with an id, a no-op success without
+    p.send(
+        b,
+        json!({"type":"unlock","uuid":"f","key":"free","_uuid":"x","force":true}),
+    );
+    assert_eq!(p.recv(b)["unlocked"], false);
+    p.send(b, json!({"type":"unlock","uuid":"f","key":"free","force":true}));
+    assert_eq!(p.recv(b)["unlocked"], true);
+    // force naming the holder, or no id at all, releases
+    p.send(
+        b,
+        json!({"type":"unlock","uuid":"f","key":"k","_uuid":"a1","force":true}),
+    );
+    let (r, g) = (p.recv(b), p.recv(b));
+    assert_eq!(
+        (&r["unlocked"], &g["uuid"], &g["acquired"]),
+        (&json!(true), &json!("b1"), &json!(true)),
+        "{r} {g}"
+    );
+    p.send(a, json!({"type":"unlock","uuid":"f","key":"k","force":true}));
+    assert_eq!(p.recv(a)["unlocked"], true);
+    assert_eq!(holders(&mut p, a, "k"), json!([]));
+    let _ = (unlock, pushed_unacknowledged);
+}
