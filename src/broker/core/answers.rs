@@ -121,6 +121,8 @@ impl Core {
             } => {
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
+                    // Released: its ack probe, if any, has nothing left to find.
+                    self.acks.remove(&id);
                 }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(queue_len), false);

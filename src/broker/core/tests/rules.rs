@@ -2,10 +2,12 @@
 //! simulated time: a forced unlock that names a stale id, a stranger's unlock of a grant that
 //! awaits its ack, lock ids under `restrict_admin`.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::util::{Pair, config};
-use super::{holders, lock, pushed_unacknowledged, unlock};
+use super::{MS, holders, lock, pushed_unacknowledged, unlock};
 
 /// A forced unlock naming an id that holds nothing is refused, and the holder keeps the key;
 /// force without an id still releases every holder (live-mutex after 0.2.25 does the same).
@@ -53,5 +55,34 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
     p.send(a, json!({"type":"unlock","uuid":"f","key":"k","force":true}));
     assert_eq!(p.recv(a)["unlocked"], true);
     assert_eq!(holders(&mut p, a, "k"), json!([]));
-    let _ = (unlock, pushed_unacknowledged);
+}
+
+/// Only the grant's own ack, rejection or release settles its ack probe: a stranger's unlock
+/// that names the grant's id and fails (on another key, forced or not) leaves the probe in
+/// place, so the ghost is still found and released at 200 ms.
+#[test]
+fn a_strangers_failing_unlock_does_not_cancel_an_ack_probe() {
+    let mut p = Pair::new(config());
+    let (n, c, o) = pushed_unacknowledged(&mut p, json!(7050));
+    for force in [false, true] {
+        p.send(
+            o,
+            json!({"type":"unlock","uuid":"s","key":"other","_uuid":"n1","force":force}),
+        );
+        assert_eq!(p.recv(o)["unlocked"], false);
+    }
+    p.advance(200 * MS);
+    assert_eq!(p.recv(n)["uuid"], "lmx-ack-probe:n1");
+    p.send(
+        n,
+        json!({"uuid":"lmx-ack-probe:n1","key":"k","type":"lock-received-rejected"}),
+    );
+    let g = p.recv(c);
+    assert_eq!((&g["uuid"], &g["acquired"]), (&json!("c1"), &json!(true)));
+    // a successful unlock by id (from anyone) is the grant's release: no probe follows
+    let mut p = Pair::new(config());
+    let (n2, _, o2) = pushed_unacknowledged(&mut p, json!(7050));
+    assert_eq!(unlock(&mut p, o2, "k", "n1")["unlocked"], true);
+    p.advance(Duration::from_secs(1));
+    p.expect_silence(n2);
 }
