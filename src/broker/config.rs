@@ -302,6 +302,7 @@ impl BrokerBuilder {
             next_gen: 1,
             needs_housekeeping: false,
             retry_accept: false,
+            pending_order: std::collections::VecDeque::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             warned_fds: false,
             warned_keepalive: false,

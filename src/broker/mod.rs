@@ -92,6 +92,7 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     transport::UpgradeCheck {
         policy: std::sync::Arc::new(policy),
         token: None,
+        proved: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
@@ -72,11 +73,15 @@ pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, UpgradeCheck>>;
 
 /// The WebSocket upgrade's callback. Judges the upgrade request: first its Host and Origin
 /// (403 when a web page or a DNS-rebinding name is behind it), then, when the broker has a
-/// token, its `Authorization: Bearer <token>` (401). Either failure ends the handshake and the
-/// connection.
+/// token, its `Authorization: Bearer <token>`: the right one authenticates the connection
+/// (`proved`), a wrong one is refused (401). Without the header the upgrade goes on, and the
+/// connection must send `auth` first like an NDJSON one: a browser cannot set that header, and
+/// the status page authenticates with the token from its URL's fragment.
 pub(crate) struct UpgradeCheck {
     pub policy: Arc<HttpPolicy>,
     pub token: Option<Arc<str>>,
+    /// Set when the request carried the right bearer token.
+    pub proved: Arc<AtomicBool>,
 }
 
 impl Callback for UpgradeCheck {
@@ -87,13 +92,12 @@ impl Callback for UpgradeCheck {
             *e.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
             return Err(e);
         }
-        let Some(token) = self.token else {
+        let (Some(token), Some(auth)) = (self.token, header("authorization")) else {
             return Ok(resp);
         };
-        let given = header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = auth.strip_prefix("Bearer ").unwrap_or("");
         if super::core::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            self.proved.store(true, Ordering::Relaxed);
             Ok(resp)
         } else {
             let mut e = ErrorResponse::new(Some("missing or wrong auth token".into()));
@@ -108,8 +112,9 @@ pub(crate) enum Io {
     /// TCP, nothing read yet: the first byte picks the framing.
     Sniff(Stream),
     Ndjson(Stream),
-    /// WebSocket upgrade in progress (it may need several reads).
-    Handshake(Box<Handshake>),
+    /// WebSocket upgrade in progress (it may need several reads); the flag is its
+    /// [`UpgradeCheck::proved`].
+    Handshake(Box<Handshake>, Arc<AtomicBool>),
     Ws(Box<WebSocket<Stream>>),
     /// Answering one HTTP request (`Socket::http_out`), then closing; see `http`.
     Http(Stream),
@@ -138,7 +143,8 @@ pub(crate) struct Socket {
     /// The peer closed its side (or the socket failed): read to the end, never stop at a short
     /// read, since no further readiness event will come.
     pub peer_closed: bool,
-    /// Sent a valid request: its lines are no longer checked for HTTP (see `http_guard`).
+    /// Sent a valid request (or proved the token in its WebSocket upgrade): its lines are no
+    /// longer checked (see `http_guard`), and with an auth token it has authenticated.
     pub vetted: bool,
     /// The TCP peer (None on the Unix socket), for logs.
     pub peer: Option<std::net::SocketAddr>,
@@ -170,13 +176,20 @@ impl Socket {
     }
 
     pub fn handshaking(&self) -> bool {
-        matches!(self.io, Io::Sniff(_) | Io::Handshake(_) | Io::Http(_))
+        matches!(self.io, Io::Sniff(_) | Io::Handshake(..) | Io::Http(_))
+    }
+
+    /// Has not proved itself yet: still in its handshake, or (when the broker has an auth
+    /// token) not yet authenticated. Such a connection is closed at the handshake deadline, and
+    /// is the first to go when the broker is full (see `accept`).
+    pub fn pending(&self, token: bool) -> bool {
+        self.handshaking() || (token && !self.vetted)
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Sniff(s) | Io::Ndjson(s) | Io::Http(s) => Some(s),
-            Io::Handshake(h) => Some(h.get_mut().get_mut()),
+            Io::Handshake(h, _) => Some(h.get_mut().get_mut()),
             Io::Ws(ws) => Some(ws.get_mut()),
             Io::Gone => None,
         }
@@ -225,7 +238,7 @@ impl Socket {
                 }
                 Ok((pos, pos == out.len()))
             }
-            Io::Handshake(_) | Io::Http(_) | Io::Gone => Ok((0, true)),
+            Io::Handshake(..) | Io::Http(_) | Io::Gone => Ok((0, true)),
         }
     }
 
@@ -282,9 +295,11 @@ impl Broker {
                             sock.io = Io::Sniff(stream);
                             return self.close(slot, now, "peer closed");
                         }
-                        Ok(_) if b[0] == b'G' => {
-                            // HTTP: `/metrics` and the status page are answered by `http`;
-                            // an upgrade comes back for tungstenite.
+                        Ok(_) if b[0].is_ascii_uppercase() => {
+                            // HTTP (every method is an upper-case token; no request starts
+                            // with a letter): `/metrics` and the status page are answered by
+                            // `http`, other methods get 405; an upgrade comes back for
+                            // tungstenite.
                             let Some(stream) = self.sniff_http(slot, stream, now) else {
                                 return;
                             };
@@ -293,19 +308,16 @@ impl Broker {
                             };
                             // The WebSocket upgrade; `UpgradeCheck` is its callback.
                             let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
+                            let proved = Arc::new(AtomicBool::new(false));
                             let check = UpgradeCheck {
                                 policy: self.policy.clone(),
                                 token: self.cfg.auth_token.as_deref().map(Into::into),
+                                proved: proved.clone(),
                             };
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
-                                Ok(ws) => {
-                                    sock.io = Io::Ws(Box::new(ws));
-                                    let id = sock.id;
-                                    self.core.authenticated(id);
-                                    self.announce(slot, "WebSocket");
-                                }
+                                Ok(ws) => self.ws_opened(slot, ws, &proved),
                                 Err(HandshakeError::Interrupted(mid)) => {
-                                    sock.io = Io::Handshake(Box::new(mid));
+                                    sock.io = Io::Handshake(Box::new(mid), proved);
                                     return;
                                 }
                                 Err(HandshakeError::Failure(e)) => {
@@ -327,15 +339,10 @@ impl Broker {
                         }
                     }
                 }
-                Io::Handshake(mid) => match mid.handshake() {
-                    Ok(ws) => {
-                        sock.io = Io::Ws(Box::new(ws));
-                        let id = sock.id;
-                        self.core.authenticated(id);
-                        self.announce(slot, "WebSocket");
-                    }
+                Io::Handshake(mid, proved) => match mid.handshake() {
+                    Ok(ws) => self.ws_opened(slot, ws, &proved),
                     Err(HandshakeError::Interrupted(mid)) => {
-                        sock.io = Io::Handshake(Box::new(mid));
+                        sock.io = Io::Handshake(Box::new(mid), proved);
                         return;
                     }
                     Err(HandshakeError::Failure(e)) => return self.handshake_failed(slot, now, &e),
@@ -366,6 +373,41 @@ impl Broker {
         }
     }
 
+    /// A WebSocket upgrade completed. A connection that proved the token in its upgrade is
+    /// authenticated (an admin under `restrict_admin`, like one that sent `auth`); without a
+    /// token to prove, it is vetted at once; otherwise it must send `auth` first.
+    fn ws_opened(&mut self, slot: usize, ws: WebSocket<Stream>, proved: &AtomicBool) {
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return;
+        };
+        sock.io = Io::Ws(Box::new(ws));
+        if proved.load(Ordering::Relaxed) {
+            sock.vetted = true;
+            let id = sock.id;
+            self.core.authenticated(id);
+        } else if self.cfg.auth_token.is_none() {
+            sock.vetted = true;
+        }
+        self.announce(slot, "WebSocket");
+    }
+
+    /// Before a connection's first valid request, an invalid one (not JSON, not a request,
+    /// binary junk, the h2c preface) means the peer does not speak this protocol: it gets its
+    /// error reply, nothing after it runs, and the connection closes once the reply is out.
+    fn reject_first(&mut self, slot: usize, now: Instant) {
+        let peer = self.socks.get(slot).and_then(|s| s.peer);
+        let peer = peer.map_or_else(|| "the Unix socket".to_string(), |p| p.to_string());
+        let why = "its first message was not a valid request";
+        if let Some(line) = self.refusals.refused(now, &peer, why) {
+            tracing::warn!("{line}");
+        }
+        if let Some(sock) = self.socks.get_mut(slot) {
+            sock.close_after_flush = true;
+            sock.closing_why = why;
+        }
+        self.queue_flush(slot);
+    }
+
     /// The NDJSON read path: reads what the socket has, hands each complete line to the core.
     fn read_ndjson(&mut self, slot: usize, now: Instant) {
         loop {
@@ -373,6 +415,10 @@ impl Broker {
                 return;
             };
             let id = sock.id;
+            if sock.close_after_flush {
+                // Closing: nothing more it sends is read (see `reject_first`).
+                return;
+            }
             if self.core.output(id).len() > self.cfg.out_soft {
                 sock.stalled_since = Some(now);
                 self.needs_housekeeping = true;
@@ -416,9 +462,10 @@ impl Broker {
                     if http_guard::is_http_line(line) {
                         return self.refuse(slot, now, "HTTP on the NDJSON port (a web page?)");
                     }
-                    if self.core.handle_message(id, line, now)
-                        && let Some(s) = self.socks.get_mut(slot)
-                    {
+                    if !self.core.handle_message(id, line, now) {
+                        return self.reject_first(slot, now);
+                    }
+                    if let Some(s) = self.socks.get_mut(slot) {
                         s.vetted = true;
                     }
                     continue;
@@ -451,32 +498,45 @@ impl Broker {
             let Some(sock) = self.socks.get_mut(slot) else {
                 return;
             };
-            let id = sock.id;
+            let (id, vetted) = (sock.id, sock.vetted);
+            if sock.close_after_flush {
+                return;
+            }
             let Io::Ws(ws) = &mut sock.io else {
                 return;
             };
-            match ws.read() {
+            let msg = match ws.read() {
                 Ok(Message::Text(t)) => {
                     self.bytes_in += t.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(t.as_bytes());
-                    self.core.handle_message(id, &mut self.scratch, now);
+                    true
                 }
                 Ok(Message::Binary(b)) => {
                     self.bytes_in += b.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&b);
-                    self.core.handle_message(id, &mut self.scratch, now);
+                    true
                 }
                 Ok(_) => {
                     // Ping, pong, close: tungstenite answers them; their replies need a flush.
                     sock.ws_unflushed = true;
                     self.queue_flush(slot);
+                    false
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return;
                 }
                 Err(_) => return self.close(slot, now, "peer closed or WebSocket error"),
+            };
+            if msg && !self.core.handle_message(id, &mut self.scratch, now) && !vetted {
+                return self.reject_first(slot, now);
+            }
+            if msg
+                && !vetted
+                && let Some(s) = self.socks.get_mut(slot)
+            {
+                s.vetted = true;
             }
         }
     }

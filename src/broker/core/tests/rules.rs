@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::super::ConnKind;
 use super::util::{Pair, config};
 use super::{MS, holders, lock, pushed_unacknowledged, unlock};
 
@@ -22,7 +23,11 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
             json!({"type":"unlock","uuid":"f","key":"k","_uuid":stale,"force":true}),
         );
         let r = p.recv(b);
-        assert_eq!((&r["unlocked"], &r["lost"]), (&json!(false), &json!(true)), "{r}");
+        assert_eq!(
+            (&r["unlocked"], &r["lost"]),
+            (&json!(false), &json!(true)),
+            "{r}"
+        );
         assert!(r["error"].is_string(), "{r}");
     }
     // an id still queued holds nothing either
@@ -39,7 +44,10 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
         json!({"type":"unlock","uuid":"f","key":"free","_uuid":"x","force":true}),
     );
     assert_eq!(p.recv(b)["unlocked"], false);
-    p.send(b, json!({"type":"unlock","uuid":"f","key":"free","force":true}));
+    p.send(
+        b,
+        json!({"type":"unlock","uuid":"f","key":"free","force":true}),
+    );
     assert_eq!(p.recv(b)["unlocked"], true);
     // force naming the holder, or no id at all, releases
     p.send(
@@ -52,7 +60,10 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
         (&json!(true), &json!("b1"), &json!(true)),
         "{r} {g}"
     );
-    p.send(a, json!({"type":"unlock","uuid":"f","key":"k","force":true}));
+    p.send(
+        a,
+        json!({"type":"unlock","uuid":"f","key":"k","force":true}),
+    );
     assert_eq!(p.recv(a)["unlocked"], true);
     assert_eq!(holders(&mut p, a, "k"), json!([]));
 }
@@ -85,4 +96,47 @@ fn a_strangers_failing_unlock_does_not_cancel_an_ack_probe() {
     assert_eq!(unlock(&mut p, o2, "k", "n1")["unlocked"], true);
     p.advance(Duration::from_secs(1));
     p.expect_silence(n2);
+}
+
+/// Under `restrict_admin` a lock id is a capability: `lock-info` and `watch` show it only to
+/// the connection that made the request and to admins (the Unix socket, authenticated
+/// connections); to others it is `null`, so they cannot unlock or extend someone else's lock
+/// by reading its id. Without `restrict_admin` everyone sees every id, as before.
+#[test]
+fn restrict_admin_shows_lock_ids_only_to_their_owner_and_admins() {
+    let mut cfg = config();
+    cfg.restrict_admin = true;
+    let mut p = Pair::new(cfg);
+    let (a, b, unix) = (p.connect(), p.connect(), p.connect_kind(ConnKind::Unix));
+    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
+    assert_eq!(lock(&mut p, b, "k", "b1")["queued"], true);
+    let info = |p: &mut Pair, c| {
+        p.send(c, json!({"type":"lock-info-request","uuid":"i","key":"k"}));
+        let r = p.recv(c);
+        (
+            r["lockholderUUIDs"].clone(),
+            r["holders"][0]["id"].clone(),
+            r["waiters"][0]["id"].clone(),
+        )
+    };
+    assert_eq!(info(&mut p, a), (json!(["a1"]), json!("a1"), json!(null)));
+    assert_eq!(info(&mut p, b), (json!([null]), json!(null), json!("b1")));
+    assert_eq!(
+        info(&mut p, unix),
+        (json!(["a1"]), json!("a1"), json!("b1"))
+    );
+    p.send(b, json!({"type":"watch","uuid":"w"}));
+    let w = p.recv(b);
+    let k = &w["keys"][0];
+    assert_eq!(
+        (&k["holders"][0]["id"], &k["waiters"][0]["id"]),
+        (&json!(null), &json!("b1"))
+    );
+    // the id is the credential: whoever holds it may still unlock
+    assert_eq!(unlock(&mut p, unix, "k", "a1")["unlocked"], true);
+    // without restrict_admin, ids are shown to everyone
+    let mut p = Pair::new(config());
+    let (a, b) = (p.connect(), p.connect());
+    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
+    assert_eq!(info(&mut p, b).1, json!("a1"));
 }
