@@ -62,7 +62,10 @@ fn websocket_authenticates_by_its_bearer_header_or_an_auth_message() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         tungstenite::client(req, s).map(|(ws, _)| ws).ok()
     };
-    assert!(ws_with(Some("Bearer wrong")).is_none(), "a wrong token: 401");
+    assert!(
+        ws_with(Some("Bearer wrong")).is_none(),
+        "a wrong token: 401"
+    );
     let mut ws = ws_with(Some("Bearer s3cret")).expect("upgrade with the token");
     ws_text(&mut ws, json!({"type":"lock","uuid":"a","key":"k"}));
     assert_eq!(ws_reply(&mut ws).unwrap()["acquired"], true);

@@ -140,3 +140,21 @@ fn restrict_admin_shows_lock_ids_only_to_their_owner_and_admins() {
     assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
     assert_eq!(info(&mut p, b).1, json!("a1"));
 }
+
+/// Keys keep their identity: `"a\ud800b"` (a lone surrogate, as `JSON.stringify` writes a
+/// JavaScript string with one) was decoded as `"a\u0000b"`, so two different keys were one
+/// lock. It is now refused with an error reply, and the real `"a\u0000b"` is free.
+#[test]
+fn a_lone_surrogate_key_is_refused_not_merged_with_another() {
+    let mut p = Pair::new(config());
+    let (a, b) = (p.connect(), p.connect());
+    p.send_raw(a, r#"{"type":"lock","uuid":"a1","key":"a\ud800b"}"#);
+    let r = p.recv(a);
+    assert_eq!(r["uuid"], "a1", "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("surrogate")),
+        "{r}"
+    );
+    p.send_raw(b, r#"{"type":"lock","uuid":"b1","key":"a\u0000b"}"#);
+    assert_eq!(p.recv(b)["acquired"], true);
+}
