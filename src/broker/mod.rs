@@ -34,6 +34,7 @@
 mod accept;
 mod config;
 mod core;
+mod fd_limit;
 mod handle;
 mod http;
 pub(crate) mod http_guard;

@@ -147,10 +147,12 @@ fn redirect_stdio(log: Option<&std::path::Path>) -> std::io::Result<()> {
         .write(true)
         .open("/dev/null")?;
     let out = match log {
+        // Never through a symlink (see `bind_uds`'s lock file).
         Some(p) => std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(p)?,
         None => null.try_clone()?,
     };

@@ -241,6 +241,7 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         .auth_token(auth_token(a)?)
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
+        .raise_fd_limit(true)
         .spin(Duration::from_micros(a.spin_us))
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())
