@@ -257,3 +257,49 @@ fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
         held_png.canonicalize().unwrap().display()
     );
 }
+
+/// With an auth token the page is opened as `/#token=...` and its WebSocket authenticates
+/// with an `auth` message (a browser cannot put an `Authorization` header on the upgrade).
+#[test]
+fn status_page_connects_to_a_broker_with_a_token_in_its_fragment() {
+    let Some(exe) = chromium() else {
+        assert!(
+            std::env::var_os("LMX_REQUIRE_CHROMIUM").is_none(),
+            "LMX_REQUIRE_CHROMIUM is set but chromium is not installed"
+        );
+        eprintln!("SKIPPED: chromium not installed");
+        return;
+    };
+    let b = TestBroker::with(|b| b.auth_token(Some("s3cret".into())));
+    let mut holder = b.connect(Transport::Tcp);
+    holder.send(json!({"type":"auth","uuid":"a","token":"s3cret"}));
+    assert_eq!(holder.recv()["authenticated"], true);
+    assert_eq!(holder.lock("with-token", "t-1")["acquired"], true);
+    let profile = TempDir::new();
+    let (_browser, devtools) = launch(&exe, &profile.0);
+    let addr = devtools
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .expect("DevTools URL");
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (ws, _) = tungstenite::client(devtools.as_str(), stream).expect("DevTools handshake");
+    let mut cdp = Cdp { ws, next: 0 };
+    let target = cdp.call(None, "Target.createTarget", json!({"url": "about:blank"}));
+    let attached = cdp.call(
+        None,
+        "Target.attachToTarget",
+        json!({"targetId": target["targetId"], "flatten": true}),
+    );
+    let s = attached["sessionId"].as_str().expect("session").to_string();
+    cdp.call(Some(&s), "Page.enable", json!({}));
+    let url = format!("http://{}/#token=s3cret", b.addr);
+    cdp.call(Some(&s), "Page.navigate", json!({"url": url}));
+    cdp.wait_for(
+        &s,
+        "document.querySelector('#holders tr[data-key=\"with-token\"]') !== null",
+        "the lock to appear on the page of a broker with a token",
+    );
+}
