@@ -121,8 +121,7 @@ async fn remote_unlock(
             .iter()
             .map(|h| TxnOp::delete(h.raw.clone(), None))
             .collect();
-        let mut kv = sh.client.kv_client();
-        sh.call(kv.txn(Txn::new().and_then(ops))).await?;
+        sh.txn(Txn::new().and_then(ops)).await?;
         return Ok(holders.len());
     }
     let id = id.unwrap_or_default();
@@ -143,9 +142,8 @@ async fn remote_unlock(
 }
 
 pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
-    let mut kv = sh.client.kv_client();
     let r = sh
-        .call(kv.get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix())))
+        .get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix()))
         .await?;
     Ok(entries(sh, r.kvs()))
 }
@@ -193,9 +191,8 @@ pub fn stats(sh: &Rc<Shared>, conn: ConnId, tag: u64) {
 
 /// Every request under the prefix, by lock key, and etcd's revision.
 pub async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
-    let mut kv = sh.client.kv_client();
     let r = sh
-        .call(kv.get(sh.cfg.root(), Some(GetOptions::new().with_prefix())))
+        .get(sh.cfg.root(), Some(GetOptions::new().with_prefix()))
         .await?;
     let mut by_key: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     for e in entries(sh, r.kvs()) {
