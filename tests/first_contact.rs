@@ -17,18 +17,7 @@ const PLANT: &str = r#"{"type":"lock","uuid":"planted","key":"p","ttl":null}"#;
 
 /// Writes `bytes` on a fresh TCP connection and reads until the broker closes it (or `wait`).
 fn exchange(b: &TestBroker, bytes: &[u8], wait: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(b.addr).unwrap();
-    s.set_read_timeout(Some(wait)).unwrap();
-    s.write_all(bytes).ok();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
+    common::exchange(b.addr, &[bytes], wait)
 }
 
 /// Before the first valid request, any invalid line closes the connection: binary junk like a

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -42,26 +42,7 @@ fn assert_untouched(b: &TestBroker, holder: &mut Wire) {
 /// Sends `chunks` as separate TCP writes, then reads what comes back until the broker closes
 /// (or 2 s pass).
 fn send_raw(b: &TestBroker, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut s = TcpStream::connect(b.addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    for (i, c) in chunks.iter().enumerate() {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if s.write_all(c).is_err() {
-            break; // closed already
-        }
-    }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
+    common::exchange(b.addr, chunks, Duration::from_secs(2))
 }
 
 fn http_request(method: &str, b: &TestBroker) -> String {

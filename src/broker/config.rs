@@ -42,6 +42,8 @@ pub struct BrokerBuilder {
     pub(super) allow_origins: Vec<String>,
     pub(super) idle_exit: Option<Duration>,
     pub(super) raise_fd_limit: bool,
+    /// The connection cap in effect (set by `bind`), logged when the broker runs.
+    pub(super) fd_cap: Option<super::fd_limit::Cap>,
     /// Lock decisions in etcd instead of the in-memory table (see [`BrokerBuilder::etcd`]).
     #[cfg(feature = "etcd")]
     pub(super) etcd: Option<crate::store::etcd::EtcdConfig>,
@@ -79,6 +81,7 @@ impl Default for BrokerBuilder {
             allow_origins: Vec::new(),
             idle_exit: None,
             raise_fd_limit: false,
+            fd_cap: None,
             #[cfg(feature = "etcd")]
             etcd: None,
         }
@@ -242,8 +245,9 @@ impl BrokerBuilder {
         if self.tcp.is_none() && self.uds.is_none() {
             return Err(BrokerError::NoListener);
         }
-        self.max_connections =
-            super::fd_limit::connection_cap(self.max_connections, self.raise_fd_limit);
+        let cap = super::fd_limit::connection_cap(self.max_connections, self.raise_fd_limit);
+        self.max_connections = cap.cap;
+        self.fd_cap = Some(cap);
         let poll = Poll::new()?;
         let mut tcp = match self.tcp {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|source| BrokerError::Bind {

@@ -9,33 +9,67 @@
 /// the lock file, etcd's sockets), at most.
 const RESERVE_MAX: u64 = 64;
 
+/// The connection cap in effect and how it came about, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cap {
+    pub cap: usize,
+    wanted: usize,
+    /// The open-file limit: (soft, hard), when known.
+    limit: Option<(u64, u64)>,
+    /// The soft limit before it was raised.
+    raised_from: Option<u64>,
+}
+
+impl Cap {
+    /// One line (two when the limit was raised), logged once the broker runs, after the
+    /// "listening" line.
+    pub fn log(&self) {
+        let Some((soft, hard)) = self.limit else {
+            return;
+        };
+        if let Some(was) = self.raised_from {
+            tracing::info!("raised the open-file soft limit from {was} to {soft}");
+        }
+        let (cap, wanted) = (self.cap, self.wanted);
+        if cap < wanted {
+            tracing::warn!(
+                "at most {cap} connections, not {wanted}: the open-file limit is {soft} (hard \
+                 {hard}); raise it (ulimit -n) for more"
+            );
+        } else {
+            tracing::info!("at most {cap} connections (open-file limit {soft})");
+        }
+    }
+}
+
 /// The cap on connections that fits under the open-file limit, after raising the soft limit
-/// (when `raise`) toward what `wanted` connections need. Logs the result.
-pub(super) fn connection_cap(wanted: usize, raise: bool) -> usize {
+/// (when `raise`) toward what `wanted` connections need.
+pub(super) fn connection_cap(wanted: usize, raise: bool) -> Cap {
     let Some((mut soft, hard)) = nofile() else {
-        return wanted;
+        return Cap {
+            cap: wanted,
+            wanted,
+            limit: None,
+            raised_from: None,
+        };
     };
     let need = (wanted as u64).saturating_add(RESERVE_MAX);
+    let mut raised_from = None;
     if raise && soft < need {
         let target = need.min(hard);
         // macOS refuses a soft limit above OPEN_MAX (10,240) even when the hard one is higher.
         if set_soft(target, hard) || (target > 10_240 && set_soft(10_240, hard)) {
-            let was = soft;
+            raised_from = Some(soft);
             soft = nofile().map_or(soft, |(s, _)| s);
-            tracing::info!("raised the open-file soft limit from {was} to {soft}");
         }
     }
     let room = soft.saturating_sub(reserve(soft));
-    let cap = wanted.min(usize::try_from(room).unwrap_or(usize::MAX));
-    if cap < wanted {
-        tracing::warn!(
-            "at most {cap} connections, not {wanted}: the open-file limit is {soft} (hard \
-             {hard}); raise it (ulimit -n) for more"
-        );
-    } else {
-        tracing::info!("at most {cap} connections (open-file limit {soft})");
+    Cap {
+        cap: wanted.min(usize::try_from(room).unwrap_or(usize::MAX)),
+        wanted,
+        limit: Some((soft, hard)),
+        raised_from,
     }
-    cap
 }
 
 /// Descriptors left for the broker's own files under a limit of `soft`.
@@ -73,8 +107,8 @@ mod tests {
         assert_eq!(reserve(40), 8);
         assert_eq!(reserve(1024), 64);
         let (soft, _) = nofile().expect("getrlimit");
-        let cap = connection_cap(usize::MAX, false);
+        let cap = connection_cap(usize::MAX, false).cap;
         assert_eq!(cap as u64, soft - reserve(soft));
-        assert_eq!(connection_cap(5, false), 5);
+        assert_eq!(connection_cap(5, false).cap, 5);
     }
 }

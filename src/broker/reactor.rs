@@ -67,6 +67,9 @@ pub struct Broker {
 impl Broker {
     /// Runs the broker on this thread until shut down.
     pub fn run(mut self) -> Result<(), BrokerError> {
+        if let Some(cap) = self.cfg.fd_cap.take() {
+            cap.log();
+        }
         let mut events = Events::with_capacity(1024);
         let mut busy = false;
         loop {
