@@ -131,3 +131,52 @@ fn a_daemon_on_a_named_socket_in_the_per_user_dir_checks_the_dir() {
     assert!(err.contains("is not a private directory"), "{err}");
     assert!(!open.join("broker.sock").exists());
 }
+
+/// `--auth-token-file`: the token comes from a file, so it is in no command line.
+#[test]
+fn the_auth_token_can_come_from_a_file() {
+    use std::io::Write;
+    let dir = TempDir::new();
+    let file = dir.join("token");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let sock = dir.join("t.sock");
+    let mut child = Command::new(LMX)
+        .args(["start", "--port", "0", "--uds"])
+        .arg(&sock)
+        .arg("--auth-token-file")
+        .arg(&file)
+        .env_remove("LMX_AUTH_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut answers = Vec::new();
+    for token in ["wrong", "s3cret"] {
+        let mut s = None;
+        for _ in 0..200 {
+            s = std::os::unix::net::UnixStream::connect(&sock).ok();
+            if s.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut s = s.expect("the broker listens");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        writeln!(s, r#"{{"type":"auth","uuid":"a","token":"{token}"}}"#).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        answers.push(line);
+    }
+    child.kill().ok();
+    child.wait().ok();
+    println!("auth with a wrong token, then the file's: {answers:?}");
+    assert!(
+        answers[0].contains(r#""authenticated":false"#),
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].contains(r#""authenticated":true"#),
+        "{answers:?}"
+    );
+}
