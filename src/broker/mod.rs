@@ -34,6 +34,7 @@
 mod accept;
 mod config;
 mod core;
+mod fd_limit;
 mod flow;
 mod handle;
 mod http;
@@ -93,6 +94,7 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     transport::UpgradeCheck {
         policy: std::sync::Arc::new(policy),
         token: None,
+        proved: Default::default(),
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Broker {
     pub(super) next_gen: u64,
     pub(super) needs_housekeeping: bool,
     pub(super) retry_accept: bool,
+    /// Connections that had not proved themselves when accepted, oldest first (see
+    /// `accept::evict_pending`).
+    pub(super) pending_order: std::collections::VecDeque<(usize, ConnId)>,
     /// Held in reserve so that a connection can still be accepted (and refused) when the
     /// process runs out of descriptors.
     pub(super) spare_fd: Option<std::fs::File>,
@@ -68,6 +71,9 @@ pub struct Broker {
 impl Broker {
     /// Runs the broker on this thread until shut down.
     pub fn run(mut self) -> Result<(), BrokerError> {
+        if let Some(cap) = self.cfg.fd_cap.take() {
+            cap.log();
+        }
         let mut events = Events::with_capacity(1024);
         let mut busy = false;
         loop {
@@ -203,7 +209,7 @@ impl Broker {
         let Some(sock) = self.socks.get(slot) else {
             return;
         };
-        if matches!(sock.io, Io::Handshake(_)) {
+        if matches!(sock.io, Io::Handshake(..)) {
             return self.on_readable(slot, now);
         }
         self.flush_and_judge(slot, now);
@@ -310,13 +316,15 @@ impl Broker {
         self.flush_list = slots;
     }
 
-    /// Cuts off connections that are stuck in a handshake or never read their output.
+    /// Cuts off connections that are stuck in a handshake (or, with an auth token, have not
+    /// authenticated) or never read their output.
     fn housekeeping(&mut self, now: Instant) {
         let caps = self.caps();
         let mut doomed = Vec::new();
         let mut watching = false;
+        let token = self.cfg.auth_token.is_some();
         for (slot, s) in &self.socks {
-            if s.handshaking() {
+            if s.pending(token) {
                 if now.duration_since(s.opened) > self.cfg.handshake_timeout {
                     doomed.push(slot);
                 } else {
@@ -330,8 +338,13 @@ impl Broker {
         }
         self.needs_housekeeping = watching;
         for slot in doomed {
-            self.close(slot, now, "handshake or stalled output timed out");
+            self.close(
+                slot,
+                now,
+                "handshake, authentication or stalled output timed out",
+            );
         }
+        self.prune_pending();
     }
 
     /// Closes the socket at `slot` and tells the core, which releases its locks. Logs one

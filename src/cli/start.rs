@@ -25,8 +25,9 @@ pub(crate) struct StartArgs {
     /// File mode of the Unix socket, in octal
     #[arg(long, value_name = "MODE", default_value = "600")]
     uds_mode: String,
-    /// Shared secret every client must present first (NDJSON `auth` message, or the
-    /// WebSocket upgrade's `Authorization: Bearer` header)
+    /// Shared secret every client must present first (an `auth` message, or the WebSocket
+    /// upgrade's `Authorization: Bearer` header). Prefer $LMX_AUTH_TOKEN or --auth-token-file:
+    /// other local users can read a process's command line
     #[arg(
         long,
         env = "LMX_AUTH_TOKEN",
@@ -34,6 +35,9 @@ pub(crate) struct StartArgs {
         hide_env_values = true
     )]
     auth_token: Option<String>,
+    /// Read the auth token from this file (its first line), so that it is in no command line
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_token")]
+    auth_token_file: Option<PathBuf>,
     /// Allow `force` unlocks only over the Unix socket or from authenticated connections
     #[arg(long)]
     restrict_admin: bool,
@@ -238,10 +242,11 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
     let b = store(a, b)?;
     Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
         .uds_mode(uds_mode)
-        .auth_token(a.auth_token.clone())
+        .auth_token(auth_token(a)?)
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
         .max_waiters(a.max_waiters)
+        .raise_fd_limit(true)
         .spin(Duration::from_micros(a.spin_us))
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())
@@ -257,6 +262,23 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
             k
         }))
         .idle_exit(a.idle_exit.map(Duration::from_secs)))
+}
+
+/// `--auth-token` / `LMX_AUTH_TOKEN`, or the first line of `--auth-token-file`.
+fn auth_token(a: &StartArgs) -> Result<Option<String>, String> {
+    let Some(path) = &a.auth_token_file else {
+        return Ok(a.auth_token.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--auth-token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// `--store` and `--session-ttl`.

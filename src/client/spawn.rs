@@ -37,7 +37,8 @@ pub enum LocalAddr {
 
 /// The address a broker for `url` would listen on, if that broker may be spawned on this host:
 /// a Unix socket, or a TCP/WebSocket URL whose host is loopback. Any other URL is an error,
-/// since a broker started here would not be the one other hosts reach.
+/// since a broker started here would not be the one other hosts reach. A socket in the
+/// per-user directory ([`runtime_dir`]) makes and checks that directory, as the default does.
 ///
 /// ```
 /// use live_mutex::client::{spawn_target, LocalAddr};
@@ -48,7 +49,14 @@ pub enum LocalAddr {
 /// ```
 pub fn spawn_target(url: &str) -> Result<LocalAddr> {
     let (host, port) = match url::parse(url)?.0 {
-        Endpoint::Unix(p) => return Ok(LocalAddr::Unix(p)),
+        Endpoint::Unix(p) => {
+            // A socket in the per-user directory, named explicitly (`--url`, `LMX_URL`): the
+            // directory is made and checked as for the default one, whoever starts the broker.
+            if p.parent() == Some(runtime_dir_path().as_path()) {
+                runtime_dir()?;
+            }
+            return Ok(LocalAddr::Unix(p));
+        }
         Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => (host, port),
     };
     let remote = || {
@@ -240,11 +248,7 @@ pub(crate) fn spawn_with(url: &str, starter: impl FnOnce() -> Result<Starter>) -
     }
     let lock_path = match &target {
         LocalAddr::Unix(p) => {
-            // A socket in the per-user directory, named explicitly: the directory is made (and
-            // checked) as for the default one.
-            if p.parent() == Some(runtime_dir_path().as_path()) {
-                runtime_dir()?;
-            }
+            // (`spawn_target` checked the per-user directory.)
             let mut s = p.as_os_str().to_owned();
             s.push(".spawn.lock");
             PathBuf::from(s)

@@ -153,10 +153,12 @@ fn redirect_stdio(log: Option<&Path>) -> std::io::Result<()> {
         .write(true)
         .open("/dev/null")?;
     let out = match log {
+        // Never through a symlink (see the broker's socket lock file).
         Some(p) => std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(p)?,
         None => null.try_clone()?,
     };

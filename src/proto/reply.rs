@@ -61,7 +61,9 @@ pub enum ManyOutcome<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HolderInfo<'a> {
-    /// Lock id.
+    /// Lock id; empty when the broker hides it (`null` on the wire): under `--restrict-admin`
+    /// a lock id is shown only to the connection that holds it and to admins, since anyone who
+    /// knows it may unlock or extend the lock.
     pub id: Cow<'a, str>,
     /// Fencing token of the grant (`None` if the broker does not say).
     pub fencing_token: Option<u64>,
@@ -116,7 +118,7 @@ impl Who<'_> {
 /// One queued request in a `lock-info-response` (`waiters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaiterInfo<'a> {
-    /// Its lock id (the request's uuid).
+    /// Its lock id (the request's uuid); empty when hidden, as in [`HolderInfo::id`].
     pub id: Cow<'a, str>,
     /// Exclusive, read or write (`mode`).
     pub mode: Mode,

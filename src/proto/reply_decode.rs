@@ -414,7 +414,7 @@ fn holder<'a>(tape: &[Node<'a>], i: usize) -> Result<HolderInfo<'a>, Kind> {
         got: tape.get(i).map_or("nothing", kind_name),
     })?;
     Ok(HolderInfo {
-        id: Cow::Borrowed(h.str("id")?),
+        id: Cow::Borrowed(h.opt_str("id")?.unwrap_or_default()),
         fencing_token: h.opt_u64("fencingToken")?,
         mode: mode(&h)?,
         ttl_remaining: h.opt_u64("ttlRemaining")?.map(Duration::from_millis),
@@ -430,7 +430,7 @@ fn waiter<'a>(tape: &[Node<'a>], i: usize) -> Result<WaiterInfo<'a>, Kind> {
         got: tape.get(i).map_or("nothing", kind_name),
     })?;
     Ok(WaiterInfo {
-        id: Cow::Borrowed(w.str("id")?),
+        id: Cow::Borrowed(w.opt_str("id")?.unwrap_or_default()),
         mode: mode(&w)?,
         waiting_since_ms: w.opt_u64("waitingSince")?,
         who: who(&w)?,

@@ -125,6 +125,8 @@ impl Table {
     }
 
     /// Releases the holder `id` of `key`, or with `force` every holder of the key (an admin act).
+    /// A forced unlock that names an id is refused unless that id holds the key: a stale id
+    /// (a lock that expired, was released or forced) must not evict the current holder.
     pub fn unlock(
         &mut self,
         now: Instant,
@@ -137,13 +139,17 @@ impl Table {
             return Err(TableError::IdRequired);
         }
         let Some(&slot) = self.index.get(key) else {
-            return if force {
+            return if force && id.is_none() {
                 Ok(0)
             } else {
                 Err(TableError::NotHeld)
             };
         };
-        if force {
+        let named_holds = |id: &str| {
+            let ks = &self.keys[slot as usize];
+            ks.holder_of(id, false).is_some() || ks.holder_of(id, true).is_some()
+        };
+        if force && id.is_none_or(named_holds) {
             let ks = &mut self.keys[slot as usize];
             let gone: Vec<Holder> = ks.holders.drain(..).collect();
             for h in &gone {

@@ -121,6 +121,8 @@ impl Core {
             } => {
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
+                    // Released: its ack probe, if any, has nothing left to find.
+                    self.acks.remove(&id);
                 }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(queue_len), false);
@@ -394,12 +396,15 @@ impl Core {
     }
 
     fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str, info: KeyView) {
+        let Some(viewer) = self.conn_at(slot).map(|c| c.id) else {
+            return;
+        };
         let wall = (self.wall_clock)();
         let holders: Vec<HolderInfo<'_>> = info
             .holders
             .iter()
             .map(|h| HolderInfo {
-                id: (*h.id).into(),
+                id: self.shown_id(viewer, h.conn, &h.id).into(),
                 fencing_token: Some(h.token),
                 mode: h.mode,
                 ttl_remaining: h.ttl_remaining,
@@ -411,7 +416,7 @@ impl Core {
             .waiters
             .iter()
             .map(|w| WaiterInfo {
-                id: (*w.id).into(),
+                id: self.shown_id(viewer, w.conn, &w.id).into(),
                 mode: w.mode,
                 waiting_since_ms: w.since.map(|s| wall_ms(wall, now, s)),
                 who: w.conn.map(|c| self.who(c)).unwrap_or_default(),

@@ -239,10 +239,11 @@ impl Core {
     }
 
     /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
-    /// carried it).
+    /// carried it): the same rights as a connection that sent `auth`, admin acts included.
     pub fn authenticated(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
+            c.admin = true;
         }
     }
 

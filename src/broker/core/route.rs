@@ -338,11 +338,9 @@ impl Core {
         lock_id: Option<&str>,
         force: bool,
     ) {
-        if let Some(id) = lock_id
-            && !self.acks.is_empty()
-        {
-            self.acks.remove(id);
-        }
+        // A pending ack probe of `lock_id` is settled by the store's answer (`Unlocked`), not
+        // here: an unlock that fails (another key, a refused force, a stranger's guess) must
+        // leave the probe that finds a ghost grant in place.
         let admin = self.conn_at(slot).is_some_and(|c| c.admin);
         if force && !admin {
             self.reject(Reject::Forbidden);

@@ -100,6 +100,9 @@ impl Core {
 
     /// Encodes one snapshot into the output of the connection at `slot`.
     fn snapshot(&mut self, slot: usize, now: Instant, uuid: &str) {
+        let Some(viewer) = self.conn_at(slot).map(|c| c.id) else {
+            return;
+        };
         let wall = (self.wall_clock)();
         // A distributed store (etcd) has no local table to show: totals stay at zero.
         let table = self.store.table();
@@ -155,7 +158,7 @@ impl Core {
                 .field("holders");
             write_list(&mut *k.out, i.holders.iter().take(MAX_PER_KEY), |out, h| {
                 let mut ho = Obj::new(out);
-                ho.str("id", &h.id)
+                ho.lock_id("id", self.shown_id(viewer, Some(h.conn), &h.id))
                     .u64("fencingToken", h.token)
                     .str("mode", h.mode.as_str())
                     .opt_u64("ttlRemaining", h.ttl_remaining.map(ms))
@@ -166,7 +169,7 @@ impl Core {
             k.field("waiters");
             write_list(&mut *k.out, i.queue.iter().take(MAX_PER_KEY), |out, w| {
                 let mut wo = Obj::new(out);
-                wo.str("id", &w.id)
+                wo.lock_id("id", self.shown_id(viewer, Some(w.conn), &w.id))
                     .str("mode", w.mode.as_str())
                     .u64("waitingSince", wall_ms(wall, now, w.since))
                     .who(&self.who(w.conn));

@@ -3,6 +3,7 @@
 //! sockets. `tests/compat_wire.rs` checks the same promises over TCP, in real time.
 
 mod caps;
+mod rules;
 mod store;
 mod util;
 mod watch;
