@@ -37,6 +37,8 @@
 mod accept;
 mod config;
 mod core;
+mod fd_limit;
+mod flow;
 mod handle;
 mod http;
 pub(crate) mod http_guard;
@@ -104,6 +106,7 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     transport::UpgradeCheck {
         policy: std::sync::Arc::new(policy),
         token: None,
+        proved: Default::default(),
     }
 }
 

@@ -55,6 +55,11 @@ pub enum Error {
     /// certificate the broker refused). Never followed by a plain-text attempt.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A `serial`/`parallel` take that cannot proceed: a `serial` nested inside a `parallel` of
+    /// the same key by the same test (it would wait for itself), or a `timeout` that ran out
+    /// (the text names the holder).
+    #[error("{0}")]
+    Serial(String),
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
