@@ -239,7 +239,11 @@ impl LockGuard {
     /// assert!(!g.is_lost());
     /// broker.shutdown();
     /// broker.join()?;
-    /// std::thread::sleep(std::time::Duration::from_millis(50));
+    /// // The client's reader notices the close soon after; give it time on a busy machine.
+    /// let t0 = std::time::Instant::now();
+    /// while !g.is_lost() && t0.elapsed() < std::time::Duration::from_secs(10) {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10));
+    /// }
     /// assert!(g.is_lost());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

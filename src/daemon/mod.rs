@@ -79,7 +79,7 @@ pub fn detach(
             let mut w = std::fs::File::from(wr);
             if let Err(e) = redirect_stdio(log) {
                 let shown = log.map_or(String::new(), |p| p.display().to_string());
-                let _ = write!(w, "ERR log {shown}: {e}");
+                let _ = write!(w, "ERR --log {shown}: {e}");
                 unsafe { libc::_exit(1) };
             }
             let mut w = Some(w);
