@@ -17,7 +17,8 @@
 //! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
 //!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
 //!   and writing its output out.
-//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options.
+//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
+//!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
 //!   close requests out, with a file per command; its tests drive it in memory with
 //!   simulated time.
@@ -41,6 +42,7 @@ mod keepalive;
 mod metrics;
 mod reactor;
 mod transport;
+mod unix_peer;
 
 use std::io;
 use std::path::PathBuf;

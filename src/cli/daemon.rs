@@ -15,7 +15,6 @@ use super::{EXIT_UNAVAILABLE, EXIT_USAGE};
 use live_mutex::Client;
 use live_mutex::broker::{BrokerBuilder, BrokerError};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 
@@ -38,12 +37,14 @@ pub(crate) fn daemon(
             return EXIT_USAGE;
         }
     };
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("lmx start: pipe: {}", std::io::Error::last_os_error());
-        return EXIT_UNAVAILABLE;
-    }
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Close-on-exec on every OS, so the broker's children do not hold the pipe open.
+    let (mut rd, wr) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lmx start: pipe: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
     match unsafe { libc::fork() } {
         -1 => {
             eprintln!("lmx start: fork: {}", std::io::Error::last_os_error());
@@ -57,7 +58,7 @@ pub(crate) fn daemon(
                 match libc::fork() {
                     0 => {}
                     -1 => {
-                        let mut w = std::fs::File::from(wr);
+                        let mut w = wr;
                         let e = std::io::Error::last_os_error();
                         let _ = write!(w, "ERR fork: {e}");
                         libc::_exit(1);
@@ -65,7 +66,7 @@ pub(crate) fn daemon(
                     _ => libc::_exit(0),
                 }
             }
-            let mut w = std::fs::File::from(wr);
+            let mut w = wr;
             if let Err(e) = redirect_stdio(log.as_deref()) {
                 let _ = write!(
                     w,
@@ -108,7 +109,7 @@ pub(crate) fn daemon(
             {
             }
             let mut reply = String::new();
-            let _ = std::fs::File::from(rd).read_to_string(&mut reply);
+            let _ = rd.read_to_string(&mut reply);
             report(&url, &reply)
         }
     }
