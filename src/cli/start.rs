@@ -87,7 +87,7 @@ pub(crate) struct StartArgs {
     /// Detach (new session, stdio to /dev/null or --log) and exit 0 once the broker listens,
     /// or at once if a broker already answers at the address. With no --host/--port/--uds:
     /// --url, else $LMX_URL, else the per-user socket ($XDG_RUNTIME_DIR/live-mutex/broker.sock,
-    /// else /tmp/live-mutex-$UID/broker.sock)
+    /// else on macOS $TMPDIR/live-mutex-$UID/broker.sock, else /tmp/live-mutex-$UID/broker.sock)
     #[arg(long)]
     pub(crate) daemon: bool,
     /// With --daemon: append the broker's log here instead of discarding it
