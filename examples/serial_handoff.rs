@@ -1,7 +1,8 @@
-//! N short-lived processes take turns on one key, three ways, in one run: through a broker
-//! spawned by `connect_or_spawn` (`lmx start --daemon`), through `serial_test`'s `file_serial`
-//! (an `flock` on a file in `$TMPDIR`), and through a lock-file poller (`O_CREAT|O_EXCL`, retry
-//! every 1 ms). Reports time per handoff and fairness.
+//! N short-lived processes take turns on one key, four ways, in one run: through a broker
+//! spawned by `connect_or_spawn` with `lmx start --daemon` (`lmx`), through one it starts from
+//! the workers' own executable when no `lmx` is found (`zero-install`), through `serial_test`'s
+//! `file_serial` (an `flock` on a file in `$TMPDIR`), and through a lock-file poller
+//! (`O_CREAT|O_EXCL`, retry every 1 ms). Reports time per handoff and fairness.
 //!
 //! `cargo build --release --bin lmx && cargo run --release --example serial_handoff -- [N] [HOLD_US] [ROUNDS]`
 //! (`LMX_BIN` names the lmx binary; by default the one next to this example's target dir).
@@ -50,7 +51,7 @@ fn spin(d: Duration) {
 
 fn worker(method: &str, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (asked, got, gave) = match method {
-        "lmx" => {
+        "lmx" | "zero-install" => {
             let c = live_mutex::connect_or_spawn(&std::env::var("HB_URL")?)?;
             let asked = now_ns();
             let g = c.lock(KEY)?;
@@ -171,7 +172,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = std::env::temp_dir().join(format!("lmx-handoff-{}", std::process::id()));
     println!("{n} processes, hold {hold_us} us, {rounds} rounds per method (interleaved)");
     println!(
-        "{:<12} {:>6} {:>12} {:>12} {:>12} {:>11} {:>12} {:>8}",
+        "{:<13} {:>6} {:>12} {:>12} {:>12} {:>11} {:>12} {:>8}",
         "method",
         "round",
         "handoff p50",
@@ -182,7 +183,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "overlaps"
     );
     for round in 0..rounds {
-        for method in ["lmx", "file_serial", "poller"] {
+        for method in ["lmx", "zero-install", "file_serial", "poller"] {
             let dir = base.join(format!("{method}-{round}"));
             std::fs::create_dir_all(dir.join("xdg"))?;
             use std::os::unix::fs::PermissionsExt;
@@ -190,15 +191,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let url = format!("unix://{}/xdg/live-mutex/broker.sock", dir.display());
             let kids: Vec<_> = (0..n)
                 .map(|_| {
-                    Command::new(&exe)
-                        .args(["--worker", method, dir.to_str().unwrap()])
+                    let mut c = Command::new(&exe);
+                    c.args(["--worker", method, dir.to_str().unwrap()])
                         .env("HB_HOLD_US", hold_us.to_string())
                         .env("HB_URL", &url)
                         .env("LMX_BIN", &lmx)
                         .env("LMX_IDLE_EXIT", "1")
                         .env("XDG_RUNTIME_DIR", dir.join("xdg"))
-                        .env("TMPDIR", &dir)
-                        .spawn()
+                        .env("TMPDIR", &dir);
+                    if method == "zero-install" {
+                        // No lmx anywhere: the first worker starts the broker from this binary.
+                        c.env_remove("LMX_BIN").env("PATH", "/usr/bin:/bin");
+                    }
+                    c.spawn()
                 })
                 .collect::<Result<_, _>>()?;
             for mut k in kids {
@@ -215,7 +220,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let mean = f.handoff_us.iter().sum::<f64>() / f.handoff_us.len().max(1) as f64;
             println!(
-                "{method:<12} {round:>6} {:>9.1} us {:>9.1} us {:>9.1} us {:>11.3} {:>9.1} ms {:>8}",
+                "{method:<13} {round:>6} {:>9.1} us {:>9.1} us {:>9.1} us {:>11.3} {:>9.1} ms {:>8}",
                 pct(0.5),
                 pct(0.9),
                 mean,
@@ -223,7 +228,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 f.max_wait_ms,
                 f.overlaps
             );
-            if method == "lmx" {
+            if method == "lmx" || method == "zero-install" {
                 // Let the spawned broker idle out (1 s) before its directory goes.
                 std::thread::sleep(Duration::from_millis(1500));
             }

@@ -43,7 +43,10 @@
 //!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
 //!   `transport.rs`, `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
 //!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
-//!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
+//!   broker daemon on demand (`lmx`, or with feature `broker` the program's own executable:
+//!   `src/daemon/`, shared with `lmx start --daemon`), and [`serial()`](fn@serial) /
+//!   [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]` (`client/serial/`: reentrant
+//!   per test in `held.rs`, waits that name the holder in `wait.rs`, async takes in `scope.rs`)
 //!   serialise tests across processes.
 //! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its
 //!   lock state behind (ops in, events out), and its two implementations: the in-memory
@@ -121,6 +124,11 @@ pub mod async_client;
 pub mod broker;
 #[cfg(feature = "client")]
 pub mod client;
+/// Detaching a broker as a daemon: shared by `lmx start --daemon` and the zero-install start
+/// of the shared broker from a test executable (`daemon::self_serve`).
+#[cfg(all(feature = "client", feature = "broker"))]
+#[doc(hidden)]
+pub mod daemon;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -135,10 +143,15 @@ pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 #[cfg(feature = "client")]
 pub use client::{
     BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
-    connect_or_spawn_using, serial,
+    connect_or_spawn_using, parallel, serial,
 };
-/// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial("db", "cache")]` on a
-/// `#[test]` or async test fn holds those keys (all-or-nothing) for the whole test. A function
-/// and an attribute macro live in different namespaces, so both are `live_mutex::serial`.
+/// The attribute form of [`parallel()`](fn@parallel): holds the keys shared, so parallel tests
+/// of a key run together, never alongside a serial one.
+#[cfg(feature = "macros")]
+pub use live_mutex_macros::parallel;
+/// The attribute form of [`serial()`](fn@serial): `#[live_mutex::serial(db, cache)]` on a test
+/// fn (or an async helper, or a `mod` of tests) holds those keys exclusively (all-or-nothing)
+/// for the whole call; `#[live_mutex::serial]` holds one default key. A function and an
+/// attribute macro live in different namespaces, so both are `live_mutex::serial`.
 #[cfg(feature = "macros")]
 pub use live_mutex_macros::serial;

@@ -30,28 +30,69 @@ fn ndjson_must_authenticate_first() {
     assert_eq!(c.lock("k", "a")["acquired"], true);
 }
 
+fn ws_text(ws: &mut tungstenite::WebSocket<TcpStream>, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+}
+
+fn ws_reply(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<serde_json::Value> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A WebSocket upgrade with `Authorization: Bearer <token>` is authenticated: under
+/// `--restrict-admin` it may force, like an NDJSON connection that sent `auth`. A wrong token
+/// is refused (401). Without the header (a browser cannot set one: the status page) the
+/// upgrade goes on and the connection must send `auth` first, like an NDJSON one.
 #[test]
-fn websocket_upgrade_needs_the_bearer_token() {
-    let b = TestBroker::with(|b| b.auth_token(Some("s3cret".into())));
-    let s = TcpStream::connect(b.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let err = tungstenite::client(format!("ws://{}/", b.addr), s);
-    assert!(err.is_err(), "upgrade without a token must fail");
+fn websocket_authenticates_by_its_bearer_header_or_an_auth_message() {
     use tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{}/", b.addr).into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Authorization", "Bearer s3cret".parse().unwrap());
-    let s = TcpStream::connect(b.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (mut ws, resp) = tungstenite::client(req, s).expect("upgrade with the token");
-    assert_eq!(resp.status(), 101);
-    ws.send(tungstenite::Message::text(
-        json!({"type":"lock","uuid":"a","key":"k"}).to_string(),
-    ))
-    .unwrap();
-    let reply: serde_json::Value =
-        serde_json::from_str(&ws.read().unwrap().into_text().unwrap()).unwrap();
-    assert_eq!(reply["acquired"], true);
+    let b = TestBroker::with(|b| b.auth_token(Some("s3cret".into())).restrict_admin(true));
+    let ws_with = |auth: Option<&str>| {
+        let mut req = format!("ws://{}/", b.addr).into_client_request().unwrap();
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert("Authorization", a.parse().unwrap());
+        }
+        let s = TcpStream::connect(b.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tungstenite::client(req, s).map(|(ws, _)| ws).ok()
+    };
+    assert!(
+        ws_with(Some("Bearer wrong")).is_none(),
+        "a wrong token: 401"
+    );
+    let mut ws = ws_with(Some("Bearer s3cret")).expect("upgrade with the token");
+    ws_text(&mut ws, json!({"type":"lock","uuid":"a","key":"k"}));
+    assert_eq!(ws_reply(&mut ws).unwrap()["acquired"], true);
+    ws_text(
+        &mut ws,
+        json!({"type":"unlock","uuid":"f","key":"k","force":true}),
+    );
+    let r = ws_reply(&mut ws).unwrap();
+    assert_eq!(
+        r["unlocked"], true,
+        "an authenticated WebSocket may force: {r}"
+    );
+    // No header: anything but `auth` first closes it; `auth` first serves it.
+    let mut ws = ws_with(None).expect("upgrade without the header");
+    ws_text(&mut ws, json!({"type":"lock","uuid":"b","key":"k"}));
+    assert!(
+        ws_reply(&mut ws).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("authenticate")
+    );
+    assert!(ws_reply(&mut ws).is_none(), "closed");
+    let mut ws = ws_with(None).expect("upgrade without the header");
+    ws_text(&mut ws, json!({"type":"auth","uuid":"x","token":"s3cret"}));
+    assert_eq!(ws_reply(&mut ws).unwrap()["authenticated"], true);
+    ws_text(&mut ws, json!({"type":"lock","uuid":"c","key":"k"}));
+    assert_eq!(ws_reply(&mut ws).unwrap()["acquired"], true);
 }
 
 #[test]

@@ -226,6 +226,10 @@ fn pipelined_burst_in_order(t: Transport) {
 fn bad_input(t: Transport) {
     let b = TestBroker::start();
     let mut c = b.connect(t);
+    // Before the first valid request a bad line closes the connection (tests/first_contact.rs);
+    // after it, each gets an error reply and the connection lives on.
+    c.send(json!({"type":"ping","uuid":"p"}));
+    assert_eq!(c.recv()["type"], "pong");
     let long_key = "k".repeat(2000);
     let cases: Vec<(String, &str)> = vec![
         ("this is not json".into(), "invalid JSON"),
@@ -302,6 +306,8 @@ per_transport!(
 fn non_utf8_and_nul_bytes_get_an_error_reply() {
     let b = TestBroker::start();
     let mut c = b.connect(Transport::Tcp);
+    c.send(json!({"type":"ping","uuid":"p"}));
+    assert_eq!(c.recv()["type"], "pong");
     c.send_bytes(b"{\"type\":\"lock\",\"uuid\":\"x\",\"key\":\"\xff\xfe\"}\n");
     assert!(c.recv()["error"].as_str().unwrap().contains("UTF-8"));
     c.send_bytes(b"\0\0\0\n");

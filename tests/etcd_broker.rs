@@ -393,6 +393,81 @@ fn etcd_leader_kill_both_brokers_serve_again_without_overlap() {
     }
 }
 
+/// Issue 20, item 11: after the leader is killed and a new one elected (the first lock cycle
+/// after the kill succeeds), 8 clients (4 per broker) contending for one key get no error
+/// reply: a request that meets a dead member or an election is retried on a live member
+/// within its deadline, never answered with an error while a quorum is alive.
+#[test]
+fn etcd_after_a_leader_kill_requests_are_retried_not_failed() {
+    let Some(cl) = Cluster::get(true) else { return };
+    let p = prefix("bretry");
+    let b = [broker(&cl, &p), broker(&cl, &p)];
+    // Each broker has served a request, so each has connections to every member.
+    for (_, url) in &b {
+        client(url)
+            .lock("warm")
+            .expect("warm-up")
+            .unlock()
+            .expect("unlock");
+    }
+    let leader = cl.leader();
+    // SAFETY: kill(2) on a pid this test's private cluster started.
+    unsafe { libc::kill(cl.pids[leader], libc::SIGKILL) };
+    let killed = Instant::now();
+    let first = client(&b[0].1);
+    let end = killed + Duration::from_secs(30);
+    loop {
+        if let Ok(g) = first.lock("hot") {
+            g.unlock().expect("unlock");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no lock cycle within 30 s of the kill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "first lock cycle {:?} after the leader kill",
+        killed.elapsed()
+    );
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, errors, cycles) = (b[i % 2].1.clone(), errors.clone(), cycles.clone());
+            std::thread::spawn(move || {
+                let c = client(&url);
+                for _ in 0..100 {
+                    match c.lock("hot").and_then(|g| g.unlock()) {
+                        Ok(()) => {
+                            cycles.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    let errors = errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    println!(
+        "after the leader kill: {} lock cycles, {} errors {:?}",
+        cycles.load(Ordering::Relaxed),
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(errors.is_empty());
+    for (h, _) in b {
+        stop(h);
+    }
+}
+
 #[test]
 fn keep_alive_extend_and_lock_info_through_etcd() {
     let Some(cl) = Cluster::get(false) else {

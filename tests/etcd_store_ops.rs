@@ -664,3 +664,45 @@ fn disconnect_releases_the_group() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Issue 20, item 7: a forced unlock that names an id holding nothing (here on another broker)
+/// is refused and the holder keeps the key; naming the holder, or no id, releases it.
+#[test]
+fn a_forced_unlock_naming_a_stale_id_is_refused() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("forcestale");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "k", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    let force = |id: Option<&str>| StoreOp::Unlock {
+        conn: ConnId(2),
+        key: "k".into(),
+        id: id.map(Into::into),
+        force: true,
+    };
+    n[1].submit(force(Some("stale")));
+    n[1].expect(
+        &wake,
+        "refused",
+        T,
+        error_is(Op::Unlock, StoreError::Rule(TableError::NotHeld)),
+    );
+    assert_eq!(all_keys(&mut n[1], &wake), ["k"]);
+    n[1].submit(force(Some("h")));
+    n[1].expect(&wake, "released", T, |e| {
+        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+    });
+    n[0].expect(
+        &wake,
+        "h lost",
+        T,
+        |e| matches!(e, StoreEvent::Lost { id, .. } if id == "h"),
+    );
+    n[1].submit(force(None));
+    n[1].expect(&wake, "nothing to release", T, |e| {
+        matches!(e, StoreEvent::Unlocked { released: 0, .. })
+    });
+}

@@ -68,6 +68,6 @@ fn cache_returning_result() -> Result<(), String> {
 
 #[test]
 fn the_guard_function_serialises_too() {
-    let _g = live_mutex::client::__serial_attr(&["attr-db"], option_env!("CARGO_BIN_EXE_lmx"));
+    let _g = live_mutex::client::serial_many(&["attr-db"]).unwrap();
     inside(&["attr-db"]);
 }

@@ -43,6 +43,7 @@ impl Sandbox {
             .env("LMX_SANDBOX", &self.dir)
             .env_remove("LMX_URL")
             .env_remove("LMX_SPAWN")
+            .env_remove("LMX_AUTH_TOKEN")
             .env_remove("live_mutex_host")
             .env_remove("live_mutex_port");
         c
@@ -69,7 +70,8 @@ impl Sandbox {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
             let has = |hay: &[u8], n: &[u8]| hay.split(|&b| b == 0).any(|w| w == n);
-            if has(&cmdline, b"--daemon") && has(&environ, needle.as_bytes()) {
+            let daemon = has(&cmdline, b"--daemon") || has(&cmdline, b"--live-mutex-broker");
+            if daemon && has(&environ, needle.as_bytes()) {
                 out.push(pid);
             }
         }
@@ -95,6 +97,12 @@ impl Drop for Sandbox {
         }
         std::fs::remove_dir_all(&self.dir).ok();
     }
+}
+
+/// The same, with no `lmx` to run: no `LMX_BIN`, and a `PATH` without it.
+fn without_lmx(mut c: Command) -> Command {
+    c.env_remove("LMX_BIN").env("PATH", "/usr/bin:/bin");
+    c
 }
 
 /// Not a test on its own: the body of the worker processes.
@@ -406,4 +414,82 @@ fn daemon_is_idempotent_logs_and_refuses_a_non_broker() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(69), "{err}");
     assert!(err.contains("does not answer as a broker"), "{err}");
+}
+
+/// Zero install: with no `lmx` anywhere, 24 processes racing start exactly one broker, from
+/// their own executable; it detaches, outlives them, and idles out.
+#[test]
+fn twenty_four_processes_without_lmx_start_one_broker_from_their_own_executable() {
+    let sb = Sandbox::new("selfserve");
+    let log = sb.dir.join("cs.log");
+    let kids: Vec<Child> = (0..24)
+        .map(|_| {
+            without_lmx(sb.worker("cycle", "default", &log))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for o in finish(kids) {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("OVERLAP").count(), 0, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 24);
+    let brokers = sb.brokers();
+    assert_eq!(brokers.len(), 1, "brokers: {brokers:?}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", brokers[0])).unwrap();
+    assert_eq!(
+        exe,
+        std::env::current_exe().unwrap(),
+        "the broker is this test executable"
+    );
+    one_broker_that_idles_out(&sb, &sb.default_url());
+}
+
+/// A token in the URL is required by the broker spawned for it, and is on no command line;
+/// for both ways of starting one (`lmx`, and the executable itself).
+#[test]
+fn a_spawned_broker_requires_the_urls_token_which_no_command_line_shows() {
+    const TOKEN: &str = "s3cret-spawn-token";
+    for with_lmx in [true, false] {
+        let sb = Sandbox::new(if with_lmx { "token-lmx" } else { "token-self" });
+        let url = format!("{}?token={TOKEN}", sb.default_url());
+        let log = sb.dir.join("cs.log");
+        let worker = sb.worker("hold", &url, &log);
+        let mut holder = if with_lmx {
+            worker
+        } else {
+            without_lmx(worker)
+        }
+        .spawn()
+        .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("holding")) {
+            assert!(Instant::now() < end, "the holder never got the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let anonymous = Client::connect(&sb.default_url()).and_then(|c| c.try_lock("db"));
+        assert!(
+            anonymous.is_err(),
+            "with_lmx={with_lmx}: a client without the token was served: {anonymous:?}"
+        );
+        let with_token = Client::connect(&url).unwrap();
+        assert!(
+            with_token.try_lock("db").unwrap().is_none(),
+            "held by the worker"
+        );
+        let token = TOKEN.as_bytes();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            assert!(
+                !cmdline.windows(token.len()).any(|w| w == token),
+                "the token is on the command line of {:?}: {}",
+                e.file_name(),
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+        assert_eq!(sb.brokers().len(), 1);
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
 }

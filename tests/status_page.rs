@@ -186,20 +186,20 @@ fn launch(exe: &Path, profile: &Path) -> (Browser, String) {
     }
 }
 
-#[test]
-fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
+/// Chromium on `url`, attached over DevTools: the browser (killed on drop), the DevTools
+/// client and the page's session id; `None` (the test skips) without chromium.
+fn open_page(profile: &Path, url: &str) -> Option<(Browser, Cdp, String)> {
     let Some(exe) = chromium() else {
-        if std::env::var_os("LMX_REQUIRE_CHROMIUM").is_some() {
-            panic!("LMX_REQUIRE_CHROMIUM is set but chromium is not installed");
-        }
+        assert!(
+            std::env::var_os("LMX_REQUIRE_CHROMIUM").is_none(),
+            "LMX_REQUIRE_CHROMIUM is set but chromium is not installed"
+        );
         eprintln!(
             "SKIPPED: chromium not installed (apt-get install chromium; CI sets LMX_REQUIRE_CHROMIUM)"
         );
-        return;
+        return None;
     };
-    let b = TestBroker::start();
-    let profile = TempDir::new();
-    let (_browser, devtools) = launch(&exe, &profile.0);
+    let (browser, devtools) = launch(&exe, profile);
     let addr = devtools
         .strip_prefix("ws://")
         .and_then(|r| r.split('/').next())
@@ -210,7 +210,6 @@ fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
         .unwrap();
     let (ws, _) = tungstenite::client(devtools.as_str(), stream).expect("DevTools handshake");
     let mut cdp = Cdp { ws, next: 0 };
-    let page_url = format!("http://{}/", b.addr);
     let target = cdp.call(None, "Target.createTarget", json!({"url": "about:blank"}));
     let attached = cdp.call(
         None,
@@ -219,7 +218,17 @@ fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
     );
     let s = attached["sessionId"].as_str().expect("session").to_string();
     cdp.call(Some(&s), "Page.enable", json!({}));
-    cdp.call(Some(&s), "Page.navigate", json!({"url": page_url}));
+    cdp.call(Some(&s), "Page.navigate", json!({"url": url}));
+    Some((browser, cdp, s))
+}
+
+#[test]
+fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
+    let b = TestBroker::start();
+    let profile = TempDir::new();
+    let Some((_browser, mut cdp, s)) = open_page(&profile.0, &format!("http://{}/", b.addr)) else {
+        return;
+    };
 
     // The page loads and its WebSocket goes live.
     cdp.wait_for(
@@ -255,5 +264,26 @@ fn status_page_shows_a_lock_and_its_holder_live_in_chromium() {
     eprintln!(
         "screenshots: {}",
         held_png.canonicalize().unwrap().display()
+    );
+}
+
+/// With an auth token the page is opened as `/#token=...` and its WebSocket authenticates
+/// with an `auth` message (a browser cannot put an `Authorization` header on the upgrade).
+#[test]
+fn status_page_connects_to_a_broker_with_a_token_in_its_fragment() {
+    let b = TestBroker::with(|b| b.auth_token(Some("s3cret".into())));
+    let mut holder = b.connect(Transport::Tcp);
+    holder.send(json!({"type":"auth","uuid":"a","token":"s3cret"}));
+    assert_eq!(holder.recv()["authenticated"], true);
+    assert_eq!(holder.lock("with-token", "t-1")["acquired"], true);
+    let profile = TempDir::new();
+    let url = format!("http://{}/#token=s3cret", b.addr);
+    let Some((_browser, mut cdp, s)) = open_page(&profile.0, &url) else {
+        return;
+    };
+    cdp.wait_for(
+        &s,
+        "document.querySelector('#holders tr[data-key=\"with-token\"]') !== null",
+        "the lock to appear on the page of a broker with a token",
     );
 }

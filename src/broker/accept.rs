@@ -70,7 +70,7 @@ impl Broker {
                 }
             };
             self.warned_fds = false;
-            if self.socks.len() >= self.cfg.max_connections {
+            if self.socks.len() >= self.cfg.max_connections && !self.evict_pending(now) {
                 drop(io); // refused: closing at once is the clean answer a client can see
                 continue;
             }
@@ -91,7 +91,10 @@ impl Broker {
             {
                 continue;
             }
-            self.needs_housekeeping |= sock.handshaking();
+            if sock.pending(self.cfg.auth_token.is_some()) {
+                self.needs_housekeeping = true;
+                self.pending_order.push_back((slot, id));
+            }
             entry.insert(sock);
             let kind = if token == UDS_LISTENER {
                 ConnKind::Unix
@@ -108,6 +111,44 @@ impl Broker {
             if kind == ConnKind::Unix {
                 self.announce(slot, "NDJSON");
             }
+        }
+    }
+
+    /// The broker is full: closes the oldest connection that has not proved itself yet (see
+    /// `Socket::pending`), so that connections which never authenticate, or never finish a
+    /// handshake, cannot keep a newcomer out. Connections that did are never closed for room.
+    /// True when one was closed.
+    ///
+    /// `pending_order` lists connections in the order they were accepted; an entry that has
+    /// since proved itself or closed is dropped when it reaches the front, so each costs O(1).
+    fn evict_pending(&mut self, now: Instant) -> bool {
+        let token = self.cfg.auth_token.is_some();
+        while let Some((slot, id)) = self.pending_order.pop_front() {
+            if self
+                .socks
+                .get(slot)
+                .is_some_and(|s| s.id == id && s.pending(token))
+            {
+                self.close(slot, now, "closed for a newcomer: the broker is full and this connection had not authenticated or finished its handshake");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops the entries of `pending_order` at its front that are no longer pending, so that
+    /// it holds no more than the connections accepted since its oldest pending one.
+    pub(super) fn prune_pending(&mut self) {
+        let token = self.cfg.auth_token.is_some();
+        while let Some(&(slot, id)) = self.pending_order.front() {
+            if self
+                .socks
+                .get(slot)
+                .is_some_and(|s| s.id == id && s.pending(token))
+            {
+                return;
+            }
+            self.pending_order.pop_front();
         }
     }
 

@@ -41,6 +41,9 @@ pub struct BrokerBuilder {
     pub(super) allow_hosts: Vec<String>,
     pub(super) allow_origins: Vec<String>,
     pub(super) idle_exit: Option<Duration>,
+    pub(super) raise_fd_limit: bool,
+    /// The connection cap in effect (set by `bind`), logged when the broker runs.
+    pub(super) fd_cap: Option<super::fd_limit::Cap>,
     /// Lock decisions in etcd instead of the in-memory table (see [`BrokerBuilder::etcd`]).
     #[cfg(feature = "etcd")]
     pub(super) etcd: Option<crate::store::etcd::EtcdConfig>,
@@ -77,6 +80,8 @@ impl Default for BrokerBuilder {
             allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
             idle_exit: None,
+            raise_fd_limit: false,
+            fd_cap: None,
             #[cfg(feature = "etcd")]
             etcd: None,
         }
@@ -125,7 +130,15 @@ impl BrokerBuilder {
         self.limits.max_many_keys = self.table.max_keys_per_many;
         self
     }
-    /// Most open connections (default 10 000); one more is accepted and closed at once.
+    /// Most requests waiting at once across the broker (default 100 000); one more that would
+    /// wait is refused with an error (a try-lock or an immediate grant never is).
+    pub fn max_waiters(mut self, n: usize) -> Self {
+        self.table.max_waiters = n;
+        self
+    }
+    /// Most open connections (default 10 000); one more is accepted and closed at once. Each
+    /// takes a file descriptor, so the cap in effect is also bounded by the process's
+    /// open-file limit (less a few for the broker's own files); [`bind`](Self::bind) logs it.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
@@ -214,6 +227,14 @@ impl BrokerBuilder {
         self
     }
 
+    /// At [`bind`](Self::bind), raise this process's open-file soft limit toward its hard
+    /// limit, as far as [`max_connections`](Self::max_connections) needs (default off: a
+    /// library does not change its host's limits unasked; `lmx start` turns it on).
+    pub fn raise_fd_limit(mut self, on: bool) -> Self {
+        self.raise_fd_limit = on;
+        self
+    }
+
     /// Keep every lock decision in an etcd cluster (feature `etcd`), so that any number of
     /// brokers can serve the same keys: see [`crate::store::etcd`] for the recipe and
     /// README.md, "Running more than one broker". The broker's default TTL
@@ -226,10 +247,13 @@ impl BrokerBuilder {
     }
 
     /// Binds the listeners; the broker runs with [`Broker::run`] or [`Broker::spawn`].
-    pub fn bind(self) -> Result<Broker, BrokerError> {
+    pub fn bind(mut self) -> Result<Broker, BrokerError> {
         if self.tcp.is_none() && self.uds.is_none() {
             return Err(BrokerError::NoListener);
         }
+        let cap = super::fd_limit::connection_cap(self.max_connections, self.raise_fd_limit);
+        self.max_connections = cap.cap;
+        self.fd_cap = Some(cap);
         let poll = Poll::new()?;
         let mut tcp = match self.tcp {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
@@ -269,6 +293,9 @@ impl BrokerBuilder {
             auth_token: self.auth_token.clone(),
             restrict_admin: self.restrict_admin,
             wall_clock: SystemTime::now,
+            // Within the output cap with room to spare: a reply is written whole, so one
+            // listing after a backlog at the soft cap still stays below the hard one.
+            reply_budget: self.out_soft.min(self.out_hard / 4).max(4096),
         });
         #[cfg(feature = "etcd")]
         if let Some(cfg) = &self.etcd {
@@ -298,10 +325,12 @@ impl BrokerBuilder {
             socks: Slab::new(),
             scratch: Vec::with_capacity(1024),
             flush_list: Vec::new(),
+            resumed: Vec::new(),
             local_addr,
             next_gen: 1,
             needs_housekeeping: false,
             retry_accept: false,
+            pending_order: std::collections::VecDeque::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             warned_fds: false,
             warned_keepalive: false,
@@ -338,12 +367,15 @@ fn bind_uds(path: &Path, mode: u32) -> Result<UdsListener, BrokerError> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let lock_path = uds_lock_path(path);
+    // Never through a symlink: a broker run by root in a directory others can write to would
+    // otherwise create (or lock) whatever file the link names.
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(|source| BrokerError::Bind {
             addr: lock_path.display().to_string(),

@@ -1,7 +1,8 @@
 //! The tiny HTTP responder on the broker's TCP port: `GET /metrics` (Prometheus text) and
-//! `GET /` (the status page), told apart from a WebSocket upgrade by the request head. Like
-//! the upgrade, a connection whose first byte is `G` lands here; the head is peeked (not read)
-//! so that an upgrade still reaches tungstenite whole.
+//! `GET /` (the status page), told apart from a WebSocket upgrade by the request head; any
+//! other method gets 405. A connection whose first byte is an upper-case letter (every HTTP
+//! method; no request of the protocol starts with one) lands here; the head is peeked (not
+//! read) so that an upgrade still reaches tungstenite whole.
 //!
 //! Every answer first passes the same Host/Origin rules as the upgrade
 //! ([`HttpPolicy::check`]): a page on another origin, or a DNS-rebinding name, gets 403. No
@@ -171,7 +172,18 @@ impl Broker {
                 answer(200, "/", "text/html; charset=utf-8", STATUS_PAGE.as_bytes())
             }
             (Some("GET"), _) => answer(404, "not found", "text/plain", b"not found\n"),
-            _ => answer(405, "method not allowed", "text/plain", b"only GET\n"),
+            (method, _) => {
+                // A POST or PUT here is what a web page's `fetch` sends: noted like the other
+                // refusals. Nothing in its body runs.
+                let method = method.unwrap_or("?");
+                let why = format!("HTTP {method} on the broker's port (answered 405)");
+                if let Some(line) = self.refusals.refused(now, peer, &why) {
+                    tracing::warn!("{line}");
+                }
+                // A HEAD response carries no body.
+                let body: &[u8] = if method == "HEAD" { b"" } else { b"only GET\n" };
+                answer(405, "method not allowed", "text/plain", body)
+            }
         }
     }
 }

@@ -35,6 +35,8 @@
 mod accept;
 mod config;
 mod core;
+mod fd_limit;
+mod flow;
 mod handle;
 mod http;
 pub(crate) mod http_guard;
@@ -94,6 +96,7 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     transport::UpgradeCheck {
         policy: std::sync::Arc::new(policy),
         token: None,
+        proved: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ use slab::Slab;
 
 use super::config::UdsListener;
 use super::core::{Core, Event};
+use super::flow::{Caps, Verdict};
 use super::http_guard::{HttpPolicy, RefusalLog};
 use super::transport::{Io, Socket};
 use super::{BrokerBuilder, BrokerError};
@@ -39,10 +40,16 @@ pub struct Broker {
     pub(super) scratch: Vec<u8>,
     /// Slots with output of the transport's own to flush this turn (see `Socket::queued`).
     pub(super) flush_list: Vec<usize>,
+    /// Connections whose reading resumed (their output drained): read them next turn without
+    /// waiting for a readiness event, which will not come for data already waiting.
+    pub(super) resumed: Vec<(usize, ConnId)>,
     pub(super) local_addr: Option<SocketAddr>,
     pub(super) next_gen: u64,
     pub(super) needs_housekeeping: bool,
     pub(super) retry_accept: bool,
+    /// Connections that had not proved themselves when accepted, oldest first (see
+    /// `accept::evict_pending`).
+    pub(super) pending_order: std::collections::VecDeque<(usize, ConnId)>,
     /// Held in reserve so that a connection can still be accepted (and refused) when the
     /// process runs out of descriptors.
     pub(super) spare_fd: Option<std::fs::File>,
@@ -64,11 +71,14 @@ pub struct Broker {
 impl Broker {
     /// Runs the broker on this thread until shut down.
     pub fn run(mut self) -> Result<(), BrokerError> {
+        if let Some(cap) = self.cfg.fd_cap.take() {
+            cap.log();
+        }
         let mut events = Events::with_capacity(1024);
         let mut busy = false;
         loop {
             let timeout = self.next_timeout(Instant::now());
-            let spun = busy && self.spin(&mut events)?;
+            let spun = busy && self.resumed.is_empty() && self.spin(&mut events)?;
             if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -95,6 +105,11 @@ impl Broker {
                             self.on_readable(slot, now);
                         }
                     }
+                }
+            }
+            for (slot, id) in std::mem::take(&mut self.resumed) {
+                if self.socks.get(slot).is_some_and(|s| s.id == id) {
+                    self.on_readable(slot, now);
                 }
             }
             // The end of a loop turn: stop, retries, timers, flushes.
@@ -160,6 +175,9 @@ impl Broker {
     }
 
     fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+        if !self.resumed.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let mut next = self.core.poll_timeout();
         if let (Some(limit), Some(since)) = (self.cfg.idle_exit, self.idle_since) {
             next = Some(next.map_or(since + limit, |n| n.min(since + limit)));
@@ -191,44 +209,67 @@ impl Broker {
         let Some(sock) = self.socks.get(slot) else {
             return;
         };
-        if matches!(sock.io, Io::Handshake(_)) {
+        if matches!(sock.io, Io::Handshake(..)) {
             return self.on_readable(slot, now);
         }
-        match self.flush(slot) {
-            Ok(true) => {
-                let Some(sock) = self.socks.get_mut(slot) else {
-                    return;
-                };
-                if sock.close_after_flush {
-                    let why = sock.closing_why;
-                    return self.close(slot, now, why);
-                }
-                if sock.stalled_since.take().is_some() {
-                    // Reading stopped while output was backed up; edge-triggered readiness
-                    // will not fire again for data that already waits.
-                    self.on_readable(slot, now);
-                }
-            }
-            Ok(false) => {}
-            Err(_) => self.close(slot, now, "write failed"),
+        self.flush_and_judge(slot, now);
+    }
+
+    /// The back-pressure limits of every connection.
+    pub(super) fn caps(&self) -> Caps {
+        Caps {
+            soft: self.cfg.out_soft,
+            hard: self.cfg.out_hard,
+            stall: self.cfg.stall_timeout,
         }
     }
 
-    /// Writes what the socket takes of the core's output. Ok(true) when everything went out.
-    fn flush(&mut self, slot: usize) -> io::Result<bool> {
+    /// Writes what the socket takes of the connection's output, then settles its state: close
+    /// it if it asked to be once flushed, or if its backlog passed the hard cap; pause or
+    /// resume its reading (see `flow`). Every write goes through here, so a pause always ends
+    /// when the output drains, whichever write drained it.
+    fn flush_and_judge(&mut self, slot: usize, now: Instant) {
+        let res = self.flush(slot);
+        let caps = self.caps();
         let Some(sock) = self.socks.get_mut(slot) else {
-            return Ok(true);
+            return;
+        };
+        let (sent, done) = match res {
+            Ok(r) => r,
+            Err(_) => return self.close(slot, now, "write failed"),
+        };
+        if done && sock.close_after_flush {
+            let why = sock.closing_why;
+            return self.close(slot, now, why);
+        }
+        let backlog = self.core.output(sock.id).len();
+        match sock.flow.after_write(backlog, sent, &caps, now) {
+            Verdict::Keep => {
+                if sock.flow.is_paused() {
+                    self.needs_housekeeping = true;
+                }
+            }
+            Verdict::Resume => self.resumed.push((slot, sock.id)),
+            Verdict::CutOff => self.close(slot, now, "its output backed up past the cap"),
+        }
+    }
+
+    /// Writes what the socket takes of the core's output: the bytes sent, and whether
+    /// everything went out.
+    fn flush(&mut self, slot: usize) -> io::Result<(usize, bool)> {
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return Ok((0, true));
         };
         if let Io::Http(_) = sock.io {
             let (n, done) = sock.write_http()?;
             self.bytes_out += n as u64;
-            return Ok(done);
+            return Ok((n, done));
         }
         let out = self.core.output(sock.id);
         let (n, done) = sock.write_out(out)?;
         self.bytes_out += n as u64;
         self.core.consume(sock.id, n);
-        Ok(done)
+        Ok((n, done))
     }
 
     /// Closes what the core asks to close, flushes what was written this turn.
@@ -268,57 +309,42 @@ impl Broker {
                     continue;
                 };
                 sock.queued = false;
-                let res = self.flush(slot);
-                let Some(sock) = self.socks.get_mut(slot) else {
-                    continue;
-                };
-                let backlog = self.core.output(sock.id).len();
-                match res {
-                    Ok(true) if sock.close_after_flush => {
-                        let why = sock.closing_why;
-                        self.close(slot, now, why)
-                    }
-                    Ok(_) if backlog > self.cfg.out_hard => {
-                        self.close(slot, now, "its output backed up past the cap");
-                    }
-                    Ok(false) => {
-                        if backlog > self.cfg.out_soft && sock.stalled_since.is_none() {
-                            sock.stalled_since = Some(now);
-                            self.needs_housekeeping = true;
-                        }
-                    }
-                    Ok(true) => {}
-                    Err(_) => self.close(slot, now, "write failed"),
-                }
+                self.flush_and_judge(slot, now);
             }
         }
         // Keep the allocation for the next turn (everything queued meanwhile was taken).
         self.flush_list = slots;
     }
 
-    /// Cuts off connections that are stuck in a handshake or never read their output.
+    /// Cuts off connections that are stuck in a handshake (or, with an auth token, have not
+    /// authenticated) or never read their output.
     fn housekeeping(&mut self, now: Instant) {
+        let caps = self.caps();
         let mut doomed = Vec::new();
         let mut watching = false;
+        let token = self.cfg.auth_token.is_some();
         for (slot, s) in &self.socks {
-            if s.handshaking() {
+            if s.pending(token) {
                 if now.duration_since(s.opened) > self.cfg.handshake_timeout {
                     doomed.push(slot);
                 } else {
                     watching = true;
                 }
-            } else if let Some(since) = s.stalled_since {
-                if now.duration_since(since) > self.cfg.stall_timeout {
-                    doomed.push(slot);
-                } else {
-                    watching = true;
-                }
+            } else if s.flow.stalled_out(&caps, now) {
+                doomed.push(slot);
+            } else if s.flow.is_paused() {
+                watching = true;
             }
         }
         self.needs_housekeeping = watching;
         for slot in doomed {
-            self.close(slot, now, "handshake or stalled output timed out");
+            self.close(
+                slot,
+                now,
+                "handshake, authentication or stalled output timed out",
+            );
         }
+        self.prune_pending();
     }
 
     /// Closes the socket at `slot` and tells the core, which releases its locks. Logs one

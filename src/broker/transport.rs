@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
@@ -15,6 +16,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
 use super::Broker;
+use super::flow::{Caps, Flow};
 use super::http_guard::{self, HttpPolicy};
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
@@ -72,11 +74,15 @@ pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, UpgradeCheck>>;
 
 /// The WebSocket upgrade's callback. Judges the upgrade request: first its Host and Origin
 /// (403 when a web page or a DNS-rebinding name is behind it), then, when the broker has a
-/// token, its `Authorization: Bearer <token>` (401). Either failure ends the handshake and the
-/// connection.
+/// token, its `Authorization: Bearer <token>`: the right one authenticates the connection
+/// (`proved`), a wrong one is refused (401). Without the header the upgrade goes on, and the
+/// connection must send `auth` first like an NDJSON one: a browser cannot set that header, and
+/// the status page authenticates with the token from its URL's fragment.
 pub(crate) struct UpgradeCheck {
     pub policy: Arc<HttpPolicy>,
     pub token: Option<Arc<str>>,
+    /// Set when the request carried the right bearer token.
+    pub proved: Arc<AtomicBool>,
 }
 
 impl Callback for UpgradeCheck {
@@ -87,13 +93,12 @@ impl Callback for UpgradeCheck {
             *e.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
             return Err(e);
         }
-        let Some(token) = self.token else {
+        let (Some(token), Some(auth)) = (self.token, header("authorization")) else {
             return Ok(resp);
         };
-        let given = header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = auth.strip_prefix("Bearer ").unwrap_or("");
         if super::core::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            self.proved.store(true, Ordering::Relaxed);
             Ok(resp)
         } else {
             let mut e = ErrorResponse::new(Some("missing or wrong auth token".into()));
@@ -108,8 +113,9 @@ pub(crate) enum Io {
     /// TCP, nothing read yet: the first byte picks the framing.
     Sniff(Stream),
     Ndjson(Stream),
-    /// WebSocket upgrade in progress (it may need several reads).
-    Handshake(Box<Handshake>),
+    /// WebSocket upgrade in progress (it may need several reads); the flag is its
+    /// [`UpgradeCheck::proved`].
+    Handshake(Box<Handshake>, Arc<AtomicBool>),
     Ws(Box<WebSocket<Stream>>),
     /// Answering one HTTP request (`Socket::http_out`), then closing; see `http`.
     Http(Stream),
@@ -124,8 +130,8 @@ pub(crate) struct Socket {
     pub io: Io,
     pub framer: LineFramer,
     pub opened: Instant,
-    /// Output is backed up: reading stopped at this instant.
-    pub stalled_since: Option<Instant>,
+    /// Whether its requests are read (back-pressure; see `flow`).
+    pub flow: Flow,
     /// Close once the output is flushed (the core asked, or the peer half-closed).
     pub close_after_flush: bool,
     /// Why, for the log line.
@@ -138,7 +144,8 @@ pub(crate) struct Socket {
     /// The peer closed its side (or the socket failed): read to the end, never stop at a short
     /// read, since no further readiness event will come.
     pub peer_closed: bool,
-    /// Sent a valid request: its lines are no longer checked for HTTP (see `http_guard`).
+    /// Sent a valid request (or proved the token in its WebSocket upgrade): its lines are no
+    /// longer checked (see `http_guard`), and with an auth token it has authenticated.
     pub vetted: bool,
     /// The TCP peer (None on the Unix socket), for logs.
     pub peer: Option<std::net::SocketAddr>,
@@ -156,7 +163,7 @@ impl Socket {
             io,
             framer: LineFramer::new(max_line),
             opened: now,
-            stalled_since: None,
+            flow: Flow::Reading,
             close_after_flush: false,
             closing_why: "",
             ws_unflushed: false,
@@ -170,13 +177,20 @@ impl Socket {
     }
 
     pub fn handshaking(&self) -> bool {
-        matches!(self.io, Io::Sniff(_) | Io::Handshake(_) | Io::Http(_))
+        matches!(self.io, Io::Sniff(_) | Io::Handshake(..) | Io::Http(_))
+    }
+
+    /// Has not proved itself yet: still in its handshake, or (when the broker has an auth
+    /// token) not yet authenticated. Such a connection is closed at the handshake deadline, and
+    /// is the first to go when the broker is full (see `accept`).
+    pub fn pending(&self, token: bool) -> bool {
+        self.handshaking() || (token && !self.vetted)
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Sniff(s) | Io::Ndjson(s) | Io::Http(s) => Some(s),
-            Io::Handshake(h) => Some(h.get_mut().get_mut()),
+            Io::Handshake(h, _) => Some(h.get_mut().get_mut()),
             Io::Ws(ws) => Some(ws.get_mut()),
             Io::Gone => None,
         }
@@ -186,30 +200,50 @@ impl Socket {
     /// Returns how many bytes of `out` were taken, and whether everything went out; Err means
     /// the connection must be closed.
     ///
-    /// A WebSocket takes every line at once, one text message each, into tungstenite's bounded
-    /// write buffer; a full buffer is an error.
+    /// A WebSocket sends each line as one text message.
     pub fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
         match &mut self.io {
             Io::Ws(ws) => {
-                for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    match ws.write(Message::text(text)) {
-                        Ok(()) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Lines go into tungstenite's buffer a batch at a time, and only once the
+                // previous batch went out: what the socket did not take stays in the core's
+                // output, where back-pressure sees it, and the buffer never fills.
+                let mut taken = 0;
+                loop {
+                    if self.ws_unflushed {
+                        match ws.flush() {
+                            Ok(()) => self.ws_unflushed = false,
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == io::ErrorKind::WouldBlock =>
+                            {
+                                return Ok((taken, false));
+                            }
+                            Err(e) => return Err(io::Error::other(e)),
                         }
-                        Err(e) => return Err(io::Error::other(e)),
                     }
+                    if taken == out.len() {
+                        return Ok((taken, true));
+                    }
+                    let mut batch = 0;
+                    for line in out[taken..].split_inclusive(|&b| b == b'\n') {
+                        if batch > 0 && batch + line.len() > WS_BATCH {
+                            break;
+                        }
+                        batch += line.len();
+                        let text = line.strip_suffix(b"\n").unwrap_or(line);
+                        if text.is_empty() {
+                            continue;
+                        }
+                        let text = String::from_utf8_lossy(text).into_owned();
+                        match ws.write(Message::text(text)) {
+                            Ok(()) => {}
+                            // Queued: the flush above sends it.
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(io::Error::other(e)),
+                        }
+                    }
+                    taken += batch;
                     self.ws_unflushed = true;
-                }
-                match ws.flush() {
-                    Ok(()) => {
-                        self.ws_unflushed = false;
-                        Ok((out.len(), true))
-                    }
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        Ok((out.len(), false))
-                    }
-                    Err(e) => Err(io::Error::other(e)),
                 }
             }
             Io::Sniff(s) | Io::Ndjson(s) => {
@@ -225,7 +259,7 @@ impl Socket {
                 }
                 Ok((pos, pos == out.len()))
             }
-            Io::Handshake(_) | Io::Http(_) | Io::Gone => Ok((0, true)),
+            Io::Handshake(..) | Io::Http(_) | Io::Gone => Ok((0, true)),
         }
     }
 
@@ -249,6 +283,64 @@ impl Socket {
     }
 }
 
+const HTTP_ON_NDJSON: &str = "HTTP on the NDJSON port (a web page?)";
+
+/// What the first-line rule made of a line (see `hand_line`).
+enum FirstLine {
+    /// Handed to the core (an error reply, if it was bad, after the first valid request).
+    Ran,
+    /// HTTP before the first valid request: a web page (or a confused client) is talking.
+    Http,
+    /// Not a valid request before the first valid one: the peer does not speak this protocol.
+    Invalid,
+}
+
+/// Hands one NDJSON line to the core under the first-line rule: until a connection's first
+/// valid request, a line that looks like HTTP is refused before it runs (so that nothing a
+/// page sent, such as a POST body in the same segment, runs either), and any other invalid
+/// line gets its error reply and ends the connection.
+fn hand_line(
+    core: &mut super::core::Core,
+    vetted: &mut bool,
+    id: ConnId,
+    line: &mut [u8],
+    now: Instant,
+) -> FirstLine {
+    if *vetted {
+        core.handle_message(id, line, now);
+        return FirstLine::Ran;
+    }
+    if http_guard::is_http_line(line) {
+        return FirstLine::Http;
+    }
+    if !core.handle_message(id, line, now) {
+        return FirstLine::Invalid;
+    }
+    *vetted = true;
+    FirstLine::Ran
+}
+
+/// The socket at `slot` if one more of its requests may be read now; when its output is
+/// backed up, its reading pauses (see `flow`) and the stall deadline is armed (`housekeeping`).
+fn readable<'s>(
+    socks: &'s mut slab::Slab<Socket>,
+    core: &super::core::Core,
+    slot: usize,
+    caps: &Caps,
+    now: Instant,
+    housekeeping: &mut bool,
+) -> Option<&'s mut Socket> {
+    let sock = socks.get_mut(slot)?;
+    if sock.flow.may_read(core.output(sock.id).len(), caps, now) {
+        return Some(sock);
+    }
+    *housekeeping = true;
+    None
+}
+
+/// Bytes of lines handed to tungstenite at once (at least one whole line).
+const WS_BATCH: usize = 64 * 1024;
+
 /// WebSocket settings (DESIGN §4): a small read buffer (the 128 KiB default is zeroed on every
 /// read), message and frame caps, and a bounded write buffer.
 pub(crate) fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
@@ -267,7 +359,7 @@ impl Broker {
             let Some(sock) = self.socks.get_mut(slot) else {
                 return;
             };
-            if sock.stalled_since.is_some() {
+            if sock.flow.is_paused() {
                 return;
             }
             match std::mem::replace(&mut sock.io, Io::Gone) {
@@ -282,9 +374,11 @@ impl Broker {
                             sock.io = Io::Sniff(stream);
                             return self.close(slot, now, "peer closed");
                         }
-                        Ok(_) if b[0] == b'G' => {
-                            // HTTP: `/metrics` and the status page are answered by `http`;
-                            // an upgrade comes back for tungstenite.
+                        Ok(_) if b[0].is_ascii_uppercase() => {
+                            // HTTP (every method is an upper-case token; no request starts
+                            // with a letter): `/metrics` and the status page are answered by
+                            // `http`, other methods get 405; an upgrade comes back for
+                            // tungstenite.
                             let Some(stream) = self.sniff_http(slot, stream, now) else {
                                 return;
                             };
@@ -293,19 +387,16 @@ impl Broker {
                             };
                             // The WebSocket upgrade; `UpgradeCheck` is its callback.
                             let cfg = ws_config(self.cfg.max_line, self.cfg.out_hard);
+                            let proved = Arc::new(AtomicBool::new(false));
                             let check = UpgradeCheck {
                                 policy: self.policy.clone(),
                                 token: self.cfg.auth_token.as_deref().map(Into::into),
+                                proved: proved.clone(),
                             };
                             match tungstenite::accept_hdr_with_config(stream, check, Some(cfg)) {
-                                Ok(ws) => {
-                                    sock.io = Io::Ws(Box::new(ws));
-                                    let id = sock.id;
-                                    self.core.authenticated(id);
-                                    self.announce(slot, "WebSocket");
-                                }
+                                Ok(ws) => self.ws_opened(slot, ws, &proved),
                                 Err(HandshakeError::Interrupted(mid)) => {
-                                    sock.io = Io::Handshake(Box::new(mid));
+                                    sock.io = Io::Handshake(Box::new(mid), proved);
                                     return;
                                 }
                                 Err(HandshakeError::Failure(e)) => {
@@ -327,15 +418,10 @@ impl Broker {
                         }
                     }
                 }
-                Io::Handshake(mid) => match mid.handshake() {
-                    Ok(ws) => {
-                        sock.io = Io::Ws(Box::new(ws));
-                        let id = sock.id;
-                        self.core.authenticated(id);
-                        self.announce(slot, "WebSocket");
-                    }
+                Io::Handshake(mid, proved) => match mid.handshake() {
+                    Ok(ws) => self.ws_opened(slot, ws, &proved),
                     Err(HandshakeError::Interrupted(mid)) => {
-                        sock.io = Io::Handshake(Box::new(mid));
+                        sock.io = Io::Handshake(Box::new(mid), proved);
                         return;
                     }
                     Err(HandshakeError::Failure(e)) => return self.handshake_failed(slot, now, &e),
@@ -366,117 +452,165 @@ impl Broker {
         }
     }
 
-    /// The NDJSON read path: reads what the socket has, hands each complete line to the core.
-    fn read_ndjson(&mut self, slot: usize, now: Instant) {
-        loop {
-            let Some(sock) = self.socks.get_mut(slot) else {
-                return;
-            };
+    /// A WebSocket upgrade completed. A connection that proved the token in its upgrade is
+    /// authenticated (an admin under `restrict_admin`, like one that sent `auth`); without a
+    /// token to prove, it is vetted at once; otherwise it must send `auth` first.
+    fn ws_opened(&mut self, slot: usize, ws: WebSocket<Stream>, proved: &AtomicBool) {
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return;
+        };
+        sock.io = Io::Ws(Box::new(ws));
+        if proved.load(Ordering::Relaxed) {
+            sock.vetted = true;
             let id = sock.id;
-            if self.core.output(id).len() > self.cfg.out_soft {
-                sock.stalled_since = Some(now);
-                self.needs_housekeeping = true;
-                return;
-            }
-            let Io::Ndjson(stream) = &mut sock.io else {
-                return;
-            };
-            // A short read drained the socket: after its lines, wait for the next readiness
-            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
-            // Not when the peer has closed: no further event would come for its EOF.
-            let (eof, drained) = match sock.framer.read_some(stream) {
-                Ok((0, _)) => (true, false),
-                Ok((n, filled)) => {
-                    self.bytes_in += n as u64;
-                    (false, !filled)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.close(slot, now, "read failed"),
-            };
-            // Handle every complete line read so far.
+            self.core.authenticated(id);
+        } else if self.cfg.auth_token.is_none() {
+            sock.vetted = true;
+        }
+        self.announce(slot, "WebSocket");
+    }
+
+    /// Before a connection's first valid request, an invalid one (not JSON, not a request,
+    /// binary junk, the h2c preface) means the peer does not speak this protocol: it gets its
+    /// error reply, nothing after it runs, and the connection closes once the reply is out.
+    fn reject_first(&mut self, slot: usize, now: Instant) {
+        let peer = self.socks.get(slot).and_then(|s| s.peer);
+        let peer = peer.map_or_else(|| "the Unix socket".to_string(), |p| p.to_string());
+        let why = "its first message was not a valid request";
+        if let Some(line) = self.refusals.refused(now, &peer, why) {
+            tracing::warn!("{line}");
+        }
+        if let Some(sock) = self.socks.get_mut(slot) {
+            sock.close_after_flush = true;
+            sock.closing_why = why;
+        }
+        self.queue_flush(slot);
+    }
+
+    /// The NDJSON read path: hands each complete line to the core, then reads what the socket
+    /// has, until it would block or the connection's output backs up (see `flow`). Lines
+    /// already read stay in the framer while it is paused, and are handled first on resuming.
+    fn read_ndjson(&mut self, slot: usize, now: Instant) {
+        let caps = self.caps();
+        let mut drained = false;
+        loop {
+            // Every complete line read so far, while the output has room.
             loop {
-                let Some(sock) = self.socks.get_mut(slot) else {
+                let hk = &mut self.needs_housekeeping;
+                let Some(sock) = readable(&mut self.socks, &self.core, slot, &caps, now, hk) else {
                     return;
                 };
+                if sock.close_after_flush {
+                    // Closing: nothing more it sends is read (see `reject_first`).
+                    return;
+                }
+                let id = sock.id;
                 let line = match sock.framer.next_line() {
                     Ok(Some(line)) => line,
-                    Ok(None) if eof => match sock.framer.finish() {
-                        Some(line) => line,
-                        None => break,
-                    },
                     Ok(None) => break,
                     // Framing is lost: only this connection is closed.
                     Err(_) => return self.close(slot, now, "line too long (framing lost)"),
                 };
-                if !sock.vetted {
-                    // Until its first valid request, a line that looks like HTTP means a web
-                    // page (or a confused client) is talking: close before anything it sent,
-                    // such as a POST body in the same segment, can run.
-                    if http_guard::is_http_line(line) {
-                        return self.refuse(slot, now, "HTTP on the NDJSON port (a web page?)");
-                    }
-                    if self.core.handle_message(id, line, now)
-                        && let Some(s) = self.socks.get_mut(slot)
-                    {
-                        s.vetted = true;
-                    }
-                    continue;
+                match hand_line(&mut self.core, &mut sock.vetted, id, line, now) {
+                    FirstLine::Ran => {}
+                    FirstLine::Http => return self.refuse(slot, now, HTTP_ON_NDJSON),
+                    FirstLine::Invalid => return self.reject_first(slot, now),
                 }
-                self.core.handle_message(id, line, now);
             }
-            if eof {
-                // The peer may have only half-closed (`printf ... | nc`): its replies still go
-                // out, then the connection closes and its locks are released.
-                let Some(sock) = self.socks.get_mut(slot) else {
-                    return;
-                };
-                if self.core.output(id).is_empty() && !sock.ws_unflushed {
-                    return self.close(slot, now, "peer closed");
-                }
-                sock.close_after_flush = true;
-                sock.closing_why = "peer closed";
-                self.queue_flush(slot);
-                return;
-            }
+            // A short read drained the socket: after its lines, wait for the next readiness
+            // event rather than spend a `read` on `WouldBlock` (one syscall per message saved).
+            // Not when the peer has closed: no further event would come for its EOF.
             if drained && self.socks.get(slot).is_some_and(|s| !s.peer_closed) {
                 return;
             }
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            let id = sock.id;
+            let Io::Ndjson(stream) = &mut sock.io else {
+                return;
+            };
+            match sock.framer.read_some(stream) {
+                Ok((0, _)) => {}
+                Ok((n, filled)) => {
+                    self.bytes_in += n as u64;
+                    drained = !filled;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(slot, now, "read failed"),
+            }
+            // The peer closed its side: its last, unterminated line, then the close.
+            if let Some(line) = sock.framer.finish() {
+                match hand_line(&mut self.core, &mut sock.vetted, id, line, now) {
+                    FirstLine::Ran => {}
+                    FirstLine::Http => return self.refuse(slot, now, HTTP_ON_NDJSON),
+                    FirstLine::Invalid => return self.reject_first(slot, now),
+                }
+            }
+            // The peer may have only half-closed (`printf ... | nc`): its replies still go
+            // out, then the connection closes and its locks are released.
+            let Some(sock) = self.socks.get_mut(slot) else {
+                return;
+            };
+            if self.core.output(id).is_empty() && !sock.ws_unflushed {
+                return self.close(slot, now, "peer closed");
+            }
+            sock.close_after_flush = true;
+            sock.closing_why = "peer closed";
+            self.queue_flush(slot);
+            return;
         }
     }
 
     /// The WebSocket read path: hands each text or binary message to the core.
     fn read_ws(&mut self, slot: usize, now: Instant) {
+        let caps = self.caps();
         loop {
-            let Some(sock) = self.socks.get_mut(slot) else {
+            let hk = &mut self.needs_housekeeping;
+            let Some(sock) = readable(&mut self.socks, &self.core, slot, &caps, now, hk) else {
                 return;
             };
-            let id = sock.id;
+            let (id, vetted) = (sock.id, sock.vetted);
+            if sock.close_after_flush {
+                return;
+            }
             let Io::Ws(ws) = &mut sock.io else {
                 return;
             };
-            match ws.read() {
+            let msg = match ws.read() {
                 Ok(Message::Text(t)) => {
                     self.bytes_in += t.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(t.as_bytes());
-                    self.core.handle_message(id, &mut self.scratch, now);
+                    true
                 }
                 Ok(Message::Binary(b)) => {
                     self.bytes_in += b.len() as u64;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&b);
-                    self.core.handle_message(id, &mut self.scratch, now);
+                    true
                 }
                 Ok(_) => {
                     // Ping, pong, close: tungstenite answers them; their replies need a flush.
                     sock.ws_unflushed = true;
                     self.queue_flush(slot);
+                    false
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return;
                 }
                 Err(_) => return self.close(slot, now, "peer closed or WebSocket error"),
+            };
+            if msg && !self.core.handle_message(id, &mut self.scratch, now) && !vetted {
+                return self.reject_first(slot, now);
+            }
+            if msg
+                && !vetted
+                && let Some(s) = self.socks.get_mut(slot)
+            {
+                s.vetted = true;
             }
         }
     }

@@ -2,11 +2,11 @@
 
 use super::daemon;
 use clap::Args;
-use live_mutex::broker::{Broker, BrokerBuilder, BrokerError, Keepalive};
+use live_mutex::broker::{Broker, BrokerBuilder, Keepalive};
 use live_mutex::client::{LocalAddr, runtime_dir, spawn_target};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub(crate) struct StartArgs {
@@ -25,8 +25,9 @@ pub(crate) struct StartArgs {
     /// File mode of the Unix socket, in octal
     #[arg(long, value_name = "MODE", default_value = "600")]
     uds_mode: String,
-    /// Shared secret every client must present first (NDJSON `auth` message, or the
-    /// WebSocket upgrade's `Authorization: Bearer` header)
+    /// Shared secret every client must present first (an `auth` message, or the WebSocket
+    /// upgrade's `Authorization: Bearer` header). Prefer $LMX_AUTH_TOKEN or --auth-token-file:
+    /// other local users can read a process's command line
     #[arg(
         long,
         env = "LMX_AUTH_TOKEN",
@@ -34,6 +35,9 @@ pub(crate) struct StartArgs {
         hide_env_values = true
     )]
     auth_token: Option<String>,
+    /// Read the auth token from this file (its first line), so that it is in no command line
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_token")]
+    auth_token_file: Option<PathBuf>,
     /// Allow `force` unlocks only over the Unix socket or from authenticated connections
     #[arg(long)]
     restrict_admin: bool,
@@ -49,6 +53,10 @@ pub(crate) struct StartArgs {
     /// Most connections at once; more are closed as they arrive
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// Most lock requests waiting at once across the broker; one more that would wait is
+    /// refused with an error
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_waiters: usize,
     /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
     /// WebSocket upgrades may name; repeatable
     #[arg(
@@ -241,9 +249,11 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
     let b = store(a, b)?;
     Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
         .uds_mode(uds_mode)
-        .auth_token(a.auth_token.clone())
+        .auth_token(auth_token(a)?)
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
+        .max_waiters(a.max_waiters)
+        .raise_fd_limit(true)
         .spin(Duration::from_micros(a.spin_us))
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())
@@ -263,6 +273,23 @@ fn keepalive(a: &StartArgs) -> Option<Keepalive> {
         }
         k
     })
+}
+
+/// `--auth-token` / `LMX_AUTH_TOKEN`, or the first line of `--auth-token-file`.
+fn auth_token(a: &StartArgs) -> Result<Option<String>, String> {
+    let Some(path) = &a.auth_token_file else {
+        return Ok(a.auth_token.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--auth-token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// `--store` and `--session-ttl`.
@@ -298,7 +325,7 @@ pub(crate) fn serve(
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Registered before binding so that a signal arriving during start-up still shuts down cleanly.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let broker = bind(b?)?;
+    let broker = live_mutex::daemon::bind_waiting(b?)?;
     if let Some(addr) = broker.local_addr() {
         tracing::info!(
             "listening on tcp://{addr} (NDJSON) and ws://{addr} (WebSocket); status page \
@@ -320,21 +347,4 @@ pub(crate) fn serve(
     broker.run()?;
     sigs.close();
     Ok(())
-}
-
-/// Binds; a Unix socket whose lock file is held by a broker that does not answer (one still
-/// starting, or one exiting after its idle time) is waited for, briefly.
-fn bind(b: BrokerBuilder) -> Result<Broker, BrokerError> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match b.clone().bind() {
-            Err(BrokerError::UdsInUse(p))
-                if Instant::now() < deadline
-                    && std::os::unix::net::UnixStream::connect(&p).is_err() =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
 }

@@ -50,6 +50,11 @@ pub enum Error {
     /// never came up).
     #[error("cannot spawn a broker: {0}")]
     Spawn(String),
+    /// A `serial`/`parallel` take that cannot proceed: a `serial` nested inside a `parallel` of
+    /// the same key by the same test (it would wait for itself), or a `timeout` that ran out
+    /// (the text names the holder).
+    #[error("{0}")]
+    Serial(String),
     /// Connecting or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

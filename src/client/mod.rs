@@ -24,6 +24,7 @@ mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
 mod runtime_dir;
+mod serial;
 mod spawn;
 pub(crate) mod transport;
 pub(crate) mod url;
@@ -34,10 +35,11 @@ pub use error::{Error, Result};
 pub use guard::{LockGuard, ManyGuard};
 pub use options::LockOptions;
 #[doc(hidden)]
-pub use spawn::__serial_attr;
+pub use serial::{__Attr, __serial_async, __serial_attr};
+pub use serial::{SerialGuard, parallel, parallel_many, serial, serial_many};
 pub use spawn::{
-    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
-    spawn_target, spawn_url_from_env,
+    LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, spawn_target,
+    spawn_url_from_env,
 };
 
 use crate::proto::Request;
@@ -492,10 +494,30 @@ impl Client {
     /// assert!(client.ls()?.contains(&"listed".to_string()));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// A long list comes in pages (each within the broker's output cap), all fetched here: a
+    /// key held throughout is listed once; one taken or released meanwhile may be missing.
     pub fn ls(&self) -> Result<Vec<String>> {
-        match self.call(&Request::Ls { uuid: &new_uuid() })? {
-            Answer::Keys(keys) => Ok(keys),
-            a => Err(refusal(a)),
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let uuid = new_uuid();
+            let answer = {
+                let req = Request::Ls {
+                    uuid: &uuid,
+                    after: after.as_deref(),
+                };
+                self.call(&req)?
+            };
+            let (keys, next) = match answer {
+                Answer::Keys(keys, next) => (keys, next),
+                a => return Err(refusal(a)),
+            };
+            all.extend(keys);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
         }
     }
 

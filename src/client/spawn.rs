@@ -7,11 +7,10 @@
 //! address, spawn `lmx start --daemon` for it (exactly one per address, however many processes
 //! race) and connect to that.
 
-use super::guard::{LockGuard, ManyGuard};
 pub use super::runtime_dir::runtime_dir;
 use super::runtime_dir::runtime_dir_path;
 use super::url::{self, Endpoint};
-use super::{Client, Error, LockOptions, Result, Ttl};
+use super::{Client, Error, Result};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -19,7 +18,6 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a spawned `lmx start --daemon` to report a listening broker. A broker binds
@@ -41,7 +39,8 @@ pub enum LocalAddr {
 
 /// The address a broker for `url` would listen on, if that broker may be spawned on this host:
 /// a Unix socket, or a TCP/WebSocket URL whose host is loopback. Any other URL is an error,
-/// since a broker started here would not be the one other hosts reach.
+/// since a broker started here would not be the one other hosts reach. A socket in the
+/// per-user directory ([`runtime_dir`]) makes and checks that directory, as the default does.
 ///
 /// ```
 /// use live_mutex::client::{spawn_target, LocalAddr};
@@ -52,7 +51,14 @@ pub enum LocalAddr {
 /// ```
 pub fn spawn_target(url: &str) -> Result<LocalAddr> {
     let (host, port) = match url::parse(url)?.0 {
-        Endpoint::Unix(p) => return Ok(LocalAddr::Unix(p)),
+        Endpoint::Unix(p) => {
+            // A socket in the per-user directory, named explicitly (`--url`, `LMX_URL`): the
+            // directory is made and checked as for the default one, whoever starts the broker.
+            if p.parent() == Some(runtime_dir_path().as_path()) {
+                runtime_dir()?;
+            }
+            return Ok(LocalAddr::Unix(p));
+        }
         Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => (host, port),
     };
     let remote = || {
@@ -77,7 +83,7 @@ pub fn spawn_target(url: &str) -> Result<LocalAddr> {
     Ok(LocalAddr::Tcp(addr))
 }
 
-/// The URL [`serial`] and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
+/// The URL [`serial`](crate::serial()) and `lmx --spawn` use: `LMX_URL` if set, else the npm variables
 /// `live_mutex_host`/`live_mutex_port` if either is set, else the per-user Unix socket
 /// `unix://<runtime_dir>/broker.sock`.
 ///
@@ -96,14 +102,27 @@ pub fn spawn_url_from_env() -> Result<String> {
 }
 
 /// Connects to the broker at `url`; if nothing answers and the address is local (a Unix
-/// socket, or a loopback TCP address), spawns `lmx start --daemon --idle-exit N` for it and
-/// connects to that. However many processes race, one broker per address results: spawners
-/// take turns on an `flock` (beside the socket, or in [`runtime_dir`] for TCP) and look again
-/// before spawning, and the broker itself holds a lock file beside its socket for life.
+/// socket, or a loopback TCP address), starts a broker for it as a daemon and connects to that.
+/// However many processes race, one broker per address results: spawners take turns on an
+/// `flock` (beside the socket, or in [`runtime_dir`] for TCP) and look again before spawning,
+/// and the broker itself holds a lock file beside its socket for life.
 ///
 /// The broker is a daemon of its own, so it outlives the process that spawned it; it exits
-/// after `LMX_IDLE_EXIT` seconds (default 300) with no connections and no locks. The `lmx`
-/// binary is `LMX_BIN`, else `lmx` on `PATH` (`cargo install live-mutex`).
+/// after `LMX_IDLE_EXIT` seconds (default 300) with no connections and no locks. It is
+/// `lmx start --daemon --idle-exit N` with `lmx` from `LMX_BIN`, else `lmx` on `PATH`.
+///
+/// **Zero install.** With neither, a program built with the `broker` feature (as the `macros`
+/// feature is) starts the broker from its own executable: it runs itself again with a marker
+/// in the environment, and a function this crate puts in the executable's initialiser table
+/// (`.init_array`; `__mod_init_func` on macOS) sees the marker before `main` runs, detaches the
+/// broker exactly as `lmx start --daemon` would and exits, so the program's `main` (a test
+/// harness, say) never runs in that process. Limits: the broker is a copy of that executable
+/// (`ps` shows it with `--live-mutex-broker`) and keeps running its code after a rebuild
+/// replaces the file, until its idle exit; only Linux, Android, the BSDs, illumos and macOS
+/// have the initialiser (elsewhere, install `lmx`). An installed `lmx` always wins.
+///
+/// A token in `url` (or `LMX_AUTH_TOKEN`) is required by the spawned broker: it is handed over
+/// in the daemon's environment, never on its command line.
 ///
 /// ```no_run
 /// let client = live_mutex::connect_or_spawn(&live_mutex::client::spawn_url_from_env()?)?;
@@ -111,7 +130,7 @@ pub fn spawn_url_from_env() -> Result<String> {
 /// # Ok::<(), live_mutex::Error>(())
 /// ```
 pub fn connect_or_spawn(url: &str) -> Result<Client> {
-    spawn_with(url, || find_lmx(None))
+    spawn_with(url, || find_starter(None))
 }
 
 /// [`connect_or_spawn`] with the `lmx` binary to run given explicitly (what `lmx --spawn`
@@ -122,11 +141,61 @@ pub fn connect_or_spawn(url: &str) -> Result<Client> {
 /// # Ok::<(), live_mutex::Error>(())
 /// ```
 pub fn connect_or_spawn_using(url: &str, lmx: &Path) -> Result<Client> {
-    spawn_with(url, || Ok(lmx.to_path_buf()))
+    spawn_with(url, || Ok(Starter::Lmx(lmx.to_path_buf())))
 }
 
-/// `lmx` names the binary to spawn; it is only looked for when a spawn is needed.
-fn spawn_with(url: &str, lmx: impl FnOnce() -> Result<PathBuf>) -> Result<Client> {
+/// What starts a broker: an `lmx` binary, or this very executable (zero install).
+pub(crate) enum Starter {
+    Lmx(PathBuf),
+    #[cfg(feature = "broker")]
+    Myself(PathBuf),
+}
+
+impl Starter {
+    /// The command that detaches a broker listening at `addr` with `token`, and what to call
+    /// it in errors. The URL on its command line never carries the token: other users can read
+    /// a command line; the token goes in the environment, which only this user can read.
+    fn command(&self, addr: &LocalAddr, token: Option<&str>, idle: u64) -> (Command, String) {
+        let url = local_url(addr);
+        let (mut cmd, what) = match self {
+            Starter::Lmx(lmx) => {
+                let mut c = Command::new(lmx);
+                c.args(["--url", &url, "start", "--daemon", "--idle-exit"])
+                    .arg(idle.to_string());
+                (c, format!("`{} start --daemon`", lmx.display()))
+            }
+            #[cfg(feature = "broker")]
+            Starter::Myself(exe) => {
+                use crate::daemon::self_serve::{ARG, IDLE, MARKER};
+                let mut c = Command::new(exe);
+                c.arg(ARG).env(MARKER, &url).env(IDLE, idle.to_string());
+                (
+                    c,
+                    format!("this executable ({}) as a broker", exe.display()),
+                )
+            }
+        };
+        match token {
+            Some(t) => cmd.env("LMX_AUTH_TOKEN", t),
+            None => cmd.env_remove("LMX_AUTH_TOKEN"),
+        };
+        (cmd, what)
+    }
+}
+
+/// The URL of a local address, with no token (a Unix path's `%` and `?` escaped).
+fn local_url(addr: &LocalAddr) -> String {
+    match addr {
+        LocalAddr::Unix(p) => {
+            let p = p.display().to_string();
+            format!("unix://{}", p.replace('%', "%25").replace('?', "%3F"))
+        }
+        LocalAddr::Tcp(a) => format!("tcp://{a}"),
+    }
+}
+
+/// `starter` says what to run; it is only looked for when a spawn is needed.
+pub(crate) fn spawn_with(url: &str, starter: impl FnOnce() -> Result<Starter>) -> Result<Client> {
     // Refuse a remote URL before touching the network.
     let target = spawn_target(url)?;
     if let Some(c) = probe(url)? {
@@ -134,11 +203,7 @@ fn spawn_with(url: &str, lmx: impl FnOnce() -> Result<PathBuf>) -> Result<Client
     }
     let lock_path = match &target {
         LocalAddr::Unix(p) => {
-            // A socket in the per-user directory, named explicitly: the directory is made (and
-            // checked) as for the default one.
-            if p.parent() == Some(runtime_dir_path().as_path()) {
-                runtime_dir()?;
-            }
+            // (`spawn_target` checked the per-user directory.)
             let mut s = p.as_os_str().to_owned();
             s.push(".spawn.lock");
             PathBuf::from(s)
@@ -150,14 +215,13 @@ fn spawn_with(url: &str, lmx: impl FnOnce() -> Result<PathBuf>) -> Result<Client
     if let Some(c) = probe(url)? {
         return Ok(c);
     }
-    let lmx = lmx()?;
-    run_daemon(&lmx, url)?;
+    let token = super::url::Settings::new(url).resolve()?.token;
+    let (cmd, what) = starter()?.command(&target, token.as_deref(), idle_exit()?);
+    run_daemon(cmd, &what)?;
     match probe(url)? {
         Some(c) => Ok(c),
         None => Err(Error::Spawn(format!(
-            "`{} start --daemon` exited 0 but no broker answers at {url}: is LMX_BIN an lmx \
-             binary?",
-            lmx.display()
+            "{what} exited 0 but no broker answers at {url}: is LMX_BIN an lmx binary?"
         ))),
     }
 }
@@ -199,13 +263,13 @@ impl SpawnLock {
     }
 }
 
-/// `LMX_BIN`, else `hint`, else `lmx` on `PATH`.
-fn find_lmx(hint: Option<&Path>) -> Result<PathBuf> {
+/// `LMX_BIN`, else `hint`, else `lmx` on `PATH`, else this executable if it can serve.
+pub(crate) fn find_starter(hint: Option<&Path>) -> Result<Starter> {
     if let Some(p) = std::env::var_os("LMX_BIN").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
+        return Ok(Starter::Lmx(PathBuf::from(p)));
     }
     if let Some(h) = hint.filter(|h| h.is_file()) {
-        return Ok(h.to_path_buf());
+        return Ok(Starter::Lmx(h.to_path_buf()));
     }
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -215,33 +279,42 @@ fn find_lmx(hint: Option<&Path>) -> Result<PathBuf> {
                     .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
             })
     });
-    on_path.ok_or_else(|| {
-        Error::Spawn(
-            "no `lmx` binary to start a broker with: install it with `cargo install \
-             live-mutex`, or set LMX_BIN=/path/to/lmx"
-                .into(),
-        )
-    })
+    if let Some(lmx) = on_path {
+        return Ok(Starter::Lmx(lmx));
+    }
+    #[cfg(feature = "broker")]
+    if crate::daemon::self_serve::available() {
+        return Ok(Starter::Myself(crate::daemon::self_serve::executable()?));
+    }
+    Err(Error::Spawn(
+        "no `lmx` binary to start a broker with, and this program cannot start one itself \
+         (built without the `broker` feature, or on a platform where it cannot): install it \
+         with `cargo install live-mutex`, or set LMX_BIN=/path/to/lmx"
+            .into(),
+    ))
 }
 
-/// Runs `lmx --url URL start --daemon --idle-exit N` and waits (bounded) for it to report.
-fn run_daemon(lmx: &Path, url: &str) -> Result<()> {
-    let idle = match std::env::var("LMX_IDLE_EXIT") {
-        Ok(v) if !v.is_empty() => v.parse::<u64>().map_err(|_| {
-            Error::Config(format!("LMX_IDLE_EXIT={v:?} is not a number of seconds"))
-        })?,
-        _ => DEFAULT_IDLE_EXIT_SECS,
-    };
-    let mut child = Command::new(lmx)
-        .args(["--url", url, "start", "--daemon", "--idle-exit"])
-        .arg(idle.to_string())
+/// `LMX_IDLE_EXIT`, else the default.
+fn idle_exit() -> Result<u64> {
+    match std::env::var("LMX_IDLE_EXIT") {
+        Ok(v) if !v.is_empty() => v
+            .parse::<u64>()
+            .map_err(|_| Error::Config(format!("LMX_IDLE_EXIT={v:?} is not a number of seconds"))),
+        _ => Ok(DEFAULT_IDLE_EXIT_SECS),
+    }
+}
+
+/// Runs the command that detaches a broker (`what`, in errors) and waits (bounded) for it to
+/// report.
+fn run_daemon(mut cmd: Command, what: &str) -> Result<()> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // Its own group, so that a wrong LMX_BIN can be killed with whatever it started.
         .process_group(0)
         .spawn()
-        .map_err(|e| Error::Spawn(format!("cannot run {}: {e}", lmx.display())))?;
+        .map_err(|e| Error::Spawn(format!("cannot run {what}: {e}")))?;
     let deadline = Instant::now() + SPAWN_WAIT;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -251,9 +324,8 @@ fn run_daemon(lmx: &Path, url: &str) -> Result<()> {
             unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
             child.wait().ok();
             return Err(Error::Spawn(format!(
-                "`{} start --daemon` did not report a listening broker within {} s: is LMX_BIN \
-                 an lmx binary?",
-                lmx.display(),
+                "{what} did not report a listening broker within {} s: is LMX_BIN an lmx \
+                 binary?",
                 SPAWN_WAIT.as_secs()
             )));
         }
@@ -272,67 +344,7 @@ fn run_daemon(lmx: &Path, url: &str) -> Result<()> {
         }
     }
     Err(Error::Spawn(format!(
-        "`{} start --daemon` failed ({status}){}{text}",
-        lmx.display(),
+        "{what} failed ({status}){}{text}",
         if text.is_empty() { "" } else { ": " }
     )))
-}
-
-/// The one client [`serial`] shares within a process.
-static SERIAL: Mutex<Option<Client>> = Mutex::new(None);
-
-fn serial_client(hint: Option<&Path>) -> Result<Client> {
-    let mut slot = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = &*slot {
-        return Ok(c.clone());
-    }
-    let url = spawn_url_from_env()?;
-    let c = match spawn_target(&url) {
-        Ok(_) => spawn_with(&url, || find_lmx(hint))?,
-        // A remote LMX_URL (one shared broker in CI) is connected to, never spawned.
-        Err(_) => Client::connect(&url)?,
-    };
-    *slot = Some(c.clone());
-    Ok(c)
-}
-
-/// Holds `key` until the guard drops, across every process that calls it with the same key:
-/// the cross-process counterpart of `serial_test`'s `#[serial]`. One client per process,
-/// connected with [`connect_or_spawn`] to [`spawn_url_from_env`] (by default the per-user
-/// socket, a broker spawned on first use); a remote `LMX_URL` is connected to as is. The lock
-/// never expires: it lasts until the guard drops or the process dies.
-///
-/// ```no_run
-/// #[test]
-/// fn migrates() {
-///     let _db = live_mutex::serial("db").unwrap();
-///     // ... no other test process touches the database now ...
-/// }
-/// ```
-pub fn serial(key: &str) -> Result<LockGuard> {
-    serial_client(None)?.lock_with(key, &LockOptions::new().ttl(Ttl::Never))
-}
-
-/// [`serial`] for several keys, taken all-or-nothing, so two callers with overlapping keys can
-/// never deadlock on each other.
-///
-/// ```no_run
-/// let _g = live_mutex::client::serial_many(&["db", "cache"])?;
-/// # Ok::<(), live_mutex::Error>(())
-/// ```
-pub fn serial_many<S: AsRef<str>>(keys: &[S]) -> Result<ManyGuard> {
-    serial_client(None)?.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never))
-}
-
-/// What `#[live_mutex::serial(..)]` expands to. `lmx_hint` is the `lmx` built by the same
-/// package (`CARGO_BIN_EXE_lmx`, which only this crate's own tests have), used when neither
-/// `LMX_BIN` is set nor a URL needs no spawn.
-#[doc(hidden)]
-pub fn __serial_attr(keys: &[&str], lmx_hint: Option<&str>) -> ManyGuard {
-    let taken = serial_client(lmx_hint.map(Path::new))
-        .and_then(|c| c.lock_many_with(keys, &LockOptions::new().ttl(Ttl::Never)));
-    match taken {
-        Ok(g) => g,
-        Err(e) => panic!("#[live_mutex::serial({keys:?})]: {e}"),
-    }
 }

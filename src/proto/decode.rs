@@ -47,6 +47,21 @@ pub enum DecodeErrorKind {
         /// What it was.
         got: &'static str,
     },
+    /// A string escape that is a lone UTF-16 surrogate (`\ud800` not followed by a low
+    /// surrogate, or a lone `\udc00`): JSON allows it, but it is not Unicode text, so it has no
+    /// UTF-8 form. Refused rather than replaced, since any replacement (U+0000, U+FFFD) would
+    /// make two different JavaScript strings one key or one id.
+    #[error(
+        "string escape `{escape}` at character {at} is a lone UTF-16 surrogate, which is not \
+         Unicode text: keys, ids and names must be well-formed (JavaScript's \
+         `String.prototype.isWellFormed()`)"
+    )]
+    LoneSurrogate {
+        /// The escape as sent, such as `\ud800`.
+        escape: String,
+        /// Its byte offset in the message.
+        at: usize,
+    },
     /// A field of the right type but out of range (too long, too large, unknown mode, ...).
     #[error("field `{field}` {reason}")]
     Invalid {
@@ -114,10 +129,14 @@ impl Decoder {
 
     /// Decodes one JSON object in place; `buf` is clobbered (simd-json unescapes into it).
     pub fn decode<'a>(&mut self, buf: &'a mut [u8]) -> Result<Request<'a>, DecodeError> {
+        // Before simd-json unescapes in place: it turns a lone surrogate into U+0000, or
+        // fails on it without a word about the request.
+        let lone = lone_surrogates(buf);
         let mut tape: Tape<'a> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
         let res = match simd_json::fill_tape(buf, &mut self.buffers, &mut tape) {
-            Ok(()) => decode_tape(&tape.0, &self.limits),
-            Err(e) => Err(json_error(&e).into()),
+            Ok(()) => decode_tape(&tape.0, &self.limits, lone),
+            // simd-json's own error for a lone low surrogate is "invalid UTF-8".
+            Err(e) => Err(lone.map_or_else(|| json_error(&e), Kind::from).into()),
         };
         self.tape = tape.reset();
         res
@@ -143,6 +162,73 @@ pub(super) fn json_error(e: &simd_json::Error) -> DecodeErrorKind {
 
 pub(super) type Kind = DecodeErrorKind;
 
+/// A lone surrogate escape found by [`lone_surrogate`]: its offset and code unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Lone {
+    at: usize,
+    unit: u32,
+}
+
+impl From<Lone> for Kind {
+    fn from(l: Lone) -> Kind {
+        Kind::LoneSurrogate {
+            escape: format!("\\u{:04x}", l.unit),
+            at: l.at,
+        }
+    }
+}
+
+/// The first `\uXXXX` escape of `buf` that is a UTF-16 surrogate not part of a pair, if any.
+/// Every such escape is overwritten with `\ufffd` (same length), so that the message still
+/// parses and its refusal can echo its `uuid`; the message is refused whatever it says.
+/// A backslash only occurs inside strings in valid JSON, so escapes are found without
+/// tracking strings; `\\` is skipped whole, so `\\ud800` (a backslash, then text) is not one.
+/// Malformed escapes are left to the parser.
+pub(super) fn lone_surrogates(buf: &mut [u8]) -> Option<Lone> {
+    let mut first = None;
+    let mut from = 0;
+    while let Some(l) = lone_surrogate(buf, from) {
+        first.get_or_insert(l);
+        buf[l.at + 2..l.at + 6].copy_from_slice(b"fffd");
+        from = l.at + 6;
+    }
+    first
+}
+
+/// The first lone surrogate escape at or after `from` (an escape's start, or 0).
+fn lone_surrogate(buf: &[u8], from: usize) -> Option<Lone> {
+    let hex4 = |at: usize| -> Option<u32> {
+        let h = buf.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut i = from;
+    while let Some(off) = buf.get(i..)?.iter().position(|&b| b == b'\\') {
+        i += off;
+        if buf.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let Some(unit) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        match unit {
+            0xd800..=0xdbff => {
+                let low = (buf.get(i + 6..i + 8) == Some(&b"\\u"[..]))
+                    .then(|| hex4(i + 8))
+                    .flatten();
+                if !low.is_some_and(|l| (0xdc00..=0xdfff).contains(&l)) {
+                    return Some(Lone { at: i, unit });
+                }
+                i += 12;
+            }
+            0xdc00..=0xdfff => return Some(Lone { at: i, unit }),
+            _ => i += 6,
+        }
+    }
+    None
+}
+
 /// Raw top-level fields, collected in one pass before any validation so a failure can still
 /// echo `uuid` / `key` / `type`. Duplicate JSON keys: the last wins, as in `JSON.parse`.
 #[derive(Default)]
@@ -166,6 +252,7 @@ struct Fields<'a> {
     pid: Option<Node<'a>>,
     name: Option<Node<'a>>,
     interval: Option<Node<'a>>,
+    after: Option<Node<'a>>,
     /// Tape index of the `keys` value (an array spans several nodes).
     keys: Option<usize>,
 }
@@ -196,7 +283,11 @@ pub(super) fn as_str<'a>(n: Option<Node<'a>>) -> Option<&'a str> {
     }
 }
 
-fn decode_tape<'a>(tape: &[Node<'a>], limits: &Limits) -> Result<Request<'a>, DecodeError> {
+fn decode_tape<'a>(
+    tape: &[Node<'a>],
+    limits: &Limits,
+    lone: Option<Lone>,
+) -> Result<Request<'a>, DecodeError> {
     let len = match tape.first() {
         Some(&Node::Object { len, .. }) => len,
         Some(other) => return Err(Kind::NotAnObject(kind_name(other)).into()),
@@ -222,6 +313,7 @@ fn decode_tape<'a>(tape: &[Node<'a>], limits: &Limits) -> Result<Request<'a>, De
             "force" => &mut f.force,
             "_uuid" => &mut f.lock_id,
             "lockUuid" => &mut f.lock_uuid,
+            "after" => &mut f.after,
             "retryCount" => &mut f.retry,
             "value" => &mut f.value,
             "token" => &mut f.token,
@@ -238,7 +330,11 @@ fn decode_tape<'a>(tape: &[Node<'a>], limits: &Limits) -> Result<Request<'a>, De
         *slot = Some(v);
         i += 1 + span(&v);
     }
-    request(&f, tape, limits).map_err(|kind| DecodeError {
+    let req = match lone {
+        Some(l) => Err(l.into()),
+        None => request(&f, tape, limits),
+    };
+    req.map_err(|kind| DecodeError {
         kind,
         uuid: as_str(f.uuid).map(Into::into),
         key: as_str(f.key).map(Into::into),
@@ -442,7 +538,10 @@ fn request<'a>(f: &Fields<'a>, tape: &[Node<'a>], limits: &Limits) -> Result<Req
             uuid: uuid()?,
             lock_id: rd.id("lockUuid", f.lock_uuid)?,
         },
-        "ls" => Request::Ls { uuid: uuid()? },
+        "ls" => Request::Ls {
+            uuid: uuid()?,
+            after: rd.opt_str("after", f.after, limits.max_key_len)?,
+        },
         "lock-info-request" => Request::LockInfo {
             uuid: uuid()?,
             key: key()?,

@@ -114,7 +114,10 @@ impl Request<'_> {
             Request::ReleaseMany { uuid, lock_id } => {
                 w.str("uuid", uuid).str("lockUuid", lock_id);
             }
-            Request::Ls { uuid } | Request::Ping { uuid } | Request::SystemStats { uuid } => {
+            Request::Ls { uuid, after } => {
+                w.str("uuid", uuid).opt_str("after", *after);
+            }
+            Request::Ping { uuid } | Request::SystemStats { uuid } => {
                 w.str("uuid", uuid);
             }
             Request::Auth { uuid, token } => {
@@ -251,9 +254,10 @@ impl Reply<'_> {
                     .str("lockUuid", lock_id);
                 w.bool("released", *released).opt_str("error", *error);
             }
-            Reply::Ls { uuid, keys } => {
+            Reply::Ls { uuid, keys, next } => {
                 w.str("type", "ls").str("uuid", uuid).field("ls_result");
                 write_list(w.out, keys.iter(), |o, k| write_str(o, k));
+                w.opt_str("next", *next);
             }
             Reply::LockInfo {
                 uuid,
@@ -264,19 +268,20 @@ impl Reply<'_> {
                 max,
                 holders,
                 waiters,
+                truncated,
             } => {
                 w.str("type", "lock-info-response")
                     .str("uuid", uuid)
                     .str("key", key)
                     .bool("lockInfo", true);
                 w.bool("isLocked", *is_locked).field("lockholderUUIDs");
-                write_list(w.out, holders.iter(), |o, h| write_str(o, &h.id));
+                write_list(w.out, holders.iter(), |o, h| write_lock_id(o, &h.id));
                 w.u64("lockRequestCount", *lock_request_count)
                     .u64("readersCount", *readers_count);
                 w.opt_u64("max", max.map(u64::from)).field("holders");
                 write_list(w.out, holders.iter(), |o, h| {
                     let mut ho = Obj::new(o);
-                    ho.str("id", &h.id)
+                    ho.lock_id("id", &h.id)
                         .opt_u64("fencingToken", h.fencing_token)
                         .str("mode", h.mode.as_str());
                     match h.ttl_remaining {
@@ -286,10 +291,13 @@ impl Reply<'_> {
                     ho.opt_u64("heldSince", h.held_since_ms).who(&h.who);
                     ho.finish();
                 });
+                if *truncated {
+                    w.bool("truncated", true);
+                }
                 w.field("waiters");
                 write_list(w.out, waiters.iter(), |o, x| {
                     let mut wo = Obj::new(o);
-                    wo.str("id", &x.id)
+                    wo.lock_id("id", &x.id)
                         .str("mode", x.mode.as_str())
                         .opt_u64("waitingSince", x.waiting_since_ms)
                         .who(&x.who);
@@ -452,6 +460,13 @@ impl<'o> Obj<'o> {
             .extend_from_slice(if v { b"true" } else { b"false" });
         self
     }
+    /// A lock id of `lock-info` or `watch`: `null` when hidden (empty, see
+    /// [`HolderInfo::id`]).
+    pub(crate) fn lock_id(&mut self, name: &'static str, v: &str) -> &mut Self {
+        self.field(name);
+        write_lock_id(self.out, v);
+        self
+    }
     pub(crate) fn null(&mut self, name: &'static str) -> &mut Self {
         self.field(name);
         self.out.extend_from_slice(b"null");
@@ -508,6 +523,16 @@ pub(crate) fn write_list<T>(
         each(out, item);
     }
     out.push(b']');
+}
+
+/// A lock id as `lock-info` and `watch` show it: a string, or `null` when the broker hides it
+/// (an empty id; see [`HolderInfo::id`]).
+pub(crate) fn write_lock_id(out: &mut Vec<u8>, id: &str) {
+    if id.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(out, id);
+    }
 }
 
 /// Writes `s` as a JSON string: `"` and `\` backslash-escaped, control characters below 0x20

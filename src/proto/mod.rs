@@ -342,10 +342,12 @@ pub enum Request<'a> {
         /// `lockUuid`: the `acquire-many`'s `uuid`.
         lock_id: &'a str,
     },
-    /// `ls`: list the keys that have holders or waiters.
+    /// `ls`: list the keys that have holders or waiters, one page at a time.
     Ls {
         /// `uuid`: this request's id.
         uuid: &'a str,
+        /// `after` (ext): the `next` of the previous page; absent for the first page.
+        after: Option<&'a str>,
     },
     /// `lock-info-request`: who holds and waits on one key.
     LockInfo {
@@ -429,7 +431,7 @@ impl<'a> Request<'a> {
             | Request::Unlock { uuid, .. }
             | Request::Extend { uuid, .. }
             | Request::ReleaseMany { uuid, .. }
-            | Request::Ls { uuid }
+            | Request::Ls { uuid, .. }
             | Request::LockInfo { uuid, .. }
             | Request::Ping { uuid }
             | Request::Watch { uuid, .. }

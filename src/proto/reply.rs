@@ -61,7 +61,9 @@ pub enum ManyOutcome<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HolderInfo<'a> {
-    /// Lock id.
+    /// Lock id; empty when the broker hides it (`null` on the wire): under `--restrict-admin`
+    /// a lock id is shown only to the connection that holds it and to admins, since anyone who
+    /// knows it may unlock or extend the lock.
     pub id: Cow<'a, str>,
     /// Fencing token of the grant (`None` if the broker does not say).
     pub fencing_token: Option<u64>,
@@ -116,7 +118,7 @@ impl Who<'_> {
 /// One queued request in a `lock-info-response` (`waiters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaiterInfo<'a> {
-    /// Its lock id (the request's uuid).
+    /// Its lock id (the request's uuid); empty when hidden, as in [`HolderInfo::id`].
     pub id: Cow<'a, str>,
     /// Exclusive, read or write (`mode`).
     pub mode: Mode,
@@ -254,8 +256,10 @@ pub enum Reply<'a> {
     Ls {
         /// `uuid`: the `ls` request's id.
         uuid: &'a str,
-        /// `ls_result`: the keys that have holders or waiters.
+        /// `ls_result`: the keys that have holders or waiters (one page of them).
         keys: Cow<'a, [&'a str]>,
+        /// `next` (ext): there are more keys; ask for them with `after` set to this.
+        next: Option<&'a str>,
     },
     /// `is_locked` is sent as is: the npm broker says `true` for a key it knows, holders or not.
     LockInfo {
@@ -273,6 +277,9 @@ pub enum Reply<'a> {
         max: Option<u32>,
         /// `holders` (their ids are also sent as `lockholderUUIDs`).
         holders: Cow<'a, [HolderInfo<'a>]>,
+        /// `truncated` (ext, sent only when true): `holders` or `waiters` lists only the first
+        /// of them, to keep the reply within the broker's output cap; the counts are exact.
+        truncated: bool,
         /// `waiters`: the queue, in order (empty from the npm broker).
         waiters: Cow<'a, [WaiterInfo<'a>]>,
     },

@@ -304,6 +304,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
             Reply::Ls {
                 uuid: o.str("uuid")?,
                 keys: Cow::Owned(keys),
+                next: o.opt_str("next")?,
             }
         }
         "lock-info-response" => {
@@ -332,6 +333,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
                     .map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
                 holders: Cow::Owned(holders),
                 waiters: Cow::Owned(waiters),
+                truncated: o.flag("truncated")?,
             }
         }
         "pong" => Reply::Pong {
@@ -412,7 +414,7 @@ fn holder<'a>(tape: &[Node<'a>], i: usize) -> Result<HolderInfo<'a>, Kind> {
         got: tape.get(i).map_or("nothing", kind_name),
     })?;
     Ok(HolderInfo {
-        id: Cow::Borrowed(h.str("id")?),
+        id: Cow::Borrowed(h.opt_str("id")?.unwrap_or_default()),
         fencing_token: h.opt_u64("fencingToken")?,
         mode: mode(&h)?,
         ttl_remaining: h.opt_u64("ttlRemaining")?.map(Duration::from_millis),
@@ -428,7 +430,7 @@ fn waiter<'a>(tape: &[Node<'a>], i: usize) -> Result<WaiterInfo<'a>, Kind> {
         got: tape.get(i).map_or("nothing", kind_name),
     })?;
     Ok(WaiterInfo {
-        id: Cow::Borrowed(w.str("id")?),
+        id: Cow::Borrowed(w.opt_str("id")?.unwrap_or_default()),
         mode: mode(&w)?,
         waiting_since_ms: w.opt_u64("waitingSince")?,
         who: who(&w)?,

@@ -227,6 +227,12 @@ fn broker_replies_decode_to_themselves() {
         Reply::Ls {
             uuid: "u",
             keys: Cow::Borrowed(&["a", "b"]),
+            next: None,
+        },
+        Reply::Ls {
+            uuid: "u",
+            keys: Cow::Borrowed(&["c"]),
+            next: Some("c"),
         },
         Reply::LockInfo {
             uuid: "u",
@@ -237,6 +243,7 @@ fn broker_replies_decode_to_themselves() {
             max: Some(2),
             holders: Cow::Borrowed(&holders),
             waiters: Cow::Borrowed(&waiters),
+            truncated: true,
         },
         Reply::Pong {
             uuid: "u",

@@ -106,6 +106,9 @@ pub struct LockInfo {
     pub max: Option<u64>,
     /// The queue in order, with who waits and since when (empty from the npm broker).
     pub queue: Vec<WaiterInfo<'static>>,
+    /// `holders` or `queue` lists only the first of them (the broker keeps every reply within
+    /// its output cap); `waiters` and `readers` are still exact.
+    pub truncated: bool,
 }
 
 /// What an `unlock` found.
@@ -141,8 +144,9 @@ pub enum Answer {
     Extended(bool),
     /// `release-many`: `false` once the locks are gone.
     Released(bool),
-    /// `ls`: the keys that have holders or waiters.
-    Keys(Vec<String>),
+    /// `ls`: one page of the keys that have holders or waiters, and the cursor of the next
+    /// page (`None`: this was the last).
+    Keys(Vec<String>, Option<String>),
     /// `lock-info-request`: who holds and waits on the key.
     Info(LockInfo),
     /// `system-stats-request`: the broker's counters.
@@ -534,9 +538,10 @@ fn other_answer(reply: &Reply<'_>, wants: &Wants) -> Answer {
         }),
         (Wants::Extend, Reply::Extend { extended, .. }) => Answer::Extended(*extended),
         (Wants::ReleaseMany, Reply::ReleaseMany { released, .. }) => Answer::Released(*released),
-        (Wants::Ls, Reply::Ls { keys, .. }) => {
-            Answer::Keys(keys.iter().map(|k| k.to_string()).collect())
-        }
+        (Wants::Ls, Reply::Ls { keys, next, .. }) => Answer::Keys(
+            keys.iter().map(|k| k.to_string()).collect(),
+            next.map(str::to_string),
+        ),
         (
             Wants::Info,
             Reply::LockInfo {
@@ -547,9 +552,11 @@ fn other_answer(reply: &Reply<'_>, wants: &Wants) -> Answer {
                 max,
                 holders,
                 waiters,
+                truncated,
                 ..
             },
         ) => Answer::Info(LockInfo {
+            truncated: *truncated,
             key: key.to_string(),
             is_locked: *is_locked,
             holders: holders

@@ -66,6 +66,7 @@ impl Table {
             for h in &gone_h {
                 self.forget_holder(h);
             }
+            self.waiting -= gone_w.len();
             for armed in gone_w {
                 if let Some(rid) = armed {
                     self.timers.disarm(rid);

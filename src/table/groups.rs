@@ -83,6 +83,7 @@ impl Table {
                     return Err(TableError::QueueFull(self.cfg.max_waiters_per_key));
                 }
             }
+            self.check_waiters()?;
         }
         let id: Name = req.id.into();
         let rid = self.rid();
@@ -194,6 +195,7 @@ impl Table {
                     g.tokens.push(grant.token);
                 }
             } else {
+                self.waiting += 1;
                 self.keys[slot as usize].queue.push_back(w);
                 self.conn_add(conn, slot);
                 return;

@@ -90,6 +90,14 @@ impl Table {
         self.keys.iter().map(|(_, ks)| &ks.key)
     }
 
+    /// Keys currently held or waited for, with their places, from the place after `after`
+    /// on: a listing in pages resumes from the last place it listed. A key that stays held
+    /// keeps its place, so a listing in pages names it once.
+    pub fn keys_after(&self, after: Option<usize>) -> impl Iterator<Item = (usize, &Name)> + '_ {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        (from..self.keys.capacity()).filter_map(|i| self.keys.get(i).map(|ks| (i, &ks.key)))
+    }
+
     /// A snapshot of one key's holders and queue; `None` when nobody holds or waits for it.
     pub fn info(&self, now: Instant, key: &str) -> Option<KeyInfo> {
         let ks = &self.keys[*self.index.get(key)? as usize];
@@ -229,6 +237,10 @@ impl Table {
             if self.conns.get(conn).map(|c| c.requests) != Some(*n) {
                 return Err(format!("connection {conn:?} request count off"));
             }
+        }
+        let queued: usize = self.keys.iter().map(|(_, ks)| ks.queue.len()).sum();
+        if queued != self.waiting {
+            return Err(format!("{queued} queued, {} counted", self.waiting));
         }
         if self.index.len() != self.keys.len() {
             return Err("index and slab disagree".into());

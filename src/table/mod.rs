@@ -67,6 +67,8 @@ pub struct Table {
     advance: Vec<Name>,
     next_token: u64,
     next_rid: u64,
+    /// Queued requests across all keys (for `Config::max_waiters`).
+    waiting: usize,
     grants: u64,
     /// How long each grant waited.
     waits: WaitHistogram,
@@ -89,6 +91,7 @@ impl Table {
             events: VecDeque::new(),
             advance: Vec::new(),
             next_rid: 1,
+            waiting: 0,
             grants: 0,
             waits: WaitHistogram::default(),
             expiries: 0,
@@ -130,6 +133,14 @@ impl Table {
             .count();
         if self.index.len() + new > self.cfg.max_keys {
             return Err(TableError::TooManyKeys(self.cfg.max_keys));
+        }
+        Ok(())
+    }
+
+    /// Room for one more queued request across the table.
+    pub(super) fn check_waiters(&self) -> Result<(), TableError> {
+        if self.waiting >= self.cfg.max_waiters {
+            return Err(TableError::TooManyWaiters(self.cfg.max_waiters));
         }
         Ok(())
     }

@@ -65,6 +65,9 @@ impl Table {
             {
                 return Err(TableError::QueueFull(self.cfg.max_waiters_per_key));
             }
+            if !ks.grantable_now(req.mode) && req.wait != Wait::No {
+                self.check_waiters()?;
+            }
         }
         self.check_conn_capacity(req.conn, 1)?;
         self.check_key_capacity(&[req.key])?;
@@ -102,6 +105,7 @@ impl Table {
         if let Some(at) = deadline {
             self.timers.arm(Timer::new(at, TimerKind::Wait, rid, slot));
         }
+        self.waiting += 1;
         self.keys[slot as usize].queue.push_back(Waiter {
             id: req.id.into(),
             rid,
@@ -121,6 +125,8 @@ impl Table {
     }
 
     /// Releases the holder `id` of `key`, or with `force` every holder of the key (an admin act).
+    /// A forced unlock that names an id is refused unless that id holds the key: a stale id
+    /// (a lock that expired, was released or forced) must not evict the current holder.
     pub fn unlock(
         &mut self,
         now: Instant,
@@ -133,13 +139,17 @@ impl Table {
             return Err(TableError::IdRequired);
         }
         let Some(&slot) = self.index.get(key) else {
-            return if force {
+            return if force && id.is_none() {
                 Ok(0)
             } else {
                 Err(TableError::NotHeld)
             };
         };
-        if force {
+        let named_holds = |id: &str| {
+            let ks = &self.keys[slot as usize];
+            ks.holder_of(id, false).is_some() || ks.holder_of(id, true).is_some()
+        };
+        if force && id.is_none_or(named_holds) {
             let ks = &mut self.keys[slot as usize];
             let gone: Vec<Holder> = ks.holders.drain(..).collect();
             for h in &gone {
@@ -320,6 +330,7 @@ impl Table {
 
     pub(super) fn remove_waiter_at(&mut self, slot: u32, i: usize) {
         if let Some(w) = self.keys[slot as usize].queue.remove(i) {
+            self.waiting -= 1;
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }
@@ -340,6 +351,7 @@ impl Table {
                 break;
             }
             let Some(w) = ks.queue.pop_front() else { break };
+            self.waiting -= 1;
             if w.deadline.is_some() {
                 self.timers.disarm(w.rid);
             }

@@ -113,6 +113,11 @@ pub struct Config {
     pub max_waiters_per_key: usize,
     /// Holds plus queued requests of one connection.
     pub max_requests_per_conn: usize,
+    /// Queued requests across the whole table (an acquire-many waits on one key at a time, and
+    /// counts once); a request that would queue beyond it is refused
+    /// ([`TableError::TooManyWaiters`]). Bounds the memory of waiters, which the per-key and
+    /// per-connection caps alone would let grow with the number of connections.
+    pub max_waiters: usize,
     /// Most keys in one acquire-many ([`TableError::BadKeyCount`]).
     pub max_keys_per_many: usize,
     /// Keys held or waited for at once, across all connections: bounds the memory that
@@ -130,6 +135,7 @@ impl Default for Config {
             max_key_len: 1024,
             max_waiters_per_key: 10_000,
             max_requests_per_conn: 10_000,
+            max_waiters: 100_000,
             max_keys_per_many: 64,
             max_keys: 1_000_000,
             token_seed: 1,
@@ -295,6 +301,10 @@ pub enum TableError {
     /// A plain unlock named a key held by an acquire-many; releasing one key alone would
     /// break the all-or-nothing rule.
     GroupMember,
+    #[error("{0} requests already wait across the broker (the limit); try again later")]
+    /// The request would queue past [`Config::max_waiters`] (the field); a try-lock or an
+    /// immediate grant is never refused for this.
+    TooManyWaiters(usize),
     #[error("the broker already tracks {0} keys (the limit)")]
     /// The request's new keys would take the table past [`Config::max_keys`] (the field).
     TooManyKeys(usize),

@@ -284,6 +284,31 @@ impl Wire {
     }
 }
 
+/// Sends `chunks` on a fresh TCP connection to `addr` as separate writes (50 ms apart), then
+/// reads what comes back until the broker closes it (or `wait` passes without a byte).
+pub fn exchange(addr: SocketAddr, chunks: &[&[u8]], wait: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if s.write_all(c).is_err() {
+            break; // closed already
+        }
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Resident memory of this process (broker and test together), in KiB.
 pub fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -14,10 +14,10 @@ use super::acks::{PROBE_DELAY, PendingAck};
 use super::identity::wall_ms;
 use super::route::{Awaited, Pending};
 use super::{Core, Reject, ms};
-use crate::proto::Reply;
 use crate::proto::encode::{
     self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
 };
+use crate::proto::{Reply, Who};
 use crate::store::{KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats};
 use crate::table::{ConnId, Grant, Name};
 
@@ -121,6 +121,8 @@ impl Core {
             } => {
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
+                    // Released: its ack probe, if any, has nothing left to find.
+                    self.acks.remove(&id);
                 }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(queue_len), false);
@@ -187,12 +189,12 @@ impl Core {
                     return;
                 };
                 let uuid = p.uuid.as_deref().unwrap_or("");
+                let after = match &p.kind {
+                    Awaited::Ls(after) => after.as_deref(),
+                    _ => None,
+                };
                 match keys {
-                    Ok(keys) => {
-                        let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
-                        let keys = refs.into();
-                        self.send(slot, &Reply::Ls { uuid, keys });
-                    }
+                    Ok(keys) => self.ls_from_list(slot, uuid, after, keys),
                     Err(e) => self.send_error(slot, "ls", Some(uuid), None, &e.to_string()),
                 }
             }
@@ -394,12 +396,15 @@ impl Core {
     }
 
     fn lock_info(&mut self, slot: usize, now: Instant, uuid: &str, key: &str, info: KeyView) {
+        let Some(viewer) = self.conn_at(slot).map(|c| c.id) else {
+            return;
+        };
         let wall = (self.wall_clock)();
         let holders: Vec<HolderInfo<'_>> = info
             .holders
             .iter()
             .map(|h| HolderInfo {
-                id: (*h.id).into(),
+                id: self.shown_id(viewer, h.conn, &h.id).into(),
                 fencing_token: Some(h.token),
                 mode: h.mode,
                 ttl_remaining: h.ttl_remaining,
@@ -411,26 +416,57 @@ impl Core {
             .waiters
             .iter()
             .map(|w| WaiterInfo {
-                id: (*w.id).into(),
+                id: self.shown_id(viewer, w.conn, &w.id).into(),
                 mode: w.mode,
                 waiting_since_ms: w.since.map(|s| wall_ms(wall, now, s)),
                 who: w.conn.map(|c| self.who(c)).unwrap_or_default(),
             })
             .collect();
-        let reply = Reply::LockInfo {
-            uuid,
-            key,
-            lock_request_count: info.waiters.len() as u64,
-            readers_count: info.readers as u64,
-            is_locked: !holders.is_empty(),
-            max: Some(info.max.max(1)),
-            holders: holders.into(),
-            waiters: waiters.into(),
+        // Within the reply budget (a semaphore can have a million holders, a key ten thousand
+        // waiters): as many entries as fit by their size, fewer if escaping made the line
+        // longer; `truncated` says so, and the counts stay exact.
+        let budget = self.reply_budget;
+        let cost = |id: &str, who: &Who<'_>| {
+            let len = |s: &Option<std::borrow::Cow<'_, str>>| s.as_deref().map_or(0, str::len);
+            id.len() * 2 + len(&who.name) + len(&who.peer) + 160
         };
-        // Encoded apart: the identities borrow the connections' states.
+        let mut room = budget.saturating_sub(key.len() + uuid.len() + 256);
+        let mut fits = |c: usize| {
+            let ok = c <= room;
+            room = room.saturating_sub(c);
+            ok
+        };
+        let mut nh = holders
+            .iter()
+            .take_while(|h| fits(cost(&h.id, &h.who)))
+            .count();
+        let mut nw = waiters
+            .iter()
+            .take_while(|w| fits(cost(&w.id, &w.who)))
+            .count();
         let mut line = Vec::with_capacity(256);
-        reply.encode(&mut line);
-        drop(reply);
+        loop {
+            let reply = Reply::LockInfo {
+                uuid,
+                key,
+                lock_request_count: info.waiters.len() as u64,
+                readers_count: info.readers as u64,
+                is_locked: !holders.is_empty(),
+                max: Some(info.max.max(1)),
+                holders: (&holders[..nh]).into(),
+                waiters: (&waiters[..nw]).into(),
+                truncated: nh < holders.len() || nw < waiters.len(),
+            };
+            line.clear();
+            reply.encode(&mut line);
+            if line.len() <= budget || nh + nw == 0 {
+                break;
+            }
+            (nh, nw) = (nh / 2, nw / 2);
+        }
+        // Encoded apart: the identities borrow the connections' states.
+        drop(holders);
+        drop(waiters);
         self.send_line(slot, &line);
     }
 

@@ -13,6 +13,8 @@ pub(crate) enum Reject {
     /// A try-lock (`wait:false`) found the key busy.
     Busy,
     QueueFull,
+    /// The broker-wide cap on waiters (`max_waiters`).
+    TooManyWaiters,
     TooManyRequests,
     TooManyKeys,
     /// Unlock or extend of a lock the id does not hold (lost, released, or never granted).
@@ -28,10 +30,11 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::BadRequest,
         Reject::Busy,
         Reject::QueueFull,
+        Reject::TooManyWaiters,
         Reject::TooManyRequests,
         Reject::TooManyKeys,
         Reject::NotHeld,
@@ -46,6 +49,7 @@ impl Reject {
             Reject::BadRequest => "bad_request",
             Reject::Busy => "busy",
             Reject::QueueFull => "queue_full",
+            Reject::TooManyWaiters => "too_many_waiters",
             Reject::TooManyRequests => "too_many_requests",
             Reject::TooManyKeys => "too_many_keys",
             Reject::NotHeld => "not_held",
@@ -61,6 +65,7 @@ impl From<&TableError> for Reject {
     fn from(e: &TableError) -> Self {
         match e {
             TableError::QueueFull(_) => Reject::QueueFull,
+            TableError::TooManyWaiters(_) => Reject::TooManyWaiters,
             TableError::TooManyRequests(_) => Reject::TooManyRequests,
             TableError::TooManyKeys(_) => Reject::TooManyKeys,
             TableError::NotHeld | TableError::StillWaiting => Reject::NotHeld,

@@ -48,6 +48,24 @@ impl Core {
 
     /// Who holds or waits through connection `id`, also after it closed if its locks were
     /// kept (its peer then reads `... (disconnected)`).
+    /// Lock id `id` of a request made on `owner`, as `viewer` may see it: under
+    /// `restrict_admin` an id is a capability (whoever knows it may unlock or extend the lock),
+    /// so it is shown only to the connection that made the request and to admins; to anyone
+    /// else it is empty (sent as `null`).
+    pub(super) fn shown_id<'s>(
+        &self,
+        viewer: ConnId,
+        owner: Option<ConnId>,
+        id: &'s str,
+    ) -> &'s str {
+        let admin = self.state(viewer).is_some_and(|c| c.admin);
+        if admin || owner == Some(viewer) {
+            id
+        } else {
+            ""
+        }
+    }
+
     pub(super) fn who(&self, id: ConnId) -> Who<'_> {
         let ident = match self.state(id) {
             Some(c) => &c.ident,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::Core;
 use crate::proto::{Reply, RwOp};
-use crate::table::{Cancelled, ConnId, Name};
+use crate::table::{Cancelled, ConnId, Name, TableError};
 
 #[derive(Default, Debug)]
 struct KeyRw {
@@ -42,20 +42,108 @@ pub(crate) enum RwAnswer {
     Deferred,
     /// Too many requests already wait on this key.
     Full,
+    /// A limit of the lock path, which applies here too: entries per connection, or keys.
+    Refused(TableError),
 }
 
 /// Deferred RW requests one key may hold; beyond it requests are refused, never queued.
 const MAX_DEFERRED: usize = 10_000;
 
-#[derive(Default, Debug)]
+/// The read/write state of every key, and what each connection has in it.
+#[derive(Debug)]
 pub(crate) struct LegacyRw {
     keys: HashMap<Name, KeyRw, RandomState>,
+    /// Per connection, its entries on each key (a reader count, the writer flag, deferred
+    /// requests): what its close must undo, found without looking at other keys.
+    conns: HashMap<ConnId, ConnRw, RandomState>,
+    /// The lock path's limits: entries of one connection (`max_requests_per_conn`), and keys
+    /// (`max_keys`).
+    max_per_conn: usize,
+    max_keys: usize,
+    /// Keys a close looked at (for the tests of its cost).
+    #[cfg(test)]
+    pub(super) visits: usize,
+}
+
+#[derive(Debug, Default)]
+struct ConnRw {
+    keys: HashMap<Name, u32, RandomState>,
+    entries: usize,
+}
+
+/// Counts the entries of each connection; see `LegacyRw::conns`.
+fn add(conns: &mut HashMap<ConnId, ConnRw, RandomState>, conn: ConnId, key: &str) {
+    let c = conns.entry(conn).or_default();
+    *c.keys.entry_ref(key).or_default() += 1;
+    c.entries += 1;
+}
+
+fn sub(conns: &mut HashMap<ConnId, ConnRw, RandomState>, conn: ConnId, key: &str) {
+    let Some(c) = conns.get_mut(&conn) else {
+        return;
+    };
+    if let Some(n) = c.keys.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            c.keys.remove(key);
+        }
+        c.entries -= 1;
+    }
+    if c.entries == 0 {
+        conns.remove(&conn);
+    }
+}
+
+/// A reader of `key` more for `conn`: a new entry only if it had none.
+fn add_reader(
+    conns: &mut HashMap<ConnId, ConnRw, RandomState>,
+    k: &mut KeyRw,
+    conn: ConnId,
+    key: &str,
+) {
+    let n = k.readers.entry(conn).or_default();
+    if *n == 0 {
+        add(conns, conn, key);
+    }
+    *n += 1;
 }
 
 /// A deferred request that may proceed now: send it `broadcast-result`.
 pub(crate) type Woken = (ConnId, Name, Name);
 
 impl LegacyRw {
+    pub fn new(max_per_conn: usize, max_keys: usize) -> Self {
+        LegacyRw {
+            keys: HashMap::default(),
+            conns: HashMap::default(),
+            max_per_conn,
+            max_keys,
+            #[cfg(test)]
+            visits: 0,
+        }
+    }
+
+    /// Would `op` of `conn` add an entry, and is there room for it?
+    fn room(&self, conn: ConnId, key: &str, op: RwOp) -> Result<(), TableError> {
+        let k = self.keys.get(key);
+        let reader = k.is_some_and(|k| k.readers.contains_key(&conn));
+        let adds = match op {
+            RwOp::IncrementReaders => !reader,
+            RwOp::RegisterWriteFlagCheck | RwOp::RegisterWriteFlagAndReadersCheck => true,
+            RwOp::DecrementReaders | RwOp::SetWriteFlagFalseAndBroadcast => false,
+        };
+        if !adds {
+            return Ok(());
+        }
+        if k.is_none() && self.keys.len() >= self.max_keys {
+            return Err(TableError::TooManyKeys(self.max_keys));
+        }
+        if self.conns.get(&conn).map_or(0, |c| c.entries) >= self.max_per_conn {
+            return Err(TableError::TooManyRequests(self.max_per_conn));
+        }
+        Ok(())
+    }
+
     pub fn apply(
         &mut self,
         conn: ConnId,
@@ -64,10 +152,14 @@ impl LegacyRw {
         op: RwOp,
         woken: &mut Vec<Woken>,
     ) -> RwAnswer {
+        if let Err(e) = self.room(conn, key, op) {
+            return RwAnswer::Refused(e);
+        }
+        let conns = &mut self.conns;
         let k = self.keys.entry_ref(key).or_default();
         let answer = match op {
             RwOp::IncrementReaders => {
-                *k.readers.entry(conn).or_default() += 1;
+                add_reader(conns, k, conn, key);
                 RwAnswer::Now {
                     readers: k.reader_count(),
                 }
@@ -77,9 +169,10 @@ impl LegacyRw {
                     *n -= 1;
                     if *n == 0 {
                         k.readers.remove(&conn);
+                        sub(conns, conn, key);
                     }
                 }
-                wake(key, k, woken);
+                wake(key, k, conns, woken);
                 RwAnswer::Now {
                     readers: k.reader_count(),
                 }
@@ -92,9 +185,10 @@ impl LegacyRw {
             RwOp::RegisterWriteFlagCheck => {
                 if k.writer.is_some() || !k.deferred.is_empty() {
                     k.deferred.push_back((conn, uuid.into(), false));
+                    add(conns, conn, key);
                     RwAnswer::Deferred
                 } else {
-                    *k.readers.entry(conn).or_default() += 1;
+                    add_reader(conns, k, conn, key);
                     RwAnswer::Now {
                         readers: k.reader_count(),
                     }
@@ -103,15 +197,19 @@ impl LegacyRw {
             RwOp::RegisterWriteFlagAndReadersCheck => {
                 if k.writer.is_some() || k.reader_count() > 0 || !k.deferred.is_empty() {
                     k.deferred.push_back((conn, uuid.into(), true));
+                    add(conns, conn, key);
                     RwAnswer::Deferred
                 } else {
                     k.writer = Some(conn);
+                    add(conns, conn, key);
                     RwAnswer::Now { readers: 0 }
                 }
             }
             RwOp::SetWriteFlagFalseAndBroadcast => {
-                k.writer = None;
-                wake(key, k, woken);
+                if let Some(w) = k.writer.take() {
+                    sub(conns, w, key);
+                }
+                wake(key, k, conns, woken);
                 RwAnswer::Now {
                     readers: k.reader_count(),
                 }
@@ -123,34 +221,56 @@ impl LegacyRw {
         answer
     }
 
-    /// Forgets a dead connection's readers, writer flag and deferred requests.
+    /// Forgets a dead connection's readers, writer flag and deferred requests, looking only
+    /// at the keys it has entries on.
     pub fn disconnect(&mut self, conn: ConnId, woken: &mut Vec<Woken>) {
-        self.keys.retain(|key, k| {
+        let Some(mine) = self.conns.remove(&conn) else {
+            return;
+        };
+        #[cfg(test)]
+        {
+            self.visits += mine.keys.len();
+        }
+        for key in mine.keys.keys() {
+            let Some(k) = self.keys.get_mut(key) else {
+                continue;
+            };
             k.readers.remove(&conn);
             if k.writer == Some(conn) {
                 k.writer = None;
             }
             k.deferred.retain(|(c, _, _)| *c != conn);
-            wake(key, k, woken);
-            !k.idle()
-        });
+            wake(key, k, &mut self.conns, woken);
+            if k.idle() {
+                self.keys.remove(key);
+            }
+        }
     }
 }
 
 /// Lets deferred requests in, in order, while they fit (write-preferring: a waiting writer
 /// stops later readers).
-fn wake(key: &str, k: &mut KeyRw, woken: &mut Vec<Woken>) {
+fn wake(
+    key: &str,
+    k: &mut KeyRw,
+    conns: &mut HashMap<ConnId, ConnRw, RandomState>,
+    woken: &mut Vec<Woken>,
+) {
     while let Some((conn, _, writer)) = k.deferred.front() {
         let fits = k.writer.is_none() && (!writer || k.reader_count() == 0);
         if !fits {
             break;
         }
-        let (conn, uuid, writer) = (*conn, k.deferred[0].1.clone(), *writer);
-        k.deferred.pop_front();
+        let (conn, writer) = (*conn, *writer);
+        let Some((_, uuid, _)) = k.deferred.pop_front() else {
+            break;
+        };
+        sub(conns, conn, key);
         if writer {
             k.writer = Some(conn);
+            add(conns, conn, key);
         } else {
-            *k.readers.entry(conn).or_default() += 1;
+            add_reader(conns, k, conn, key);
         }
         woken.push((conn, uuid, key.into()));
     }
@@ -192,6 +312,11 @@ impl Core {
                     readers_count: readers,
                 },
             ),
+            RwAnswer::Refused(e) => {
+                self.reject(super::Reject::from(&e));
+                let msg = e.to_string();
+                self.send_error(slot, op.as_str(), Some(uuid), Some(key), &msg);
+            }
             RwAnswer::Full => self.send_error(
                 slot,
                 op.as_str(),
@@ -232,7 +357,7 @@ mod tests {
     #[test]
     fn writer_waits_for_every_reader_and_readers_wait_for_writer() {
         let (a, b, w) = (ConnId(1), ConnId(2), ConnId(3));
-        let mut rw = LegacyRw::default();
+        let mut rw = LegacyRw::new(10_000, 1_000_000);
         let mut woken = Vec::new();
         let entry = RwOp::RegisterWriteFlagCheck;
         assert_eq!(
@@ -264,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_dead_reader_does_not_block_writers() {
-        let mut rw = LegacyRw::default();
+        let mut rw = LegacyRw::new(10_000, 1_000_000);
         let mut woken = Vec::new();
         rw.apply(
             ConnId(1),

@@ -13,6 +13,7 @@ mod answers;
 mod counters;
 mod identity;
 mod legacy_rw;
+mod listing;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,9 @@ pub(crate) struct Config {
     pub restrict_admin: bool,
     /// The wall clock, read only for `pong`'s `serverTimestampMs` (tests pass a fixed one).
     pub wall_clock: fn() -> SystemTime,
+    /// Most bytes one listing reply may take (`ls` pages, `lock-info`, `watch`): within the
+    /// output cap, so that a reply never needs more than the cap.
+    pub reply_budget: usize,
 }
 
 /// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
@@ -156,6 +160,7 @@ pub(crate) struct Core {
     prune_departed_at: usize,
     /// Connections that sent `watch` (see [`watch`]).
     watchers: Vec<Watcher>,
+    reply_budget: usize,
 }
 
 fn conn_slot(id: ConnId) -> usize {
@@ -168,6 +173,7 @@ fn ms(d: Duration) -> u64 {
 
 impl Core {
     pub fn new(cfg: Config) -> Self {
+        let rw = LegacyRw::new(cfg.table.max_requests_per_conn, cfg.table.max_keys);
         Core {
             max_per_conn: cfg.table.max_requests_per_conn,
             store: Box::new(MemStore::new(cfg.table)),
@@ -184,13 +190,14 @@ impl Core {
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
-            rw: LegacyRw::default(),
+            rw,
             parked: HashMap::default(),
             woken: Vec::new(),
             counters: Counters::default(),
             departed: HashMap::default(),
             prune_departed_at: 64,
             watchers: Vec::new(),
+            reply_budget: cfg.reply_budget,
         }
     }
 
@@ -232,10 +239,11 @@ impl Core {
     }
 
     /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
-    /// carried it).
+    /// carried it): the same rights as a connection that sent `auth`, admin acts included.
     pub fn authenticated(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
+            c.admin = true;
         }
     }
 
@@ -254,17 +262,22 @@ impl Core {
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
         }
+        // Only what this connection has is looked at: its requests (and the acks and parked
+        // holds, which are its requests' ids), never the other connections' (issue 20).
         if requests > 0 {
-            self.route.disconnect(id);
+            for lock_id in self.route.disconnect(id) {
+                if self.acks.get(&lock_id).is_some_and(|a| a.conn == id) {
+                    self.acks.remove(&lock_id);
+                }
+                if self.parked.get(&lock_id) == Some(&id) {
+                    self.parked.remove(&lock_id);
+                }
+            }
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
             self.depart(id, ident);
         }
-        if !self.acks.is_empty() {
-            self.acks.retain(|_, a| a.conn != id);
-        }
-        self.parked.retain(|_, c| *c != id);
         self.unwatch(id);
         let mut woken = std::mem::take(&mut self.woken);
         self.rw.disconnect(id, &mut woken);
@@ -495,7 +508,7 @@ impl Core {
             Request::ReleaseMany { uuid, lock_id } => {
                 self.release_many(slot, cid, now, uuid, lock_id)
             }
-            Request::Ls { uuid } => self.ask(slot, cid, now, Some(uuid), route::Awaited::Ls),
+            Request::Ls { uuid, after } => self.ls(slot, cid, now, uuid, after),
             Request::LockInfo { uuid, key } => {
                 let kind = route::Awaited::Info(key.into());
                 self.ask(slot, cid, now, Some(uuid), kind)

@@ -26,6 +26,9 @@ pub(super) struct Route {
     locks: HashMap<(Name, Name), LockState, RandomState>,
     /// Acquire-many groups not yet ended (counted only), by lock id.
     groups: HashMap<Name, ConnId, RandomState>,
+    /// What each connection has in `locks` and `groups`, so that its close forgets them
+    /// without looking at anyone else's.
+    by_conn: HashMap<ConnId, Owned, RandomState>,
     /// Replies awaiting the store's answer, by tag.
     pending: HashMap<u64, Pending, RandomState>,
     /// Per connection, when the store answers later (etcd): what it has in the store and
@@ -34,6 +37,9 @@ pub(super) struct Route {
     /// `max_requests_per_conn`).
     load: Option<HashMap<ConnId, Load, RandomState>>,
     next_tag: u64,
+    /// Entries a close looked at (for the tests of its cost).
+    #[cfg(test)]
+    visits: usize,
 }
 
 /// What one connection has in a store that answers later.
@@ -43,6 +49,23 @@ pub(super) struct Load {
     pub requests: usize,
     /// Ops not yet answered.
     pub unanswered: usize,
+}
+
+/// The entries of one connection in `Route::locks` and `Route::groups`. Ended entries are
+/// not looked for when they end: they stay listed, stale, until they outnumber the live ones
+/// and are swept out (amortised O(1) per request).
+#[derive(Default)]
+struct Owned {
+    locks: Vec<(Name, Name)>,
+    groups: Vec<Name>,
+    /// Entries still live in `locks` and `groups`.
+    live: usize,
+}
+
+impl Owned {
+    fn stale(&self) -> bool {
+        self.locks.len() + self.groups.len() > 2 * self.live + 16
+    }
 }
 
 pub(super) struct LockState {
@@ -64,7 +87,8 @@ pub(super) enum Awaited {
     Unlock(Name),
     Extend(Name),
     ReleaseMany(Name),
-    Ls,
+    /// The page after this cursor (a store that answers with every key: etcd).
+    Ls(Option<Name>),
     Info(Name),
     Stats,
     Inspect(Name),
@@ -129,15 +153,35 @@ impl Route {
             held: false,
             queued: false,
         };
-        self.locks.insert((key.into(), id.into()), state);
+        let entry = (Name::from(key), Name::from(id));
+        self.locks.insert(entry.clone(), state);
         self.add_load(conn, |l| l.requests += 1);
+        let o = self.by_conn.entry(conn).or_default();
+        o.locks.push(entry);
+        o.live += 1;
+        if o.stale() {
+            let locks = &self.locks;
+            o.locks
+                .retain(|e| locks.get(e).is_some_and(|l| l.conn == conn));
+        }
     }
 
     /// Forgets lock request (`key`, `id`), whoever made it.
     pub(super) fn remove_lock(&mut self, key: &str, id: &str) -> Option<LockState> {
         let l = self.locks.remove(&(Name::from(key), Name::from(id)))?;
         self.add_load(l.conn, |n| n.requests = n.requests.saturating_sub(1));
+        self.ended(l.conn);
         Some(l)
+    }
+
+    /// One entry of `conn` ended.
+    fn ended(&mut self, conn: ConnId) {
+        if let Some(o) = self.by_conn.get_mut(&conn) {
+            o.live = o.live.saturating_sub(1);
+            if o.live == 0 {
+                self.by_conn.remove(&conn);
+            }
+        }
     }
 
     /// Forgets request (`key`, `id`) of `conn`; `Some(held)` when there was one.
@@ -151,23 +195,50 @@ impl Route {
     pub(super) fn add_group(&mut self, id: &str, conn: ConnId) {
         if self.load.is_some() && self.groups.insert(id.into(), conn).is_none() {
             self.add_load(conn, |l| l.requests += 1);
+            let o = self.by_conn.entry(conn).or_default();
+            o.groups.push(id.into());
+            o.live += 1;
+            if o.stale() {
+                let groups = &self.groups;
+                o.groups.retain(|g| groups.get(g) == Some(&conn));
+            }
         }
     }
 
     pub(super) fn remove_group(&mut self, id: &str) {
         if let Some(conn) = self.groups.remove(id) {
             self.add_load(conn, |l| l.requests = l.requests.saturating_sub(1));
+            self.ended(conn);
         }
     }
 
-    /// Forgets everything of a closed connection.
-    pub(super) fn disconnect(&mut self, conn: ConnId) {
-        self.locks.retain(|_, l| l.conn != conn);
-        self.groups.retain(|_, c| *c != conn);
-        self.pending.retain(|_, p| p.conn != conn);
+    /// Forgets everything of a closed connection, at a cost of what it has (never a scan of
+    /// the other connections' requests); returns the lock ids it forgot. Replies still
+    /// awaited for it stay in `pending` until the store answers, and are then dropped.
+    pub(super) fn disconnect(&mut self, conn: ConnId) -> Vec<Name> {
+        let Some(o) = self.by_conn.remove(&conn) else {
+            return Vec::new();
+        };
+        #[cfg(test)]
+        {
+            self.visits += o.locks.len() + o.groups.len();
+        }
+        let mut ids = Vec::with_capacity(o.live);
+        for e in o.locks {
+            if self.locks.get(&e).is_some_and(|l| l.conn == conn) {
+                self.locks.remove(&e);
+                ids.push(e.1);
+            }
+        }
+        for g in o.groups {
+            if self.groups.get(&g) == Some(&conn) {
+                self.groups.remove(&g);
+            }
+        }
         if let Some(l) = self.load.as_mut() {
             l.remove(&conn);
         }
+        ids
     }
 }
 
@@ -267,11 +338,9 @@ impl Core {
         lock_id: Option<&str>,
         force: bool,
     ) {
-        if let Some(id) = lock_id
-            && !self.acks.is_empty()
-        {
-            self.acks.remove(id);
-        }
+        // A pending ack probe of `lock_id` is settled by the store's answer (`Unlocked`), not
+        // here: an unlock that fails (another key, a refused force, a stranger's guess) must
+        // leave the probe that finds a ghost grant in place.
         let admin = self.conn_at(slot).is_some_and(|c| c.admin);
         if force && !admin {
             self.reject(Reject::Forbidden);
@@ -427,7 +496,7 @@ impl Core {
     ) {
         if let Err(e) = self.room(cid, false) {
             let ty = match kind {
-                Awaited::Ls => "ls",
+                Awaited::Ls(_) => "ls",
                 Awaited::Info(_) => "lock-info",
                 Awaited::Inspect(_) => "inspect",
                 _ => "system-stats",
@@ -459,5 +528,53 @@ impl Core {
             return Err(e.to_string());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20, item 4: a close looks at what the closing connection has, not at everyone's.
+    #[test]
+    fn a_close_looks_only_at_the_closing_connections_requests() {
+        let mut r = Route::default();
+        r.count_load();
+        for i in 0..10_000 {
+            r.add_lock(&format!("k{i}"), &format!("a{i}"), ConnId(1));
+        }
+        r.add_group("g", ConnId(1));
+        r.add_lock("mine", "b", ConnId(2));
+        r.visits = 0;
+        assert_eq!(r.disconnect(ConnId(2)), vec![Name::from("b")]);
+        assert!(
+            r.visits <= 1,
+            "closing one lock's connection looked at {} entries",
+            r.visits
+        );
+        assert!(r.lock_of("k0", "a0").is_some() && r.lock_of("mine", "b").is_none());
+        assert_eq!(r.load(ConnId(1)).requests, 10_001);
+        assert_eq!(r.disconnect(ConnId(1)).len(), 10_000);
+        assert!(r.locks.is_empty() && r.groups.is_empty() && r.by_conn.is_empty());
+    }
+
+    /// A long-lived connection's index stays about the size of what it has now.
+    #[test]
+    fn a_connections_index_of_ended_requests_is_swept() {
+        let mut r = Route::default();
+        r.add_lock("held", "h", ConnId(1));
+        for i in 0..100_000 {
+            let id = format!("c{i}");
+            r.add_lock("k", &id, ConnId(1));
+            r.remove_lock("k", &id);
+        }
+        let o = &r.by_conn[&ConnId(1)];
+        assert!(
+            o.locks.len() <= 2 * o.live + 17,
+            "{} listed for {}",
+            o.locks.len(),
+            o.live
+        );
+        assert_eq!(r.disconnect(ConnId(1)), vec![Name::from("h")]);
     }
 }

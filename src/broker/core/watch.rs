@@ -8,6 +8,7 @@
 //! is bounded by the caps below. A watcher whose previous snapshots are still unsent (a slow
 //! reader) skips a tick rather than grow its backlog.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::identity::wall_ms;
@@ -99,6 +100,9 @@ impl Core {
 
     /// Encodes one snapshot into the output of the connection at `slot`.
     fn snapshot(&mut self, slot: usize, now: Instant, uuid: &str) {
+        let Some(viewer) = self.conn_at(slot).map(|c| c.id) else {
+            return;
+        };
         let wall = (self.wall_clock)();
         // A distributed store (etcd) has no local table to show: totals stay at zero.
         let table = self.store.table();
@@ -136,12 +140,17 @@ impl Core {
             });
             s.finish();
         }
-        o.bool(
-            "truncated",
-            stats.keys > MAX_LISTED || self.open > MAX_LISTED,
-        )
-        .field("keys");
-        write_list(&mut *o.out, infos.iter(), |out, i| {
+        // Within the reply budget: keys while they fit in three quarters of it, connections in
+        // the rest; `truncated` (written last) says whether any was left out.
+        let (budget, used, cut) = (self.reply_budget, Cell::new(0), Cell::new(false));
+        let room = |limit: usize| {
+            let ok = used.get() < limit;
+            cut.set(cut.get() || !ok);
+            ok
+        };
+        o.field("keys");
+        let listed = infos.iter().take_while(|_| room(budget * 3 / 4));
+        write_list(&mut *o.out, listed, |out, i| {
             let mut k = Obj::new(out);
             k.str("key", &i.key)
                 .u64("max", u64::from(i.max))
@@ -149,7 +158,7 @@ impl Core {
                 .field("holders");
             write_list(&mut *k.out, i.holders.iter().take(MAX_PER_KEY), |out, h| {
                 let mut ho = Obj::new(out);
-                ho.str("id", &h.id)
+                ho.lock_id("id", self.shown_id(viewer, Some(h.conn), &h.id))
                     .u64("fencingToken", h.token)
                     .str("mode", h.mode.as_str())
                     .opt_u64("ttlRemaining", h.ttl_remaining.map(ms))
@@ -160,16 +169,18 @@ impl Core {
             k.field("waiters");
             write_list(&mut *k.out, i.queue.iter().take(MAX_PER_KEY), |out, w| {
                 let mut wo = Obj::new(out);
-                wo.str("id", &w.id)
+                wo.lock_id("id", self.shown_id(viewer, Some(w.conn), &w.id))
                     .str("mode", w.mode.as_str())
                     .u64("waitingSince", wall_ms(wall, now, w.since))
                     .who(&self.who(w.conn));
                 wo.finish();
             });
             k.finish();
+            used.set(out.len());
         });
         o.field("conns");
         let conns = self.conns.iter().flatten().take(MAX_LISTED);
+        let conns = conns.take_while(|_| room(budget));
         write_list(&mut *o.out, conns, |out, c| {
             let mut co = Obj::new(out);
             co.u64("id", c.id.0)
@@ -177,7 +188,10 @@ impl Core {
                 .bool("watching", self.watchers.iter().any(|w| w.conn == c.id))
                 .who(&self.who(c.id));
             co.finish();
+            used.set(out.len());
         });
+        let over = stats.keys > MAX_LISTED || self.open > MAX_LISTED;
+        o.bool("truncated", over || cut.get());
         o.finish();
         self.send_line(slot, &out);
     }

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 mod replies;
+mod surrogates;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 const U: &str = "8650931b-4909-4955-9c19-ce805365af0e";

@@ -141,14 +141,16 @@ fn every_reply_shape() {
     assert_eq!(
         enc(Reply::Ls {
             uuid: u,
-            keys: (&["a", "b"][..]).into()
+            keys: (&["a", "b"][..]).into(),
+            next: Some("7"),
         }),
-        json!({"type":"ls","uuid":u,"ls_result":["a","b"]})
+        json!({"type":"ls","uuid":u,"ls_result":["a","b"],"next":"7"})
     );
     assert_eq!(
         enc(Reply::Ls {
             uuid: u,
-            keys: Vec::new().into()
+            keys: Vec::new().into(),
+            next: None,
         }),
         json!({"type":"ls","uuid":u,"ls_result":[]})
     );
@@ -183,7 +185,8 @@ fn every_reply_shape() {
             is_locked: true,
             max: Some(1),
             holders: (&holders[..]).into(),
-            waiters: Vec::new().into()
+            waiters: Vec::new().into(),
+            truncated: false,
         }),
         json!({"type":"lock-info-response","uuid":u,"key":k,"lockInfo":true,"isLocked":true,"lockholderUUIDs":["h1","h2"],
             "lockRequestCount":1,"readersCount":2,"max":1,"holders":[

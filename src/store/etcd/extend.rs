@@ -71,8 +71,7 @@ pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool,
             .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
             .collect::<Vec<_>>(),
     );
-    let mut kv = sh.client.kv_client();
-    Ok(sh.call(kv.txn(txn)).await?.succeeded())
+    Ok(sh.txn(txn).await?.succeeded())
 }
 
 pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) {

@@ -216,8 +216,7 @@ async fn acquire(
                 .collect::<Vec<_>>(),
         )
         .and_then(puts.chain(reads).collect::<Vec<_>>());
-    let mut kv = sh.client.kv_client();
-    let resp = match sh.call(kv.txn(txn)).await {
+    let resp = match sh.txn(txn).await {
         Ok(r) => r,
         Err(e) => {
             // The puts may have landed: remove those on our lease.
@@ -367,10 +366,9 @@ async fn hold(
                 })
                 .collect::<Vec<_>>(),
         );
-    let mut kv = sh.client.kv_client();
     // The revision at which every member was confirmed: the shared watch reports deletes
     // after it.
-    let marked = sh.call(kv.txn(txn)).await.and_then(|r| {
+    let marked = sh.txn(txn).await.and_then(|r| {
         r.succeeded()
             .then(|| r.header().map_or(rev, |h| h.revision()))
             .ok_or(StoreError::Vanished)
@@ -514,8 +512,7 @@ pub async fn delete_members(
     rev: i64,
 ) -> Result<bool, StoreError> {
     let txn = delete_all(&members, rev);
-    let mut kv = sh.client.kv_client();
-    let res = sh.call(kv.txn(txn)).await.map(|r| r.succeeded());
+    let res = sh.txn(txn).await.map(|r| r.succeeded());
     if res != Ok(true) {
         for m in members {
             tokio::task::spawn_local(delete_key(sh.clone(), m, Guard::Rev(rev)));
@@ -613,8 +610,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
         return Err((key, StoreError::Rule(TableError::StillWaiting)));
     }
     let txn = delete_all(&members, rev);
-    let mut kv = sh.client.kv_client();
-    match sh.call(kv.txn(txn)).await {
+    match sh.txn(txn).await {
         Ok(r) if r.succeeded() => Ok(()),
         Ok(_) => Err((key, StoreError::Rule(TableError::NotHeld))),
         Err(e) => Err((key, e)),

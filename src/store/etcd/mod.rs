@@ -37,7 +37,10 @@
 //!   broker stops or loses etcd.
 //! - **When etcd is unreachable or slow** every call has a deadline
 //!   ([`EtcdConfig::op_timeout`]): the request gets [`StoreEvent::Error`], never a grant etcd
-//!   did not record. When a lease may have expired (keepalives failing for 4/5 of its TTL, so
+//!   did not record. Within that deadline a call that surely did not run (no connection to the
+//!   member could be made, or it had no leader) is sent again, and so is a read after any
+//!   failure: when a member dies while a quorum lives, requests wait for a live member rather
+//!   than fail. A write that may have run is never sent twice (`worker::Shared::txn`). When a lease may have expired (keepalives failing for 4/5 of its TTL, so
 //!   before etcd can delete the keys), each of its locks gets [`StoreEvent::Lost`] and each of
 //!   its waiters an error: no client is left believing it holds a lock.
 //!

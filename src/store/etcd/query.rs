@@ -111,7 +111,9 @@ async fn remote_unlock(
 ) -> Result<usize, StoreError> {
     let all = read_key(sh, key).await?;
     let (holders, waiters) = rules::holders_and_waiters(&all);
-    if force {
+    // A forced unlock that names an id needs that id to hold the key, as in the table: a
+    // stale id must not evict the current holder.
+    if force && id.is_none_or(|id| holders.iter().any(|h| h.id == id)) {
         if holders.is_empty() {
             return Ok(0);
         }
@@ -119,8 +121,7 @@ async fn remote_unlock(
             .iter()
             .map(|h| TxnOp::delete(h.raw.clone(), None))
             .collect();
-        let mut kv = sh.client.kv_client();
-        sh.call(kv.txn(Txn::new().and_then(ops))).await?;
+        sh.txn(Txn::new().and_then(ops)).await?;
         return Ok(holders.len());
     }
     let id = id.unwrap_or_default();
@@ -141,9 +142,8 @@ async fn remote_unlock(
 }
 
 pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
-    let mut kv = sh.client.kv_client();
     let r = sh
-        .call(kv.get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix())))
+        .get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix()))
         .await?;
     Ok(entries(sh, r.kvs()))
 }
@@ -191,9 +191,8 @@ pub fn stats(sh: &Rc<Shared>, conn: ConnId, tag: u64) {
 
 /// Every request under the prefix, by lock key, and etcd's revision.
 pub async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
-    let mut kv = sh.client.kv_client();
     let r = sh
-        .call(kv.get(sh.cfg.root(), Some(GetOptions::new().with_prefix())))
+        .get(sh.cfg.root(), Some(GetOptions::new().with_prefix()))
         .await?;
     let mut by_key: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     for e in entries(sh, r.kvs()) {

@@ -129,8 +129,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             ),
             TxnOp::get(dir.clone(), Some(GetOptions::new().with_prefix())),
         ]);
-    let mut kv = sh.client.kv_client();
-    let resp = match sh.call(kv.txn(txn)).await {
+    let resp = match sh.txn(txn).await {
         Ok(r) => r,
         Err(e) => {
             // The put may have landed: remove it if it is ours (on our lease).
@@ -333,8 +332,7 @@ async fn recheck(
                     .with_max_create_revision(rev - 1),
             ),
         )]);
-    let mut kv = sh.client.kv_client();
-    let resp = sh.call(kv.txn(txn)).await?;
+    let resp = sh.txn(txn).await?;
     if !resp.succeeded() {
         return Ok(None);
     }
@@ -411,8 +409,7 @@ pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64)
     while deletes.next().await == Note::Reread {
         // Deletes may have been missed: look at the key itself, then listen from there.
         loop {
-            let mut kv = sh.client.kv_client();
-            match sh.call(kv.get(me.to_vec(), None)).await {
+            match sh.get(me.to_vec(), None).await {
                 Ok(r) => {
                     if !r.kvs().iter().any(|k| k.create_revision() == rev) {
                         return;
@@ -443,8 +440,7 @@ pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, S
     let txn = Txn::new()
         .when([cmp])
         .and_then([TxnOp::delete(me.to_vec(), None)]);
-    let mut kv = sh.client.kv_client();
-    Ok(sh.call(kv.txn(txn)).await?.succeeded())
+    Ok(sh.txn(txn).await?.succeeded())
 }
 
 /// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway

@@ -63,8 +63,12 @@ impl Session {
         let id = s
             .lease
             .get_or_try_init(|| async {
-                let mut lc = sh.client.lease_client();
-                let r = sh.call(lc.grant(sh.cfg.session_ttl_secs(), None)).await?;
+                let ttl = sh.cfg.session_ttl_secs();
+                let grant = || {
+                    let mut lc = sh.client.lease_client();
+                    async move { lc.grant(ttl, None).await }
+                };
+                let r = sh.retrying(super::worker::unsent, grant).await?;
                 Ok::<i64, StoreError>(r.id())
             })
             .await?;

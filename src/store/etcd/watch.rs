@@ -317,9 +317,8 @@ pub async fn run(sh: Rc<Shared>) {
         sleep(RETRY).await;
         while compacted {
             // Restart from now; every task re-reads what it may have missed.
-            let mut kv = sh.client.kv_client();
             let count = Some(GetOptions::new().with_prefix().with_count_only());
-            match sh.call(kv.get(root.clone(), count)).await {
+            match sh.get(root.clone(), count).await {
                 Ok(r) => {
                     sh.hub.reset(r.header().map_or(0, |h| h.revision()));
                     compacted = false;

@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnResponse};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::{AbortHandle, LocalSet};
 
@@ -88,6 +88,60 @@ impl Shared {
         within(self.cfg.op_timeout, fut).await
     }
 
+    /// A Txn, sent again to a live member when it surely did not run (see [`unsent`]) until
+    /// the op deadline: after a member dies the client's channel still picks it for a while,
+    /// and an election answers "no leader"; neither is a reason to fail a request while a
+    /// quorum is alive. A Txn that may have run is never sent twice: its compare would then
+    /// judge its own first effect.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.retrying(unsent, || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// A read, sent again on any failure of a member until the op deadline (it changes
+    /// nothing, so it cannot run twice).
+    pub async fn get(
+        &self,
+        key: Vec<u8>,
+        opts: Option<GetOptions>,
+    ) -> Result<GetResponse, StoreError> {
+        self.retrying(unavailable, || {
+            let (mut kv, key, opts) = (self.client.kv_client(), key.clone(), opts.clone());
+            async move { kv.get(key, opts).await }
+        })
+        .await
+    }
+
+    /// Runs the call `make` makes until it succeeds, fails in a way `again` does not accept,
+    /// or the op deadline (one for all attempts) passes.
+    pub async fn retrying<T, F, M>(
+        &self,
+        again: fn(&etcd_client::Error) -> bool,
+        mut make: M,
+    ) -> Result<T, StoreError>
+    where
+        M: FnMut() -> F,
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let t = self.cfg.op_timeout;
+        let deadline = tokio::time::Instant::now() + t;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match tokio::time::timeout_at(deadline, make()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if again(&e) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Ok(Err(e)) => return Err(StoreError::Etcd(e.to_string())),
+                Err(_) => return Err(StoreError::Timeout(t)),
+            }
+        }
+    }
+
     /// How long a hold with `ttl` lasts: `None` = until released.
     pub fn ttl(&self, ttl: super::Ttl) -> Option<std::time::Duration> {
         match ttl {
@@ -106,6 +160,31 @@ impl Shared {
         } else {
             None
         }
+    }
+}
+
+/// gRPC's code for "unavailable" (`tonic::Code::Unavailable`): the member could not be
+/// reached, has no leader, lost it, or timed out.
+const UNAVAILABLE: i32 = 14;
+
+/// A call that surely did not run: no connection to the member could be made (tonic's
+/// channel still picks a dead member for a while), or the member refused it for want of a
+/// leader (`require_leader`: refused before anything is proposed).
+pub fn unsent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == UNAVAILABLE => {
+            s.message().starts_with("tcp connect error") || s.message().contains("no leader")
+        }
+        _ => false,
+    }
+}
+
+/// Any failure of a member or of the way to it (for reads, which may run twice).
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == UNAVAILABLE,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
     }
 }
 

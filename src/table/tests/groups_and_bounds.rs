@@ -244,3 +244,72 @@ fn an_id_used_by_a_plain_lock_and_an_acquire_many_keeps_them_apart() {
     assert_eq!(s.unlock("k", "same"), Ok(1));
     assert!(s.t.is_empty());
 }
+
+/// Issue 20, item 13: waiters are capped across the whole table, not only per key and per
+/// connection, whose product would allow 10^8 with the defaults.
+#[test]
+fn waiters_are_capped_across_the_table() {
+    assert_eq!(Config::default().max_waiters, 100_000);
+    let mut s = Sim::with(Config {
+        max_waiters: 2_500,
+        max_waiters_per_key: 1_000,
+        max_requests_per_conn: 1_000,
+        ..Config::default()
+    });
+    let cap = 2_500;
+    let mut queued = 0;
+    let mut refused = None;
+    'outer: for c in 0..3u64 {
+        let key = format!("k{c}");
+        granted(s.lock(ConnId(1000), &key, &format!("h{c}")));
+        for i in 0..1_000 {
+            let id = format!("w{c}-{i}");
+            let r = s.req(ConnId(c), &key, &id);
+            match s.t.lock(s.now, &r) {
+                Ok(o) => {
+                    assert!(is_queued(o));
+                    queued += 1;
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let e = refused.expect("a request past the broker-wide cap is refused");
+    assert_eq!(queued, cap);
+    assert!(e.to_string().contains("across the broker"), "{e}");
+    s.t.check_invariants().unwrap();
+    // A try-lock is still answered, and a waiter that leaves makes room.
+    let mut r = s.req(ConnId(20), "k0", "try");
+    r.wait = Wait::No;
+    assert!(matches!(s.t.lock(s.now, &r), Ok(LockOutcome::Busy { .. })));
+    s.t.disconnect(s.now, ConnId(0));
+    let r = s.req(ConnId(20), "k0", "fits");
+    assert!(is_queued(s.t.lock(s.now, &r).expect("room again")));
+    s.t.check_invariants().unwrap();
+}
+
+#[test]
+fn an_acquire_many_that_would_wait_is_held_to_the_waiter_cap() {
+    let mut s = Sim::with(Config {
+        max_waiters: 1,
+        ..Config::default()
+    });
+    granted(s.lock(A, "a", "ha"));
+    assert!(is_queued(s.lock(B, "a", "wb")));
+    let keys = ["a", "b"];
+    let m = ManyRequest {
+        conn: C,
+        keys: &keys,
+        id: "m",
+        ttl: Ttl::Never,
+        wait: Wait::Forever,
+        keep_after_disconnect: false,
+    };
+    assert_eq!(s.t.lock_many(s.now, &m), Err(TableError::TooManyWaiters(1)));
+    s.unlock("a", "ha").unwrap();
+    assert_eq!(s.t.lock_many(s.now, &m), Ok(ManyOutcome::Queued));
+    s.t.check_invariants().unwrap();
+}

@@ -2,6 +2,8 @@
 //! wait deadlines, disconnects, legacy RW parking and closes, with exact instants and no
 //! sockets. `tests/compat_wire.rs` checks the same promises over TCP, in real time.
 
+mod caps;
+mod rules;
 mod store;
 mod util;
 mod watch;

@@ -297,3 +297,52 @@ fn a_connection_cannot_pile_up_requests_in_a_store_that_answers_later() {
     p.expect_silence(c);
     assert!(take_ops(&s)[0].starts_with("Lock("));
 }
+
+/// A store that answers `ls` with every key (etcd) is paged by the core, in key order, within
+/// the reply budget (issue 20, item 2).
+#[test]
+fn a_store_listing_every_key_is_paged_in_key_order() {
+    let mut cfg = config();
+    cfg.reply_budget = 4096;
+    let mut p = Pair::new(cfg);
+    let s = Script::default();
+    p.core.use_store(Box::new(s.clone()));
+    let c = p.connect();
+    let all: Vec<Name> = (0..1000)
+        .rev()
+        .map(|i| Name::from(format!("key-{i:04}")))
+        .collect();
+    let (mut listed, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let mut req = json!({"type":"ls","uuid":"q"});
+        if let Some(a) = &after {
+            req["after"] = json!(a);
+        }
+        p.send(c, req);
+        let op = take_ops(&s).pop().expect("asked of the store");
+        let keys = Ok(all.clone());
+        emit(
+            &mut p,
+            &s,
+            StoreEvent::Keys {
+                tag: tag_of(&op),
+                keys,
+            },
+        );
+        let v = p.recv(c);
+        assert!(v.to_string().len() <= 4096 + 64, "a page within the budget");
+        listed.extend(
+            v["ls_result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.to_string()),
+        );
+        match v["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..1000).map(|i| format!("\"key-{i:04}\"")).collect();
+    assert_eq!(listed, want);
+}

@@ -51,6 +51,7 @@ pub(super) fn config() -> Config {
         auth_token: None,
         restrict_admin: false,
         wall_clock: fixed_wall_clock,
+        reply_budget: 256 * 1024,
     }
 }
 

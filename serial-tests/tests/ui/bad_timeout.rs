@@ -1,0 +1,5 @@
+#[live_mutex::serial(db, timeout = "sixty seconds")]
+#[test]
+fn t() {}
+
+fn main() {}

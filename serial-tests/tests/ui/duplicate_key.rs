@@ -1,0 +1,5 @@
+#[live_mutex::serial(db, "db")]
+#[test]
+fn t() {}
+
+fn main() {}

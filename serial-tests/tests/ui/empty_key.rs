@@ -1,0 +1,5 @@
+#[live_mutex::serial("")]
+#[test]
+fn t() {}
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[live_mutex::serial(42)]
+#[test]
+fn t() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[live_mutex::serial(db)]
+struct Fixture;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[live_mutex::serial(db)]
+mod elsewhere;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[live_mutex::parallel(a::b)]
+#[test]
+fn t() {}
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[live_mutex::serial(timeout = "0s")]
+#[test]
+fn t() {}
+
+fn main() {}
