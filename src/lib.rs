@@ -1,4 +1,7 @@
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly): every item behind a feature gets an "Available on crate
+// feature ... only" badge, from its `#[cfg]`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! live-mutex: a lock broker and its client, speaking the npm live-mutex 0.2.x protocol.
 //!
 //! Processes take turns on named resources by asking one broker to lock and unlock keys.
@@ -107,6 +110,13 @@
 //! the hosting process exits, every other process's locks vanish with it, possibly in the
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
+
+// Unix sockets, fork, flock, file modes: the client and the broker are built on them.
+#[cfg(all(not(unix), any(feature = "client", feature = "broker")))]
+compile_error!(
+    "live-mutex's client and broker need a Unix-like OS (Linux, macOS, FreeBSD); Windows is not \
+     supported"
+);
 
 /// The async client (feature `tokio`): [`AsyncClient`].
 #[cfg(feature = "tokio")]

@@ -5,6 +5,8 @@
 //! (Plain TCP refused from beyond loopback under `--require-tls` needs a second address:
 //! tests/tls_netns.rs.)
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{Read, Write};

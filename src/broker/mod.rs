@@ -20,7 +20,8 @@
 //!   and writing its output out.
 //! - `tls` (feature `tls`): rustls on the TCP port, the `require_tls` rule, client
 //!   certificates, reloading the files.
-//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options.
+//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
+//!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
 //!   close requests out, with a file per command; its tests drive it in memory with
 //!   simulated time.
@@ -48,6 +49,7 @@ mod reactor;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;
+mod unix_peer;
 
 use std::io;
 use std::path::PathBuf;

@@ -30,7 +30,8 @@ Environment:
   LMX_AUTH_TOKEN     auth token, unless the URL carries one (?token=T or T@HOST)
   LMX_SPAWN=1        like --spawn; then with no LMX_URL and neither npm variable, the URL is
                      the per-user socket unix://$XDG_RUNTIME_DIR/live-mutex/broker.sock
-                     (else unix:///tmp/live-mutex-$UID/broker.sock)
+                     (else on macOS unix://$TMPDIR/live-mutex-$UID/broker.sock,
+                     else unix:///tmp/live-mutex-$UID/broker.sock)
   LMX_IDLE_EXIT      seconds a spawned broker stays up with nothing to do (default 300)
 
 Exit status:

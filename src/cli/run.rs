@@ -3,7 +3,7 @@
 use super::{EXIT_LOST, report};
 use clap::Args;
 use live_mutex::{Error, LockOptions, Mode, Ttl};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -199,16 +199,17 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
     EXIT_LOST
 }
 
-/// On Linux the command is killed if lmx dies: lmx's death releases the lock, and the command
-/// must not go on believing it is protected.
+/// On Linux and FreeBSD the command is killed if lmx dies: lmx's death releases the lock, and
+/// the command must not go on believing it is protected. (macOS has no parent-death signal.)
 fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     {
+        use std::os::unix::process::CommandExt;
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                if parent_death_signal(libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::getppid() != parent {
@@ -218,8 +219,28 @@ fn die_with_parent(cmd: &mut Command) {
             });
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
     let _ = cmd;
+}
+
+/// Asks the kernel to send `sig` to this process when its parent exits.
+#[cfg(target_os = "linux")]
+unsafe fn parent_death_signal(sig: libc::c_int) -> libc::c_int {
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig) }
+}
+
+/// Asks the kernel to send `sig` to this process when its parent exits (procctl(2), FreeBSD
+/// 11.2 and later; id 0 is the calling process).
+#[cfg(target_os = "freebsd")]
+unsafe fn parent_death_signal(mut sig: libc::c_int) -> libc::c_int {
+    unsafe {
+        libc::procctl(
+            libc::P_PID,
+            0,
+            libc::PROC_PDEATHSIG_CTL,
+            (&raw mut sig).cast(),
+        )
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP go to the command, which decides how to end; lmx itself stays

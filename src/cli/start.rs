@@ -85,7 +85,8 @@ pub(crate) struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     keepalive_count: u32,
     /// Seconds that sent data may stay unacknowledged before the connection is dropped
-    /// (TCP_USER_TIMEOUT) [default: idle + interval × count]
+    /// (TCP_USER_TIMEOUT; Linux only: elsewhere lmx says so and starts without it) [default:
+    /// idle + interval × count]
     #[arg(long, value_name = "S")]
     tcp_user_timeout: Option<u64>,
     /// Leave TCP keepalive off (a vanished host then keeps its locks until their TTL)
@@ -94,7 +95,7 @@ pub(crate) struct StartArgs {
     /// Detach (new session, stdio to /dev/null or --log) and exit 0 once the broker listens,
     /// or at once if a broker already answers at the address. With no --host/--port/--uds:
     /// --url, else $LMX_URL, else the per-user socket ($XDG_RUNTIME_DIR/live-mutex/broker.sock,
-    /// else /tmp/live-mutex-$UID/broker.sock)
+    /// else on macOS $TMPDIR/live-mutex-$UID/broker.sock, else /tmp/live-mutex-$UID/broker.sock)
     #[arg(long)]
     pub(crate) daemon: bool,
     /// With --daemon: append the broker's log here instead of discarding it
@@ -176,6 +177,12 @@ pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
     if let Err(e) = init_logging(a.log_level.as_deref()) {
         eprintln!("lmx start: {e}");
         return super::EXIT_USAGE;
+    }
+    // Said before a daemon detaches, where the person who gave the flag sees it.
+    if a.tcp_user_timeout.is_some()
+        && let Some(why) = keepalive(&a).and_then(|k| k.user_timeout_unavailable())
+    {
+        eprintln!("lmx start: --tcp-user-timeout: {why}");
     }
     let listen = match listen(&a, url) {
         Ok(l) => l,
@@ -284,18 +291,22 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         .spin(Duration::from_micros(a.spin_us))
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())
-        .keepalive((!a.no_keepalive).then(|| {
-            let mut k = Keepalive::new(
-                Duration::from_secs(a.keepalive_idle.max(1)),
-                Duration::from_secs(a.keepalive_interval.max(1)),
-                a.keepalive_count.max(1),
-            );
-            if let Some(t) = a.tcp_user_timeout {
-                k.user_timeout = Duration::from_secs(t);
-            }
-            k
-        }))
+        .keepalive(keepalive(a))
         .idle_exit(a.idle_exit.map(Duration::from_secs)))
+}
+
+fn keepalive(a: &StartArgs) -> Option<Keepalive> {
+    (!a.no_keepalive).then(|| {
+        let mut k = Keepalive::new(
+            Duration::from_secs(a.keepalive_idle.max(1)),
+            Duration::from_secs(a.keepalive_interval.max(1)),
+            a.keepalive_count.max(1),
+        );
+        if let Some(t) = a.tcp_user_timeout {
+            k.user_timeout = Duration::from_secs(t);
+        }
+        k
+    })
 }
 
 /// `--auth-token` / `LMX_AUTH_TOKEN`, or the first line of `--auth-token-file`.

@@ -23,6 +23,7 @@ mod driver;
 mod error;
 pub(crate) mod guard;
 pub(crate) mod options;
+mod runtime_dir;
 mod serial;
 mod spawn;
 #[cfg(feature = "tls")]

@@ -3,6 +3,7 @@
 //! the wire protocol byte by byte over each transport.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "tls", target_os = "linux"))]
 pub mod certs;
 #[cfg(feature = "etcd")]
 pub mod etcd;
