@@ -21,6 +21,7 @@ pub(crate) struct IoCounters {
     /// Spins after a busy turn, and those that found work (see `spin.rs`).
     pub spins: u64,
     pub spin_wins: u64,
+    pub spun_ns: u64,
     /// HTTP requests answered (`/metrics`, `/`, refusals).
     pub http: u64,
 }
@@ -33,6 +34,7 @@ impl Broker {
             turns: self.turns,
             spins: self.spinner.spins,
             spin_wins: self.spinner.wins,
+            spun_ns: self.spinner.spun_ns,
             http: self.http_served,
         }
     }
@@ -198,6 +200,17 @@ pub(super) fn render(m: &CoreMetrics, io: &IoCounters) -> String {
         "counter",
         "Spins that found work before their budget ran out.",
         io.spin_wins,
+    );
+    family(
+        &mut o,
+        "lmx_reactor_spin_seconds_total",
+        "counter",
+        "Time spent spinning.",
+    );
+    let _ = writeln!(
+        o,
+        "lmx_reactor_spin_seconds_total {}",
+        io.spun_ns as f64 / 1e9
     );
     one(
         &mut o,

@@ -146,7 +146,8 @@ impl Broker {
         loop {
             match self.poll.poll(events, Some(Duration::ZERO)) {
                 Ok(()) if !events.is_empty() => {
-                    self.spinner.record(Some(start.elapsed()));
+                    let t = start.elapsed();
+                    self.spinner.record(Some(t), t);
                     return Ok(true);
                 }
                 Ok(()) => {}
@@ -154,7 +155,7 @@ impl Broker {
                 Err(e) => return Err(e),
             }
             if Instant::now() >= until {
-                self.spinner.record(None);
+                self.spinner.record(None, start.elapsed());
                 return Ok(false);
             }
             std::hint::spin_loop();

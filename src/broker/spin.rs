@@ -40,6 +40,8 @@ pub(super) struct Spinner {
     /// Spins made and spins that found work, for `/metrics`-style inspection and tests.
     pub(super) spins: u64,
     pub(super) wins: u64,
+    /// Time spent spinning, wins and losses, in nanoseconds.
+    pub(super) spun_ns: u64,
 }
 
 impl Spinner {
@@ -54,6 +56,7 @@ impl Spinner {
             backoff: 1,
             spins: 0,
             wins: 0,
+            spun_ns: 0,
         }
     }
 
@@ -77,10 +80,12 @@ impl Spinner {
         Some(b.clamp(MIN_BUDGET.min(self.max), self.max))
     }
 
-    /// What the spin just made did: `Some(t)` it found work after `t`, `None` it ran out.
-    pub(super) fn record(&mut self, won: Option<Duration>) {
+    /// What the spin just made did: `Some(t)` it found work after `t`, `None` it ran out
+    /// after `spent`.
+    pub(super) fn record(&mut self, won: Option<Duration>, spent: Duration) {
         let probing = !self.paying();
         self.spins += 1;
+        self.spun_ns += spent.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.history = (self.history << 1) | u8::from(won.is_some());
         match won {
             Some(t) => {
@@ -122,7 +127,7 @@ mod tests {
         assert_eq!(s.budget(), Some(MAX));
         for _ in 0..64 {
             assert!(s.budget().is_some());
-            s.record(Some(Duration::from_micros(2)));
+            s.record(Some(Duration::from_micros(2)), Duration::ZERO);
         }
         let b = s.budget().expect("spins");
         assert!(b >= MIN_BUDGET && b < Duration::from_micros(10), "{b:?}");
@@ -135,7 +140,7 @@ mod tests {
         for _ in 0..2000 {
             if s.budget().is_some() {
                 spun += 1;
-                s.record(None);
+                s.record(None, MAX);
             }
         }
         // 4 losses to fall under half of the window, then probes after 1, 2, 4, ... turns.
@@ -148,20 +153,20 @@ mod tests {
         let mut s = Spinner::new(MAX);
         for _ in 0..8 {
             s.budget();
-            s.record(None);
+            s.record(None, MAX);
         }
         while s.budget().is_none() {}
-        s.record(Some(Duration::from_micros(5)));
+        s.record(Some(Duration::from_micros(5)), Duration::ZERO);
         assert!(s.paying());
         assert_eq!(s.budget().map(|b| b > Duration::ZERO), Some(true));
-        s.record(None);
+        s.record(None, MAX);
         assert!(!s.paying());
         assert_eq!(s.budget(), None, "paused again after the loss");
         // Mixed outcomes at one in two keep it spinning.
         let mut s = Spinner::new(MAX);
         for i in 0..100 {
             assert!(s.budget().is_some(), "turn {i}");
-            s.record((i % 2 == 0).then_some(Duration::from_micros(3)));
+            s.record((i % 2 == 0).then_some(Duration::from_micros(3)), MAX);
         }
     }
 }
