@@ -291,7 +291,9 @@ fn main() -> Res<()> {
                 let before = etcd_calls(&endpoints)?;
                 let cpu0 = cpu(&etcd_pids);
                 let mut cell = match side {
-                    Side::Brokers(1) => through_brokers(&[url_a.clone()], c, k, &tag, secs)?,
+                    Side::Brokers(1) => {
+                        through_brokers(std::slice::from_ref(&url_a), c, k, &tag, secs)?
+                    }
                     Side::Brokers(_) => {
                         through_brokers(&[url_a.clone(), url_b.clone()], c, k, &tag, secs)?
                     }

@@ -69,12 +69,11 @@ impl Spinner {
         if self.max.is_zero() {
             return None;
         }
-        if !self.paying() {
-            if self.skip > 0 {
-                self.skip -= 1;
-                return None;
-            }
-            // A probe: the next outcome decides whether spinning resumes.
+        // While spins do not pay, wait out the pause; the spin after it is a probe whose
+        // outcome decides whether spinning resumes.
+        if !self.paying() && self.skip > 0 {
+            self.skip -= 1;
+            return None;
         }
         let b = Duration::from_nanos(self.win_ns.saturating_mul(4));
         Some(b.clamp(MIN_BUDGET.min(self.max), self.max))
