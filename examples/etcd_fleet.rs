@@ -49,6 +49,7 @@ impl Side {
 }
 
 /// What one cell measured.
+#[derive(Default)]
 struct Cell {
     cycles: u64,
     secs: f64,
@@ -140,14 +141,7 @@ fn through_brokers(urls: &[String], c: usize, k: usize, tag: &str, secs: f64) ->
             })
         })
         .collect();
-    let mut cell = Cell {
-        cycles: 0,
-        secs: 0.0,
-        lat: Vec::new(),
-        txns: 0,
-        calls: 0,
-        overlaps: 0,
-    };
+    let mut cell = Cell::default();
     for t in threads {
         let (lat, o) = t.join().map_err(|_| "client thread panicked")??;
         cell.lat.extend(lat);
@@ -195,14 +189,7 @@ fn direct(
                 })
             })
             .collect();
-        let mut cell = Cell {
-            cycles: 0,
-            secs: 0.0,
-            lat: Vec::new(),
-            txns: 0,
-            calls: 0,
-            overlaps: 0,
-        };
+        let mut cell = Cell::default();
         for t in tasks {
             let (lat, o) = t.await??;
             cell.lat.extend(lat);
