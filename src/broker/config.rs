@@ -192,8 +192,10 @@ impl BrokerBuilder {
         self
     }
 
-    /// How long the reactor keeps polling without sleeping after a busy turn (default 30 µs;
-    /// zero switches it off). See `BENCHMARKS.md` for what it buys and costs.
+    /// The most the reactor keeps polling without sleeping after a busy turn (default 30 µs;
+    /// zero switches it off). It spins only while recent spins found work, and shortens the
+    /// budget to what winning spins needed (`src/broker/spin.rs`). See `BENCHMARKS.md` for
+    /// what it buys and costs.
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = d;
         self
@@ -398,6 +400,7 @@ impl BrokerBuilder {
             bytes_out: 0,
             turns: 0,
             http_served: 0,
+            spinner: super::spin::Spinner::new(self.spin),
             cfg: self,
             #[cfg(feature = "tls")]
             tls,

@@ -18,6 +18,10 @@ pub(crate) struct IoCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub turns: u64,
+    /// Spins after a busy turn, and those that found work (see `spin.rs`).
+    pub spins: u64,
+    pub spin_wins: u64,
+    pub spun_ns: u64,
     /// HTTP requests answered (`/metrics`, `/`, refusals).
     pub http: u64,
 }
@@ -28,6 +32,9 @@ impl Broker {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             turns: self.turns,
+            spins: self.spinner.spins,
+            spin_wins: self.spinner.wins,
+            spun_ns: self.spinner.spun_ns,
             http: self.http_served,
         }
     }
@@ -179,6 +186,31 @@ pub(super) fn render(m: &CoreMetrics, io: &IoCounters) -> String {
         "counter",
         "Turns of the broker's poll loop.",
         io.turns,
+    );
+    one(
+        &mut o,
+        "lmx_reactor_spins_total",
+        "counter",
+        "Times the poll loop polled without sleeping after a busy turn.",
+        io.spins,
+    );
+    one(
+        &mut o,
+        "lmx_reactor_spin_wins_total",
+        "counter",
+        "Spins that found work before their budget ran out.",
+        io.spin_wins,
+    );
+    family(
+        &mut o,
+        "lmx_reactor_spin_seconds_total",
+        "counter",
+        "Time spent spinning.",
+    );
+    let _ = writeln!(
+        o,
+        "lmx_reactor_spin_seconds_total {}",
+        io.spun_ns as f64 / 1e9
     );
     one(
         &mut o,

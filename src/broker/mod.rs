@@ -13,7 +13,8 @@
 //! - `handle`: [`Broker::spawn`], [`BrokerHandle`], [`ShutdownHandle`].
 //! - `reactor`: the poll loop ([`Broker::run`]); the end of each loop turn runs the core's
 //!   timers, then writes its output and closes what must close (`end_turn`); back-pressure
-//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`.
+//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`. `spin`: whether to
+//!   poll without sleeping after a busy turn (only while it pays).
 //! - `accept`: new connections, TCP keepalive, the connection cap, the spare descriptor.
 //! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
 //!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
@@ -46,6 +47,7 @@ pub(crate) mod http_guard;
 mod keepalive;
 mod metrics;
 mod reactor;
+mod spin;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;

@@ -47,7 +47,7 @@ pub(crate) struct StartArgs {
     /// waiter holds it too. Ghosts of abandoned try-locks are cleared without it.
     #[arg(long, value_name = "MS")]
     ack_timeout: Option<u64>,
-    /// Microseconds to keep polling without sleeping after a busy turn (0: never spin)
+    /// Most microseconds to keep polling without sleeping after a busy turn, while spins pay (0: never spin)
     #[arg(long, value_name = "US", default_value_t = 30)]
     spin_us: u64,
     /// Most connections at once; more are closed as they arrive
