@@ -104,6 +104,9 @@
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
 
+/// This crate's version: what a broker reports in `pong` and in `lmx_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The async client (feature `tokio`): [`AsyncClient`].
 #[cfg(feature = "tokio")]
 pub mod async_client;

@@ -269,6 +269,8 @@ impl BrokerBuilder {
             auth_token: self.auth_token.clone(),
             restrict_admin: self.restrict_admin,
             wall_clock: SystemTime::now,
+            started: Instant::now(),
+            pid: std::process::id(),
         });
         #[cfg(feature = "etcd")]
         if let Some(cfg) = &self.etcd {

@@ -10,6 +10,7 @@
 //! The fork happens before this process has any thread (only clap has run), so the children
 //! inherit no lock held by a thread that does not exist in them.
 
+use super::out::tell;
 use super::start::{Listen, StartArgs, serve};
 use super::{EXIT_UNAVAILABLE, EXIT_USAGE};
 use live_mutex::Client;
@@ -34,19 +35,19 @@ pub(crate) fn daemon(
     let log = match a.log.as_deref().map(std::path::absolute).transpose() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("lmx start: --log: {e}");
+            tell!("lmx start: --log: {e}");
             return EXIT_USAGE;
         }
     };
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("lmx start: pipe: {}", std::io::Error::last_os_error());
+        tell!("lmx start: pipe: {}", std::io::Error::last_os_error());
         return EXIT_UNAVAILABLE;
     }
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     match unsafe { libc::fork() } {
         -1 => {
-            eprintln!("lmx start: fork: {}", std::io::Error::last_os_error());
+            tell!("lmx start: fork: {}", std::io::Error::last_os_error());
             EXIT_UNAVAILABLE
         }
         0 => {
@@ -117,25 +118,25 @@ pub(crate) fn daemon(
 /// The original process: says what became of the daemon, and exits accordingly.
 fn report(url: &str, reply: &str) -> i32 {
     if reply == READY {
-        eprintln!("lmx: broker listening on {url} (detached)");
+        tell!("lmx: broker listening on {url} (detached)");
         return 0;
     }
     if let Some(why) = reply.strip_prefix(IN_USE) {
         // Idempotent only if what holds the address is really a broker.
         return match Client::connect(url).and_then(|c| c.ping()) {
             Ok(_) => {
-                eprintln!("lmx: a broker already answers at {url}");
+                tell!("lmx: a broker already answers at {url}");
                 0
             }
             Err(e) => {
-                eprintln!("lmx start: {why}, and it does not answer as a broker: {e}");
+                tell!("lmx start: {why}, and it does not answer as a broker: {e}");
                 EXIT_UNAVAILABLE
             }
         };
     }
     match reply.strip_prefix("ERR ") {
-        Some(why) => eprintln!("lmx start: {why}"),
-        None => eprintln!("lmx start: the daemon exited before it listened (see --log)"),
+        Some(why) => tell!("lmx start: {why}"),
+        None => tell!("lmx start: the daemon exited before it listened (see --log)"),
     }
     EXIT_UNAVAILABLE
 }

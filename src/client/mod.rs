@@ -26,6 +26,7 @@ pub(crate) mod options;
 mod spawn;
 pub(crate) mod transport;
 pub(crate) mod url;
+mod watch;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
@@ -38,6 +39,7 @@ pub use spawn::{
     LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, serial, serial_many,
     spawn_target, spawn_url_from_env,
 };
+pub use watch::Watch;
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
@@ -74,7 +76,7 @@ pub use crate::proto::{Mode, Ttl};
 /// assert_eq!(p.broker, live_mutex::BrokerKind::Rust);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Pong {
     /// Round-trip time.
@@ -83,6 +85,8 @@ pub struct Pong {
     pub broker: BrokerKind,
     /// The broker's wall clock (Unix ms), if it says.
     pub server_time_ms: Option<u64>,
+    /// The broker's version (`0.1.0`), if it says (the npm broker does not).
+    pub version: Option<String>,
 }
 
 /// Builds a [`Client`] with non-default time-outs or token.
@@ -546,16 +550,24 @@ impl Client {
         )?;
         let rtt = t.elapsed();
         match (conn.kind(), answer) {
-            (broker, Answer::Pong(server_time_ms)) => Ok(Pong {
+            (
+                broker,
+                Answer::Pong {
+                    server_time_ms,
+                    version,
+                },
+            ) => Ok(Pong {
                 rtt,
                 broker,
                 server_time_ms,
+                version,
             }),
             // The npm broker knows no `ping`; its error still measures the round trip.
             (BrokerKind::Node, _) => Ok(Pong {
                 rtt,
                 broker: BrokerKind::Node,
                 server_time_ms: None,
+                version: None,
             }),
             (BrokerKind::Rust, a) => Err(refusal(a)),
         }

@@ -214,7 +214,7 @@ impl Core {
                 let Some((slot, p)) = self.awaited(tag) else {
                     return;
                 };
-                self.stats_reply(slot, &p, stats);
+                self.stats_reply(slot, now, &p, stats);
             }
         }
     }
@@ -434,7 +434,13 @@ impl Core {
         self.send_line(slot, &line);
     }
 
-    fn stats_reply(&mut self, slot: usize, p: &Pending, stats: Result<StoreStats, StoreError>) {
+    fn stats_reply(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        p: &Pending,
+        stats: Result<StoreStats, StoreError>,
+    ) {
         let uuid = p.uuid.as_deref();
         let s = match stats {
             Ok(s) => s,
@@ -464,6 +470,8 @@ impl Core {
                     waiters: s.waiters as u64,
                     connections: self.open as u64,
                     grants: s.grants,
+                    pid: Some(u64::from(self.pid)),
+                    uptime_ms: Some(ms(now.saturating_duration_since(self.started))),
                 };
                 let uuid = uuid.unwrap_or("");
                 self.send(slot, &Reply::SystemStats { uuid, stats });

@@ -64,6 +64,9 @@ pub(crate) struct Config {
     pub restrict_admin: bool,
     /// The wall clock, read only for `pong`'s `serverTimestampMs` (tests pass a fixed one).
     pub wall_clock: fn() -> SystemTime,
+    /// When the broker started and its process id, for `system-stats` (`lmx status`).
+    pub started: Instant,
+    pub pid: u32,
 }
 
 /// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
@@ -144,6 +147,8 @@ pub(crate) struct Core {
     auth_token: Option<String>,
     restrict_admin: bool,
     wall_clock: fn() -> SystemTime,
+    started: Instant,
+    pid: u32,
     rw: LegacyRw,
     /// Mutex holds of legacy RW clients set aside while their RW request waits (see
     /// [`legacy_rw`]); their later unlock is answered as done.
@@ -184,6 +189,8 @@ impl Core {
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
+            started: cfg.started,
+            pid: cfg.pid,
             rw: LegacyRw::default(),
             parked: HashMap::default(),
             woken: Vec::new(),
@@ -535,6 +542,7 @@ impl Core {
             &Reply::Pong {
                 uuid,
                 server_timestamp_ms: ts,
+                version: Some(crate::VERSION),
             },
         );
     }

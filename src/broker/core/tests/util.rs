@@ -51,6 +51,8 @@ pub(super) fn config() -> Config {
         auth_token: None,
         restrict_admin: false,
         wall_clock: fixed_wall_clock,
+        started: Instant::now(),
+        pid: 4242,
     }
 }
 
