@@ -94,7 +94,13 @@ impl Core {
                     }
                 }
             }
-            StoreEvent::Expired { conn, id, key } | StoreEvent::Released { conn, id, key } => {
+            StoreEvent::Expired { conn, id, key } => {
+                self.log_expired(&key, &id, conn);
+                self.forget_any(conn, &key, &id);
+                self.acks.remove(&id);
+            }
+            StoreEvent::Released { conn, id, key, by } => {
+                self.log_forced(&key, &id, conn, by);
                 self.forget_any(conn, &key, &id);
                 self.acks.remove(&id);
             }
@@ -119,6 +125,8 @@ impl Core {
                 queue_len,
                 ..
             } => {
+                let by = self.route.awaiting(tag).map(|p| p.conn);
+                self.log_unlocked(&key, id.as_deref(), by);
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
                 }
@@ -233,6 +241,7 @@ impl Core {
         };
         l.held = true;
         let pushed = l.queued;
+        self.log_granted(&key, &id, conn, grant.token);
         if pushed && self.conn_at(slot).is_some_and(|c| c.node_client) {
             self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
             if let Some(t) = self.ack_timeout {

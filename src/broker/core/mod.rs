@@ -11,6 +11,7 @@
 mod acks;
 mod answers;
 mod counters;
+mod events;
 mod identity;
 mod legacy_rw;
 mod route;
@@ -29,7 +30,7 @@ use crate::proto::{self, Decoder, Limits, Reply, Request};
 use crate::store::{MemStore, Store, StoreOp};
 use crate::table::{self, ConnId, Name};
 use acks::PendingAck;
-pub(crate) use counters::{CoreMetrics, Counters, Reject};
+pub(crate) use counters::{CoreMetrics, Counters, Reject, STUCK_KEYS};
 use identity::Identity;
 use legacy_rw::LegacyRw;
 use watch::Watcher;
@@ -263,6 +264,7 @@ impl Core {
         }
         if requests > 0 {
             self.route.disconnect(id);
+            self.log_close_releases(id, ident.as_ref());
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {

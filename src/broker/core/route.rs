@@ -274,7 +274,7 @@ impl Core {
         }
         let admin = self.conn_at(slot).is_some_and(|c| c.admin);
         if force && !admin {
-            self.reject(Reject::Forbidden);
+            self.refuse_admin(cid, "force unlock", key);
             return self.unlock_reply(
                 slot,
                 uuid,
