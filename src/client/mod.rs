@@ -375,12 +375,12 @@ impl Client {
         let token = calls::locked(await_grant(p, limit, limit_is_wait)?, o)?;
         let lease = guard::Lease::new(o.ttl);
         let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
+        let keep_alive = o.keep_alive_plan(Instant::now()).map(|plan| {
             guard::keep_alive(
                 conn.clone(),
                 key.to_string(),
                 id.clone(),
-                ttl,
+                plan,
                 timeout,
                 lease.clone(),
             )
