@@ -59,18 +59,20 @@ fn top_into_a_closed_pipe_exits_0() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("lmx top"), "{out}");
     // Streaming: the second snapshot meets a pipe whose reader is gone.
-    let (code, out) = into_head(&format!("--url {url} top --interval 200ms"));
+    let (code, out) = into_head(&format!("--url {url} top --interval 200"));
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("panicked"), "{out}");
     let (code, out) = into_head(&format!("--url {url} --json top --interval 200ms"));
     assert_eq!(code, Some(0), "{out}");
-    // Other commands too: many keys, a reader that takes one.
+    // Other commands too: more keys than a pipe buffers, a reader that takes one.
     let c = live_mutex::Client::connect(&url).unwrap();
+    let pad = "-".repeat(40);
     let guards: Vec<_> = (0..3000)
-        .map(|i| c.lock(&format!("k{i:05}")).unwrap())
+        .map(|i| c.lock(&format!("k{i:05}{pad}")).unwrap())
         .collect();
     let (code, out) = into_head(&format!("--url {url} ls"));
-    assert_eq!((code, out.trim()), (Some(0), "k00000"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("k0"), "{out}");
     drop(guards);
 }
 
