@@ -426,3 +426,74 @@ fn man_renders_the_page() {
     assert_eq!(lmx(&["man", "nosuch"]).status.code(), Some(2));
     drop(dir);
 }
+
+/// contrib/lmx.service: `systemd-analyze verify` accepts it (where systemd is installed), and
+/// its command, environment and readiness check bring up a broker that `lmx stop` stops.
+#[test]
+fn the_systemd_unit_works() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lmx.service"))
+        .unwrap();
+    let dir = scratch("unit");
+    let here = unit.replace("/usr/local/bin/lmx", LMX);
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let f = dir.0.join("lmx.service");
+        std::fs::write(&f, &here).unwrap();
+        let o = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "systemd-analyze verify: {}", text(&o));
+    }
+    let value = |key: &str| -> Vec<String> {
+        here.lines()
+            .filter_map(|l| l.strip_prefix(key).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(value("ExecStart="), [format!("{LMX} start")]);
+    // The unit's environment, with this test's own port and socket.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sock = dir.0.join("broker.sock");
+    let mut env: Vec<(String, String)> = value("Environment=")
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v = v
+                .replace("/run/live-mutex/broker.sock", &sock.display().to_string())
+                .replace("6970", &port.to_string());
+            (k.to_string(), v)
+        })
+        .collect();
+    env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    let start = |cmd: &str| {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(cmd).env_clear();
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c
+    };
+    let b = start(&format!("exec {LMX} start"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _b = Killed(b);
+    let post = value("ExecStartPost=/bin/sh -c ");
+    let post = post[0].trim_matches('\'');
+    let ready = start(post).output().unwrap();
+    assert!(ready.status.success(), "ExecStartPost: {}", text(&ready));
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    assert!(lmx(&["--url", &tcp, "status"]).status.success());
+    let o = lmx(&["--url", &tcp, "stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+    drop(dir);
+}
