@@ -12,28 +12,14 @@ use std::time::{Duration, Instant};
 const LMX: &str = env!("CARGO_BIN_EXE_lmx");
 
 fn lmx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(LMX);
-    c.args(args)
-        .env_remove("LMX_URL")
-        .env_remove("LMX_SPAWN")
-        .env_remove("LMX_AUTH_TOKEN");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    common::lmx_with(LMX, args, env)
 }
 
 fn lmx(args: &[&str]) -> Output {
     lmx_env(args, &[])
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::output_text as text;
 
 /// `lmx ARGS | head -1` under `pipefail`: the pipeline's status is lmx's own.
 fn into_head(args: &str) -> (Option<i32>, String) {

@@ -4,20 +4,15 @@
 mod common;
 
 use common::{broker, scratch, stop};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const LMX: &str = env!("CARGO_BIN_EXE_lmx");
 
 fn lmx(url: &str, args: &[&str]) -> Output {
-    Command::new(LMX)
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .env_remove("LMX_URL")
-        .env_remove("LMX_SPAWN")
-        .output()
-        .unwrap()
+    let mut a = vec!["--url", url];
+    a.extend_from_slice(args);
+    common::lmx_with(LMX, &a, &[])
 }
 
 fn code(o: &Output) -> i32 {

@@ -14,29 +14,14 @@ use std::time::{Duration, Instant};
 const LMX: &str = env!("CARGO_BIN_EXE_lmx");
 
 fn lmx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(LMX);
-    c.args(args)
-        .env_remove("LMX_URL")
-        .env_remove("LMX_SPAWN")
-        .env_remove("NO_COLOR")
-        .env_remove("LMX_COLOR");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    common::lmx_with(LMX, args, env)
 }
 
 fn lmx(args: &[&str]) -> Output {
     lmx_env(args, &[])
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::output_text as text;
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))

@@ -4,7 +4,7 @@ use super::out::{safe, tell};
 use super::{EXIT_LOST, report};
 use clap::Args;
 use live_mutex::{Error, LockOptions, Mode, Ttl};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -267,6 +267,7 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
 fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
+        use std::os::unix::process::CommandExt;
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
