@@ -285,15 +285,33 @@ fn color_follows_the_flag_and_no_color() {
         &["--url", &url, "top", "--once"],
         &[("LMX_COLOR", "always")]
     )));
-    // Into a pipe, `auto` is off; `never` and NO_COLOR are off even when forced by auto.
+    // Into a pipe, `auto` is off; `never` is off.
     assert!(!bold(&lmx(&["--url", &url, "top", "--once"])));
     assert!(!bold(&lmx(&[
         "--url", &url, "--color", "never", "top", "--once"
     ])));
-    assert!(!bold(&lmx_env(
-        &["--url", &url, "top", "--once"],
-        &[("NO_COLOR", "1")]
-    )));
+    // On a terminal (a pty from script(1), where installed): bold unless NO_COLOR is set.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let on_tty = |no_color: Option<&str>| {
+            let mut c = Command::new("script");
+            c.args([
+                "-qec",
+                &format!("{LMX} --url {url} top --once"),
+                "/dev/null",
+            ])
+            .env_remove("LMX_COLOR")
+            .env_remove("NO_COLOR");
+            if let Some(v) = no_color {
+                c.env("NO_COLOR", v);
+            }
+            let o = c.output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+            bold(&o)
+        };
+        assert!(on_tty(None), "no colour on a terminal");
+        assert!(!on_tty(Some("1")), "colour despite NO_COLOR");
+        assert!(on_tty(Some("")), "an empty NO_COLOR counts as unset");
+    }
     common::stop(h);
 
     // The broker's log: ANSI colour only when asked for.
@@ -480,5 +498,40 @@ fn the_systemd_unit_works() {
     assert!(lmx(&["--url", &tcp, "status"]).status.success());
     let o = lmx(&["--url", &tcp, "stop"]);
     assert!(o.status.success(), "{}", text(&o));
+    drop(dir);
+}
+
+/// A broker whose stderr reader has gone (`lmx start 2>&1 | head -1`) goes on serving, and
+/// still shuts down on SIGTERM.
+#[test]
+fn a_broker_outlives_its_log_reader() {
+    let dir = scratch("svc-log");
+    let url = format!("unix://{}", dir.0.join("l.sock").display());
+    let b = Command::new(LMX)
+        .args(["--url", &url, "start", "--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = Killed(b);
+    let mut first = String::new();
+    BufReader::new(b.0.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone; each connection below makes the broker log.
+    for _ in 0..3 {
+        let o = lmx(&["--url", &url, "ping"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while b.0.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "SIGTERM did not stop the broker"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(b.0.wait().unwrap().success());
     drop(dir);
 }

@@ -1,7 +1,7 @@
 //! `lmx bench`: C clients, each on its own connection, doing lock → hold → unlock cycles on K
 //! keys; reports throughput, lock-wait latency, fairness, and checks mutual exclusion.
 
-use super::out::{say, tell};
+use super::out::{safe, say, tell};
 use super::{EXIT_FAIL, EXIT_USAGE, report};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -271,7 +271,7 @@ pub(crate) fn bench(url: &str, spawn: bool, as_json: bool, a: BenchArgs) -> i32 
         if errors > 0 {
             say!(
                 "  errors       {errors} (first: {})",
-                first_error.as_deref().unwrap_or("?")
+                safe(first_error.as_deref().unwrap_or("?"))
             );
         }
     }

@@ -96,10 +96,26 @@ pub(crate) fn set_color(c: ColorChoice) {
 /// Whether to colour output going to `stream`: `--color always|never` decide; with `auto`, a
 /// non-empty `NO_COLOR` turns colour off, else a terminal turns it on.
 pub(crate) fn color_on(stream: &impl IsTerminal) -> bool {
-    match COLOR.load(Ordering::Relaxed) {
-        x if x == ColorChoice::Always as u8 => true,
-        x if x == ColorChoice::Never as u8 => false,
-        _ => std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && stream.is_terminal(),
+    let choice = match COLOR.load(Ordering::Relaxed) {
+        x if x == ColorChoice::Always as u8 => ColorChoice::Always,
+        x if x == ColorChoice::Never as u8 => ColorChoice::Never,
+        _ => ColorChoice::Auto,
+    };
+    decide(choice, std::env::var_os("NO_COLOR"), || {
+        stream.is_terminal()
+    })
+}
+
+/// The rule of [`color_on`], without the environment.
+fn decide(
+    choice: ColorChoice,
+    no_color: Option<std::ffi::OsString>,
+    tty: impl FnOnce() -> bool,
+) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => no_color.is_none_or(|v| v.is_empty()) && tty(),
     }
 }
 
@@ -114,7 +130,21 @@ pub(crate) fn bold(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::safe;
+    use super::{ColorChoice, decide, safe};
+
+    #[test]
+    fn no_color_and_the_flag() {
+        let set = || Some("1".into());
+        assert!(decide(ColorChoice::Auto, None, || true));
+        assert!(!decide(ColorChoice::Auto, None, || false), "not a terminal");
+        assert!(!decide(ColorChoice::Auto, set(), || true), "NO_COLOR=1");
+        assert!(
+            decide(ColorChoice::Auto, Some("".into()), || true),
+            "NO_COLOR empty"
+        );
+        assert!(decide(ColorChoice::Always, set(), || false));
+        assert!(!decide(ColorChoice::Never, None, || true));
+    }
 
     #[test]
     fn escapes_control_and_invisible_characters_only() {

@@ -111,8 +111,9 @@ pub(crate) struct StartArgs {
     #[arg(long, value_name = "FILE", requires = "daemon", env = "LMX_LOG")]
     pub(crate) log: Option<PathBuf>,
     /// Exit (removing the Unix socket) after this long with no connections and no locks
-    /// (10m, 1h; a plain number is seconds) [default: never]
-    #[arg(long, value_name = "DURATION", env = "LMX_IDLE_EXIT", value_parser = positive_secs)]
+    /// (10m, 1h; a plain number is seconds; not LMX_IDLE_EXIT, which only brokers started by
+    /// --spawn take) [default: never]
+    #[arg(long, value_name = "DURATION", env = "LMX_START_IDLE_EXIT", value_parser = positive_secs)]
     idle_exit: Option<Duration>,
     /// Where lock decisions live: `memory` (this process), or
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` so that any number of brokers serve the same
@@ -156,6 +157,11 @@ pub(crate) fn init_logging(level: Option<&str>) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // A log line that cannot be written (stderr a pipe whose reader left) is dropped: the
+        // subscriber's own complaint would go to the same stderr through `eprintln!`, whose
+        // panic kills the thread that logged (the reactor, or the signal handler, which then
+        // never shuts the broker down).
+        .log_internal_errors(false)
         .with_target(false)
         .try_init()
         .map_err(|e| e.to_string())
