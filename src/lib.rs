@@ -39,7 +39,8 @@
 //! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
 //!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
 //!   `transport.rs`, `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
-//!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
+//!   client: the handshake, and answers turned into results; `watch.rs` is
+//!   [`client::Watch`], the stream of snapshots `lmx top` draws); [`connect_or_spawn`] (`spawn.rs`) starts a
 //!   broker daemon on demand, and [`serial()`](fn@serial) / `#[live_mutex::serial("key")]`
 //!   serialise tests across processes.
 //! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its

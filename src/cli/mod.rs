@@ -48,7 +48,7 @@ Exit status:
   64     bad URL
   69     the broker cannot be reached, or the connection dropped before the lock was held
   70     protocol error (the peer is not a live-mutex broker?)
-  75     lmx run/acquire: lock not obtained within --timeout, or busy with --nowait
+  75     lmx run/acquire: lock not obtained within --timeout, or busy with --nowait (run -E N: N)
   76     lmx run: the lock was lost while the command ran (TTL expired or broker gone)
   126    lmx run: the command could not be executed
   127    lmx run: the command was not found

@@ -6,7 +6,8 @@
 //! to through ops and events: [`route`] turns requests into ops, [`answers`] turns the store's
 //! events into replies, the same way for every store. The rest, by file: [`acks`] (the ack
 //! probes of pushed grants), [`legacy_rw`] (the 0.2.x read/write protocol, table only),
-//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`].
+//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`], [`events`] (lock
+//! events in the log).
 
 mod acks;
 mod answers;
