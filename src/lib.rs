@@ -43,7 +43,8 @@
 //! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
 //!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
 //!   `transport.rs`, `tls.rs`, `url.rs` (a list of brokers), `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
-//!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
+//!   client: the handshake, and answers turned into results; `watch.rs` is
+//!   [`client::Watch`], the stream of snapshots `lmx top` draws); [`connect_or_spawn`] (`spawn.rs`) starts a
 //!   broker daemon on demand (`lmx`, or with feature `broker` the program's own executable:
 //!   `src/daemon/`, shared with `lmx start --daemon`), and [`serial()`](fn@serial) /
 //!   [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]` (`client/serial/`: reentrant
@@ -117,6 +118,9 @@ compile_error!(
     "live-mutex's client and broker need a Unix-like OS (Linux, macOS, FreeBSD); Windows is not \
      supported"
 );
+
+/// This crate's version: what a broker reports in `pong` and in `lmx_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The async client (feature `tokio`): [`AsyncClient`].
 #[cfg(feature = "tokio")]

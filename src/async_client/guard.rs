@@ -5,6 +5,7 @@
 use super::conn::Conn;
 use crate::client::calls::{new_uuid, release_many_request, released, unlock_request};
 use crate::client::guard::{Lease, extend_request, renew_period};
+use crate::client::options::Renewals;
 use crate::client::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,19 +65,24 @@ async fn renew(
     lease.renewed(sent, ttl, conn.call(timeout, &extend).await?)
 }
 
-/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted or lost.
+/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted, lost, or past
+/// `plan.until` (`max_hold`: the lock then ends with its TTL, and the lease says so).
 pub(super) fn keep_alive(
     conn: Arc<Conn>,
     key: String,
     id: String,
-    ttl: Duration,
+    plan: Renewals,
     timeout: Duration,
     lease: Arc<Lease>,
 ) -> JoinHandle<()> {
+    let ttl = plan.ttl;
     let every = renew_period(ttl);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
+            if !plan.due() {
+                return;
+            }
             match renew(&conn, &key, &id, Some(ttl), timeout, &lease).await {
                 Ok(()) | Err(Error::BrokerSilent) => {}
                 Err(_) => return,

@@ -194,7 +194,7 @@ impl AsyncClient {
 
     /// Takes `key` with options: [`Error::WaitTimedOut`], [`Error::Busy`] (with `try_only`),
     /// [`Error::Config`] for a TTL under 1 ms; with `keep_alive`, a task renews the lock every
-    /// TTL/3 while the guard lives.
+    /// TTL/3 while the guard lives (until `max_hold`, if set).
     pub async fn lock_with(&self, key: &str, o: &LockOptions) -> Result<AsyncLockGuard> {
         o.check()?;
         let conn = self.conn().await?;
@@ -204,12 +204,12 @@ impl AsyncClient {
         let token = calls::locked(await_grant(p, limit, limit_is_wait).await?, o)?;
         let lease = Lease::new(o.ttl);
         let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
+        let keep_alive = o.keep_alive_plan(std::time::Instant::now()).map(|plan| {
             guard::keep_alive(
                 conn.clone(),
                 key.to_string(),
                 id.clone(),
-                ttl,
+                plan,
                 timeout,
                 lease.clone(),
             )

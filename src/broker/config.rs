@@ -355,6 +355,8 @@ impl BrokerBuilder {
             // Within the output cap with room to spare: a reply is written whole, so one
             // listing after a backlog at the soft cap still stays below the hard one.
             reply_budget: self.out_soft.min(self.out_hard / 4).max(4096),
+            started: Instant::now(),
+            pid: std::process::id(),
         });
         #[cfg(feature = "etcd")]
         if let Some(cfg) = &self.etcd {

@@ -3,6 +3,7 @@
 use super::calls::{new_uuid, refusal, release_many_request, released, unlock_request};
 use super::driver::Conn;
 use super::error::{Error, Result};
+use super::options::Renewals;
 use crate::proto::session::Answer;
 use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
@@ -116,15 +117,17 @@ pub(crate) fn renew_period(ttl: Duration) -> Duration {
 }
 
 /// The keep-alive thread of one guard: renews every [`renew_period`] until the guard drops
-/// (its sender goes away) or the lock is lost.
+/// (its sender goes away), the lock is lost, or `plan.until` has passed (`max_hold`: the
+/// lock then ends with its TTL, and the lease says so).
 pub(crate) fn keep_alive(
     conn: Arc<Conn>,
     key: String,
     id: String,
-    ttl: Duration,
+    plan: Renewals,
     timeout: Duration,
     lease: Arc<Lease>,
 ) -> mpsc::Sender<()> {
+    let ttl = plan.ttl;
     let (stop, stopped) = mpsc::channel::<()>();
     let every = renew_period(ttl);
     let mine = lease.clone();
@@ -132,6 +135,9 @@ pub(crate) fn keep_alive(
         .name("lmx-keep-alive".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                if !plan.due() {
+                    return;
+                }
                 match renew(&conn, &key, &id, Some(ttl), timeout, &lease) {
                     Ok(()) => {}
                     // A slow answer: try again next period; the lease clock says when it is gone.

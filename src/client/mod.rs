@@ -30,6 +30,7 @@ mod spawn;
 pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod url;
+mod watch;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
@@ -43,6 +44,7 @@ pub use spawn::{
     LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, spawn_target,
     spawn_url_from_env,
 };
+pub use watch::Watch;
 
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
@@ -79,7 +81,7 @@ pub use crate::proto::{Mode, Ttl};
 /// assert_eq!(p.broker, live_mutex::BrokerKind::Rust);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Pong {
     /// Round-trip time.
@@ -88,6 +90,8 @@ pub struct Pong {
     pub broker: BrokerKind,
     /// The broker's wall clock (Unix ms), if it says.
     pub server_time_ms: Option<u64>,
+    /// The broker's version (`0.1.0`), if it says (the npm broker does not).
+    pub version: Option<String>,
 }
 
 /// Builds a [`Client`] with non-default time-outs or token.
@@ -439,12 +443,12 @@ impl Client {
         let token = calls::locked(await_grant(p, limit, limit_is_wait)?, o)?;
         let lease = guard::Lease::new(o.ttl);
         let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
+        let keep_alive = o.keep_alive_plan(Instant::now()).map(|plan| {
             guard::keep_alive(
                 conn.clone(),
                 key.to_string(),
                 id.clone(),
-                ttl,
+                plan,
                 timeout,
                 lease.clone(),
             )
@@ -634,16 +638,24 @@ impl Client {
         )?;
         let rtt = t.elapsed();
         match (conn.kind(), answer) {
-            (broker, Answer::Pong(server_time_ms)) => Ok(Pong {
+            (
+                broker,
+                Answer::Pong {
+                    server_time_ms,
+                    version,
+                },
+            ) => Ok(Pong {
                 rtt,
                 broker,
                 server_time_ms,
+                version,
             }),
             // The npm broker knows no `ping`; its error still measures the round trip.
             (BrokerKind::Node, _) => Ok(Pong {
                 rtt,
                 broker: BrokerKind::Node,
                 server_time_ms: None,
+                version: None,
             }),
             (BrokerKind::Rust, a) => Err(refusal(a)),
         }

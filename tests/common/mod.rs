@@ -123,6 +123,36 @@ pub fn stop(h: BrokerHandle) {
     h.join().unwrap();
 }
 
+/// Runs the `lmx` binary (`lmx_path`, the test's `CARGO_BIN_EXE_lmx`) with `args`, with
+/// `env` set and without the caller's own `LMX_*`/`NO_COLOR` settings, which would change
+/// what it does.
+pub fn lmx_with(lmx_path: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(lmx_path);
+    c.args(args);
+    for k in [
+        "LMX_URL",
+        "LMX_SPAWN",
+        "LMX_AUTH_TOKEN",
+        "LMX_COLOR",
+        "NO_COLOR",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// A command's stdout then stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Waits (up to 10 s) for a file that another process creates.
 pub fn wait_for(p: &Path) {
     let t = std::time::Instant::now();
