@@ -60,6 +60,9 @@ pub fn config(eps: &str, prefix: &str, secure: Option<&Secure>) -> EtcdConfig {
 
 pub struct Cluster {
     pub endpoints: String,
+    /// Each member's plain-HTTP `/metrics` (`LMX_ETCD_METRICS`; the client endpoints when
+    /// unset, which serve it too unless they speak TLS).
+    pub metrics: String,
     pub pids: Vec<i32>,
     /// Set on a secured cluster (CI runs the etcd tests on one too).
     pub secure: Option<Secure>,
@@ -73,6 +76,7 @@ impl Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         if !private && let Ok(eps) = std::env::var("LMX_ETCD_ENDPOINTS") {
             return Some(Cluster {
+                metrics: std::env::var("LMX_ETCD_METRICS").unwrap_or_else(|_| eps.clone()),
                 endpoints: eps,
                 pids: Vec::new(),
                 secure: Secure::from_env(),
@@ -116,6 +120,7 @@ impl Cluster {
                 .expect(name)
         };
         Some(Cluster {
+            metrics: var("LMX_ETCD_METRICS"),
             endpoints: var("LMX_ETCD_ENDPOINTS"),
             pids: var("LMX_ETCD_PIDS")
                 .split(',')
