@@ -21,7 +21,7 @@ use common::Killed;
 use common::etcd::{Cluster, prefix};
 use live_mutex::broker::{Broker, BrokerHandle};
 use live_mutex::client::LockOptions;
-use live_mutex::store::etcd::EtcdConfig;
+use live_mutex::internal::etcd::EtcdConfig;
 use live_mutex::{Client, Error};
 
 const T: Duration = Duration::from_secs(10);

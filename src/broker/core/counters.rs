@@ -30,7 +30,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 11] = [
+    pub(crate) const ALL: [Reject; 11] = [
         Reject::BadRequest,
         Reject::Busy,
         Reject::QueueFull,
@@ -44,7 +44,7 @@ impl Reject {
         Reject::TooManyWatchers,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reject::BadRequest => "bad_request",
             Reject::Busy => "busy",
@@ -96,7 +96,7 @@ impl Core {
         self.counters.rejected[why as usize] += 1;
     }
 
-    pub fn metrics(&self) -> CoreMetrics {
+    pub(crate) fn metrics(&self) -> CoreMetrics {
         CoreMetrics {
             table: self.store.table().map(|t| t.stats()).unwrap_or_default(),
             counters: self.counters,

@@ -97,7 +97,8 @@ impl Take<'_> {
         }
     }
 
-    /// The line printed once the take has waited since `started`, held `by`.
+    /// The line printed once the take has waited since `started`, held `by` (the async takes').
+    #[cfg(feature = "tokio")]
     pub(crate) fn notice(&self, started: Instant, by: &str) -> String {
         notice(self.test, self.key, self.shared, started, by)
     }

@@ -90,7 +90,7 @@ pub(super) fn lock_of<'a>(uuid: &'a str, key: &'a str) -> LockRequest<'a> {
 }
 
 impl Pair {
-    pub fn new(cfg: Config) -> Self {
+    pub(super) fn new(cfg: Config) -> Self {
         let epoch = Instant::now();
         Pair {
             core: Core::new(cfg),
@@ -101,21 +101,21 @@ impl Pair {
     }
 
     /// Opens a TCP connection that speaks raw JSON.
-    pub fn connect(&mut self) -> Client {
+    pub(super) fn connect(&mut self) -> Client {
         self.connect_kind(ConnKind::Tcp)
     }
 
-    pub fn connect_kind(&mut self, kind: ConnKind) -> Client {
+    pub(super) fn connect_kind(&mut self, kind: ConnKind) -> Client {
         self.open(kind, None)
     }
 
     /// Opens a TCP connection driven by a [`Session`] that believes it talks to `broker`
     /// ([`BrokerKind::Node`]: it acks every grant, as it would the npm broker).
-    pub fn session(&mut self, broker: BrokerKind) -> Client {
+    pub(super) fn session(&mut self, broker: BrokerKind) -> Client {
         self.session_kind(ConnKind::Tcp, broker)
     }
 
-    pub fn session_kind(&mut self, kind: ConnKind, broker: BrokerKind) -> Client {
+    pub(super) fn session_kind(&mut self, kind: ConnKind, broker: BrokerKind) -> Client {
         let mut s = Session::new();
         s.set_broker(broker);
         self.open(kind, Some(s))
@@ -138,18 +138,18 @@ impl Pair {
     }
 
     /// How long since the pair was made.
-    pub fn elapsed(&self) -> Duration {
+    pub(super) fn elapsed(&self) -> Duration {
         self.time - self.epoch
     }
 
     /// Sends one message (serialized as one line) and delivers everything that results.
-    pub fn send(&mut self, c: Client, msg: Value) {
+    pub(super) fn send(&mut self, c: Client, msg: Value) {
         let bytes = serde_json::to_vec(&msg).expect("a JSON value serializes");
         self.send_bytes(c, bytes);
     }
 
     /// Sends raw bytes as one message.
-    pub fn send_raw(&mut self, c: Client, raw: &str) {
+    pub(super) fn send_raw(&mut self, c: Client, raw: &str) {
         self.send_bytes(c, raw.as_bytes().to_vec());
     }
 
@@ -161,7 +161,7 @@ impl Pair {
     }
 
     /// Session client `c` sends `req`, whose `uuid` is a fresh [`uuid`]; returns its id.
-    pub fn request(&mut self, c: Client, req: &Request<'_>) -> RequestId {
+    pub(super) fn request(&mut self, c: Client, req: &Request<'_>) -> RequestId {
         let id = self
             .session_of(c)
             .request(req)
@@ -171,7 +171,7 @@ impl Pair {
     }
 
     /// Session client `c` locks `key` ([`lock_of`], changed by `f`); returns the lock's id.
-    pub fn lock_with(
+    pub(super) fn lock_with(
         &mut self,
         c: Client,
         key: &str,
@@ -184,13 +184,13 @@ impl Pair {
     }
 
     /// Session client `c` locks `key` with no expiry; returns the lock's id.
-    pub fn lock(&mut self, c: Client, key: &str) -> RequestId {
+    pub(super) fn lock(&mut self, c: Client, key: &str) -> RequestId {
         self.lock_with(c, key, |_| {})
     }
 
     /// Session client `c` unlocks lock `lock` (a lock id of any form) of `key` and waits for
     /// the answer.
-    pub fn unlock(&mut self, c: Client, key: &str, lock: impl ToString) -> Answer {
+    pub(super) fn unlock(&mut self, c: Client, key: &str, lock: impl ToString) -> Answer {
         let (uuid, lock) = (uuid(), lock.to_string());
         let req = Request::Unlock {
             uuid: &uuid,
@@ -203,7 +203,7 @@ impl Pair {
     }
 
     /// `lock-info` of `key`, asked by session client `c`.
-    pub fn info(&mut self, c: Client, key: &str) -> LockInfo {
+    pub(super) fn info(&mut self, c: Client, key: &str) -> LockInfo {
         let uuid = uuid();
         let id = self.request(c, &Request::LockInfo { uuid: &uuid, key });
         match self.answer(c, id) {
@@ -213,7 +213,7 @@ impl Pair {
     }
 
     /// The ids holding `key`, asked by session client `c`.
-    pub fn holders(&mut self, c: Client, key: &str) -> Vec<String> {
+    pub(super) fn holders(&mut self, c: Client, key: &str) -> Vec<String> {
         let info = self.info(c, key);
         info.holders
             .into_iter()
@@ -222,7 +222,7 @@ impl Pair {
     }
 
     /// The answer session client `c` got for request `id`; panics if it has none (yet).
-    pub fn answer(&mut self, c: Client, id: RequestId) -> Answer {
+    pub(super) fn answer(&mut self, c: Client, id: RequestId) -> Answer {
         self.take_events(c);
         let events = &mut self.clients[c.0].events;
         let at = events.iter().position(|e| {
@@ -243,7 +243,7 @@ impl Pair {
     }
 
     /// Whether session client `c` still waits for request `id`.
-    pub fn waits(&mut self, c: Client, id: RequestId) -> bool {
+    pub(super) fn waits(&mut self, c: Client, id: RequestId) -> bool {
         self.take_events(c);
         !self.clients[c.0].events.iter().any(|e| {
             matches!(e, session::Event::Answer { id: i, .. } | session::Event::Lost { id: i } if *i == id)
@@ -251,7 +251,7 @@ impl Pair {
     }
 
     /// Session client `c` stops waiting for `id`, as a driver whose deadline passed does.
-    pub fn give_up(&mut self, c: Client, id: RequestId) {
+    pub(super) fn give_up(&mut self, c: Client, id: RequestId) {
         self.session_of(c).give_up(id);
         self.drive();
     }
@@ -272,7 +272,7 @@ impl Pair {
     }
 
     /// The next message the broker sent raw client `c`; panics if there is none.
-    pub fn recv(&mut self, c: Client) -> Value {
+    pub(super) fn recv(&mut self, c: Client) -> Value {
         match self.clients[c.0].inbox.pop_front() {
             Some(v) => v,
             None => panic!("client {} has no message at {:?}", c.0, self.elapsed()),
@@ -281,19 +281,19 @@ impl Pair {
 
     /// Asserts that `c` has received nothing more (a session client: no answer, and no line
     /// its session took for an answer).
-    pub fn expect_silence(&mut self, c: Client) {
+    pub(super) fn expect_silence(&mut self, c: Client) {
         self.take_events(c);
         let cl = &self.clients[c.0];
         assert!(cl.inbox.is_empty(), "client {} got {:?}", c.0, cl.inbox);
         assert!(cl.events.is_empty(), "client {} got {:?}", c.0, cl.events);
     }
 
-    pub fn closed(&self, c: Client) -> bool {
+    pub(super) fn closed(&self, c: Client) -> bool {
         self.clients[c.0].closed
     }
 
     /// The client goes away (its socket closed).
-    pub fn disconnect(&mut self, c: Client) {
+    pub(super) fn disconnect(&mut self, c: Client) {
         let conn = self.clients[c.0].conn;
         self.close_conn(conn);
         self.drive();
@@ -301,7 +301,7 @@ impl Pair {
 
     /// Moves the clock forward by `d`, running every timer that falls due on the way, at its
     /// own instant, as the reactor would wake for it.
-    pub fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         let until = self.time + d;
         while let Some(t) = self.core.poll_timeout()
             && t <= until
@@ -318,7 +318,7 @@ impl Pair {
     /// Delivers the core's output and the sessions' requests and carries out the core's close
     /// requests, until nothing is left: the reactor's end of turn (and the clients' drivers),
     /// with a transport that never blocks.
-    pub fn drive(&mut self) {
+    pub(super) fn drive(&mut self) {
         loop {
             let mut progress = self.transmit_sessions();
             while let Some(ev) = self.core.poll_event() {
