@@ -60,27 +60,28 @@
 //!   `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP port, feature
 //!   `tls`), `config.rs`, `handle.rs`, `http_guard.rs` (web pages kept out), `keepalive.rs`
 //!   (vanished peers found).
-//! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
-//!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
-//!   `transport.rs`, `tls.rs` (rustls, feature `tls`), `url.rs` (a list of brokers),
-//!   `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async client: the
-//!   handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
-//!   broker daemon on demand (`lmx`, or with feature `broker` the program's own executable:
-//!   `src/daemon/`, shared with `lmx start --daemon`), and [`serial()`](fn@serial) /
-//!   [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]` (`client/serial/`: reentrant
-//!   per test in `held.rs`, waits that name the holder in `wait.rs`, async takes in `scope.rs`)
-//!   serialise tests across processes.
-//! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
-//!   task per connection, with cancellation-safe lock futures.
+//! - [`client`] (`src/client/`, feature `client`): the client wing. Two drivers of one
+//!   [`proto::session::Session`]: `blocking/`, a thread-safe, pipelining blocking [`Client`]
+//!   with RAII guards (`driver.rs` over the sockets of `transport.rs`, `guard.rs`), and
+//!   `async_client/` (feature `tokio`), [`AsyncClient`] (public as [`async_client`]), the
+//!   same session driven by one tokio task per connection, with cancellation-safe lock
+//!   futures. What both use sits beside them: `options.rs` ([`LockOptions`]), `calls.rs` (the
+//!   requests built and the answers read, the handshake), `url.rs` (a list of brokers),
+//!   `backoff.rs`, `tls.rs` (rustls, feature `tls`), `error.rs`; [`connect_or_spawn`]
+//!   (`spawn.rs`) starts a broker daemon on demand (`lmx`, or with feature `broker` the
+//!   program's own executable: `src/daemon/`, shared with `lmx start --daemon`), and
+//!   [`serial()`](fn@serial) / [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]`
+//!   (`client/serial/`: reentrant per test in `held.rs`, waits that name the holder in
+//!   `wait.rs`, async takes in `scope.rs`) serialise tests across processes.
 //! - `src/cli/` (feature `cli`): the `lmx` binary; `src/bin/lmx.rs` only calls it.
 //!
 //! # Life of a request
 //!
 //! A blocking [`Client::lock`] on a key that another connection holds, over NDJSON/TCP:
 //!
-//! 1. `Client::lock` (`client/mod.rs`) turns [`LockOptions`] into a
+//! 1. `Client::lock` (`client/blocking/mod.rs`) turns [`LockOptions`] into a
 //!    [`proto::Request::Lock`] (`LockOptions::lock_request`, `client/options.rs`) and hands it to the connection driver,
-//!    `Conn::request` (`client/driver.rs`). The driver asks the session for it:
+//!    `Conn::request` (`client/blocking/driver.rs`). The driver asks the session for it:
 //!    `Session::request` (`proto/session.rs`) gives it an id, remembers what the answer must
 //!    be, and encodes it (`Request::encode`, `proto/encode.rs`) into the bytes
 //!    `Session::transmit` hands back; the driver writes them to the socket.
@@ -111,7 +112,7 @@
 //!    `{"type":"lock",…,"acquired":true,"fencingToken":…}` for the waiter's connection (or
 //!    releases it at once if that connection is gone), and the same `end_turn` sends it.
 //! 6. The waiter's session matches the pushed reply to the pending id and yields
-//!    `Answer::Locked`; `Client::lock` returns a [`LockGuard`] (`client/guard.rs`) carrying
+//!    `Answer::Locked`; `Client::lock` returns a [`LockGuard`] (`client/blocking/guard.rs`) carrying
 //!    the key, the lock id and the fencing token. Dropping the guard sends the `unlock`
 //!    without waiting for its reply (`Session::release`); the session still consumes that
 //!    reply by its id, and counts it if the lock had already been lost.
@@ -127,9 +128,44 @@
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
 
-/// The async client (feature `tokio`): [`AsyncClient`].
 #[cfg(feature = "tokio")]
-pub mod async_client;
+pub mod async_client {
+    //! An async client on tokio (feature `tokio`), driving the same [`Session`] as the blocking
+    //! [`Client`](crate::Client): TCP, Unix socket and WebSocket, any runtime flavour.
+    //!
+    //! Nothing here blocks an executor thread: connecting, reconnect back-off and every wait are
+    //! awaited; a guard's drop only queues its unlock for the connection's task.
+    //!
+    //! **Cancellation safety.** Dropping a `lock` future (a `select!` that lost, an aborted task, a
+    //! `tokio::time::timeout`) withdraws the request at the broker, and if the grant crossed the
+    //! withdrawal on the wire, the lock is released as soon as it arrives: a lock future that did
+    //! not complete never leaves a lock held.
+    //!
+    //! ```
+    //! # #[tokio::main(flavor = "current_thread")]
+    //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    //! # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    //! # let url = format!("tcp://{}", broker.local_addr().unwrap());
+    //! let client = live_mutex::AsyncClient::connect(&url).await?;
+    //! {
+    //!     let _guard = client.lock("deploy").await?;
+    //!     // ... only one holder anywhere ...
+    //! } // released here
+    //! // A wait bounded by the caller: the abandoned request leaves nothing behind.
+    //! let held = client.lock("busy").await?;
+    //! let r = tokio::time::timeout(std::time::Duration::from_millis(20), client.lock("busy")).await;
+    //! assert!(r.is_err());
+    //! assert_eq!(client.info("busy").await?.waiters, 0);
+    //! # drop(held);
+    //! # Ok(()) }
+    //! ```
+    //!
+    //! [`Session`]: crate::proto::session::Session
+
+    pub use crate::client::async_client::{
+        AsyncClient, AsyncClientBuilder, AsyncLockGuard, AsyncManyGuard,
+    };
+}
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "client")]

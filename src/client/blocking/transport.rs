@@ -2,8 +2,8 @@
 //! write half so one thread can wait for replies while others send. Knows nothing of the
 //! protocol: whole messages in and out (a line, or a WebSocket text frame).
 
-use super::error::{Error, Result};
-use super::url::{Endpoint, Target, host_port};
+use crate::client::error::{Error, Result};
+use crate::client::url::{Endpoint, Target, host_port};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -20,7 +20,7 @@ pub(super) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     #[cfg(feature = "tls")]
-    Tls(super::tls::TlsPipe),
+    Tls(crate::client::tls::TlsPipe),
 }
 
 impl Stream {
@@ -211,7 +211,7 @@ pub(super) fn connect(ep: &Endpoint, t: &Target) -> Result<(Reader, Writer, Stre
             match (*tls, t) {
                 #[cfg(feature = "tls")]
                 (true, Target { tls: Some(cfg), .. }) => {
-                    Stream::Tls(super::tls::handshake(cfg, host, s, timeout)?)
+                    Stream::Tls(crate::client::tls::handshake(cfg, host, s, timeout)?)
                 }
                 (true, _) => return Err(Error::Config(format!("{ep}: no TLS configuration"))),
                 (false, _) => Stream::Tcp(s),

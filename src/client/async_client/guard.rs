@@ -3,8 +3,8 @@
 //! dropping never blocks and never needs a runtime handle).
 
 use super::conn::Conn;
+use crate::client::blocking::guard::{Lease, extend_request, renew_period};
 use crate::client::calls::{new_uuid, release_many_request, released, unlock_request};
-use crate::client::guard::{Lease, extend_request, renew_period};
 use crate::client::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -10,10 +10,10 @@
 //! the guards' `on_lost` hooks, and so the session can answer grants nobody waits for); it
 //! steps aside as soon as a caller waits.
 
-use super::calls::{self, new_uuid, release_many_request, unlock_request};
-use super::error::{Error, Result};
 use super::transport::{Reader, Stream, Writer, connect};
-use super::url::{Endpoint, Target};
+use crate::client::calls::{self, new_uuid, release_many_request, unlock_request};
+use crate::client::error::{Error, Result};
+use crate::client::url::{Endpoint, Target};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;

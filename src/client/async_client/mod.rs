@@ -1,34 +1,6 @@
-//! An async client on tokio (feature `tokio`), driving the same [`Session`] as the blocking
-//! [`Client`](crate::Client): TCP, Unix socket and WebSocket, any runtime flavour.
-//!
-//! Nothing here blocks an executor thread: connecting, reconnect back-off and every wait are
-//! awaited; a guard's drop only queues its unlock for the connection's task.
-//!
-//! **Cancellation safety.** Dropping a `lock` future (a `select!` that lost, an aborted task, a
-//! `tokio::time::timeout`) withdraws the request at the broker, and if the grant crossed the
-//! withdrawal on the wire, the lock is released as soon as it arrives: a lock future that did
-//! not complete never leaves a lock held.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-//! # let url = format!("tcp://{}", broker.local_addr().unwrap());
-//! let client = live_mutex::AsyncClient::connect(&url).await?;
-//! {
-//!     let _guard = client.lock("deploy").await?;
-//!     // ... only one holder anywhere ...
-//! } // released here
-//! // A wait bounded by the caller: the abandoned request leaves nothing behind.
-//! let held = client.lock("busy").await?;
-//! let r = tokio::time::timeout(std::time::Duration::from_millis(20), client.lock("busy")).await;
-//! assert!(r.is_err());
-//! assert_eq!(client.info("busy").await?.waiters, 0);
-//! # drop(held);
-//! # Ok(()) }
-//! ```
-//!
-//! [`Session`]: crate::proto::session::Session
+//! The tokio driver of the client (feature `tokio`): one task per connection drives the
+//! session (`conn.rs`) over tokio's sockets (`transport.rs`); its guards are in `guard.rs`.
+//! Public as [`crate::async_client`], whose docs say what it promises.
 
 mod conn;
 mod guard;
@@ -37,8 +9,8 @@ mod transport;
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
 use crate::client::backoff::Slot;
+use crate::client::blocking::guard::Lease;
 use crate::client::calls::{self, new_uuid};
-use crate::client::guard::Lease;
 use crate::client::url::{Settings, Target};
 use crate::client::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats};
 use crate::proto::Request;

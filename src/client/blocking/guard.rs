@@ -1,8 +1,8 @@
 //! The guards: a held lock (or several) tied to its connection, released when dropped.
 
-use super::calls::{new_uuid, refusal, release_many_request, released, unlock_request};
 use super::driver::Conn;
-use super::error::{Error, Result};
+use crate::client::calls::{new_uuid, refusal, release_many_request, released, unlock_request};
+use crate::client::error::{Error, Result};
 use crate::proto::session::Answer;
 use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
@@ -85,7 +85,7 @@ pub(crate) fn extend_request<'a>(
     ttl: Option<Duration>,
 ) -> Result<Request<'a>> {
     let ttl = ttl.map_or(Ttl::Never, Ttl::After);
-    super::options::check_ttl(ttl)?;
+    crate::client::options::check_ttl(ttl)?;
     Ok(Request::Extend {
         uuid,
         key,
@@ -310,7 +310,7 @@ impl LockGuard {
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires). Fails with
     /// [`Error::LockLost`] if the lock had already expired; after that the guard reports
     /// [`is_lost`](Self::is_lost). Takes `&self`, so a renewal thread can share the guard
-    /// (or let [`LockOptions::keep_alive`](super::LockOptions::keep_alive) do it).
+    /// (or let [`LockOptions::keep_alive`](crate::client::LockOptions::keep_alive) do it).
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
