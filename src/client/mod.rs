@@ -3,10 +3,10 @@
 //!
 //! Both drive the same sans-IO [`Session`](crate::proto::session::Session); what they share
 //! sits here: the options a caller gives ([`LockOptions`], `options.rs`), the requests built
-//! and the answers read (`calls.rs`), the
+//! and the answers read (`calls.rs`), the held-lock core both guards wrap (`held.rs`), the
 //! list of brokers and the reconnect back-off (`url.rs`, `backoff.rs`), TLS (`tls.rs`), the
-//! errors (`error.rs`), starting a broker on demand (`spawn.rs`) and the test attributes
-//! (`serial/`). The two drivers are children: `blocking/` (threads, std sockets) and
+//! WebSocket upgrade (`websocket.rs`), the errors (`error.rs`), starting a broker on demand
+//! (`spawn.rs`) and the test attributes (`serial/`). The two drivers are children: `blocking/` (threads, std sockets) and
 //! `async_client/` (tokio tasks).
 //!
 //! One [`Client`] holds one connection that any number of threads share: requests are
@@ -27,15 +27,17 @@
 //! ```
 
 pub(crate) mod backoff;
-pub(crate) mod blocking;
+mod blocking;
 pub(crate) mod calls;
 mod error;
+pub(crate) mod held;
 pub(crate) mod options;
 mod serial;
 mod spawn;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 pub(crate) mod url;
+mod websocket;
 
 #[cfg(feature = "tokio")]
 pub(crate) mod async_client;

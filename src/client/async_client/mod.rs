@@ -9,8 +9,8 @@ mod transport;
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
 use crate::client::backoff::Slot;
-use crate::client::blocking::guard::Lease;
 use crate::client::calls::{self, new_uuid};
+use crate::client::held::{Held, LockCore, ManyCore};
 use crate::client::url::{Settings, Target};
 use crate::client::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats};
 use crate::proto::Request;
@@ -174,28 +174,12 @@ impl AsyncClient {
         let p = conn.request(&o.lock_request(&new_uuid(), key), Some(key))?;
         let id = p.uuid();
         let token = calls::locked(await_grant(p, limit, limit_is_wait).await?, o)?;
-        let lease = Lease::new(o.ttl);
-        let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
-            guard::keep_alive(
-                conn.clone(),
-                key.to_string(),
-                id.clone(),
-                ttl,
-                timeout,
-                lease.clone(),
-            )
-        });
-        Ok(AsyncLockGuard {
-            conn,
-            key: key.to_string(),
-            id,
-            token,
-            lease,
-            timeout,
-            done: false,
-            keep_alive,
-        })
+        let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
+        let core = LockCore::new(conn, held);
+        let keep_alive = o
+            .keep_alive_ttl()
+            .map(|ttl| guard::keep_alive(core.conn.clone(), core.held.clone(), ttl));
+        Ok(AsyncLockGuard { core, keep_alive })
     }
 
     /// Takes all of `keys` at once (all-or-nothing).
@@ -217,11 +201,13 @@ impl AsyncClient {
         let id = p.uuid();
         let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await?;
         Ok(AsyncManyGuard {
-            tokens: calls::many_locked(answer, o)?,
-            conn,
-            id,
-            timeout: self.inner.target.request_timeout,
-            done: false,
+            core: ManyCore {
+                tokens: calls::many_locked(answer, o)?,
+                conn,
+                id,
+                timeout: self.inner.target.request_timeout,
+                done: false,
+            },
         })
     }
 

@@ -2,13 +2,14 @@
 //! `driver.rs` over the sockets of `transport.rs`; its guards are in `guard.rs`.
 
 mod driver;
-pub(crate) mod guard;
-pub(crate) mod transport;
+mod guard;
+mod transport;
 
 pub use guard::{LockGuard, ManyGuard};
 
 use super::backoff::Slot;
 use super::calls::{self, new_uuid, refusal, unlock_request};
+use super::held::{Held, LockCore, ManyCore};
 use super::url::{Settings, Target};
 use super::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats, url_from_env};
 use crate::proto::Request;
@@ -371,10 +372,10 @@ impl Client {
         let req = o.lock_request(&uuid, key);
         let p = match prev {
             // Still ours and on this connection: its unlock rides in the lock's write.
-            Some(mut g) if !g.done && Arc::ptr_eq(&g.conn, &conn) => {
+            Some(mut g) if !g.core.done && Arc::ptr_eq(&g.core.conn, &conn) => {
                 g.finish();
                 let unlock_uuid = new_uuid();
-                let release = unlock_request(&unlock_uuid, &g.key, &g.id);
+                let release = g.core.held.unlock_request(&unlock_uuid);
                 conn.request_after(Some(&release), &req)?
             }
             other => {
@@ -384,26 +385,13 @@ impl Client {
         };
         let id = p.uuid();
         let token = calls::locked(await_grant(p, limit, limit_is_wait)?, o)?;
-        let lease = guard::Lease::new(o.ttl);
-        let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
-            guard::keep_alive(
-                conn.clone(),
-                key.to_string(),
-                id.clone(),
-                ttl,
-                timeout,
-                lease.clone(),
-            )
-        });
+        let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
+        let core = LockCore::new(conn, held);
+        let keep_alive = o
+            .keep_alive_ttl()
+            .map(|ttl| guard::keep_alive(core.conn.clone(), core.held.clone(), ttl));
         Ok(LockGuard {
-            lease,
-            conn,
-            key: key.to_string(),
-            id,
-            token,
-            done: false,
-            timeout,
+            core,
             hooks: Mutex::new(Vec::new()),
             keep_alive,
         })
@@ -442,11 +430,13 @@ impl Client {
         let id = p.uuid();
         let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false)?;
         Ok(ManyGuard {
-            tokens: calls::many_locked(answer, o)?,
-            conn,
-            id,
-            done: false,
-            timeout: self.inner.target.request_timeout,
+            core: ManyCore {
+                tokens: calls::many_locked(answer, o)?,
+                conn,
+                id,
+                timeout: self.inner.target.request_timeout,
+                done: false,
+            },
         })
     }
 
