@@ -63,10 +63,11 @@
 //! - [`client`] (`src/client/`, feature `client`): the client wing. Two drivers of one
 //!   [`proto::session::Session`]: `blocking/`, a thread-safe, pipelining blocking [`Client`]
 //!   with RAII guards (`driver.rs` over the sockets of `transport.rs`, `guard.rs`), and
-//!   `async_client/` (feature `tokio`), [`AsyncClient`] (public as [`async_client`]), the
+//!   `async_client/` (feature `tokio`), `AsyncClient` (public as `live_mutex::async_client`), the
 //!   same session driven by one tokio task per connection, with cancellation-safe lock
-//!   futures. What both use sits beside them: `options.rs` ([`LockOptions`]), `calls.rs` (the
-//!   requests built and the answers read, the handshake), `url.rs` (a list of brokers),
+//!   futures. What both use sits beside them: `options.rs` ([`LockOptions`]), `builder.rs`,
+//!   `requests.rs` (every request they build), `calls.rs` (what the answers mean, the
+//!   handshake), `held.rs` (the core of both clients' guards), `url.rs` (a list of brokers),
 //!   `backoff.rs`, `tls.rs` (rustls, feature `tls`), `error.rs`; [`connect_or_spawn`]
 //!   (`spawn.rs`) starts a broker daemon on demand (`lmx`, or with feature `broker` the
 //!   program's own executable: `src/daemon/`, shared with `lmx start --daemon`), and
@@ -80,7 +81,7 @@
 //! A blocking [`Client::lock`] on a key that another connection holds, over NDJSON/TCP:
 //!
 //! 1. `Client::lock` (`client/blocking/mod.rs`) turns [`LockOptions`] into a
-//!    [`proto::Request::Lock`] (`LockOptions::lock_request`, `client/options.rs`) and hands it to the connection driver,
+//!    [`proto::Request::Lock`] (`requests::lock`, `client/requests.rs`) and hands it to the connection driver,
 //!    `Conn::request` (`client/blocking/driver.rs`). The driver asks the session for it:
 //!    `Session::request` (`proto/session.rs`) gives it an id, remembers what the answer must
 //!    be, and encodes it (`Request::encode`, `proto/encode.rs`) into the bytes

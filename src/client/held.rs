@@ -4,9 +4,9 @@
 //! once here; each guard adds only how it waits (an `unlock` that blocks or one that awaits)
 //! and what renews it in the background (a thread or a task).
 
-use super::calls::{new_uuid, refusal, release_many_request, unlock_request};
+use super::calls::refusal;
 use super::error::{Error, Result};
-use super::options::check_ttl;
+use super::requests::{self, new_uuid};
 use crate::proto::session::Answer;
 use crate::proto::{Request, Ttl};
 use std::collections::HashMap;
@@ -79,7 +79,7 @@ impl Held {
 
     /// The `unlock` that releases it.
     pub(crate) fn unlock_request<'a>(&'a self, uuid: &'a str) -> Request<'a> {
-        unlock_request(uuid, &self.key, &self.id)
+        requests::unlock(uuid, &self.key, &self.id)
     }
 
     /// The `extend` that sets it to `ttl` from now (`None`: no expiry). Fails without a
@@ -91,18 +91,12 @@ impl Held {
         ttl: Option<Duration>,
         conn_dead: bool,
     ) -> Result<Request<'a>> {
-        let wire_ttl = ttl.map_or(Ttl::Never, Ttl::After);
-        check_ttl(wire_ttl)?;
+        let extend = requests::extend(uuid, &self.key, &self.id, ttl)?;
         if self.is_lost() || conn_dead {
             self.mark_lost();
             return Err(Error::LockLost);
         }
-        Ok(Request::Extend {
-            uuid,
-            key: &self.key,
-            lock_id: &self.id,
-            ttl: wire_ttl,
-        })
+        Ok(extend)
     }
 
     /// The broker's answer to an `extend` to `ttl` sent at `sent`: the new expiry counts from
@@ -182,7 +176,7 @@ pub(crate) struct ManyCore<C: Link> {
 impl<C: Link> ManyCore<C> {
     /// The `release-many` that releases every key.
     pub(crate) fn release_request<'a>(&'a self, uuid: &'a str) -> Request<'a> {
-        release_many_request(uuid, &self.id)
+        requests::release_many(uuid, &self.id)
     }
 }
 

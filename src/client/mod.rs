@@ -1,13 +1,14 @@
 //! The clients of live-mutex brokers (this crate's, or the npm live-mutex 0.2.x one): a
 //! blocking [`Client`] and, with feature `tokio`, an async client (`crate::AsyncClient`).
 //!
-//! Both drive the same sans-IO [`Session`](crate::proto::session::Session); what they share
-//! sits here: the options a caller gives ([`LockOptions`], `options.rs`), the requests built
-//! and the answers read (`calls.rs`), the held-lock core both guards wrap (`held.rs`), the
-//! list of brokers and the reconnect back-off (`url.rs`, `backoff.rs`), TLS (`tls.rs`), the
-//! WebSocket upgrade (`websocket.rs`), the errors (`error.rs`), starting a broker on demand
-//! (`spawn.rs`) and the test attributes (`serial/`). The two drivers are children: `blocking/` (threads, std sockets) and
-//! `async_client/` (tokio tasks).
+//! Both drive the same sans-IO [`Session`](crate::proto::session::Session). What they share
+//! sits here: the options a caller gives ([`LockOptions`], `options.rs`; the connection's in
+//! [`Builder`], `builder.rs`), every request they build (`requests.rs`) and what the answers
+//! mean (`calls.rs`), the held-lock core both guards wrap (`held.rs`), the list of brokers and
+//! the reconnect back-off (`url.rs`, `backoff.rs`), TLS (`tls.rs`), the WebSocket upgrade
+//! (`websocket.rs`), the errors (`error.rs`), starting a broker on demand (`spawn.rs`) and the
+//! test attributes (`serial/`). The two drivers are children: `blocking/` (threads, std
+//! sockets) and `async_client/` (tokio tasks).
 //!
 //! One [`Client`] holds one connection that any number of threads share: requests are
 //! pipelined and matched to replies by id, so a thread waiting for a contended key never holds
@@ -28,10 +29,12 @@
 
 pub(crate) mod backoff;
 mod blocking;
+mod builder;
 pub(crate) mod calls;
 mod error;
 pub(crate) mod held;
 pub(crate) mod options;
+mod requests;
 mod serial;
 mod spawn;
 #[cfg(feature = "tls")]
@@ -44,7 +47,8 @@ pub(crate) mod async_client;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
-pub use blocking::{Client, ClientBuilder, LockGuard, ManyGuard, Pong};
+pub use blocking::{Client, LockGuard, ManyGuard, Pong};
+pub use builder::{Builder, ClientBuilder};
 pub use error::{Error, Result};
 pub use options::LockOptions;
 #[doc(hidden)]

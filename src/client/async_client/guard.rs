@@ -3,8 +3,9 @@
 //! dropping never blocks and never needs a runtime handle).
 
 use super::conn::Conn;
-use crate::client::calls::{new_uuid, released};
+use crate::client::calls::released;
 use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
+use crate::client::requests::new_uuid;
 use crate::client::{Error, Result};
 use crate::proto::Request;
 use std::collections::HashMap;

@@ -9,9 +9,11 @@ mod transport;
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
 use crate::client::backoff::Slot;
-use crate::client::calls::{self, new_uuid};
+use crate::client::builder::Builder;
+use crate::client::calls;
 use crate::client::held::{Held, LockCore, ManyCore};
-use crate::client::url::{Settings, Target};
+use crate::client::requests::{self, new_uuid};
+use crate::client::url::Target;
 use crate::client::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats};
 use crate::proto::Request;
 use crate::proto::session::Answer;
@@ -20,51 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// Builds an [`AsyncClient`] with non-default time-outs or token.
-#[derive(Debug, Clone)]
-pub struct AsyncClientBuilder(Settings);
+/// Builds an [`AsyncClient`] with non-default time-outs, token or TLS files (the setters are
+/// [`Builder`]'s).
+pub type AsyncClientBuilder = Builder<AsyncClient>;
 
 impl AsyncClientBuilder {
-    /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
-    pub fn token(mut self, t: impl Into<String>) -> Self {
-        self.0.token = Some(t.into());
-        self
-    }
-    /// Longest time to establish a connection, handshake included (default 3 s).
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.0.connect_timeout = d;
-        self
-    }
-    /// Longest wait for the reply to a request other than a lock wait (default 10 s).
-    pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.0.request_timeout = d;
-        self
-    }
-    /// With a list of brokers, start at a random one; see
-    /// [`ClientBuilder::random_start`](crate::client::ClientBuilder::random_start).
-    pub fn random_start(mut self, on: bool) -> Self {
-        self.0.random = on;
-        self
-    }
-    /// See [`ClientBuilder::tls_ca`](crate::client::ClientBuilder::tls_ca).
-    #[cfg(feature = "tls")]
-    pub fn tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
-        self.0.tls_ca = Some(pem.into());
-        self
-    }
-    /// See [`ClientBuilder::tls_client_cert`](crate::client::ClientBuilder::tls_client_cert).
-    #[cfg(feature = "tls")]
-    pub fn tls_client_cert(
-        mut self,
-        cert: impl Into<std::path::PathBuf>,
-        key: impl Into<std::path::PathBuf>,
-    ) -> Self {
-        self.0.tls_cert = Some((cert.into(), key.into()));
-        self
-    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     pub async fn connect(self) -> Result<AsyncClient> {
-        let target = self.0.resolve()?;
+        let target = self.settings.resolve()?;
         let client = AsyncClient {
             inner: Arc::new(Inner {
                 slot: Mutex::new(Slot::new(target.endpoints.len(), target.random)),
@@ -106,7 +71,7 @@ impl AsyncClient {
 
     /// Starts an [`AsyncClientBuilder`] for `url`.
     pub fn builder(url: &str) -> AsyncClientBuilder {
-        AsyncClientBuilder(Settings::new(url))
+        AsyncClientBuilder::new(url)
     }
 
     /// Which broker this client is talking to.
@@ -171,7 +136,7 @@ impl AsyncClient {
         o.check()?;
         let conn = self.conn().await?;
         let (limit, limit_is_wait) = calls::lock_limit(conn.kind(), o);
-        let p = conn.request(&o.lock_request(&new_uuid(), key), Some(key))?;
+        let p = conn.request(&requests::lock(o, &new_uuid(), key), Some(key))?;
         let id = p.uuid();
         let token = calls::locked(await_grant(p, limit, limit_is_wait).await?, o)?;
         let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
@@ -197,7 +162,7 @@ impl AsyncClient {
         o.check()?;
         let conn = self.conn().await?;
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-        let p = conn.request(&o.many_request(&new_uuid(), &keys), None)?;
+        let p = conn.request(&requests::many(o, &new_uuid(), &keys), None)?;
         let id = p.uuid();
         let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await?;
         Ok(AsyncManyGuard {

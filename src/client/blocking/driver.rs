@@ -11,8 +11,9 @@
 //! steps aside as soon as a caller waits.
 
 use super::transport::{Reader, Stream, Writer, connect};
-use crate::client::calls::{self, new_uuid, release_many_request, unlock_request};
+use crate::client::calls;
 use crate::client::error::{Error, Result};
+use crate::client::requests::{self, new_uuid};
 use crate::client::url::{Endpoint, Target};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
@@ -230,8 +231,8 @@ pub(crate) struct Pending {
     rx: Receiver<Msg>,
     shared: Arc<Shared>,
     /// What a grant that races the give-up is released with: a lock's key (`None` for an
-    /// acquire-many, released by id). `Err` for other requests, which hold nothing.
-    holds: Result<Option<String>, ()>,
+    /// acquire-many, released by id, and for other requests, which hold nothing).
+    key: Option<String>,
 }
 
 impl Pending {
@@ -307,18 +308,10 @@ impl Pending {
         let mut st = lock(&self.shared.state);
         st.waiters.remove(&self.id);
         st.session.give_up(self.id);
-        let uuid = self.id.to_string();
         // `None`s are only nudges to a parked waiter.
         while let Ok(msg) = self.rx.try_recv() {
-            match (msg, &self.holds) {
-                (Some(Answer::Locked { .. }), Ok(Some(key))) => {
-                    st.session.release(&unlock_request(&new_uuid(), key, &uuid));
-                }
-                (Some(Answer::ManyLocked(_)), Ok(None)) => {
-                    st.session
-                        .release(&release_many_request(&new_uuid(), &uuid));
-                }
-                _ => {}
+            if let Some(answer) = msg {
+                requests::hand_back(&mut st.session, self.id, self.key.as_deref(), &answer);
             }
         }
         st.session.wants_transmit()
@@ -409,16 +402,15 @@ impl Conn {
             st.waiters.insert(id, tx);
             Ok(id)
         })?;
-        let holds = match req {
-            Request::Lock(l) => Ok(Some(l.key.to_owned())),
-            Request::AcquireMany(_) => Ok(None),
-            _ => Err(()),
+        let key = match req {
+            Request::Lock(l) => Some(l.key.to_owned()),
+            _ => None,
         };
         Ok(Pending {
             id,
             rx,
             shared: self.shared.clone(),
-            holds,
+            key,
         })
     }
 
@@ -515,8 +507,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{Conn, new_uuid};
-    use crate::client::LockOptions;
     use crate::client::url::Settings;
+    use crate::client::{LockOptions, requests};
     use crate::proto::{Request, decode};
 
     /// A grant that another caller's read routes to a request after its own wait ended (the
@@ -570,7 +562,9 @@ mod tests {
         let conn = Conn::open(&target, &target.endpoints[0]).expect("open");
         let opts = LockOptions::default().ttl(Duration::from_secs(60));
         let id = new_uuid();
-        let waiting = conn.request(&opts.lock_request(&id, "k")).expect("request");
+        let waiting = conn
+            .request(&requests::lock(&opts, &id, "k"))
+            .expect("request");
         // Queued; the ping's reader reads the grant (sent before the pong) and routes it into
         // the request's channel.
         let uuid = new_uuid();

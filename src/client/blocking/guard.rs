@@ -1,9 +1,10 @@
 //! The guards: a held lock (or several) tied to its connection, released when dropped.
 
 use super::driver::Conn;
-use crate::client::calls::{new_uuid, released};
+use crate::client::calls::released;
 use crate::client::error::{Error, Result};
 use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
+use crate::client::requests::new_uuid;
 use crate::proto::Request;
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};

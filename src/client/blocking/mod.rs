@@ -8,9 +8,11 @@ mod transport;
 pub use guard::{LockGuard, ManyGuard};
 
 use super::backoff::Slot;
-use super::calls::{self, new_uuid, refusal, unlock_request};
+use super::builder::ClientBuilder;
+use super::calls::{self, refusal};
 use super::held::{Held, LockCore, ManyCore};
-use super::url::{Settings, Target};
+use super::requests::{self, new_uuid};
+use super::url::Target;
 use super::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats, url_from_env};
 use crate::proto::Request;
 use crate::proto::session::{Answer, Unlocked};
@@ -38,87 +40,14 @@ pub struct Pong {
     pub server_time_ms: Option<u64>,
 }
 
-/// Builds a [`Client`] with non-default time-outs or token.
-///
-/// ```
-/// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-/// # let url = format!("tcp://{}", broker.local_addr().unwrap());
-/// use std::time::Duration;
-/// let client = live_mutex::Client::builder(&url).connect_timeout(Duration::from_millis(500)).connect()?;
-/// client.ping()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientBuilder(Settings);
-
 impl ClientBuilder {
-    /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
-    ///
-    /// ```
-    /// let b = live_mutex::Client::builder("tcp://127.0.0.1:1").token("s3cret");
-    /// # drop(b);
-    /// ```
-    pub fn token(mut self, t: impl Into<String>) -> Self {
-        self.0.token = Some(t.into());
-        self
-    }
-    /// Longest time to establish a connection, including the broker handshake (default 3 s).
-    ///
-    /// ```
-    /// let b = live_mutex::Client::builder("tcp://127.0.0.1:1").connect_timeout(std::time::Duration::from_secs(1));
-    /// assert!(b.connect().is_err());
-    /// ```
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.0.connect_timeout = d;
-        self
-    }
-    /// Longest wait for the reply to a request other than a lock wait (default 10 s).
-    ///
-    /// ```
-    /// let b = live_mutex::Client::builder("tcp://127.0.0.1:1").request_timeout(std::time::Duration::from_secs(2));
-    /// # drop(b);
-    /// ```
-    pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.0.request_timeout = d;
-        self
-    }
-    /// With a list of brokers, start at a random one instead of the first (to spread clients
-    /// over the brokers); the default is `LMX_URL_RANDOM=1` in the environment, else off.
-    ///
-    /// ```
-    /// let b = live_mutex::Client::builder("tls://a:6970,tls://b:6970").random_start(true);
-    /// # drop(b);
-    /// ```
-    pub fn random_start(mut self, on: bool) -> Self {
-        self.0.random = on;
-        self
-    }
-    /// For `tls://` and `wss://`: trust the CA certificates in this PEM file instead of
-    /// `LMX_TLS_CA` (else the system's roots). Feature `tls`.
-    #[cfg(feature = "tls")]
-    pub fn tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
-        self.0.tls_ca = Some(pem.into());
-        self
-    }
-    /// For `tls://` and `wss://`: present this client certificate (chain) and key, PEM files,
-    /// instead of `LMX_TLS_CERT`/`LMX_TLS_KEY`. A broker with a client CA takes a verified
-    /// certificate in place of the auth token. Feature `tls`.
-    #[cfg(feature = "tls")]
-    pub fn tls_client_cert(
-        mut self,
-        cert: impl Into<std::path::PathBuf>,
-        key: impl Into<std::path::PathBuf>,
-    ) -> Self {
-        self.0.tls_cert = Some((cert.into(), key.into()));
-        self
-    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     ///
     /// ```
     /// assert!(live_mutex::Client::builder("bogus").connect().is_err());
     /// ```
     pub fn connect(self) -> Result<Client> {
-        let target = self.0.resolve()?;
+        let target = self.settings.resolve()?;
         let inner = Inner {
             slot: Mutex::new(Slot::new(target.endpoints.len(), target.random)),
             target,
@@ -194,7 +123,7 @@ impl Client {
     /// # drop(b);
     /// ```
     pub fn builder(url: &str) -> ClientBuilder {
-        ClientBuilder(Settings::new(url))
+        ClientBuilder::new(url)
     }
 
     /// Connects to [`url_from_env`] (`LMX_URL`, else the npm variables, else
@@ -369,7 +298,7 @@ impl Client {
         let conn = self.conn()?;
         let (limit, limit_is_wait) = calls::lock_limit(conn.kind(), o);
         let uuid = new_uuid();
-        let req = o.lock_request(&uuid, key);
+        let req = requests::lock(o, &uuid, key);
         let p = match prev {
             // Still ours and on this connection: its unlock rides in the lock's write.
             Some(mut g) if !g.core.done && Arc::ptr_eq(&g.core.conn, &conn) => {
@@ -426,7 +355,7 @@ impl Client {
         o.check()?;
         let conn = self.conn()?;
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-        let p = conn.request(&o.many_request(&new_uuid(), &keys))?;
+        let p = conn.request(&requests::many(o, &new_uuid(), &keys))?;
         let id = p.uuid();
         let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false)?;
         Ok(ManyGuard {
@@ -453,7 +382,7 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unlock(&self, key: &str, id: &str) -> Result<()> {
-        match self.call(&unlock_request(&new_uuid(), key, id))? {
+        match self.call(&requests::unlock(&new_uuid(), key, id))? {
             Answer::Unlocked(Unlocked::Yes) => Ok(()),
             Answer::Unlocked(_) => Err(Error::NotHeld),
             a => Err(refusal(a)),
@@ -472,13 +401,7 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn force_unlock(&self, key: &str) -> Result<()> {
-        let unlock = Request::Unlock {
-            uuid: &new_uuid(),
-            key,
-            lock_id: None,
-            force: true,
-        };
-        match self.call(&unlock)? {
+        match self.call(&requests::force_unlock(&new_uuid(), key))? {
             Answer::Unlocked(Unlocked::NotHeld(e)) => {
                 Err(e.map_or(Error::NotHeld, Error::Rejected))
             }
