@@ -1,5 +1,8 @@
 #![warn(missing_docs, unreachable_pub)]
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
+// docs.rs (`--cfg docsrs`, nightly): every item behind a feature gets an "Available on crate
+// feature ... only" badge, from its `#[cfg]`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! live-mutex: a lock broker and its client, speaking the npm live-mutex 0.2.x protocol.
 //!
 //! Processes take turns on named resources by asking one broker to lock and unlock keys.
@@ -62,7 +65,8 @@
 //!   (vanished peers found).
 //! - [`client`] (`src/client/`, feature `client`): the client wing. Two drivers of one
 //!   [`proto::session::Session`]: `blocking/`, a thread-safe, pipelining blocking [`Client`]
-//!   with RAII guards (`driver.rs` over the sockets of `transport.rs`, `guard.rs`), and
+//!   with RAII guards (`driver.rs` over the sockets of `transport.rs`, `guard.rs`;
+//!   `watch.rs` is [`client::Watch`], the stream of snapshots `lmx top` draws), and
 //!   `async_client/` (feature `tokio`), `AsyncClient` (public as `live_mutex::async_client`), the
 //!   same session driven by one tokio task per connection, with cancellation-safe lock
 //!   futures. What both use sits beside them: `options.rs` ([`LockOptions`]), `builder.rs`,
@@ -128,6 +132,16 @@
 //! the hosting process exits, every other process's locks vanish with it, possibly in the
 //! middle of their critical sections. They use [`connect_or_spawn`], which starts
 //! `lmx start --daemon` as a process of its own that outlives all of them.
+
+// Unix sockets, fork, flock, file modes: the client and the broker are built on them.
+#[cfg(all(not(unix), any(feature = "client", feature = "broker")))]
+compile_error!(
+    "live-mutex's client and broker need a Unix-like OS (Linux, macOS, FreeBSD); Windows is not \
+     supported"
+);
+
+/// This crate's version: what a broker reports in `pong` and in `lmx_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(feature = "tokio")]
 pub mod async_client {

@@ -133,6 +133,78 @@ fn metrics_move_as_clients_lock_and_unlock() {
     assert_eq!(wait_count(&after) - wait_count(&before), 6.0);
 }
 
+/// Issue 26: which version answers, and the gauges an alert on a stuck lock needs.
+#[test]
+fn build_info_and_stuck_lock_gauges_move() {
+    let b = TestBroker::start();
+    let gauge = |s: &Scrape, name: &str, key: Option<&str>| -> Option<f64> {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name && key.is_none_or(|k| x.labels.get("key") == Some(k)))
+            .map(|x| match x.value {
+                Prom::Gauge(v) | Prom::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+    };
+    let s0 = scrape(b.addr);
+    let info = s0
+        .samples
+        .iter()
+        .find(|x| x.metric == "lmx_build_info")
+        .expect("lmx_build_info");
+    assert_eq!(info.labels.get("version"), Some(live_mutex::VERSION));
+    assert!(matches!(info.value, Prom::Gauge(v) if v == 1.0));
+    assert_eq!(gauge(&s0, "lmx_oldest_lock_held_seconds", None), Some(0.0));
+    assert_eq!(gauge(&s0, "lmx_longest_wait_seconds", None), Some(0.0));
+    assert_eq!(
+        gauge(&s0, "lmx_key_oldest_lock_held_seconds", Some("stuck")),
+        None
+    );
+
+    let url = format!("tcp://{}", b.addr);
+    let holder = Client::connect(&url).unwrap();
+    let waiter = Client::connect(&url).unwrap();
+    let g = holder.lock("stuck").unwrap();
+    // Eight more held keys: the per-key series stay at five.
+    let others: Vec<_> = (0..8)
+        .map(|i| holder.lock(&format!("other{i}")).unwrap())
+        .collect();
+    let w = std::thread::spawn(move || waiter.lock("stuck").map(drop));
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = scrape(b.addr);
+    let held1 = gauge(&s1, "lmx_oldest_lock_held_seconds", None).unwrap();
+    let wait1 = gauge(&s1, "lmx_longest_wait_seconds", None).unwrap();
+    assert!(held1 >= 0.3, "{held1}");
+    assert!(wait1 >= 0.25, "{wait1}");
+    assert_eq!(
+        gauge(&s1, "lmx_key_oldest_lock_held_seconds", Some("stuck")),
+        Some(held1)
+    );
+    assert_eq!(
+        gauge(&s1, "lmx_key_longest_wait_seconds", Some("stuck")),
+        Some(wait1)
+    );
+    let series = |s: &Scrape, name: &str| s.samples.iter().filter(|x| x.metric == name).count();
+    assert_eq!(series(&s1, "lmx_key_oldest_lock_held_seconds"), 5);
+    assert_eq!(series(&s1, "lmx_key_longest_wait_seconds"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let s2 = scrape(b.addr);
+    let held2 = gauge(&s2, "lmx_oldest_lock_held_seconds", None).unwrap();
+    let wait2 = gauge(&s2, "lmx_longest_wait_seconds", None).unwrap();
+    assert!(
+        held2 >= held1 + 0.25 && wait2 >= wait1 + 0.25,
+        "{held1} {held2} {wait1} {wait2}"
+    );
+    // Released: the waiter gets it and lets it go; nothing waits, the others are younger.
+    g.unlock().unwrap();
+    w.join().unwrap().unwrap();
+    drop(others);
+    let s3 = scrape(b.addr);
+    assert_eq!(gauge(&s3, "lmx_longest_wait_seconds", None), Some(0.0));
+    assert_eq!(gauge(&s3, "lmx_oldest_lock_held_seconds", None), Some(0.0));
+    assert_eq!(series(&s3, "lmx_key_oldest_lock_held_seconds"), 0);
+}
+
 #[test]
 fn http_endpoints_refuse_foreign_origins_and_rebinding_hosts() {
     let b = TestBroker::start();

@@ -7,6 +7,8 @@
 //! sent anywhere else. Needs root and `ip` (iproute2); skips with a message otherwise, or fails
 //! when `LMX_REQUIRE_NETNS=1` (CI).
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

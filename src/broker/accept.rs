@@ -10,6 +10,7 @@ use mio::{Interest, Token};
 use super::core::ConnKind;
 use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER};
 use super::transport::{Io, Socket, Stream};
+use super::unix_peer::unix_peer;
 use crate::table::ConnId;
 
 impl Broker {
@@ -164,39 +165,6 @@ impl Broker {
             "connection opened ({framing})"
         );
     }
-}
-
-/// The peer of a Unix socket: `pid N uid U` from `SO_PEERCRED` (Linux), for `lmx info` and
-/// the logs.
-#[cfg(target_os = "linux")]
-fn unix_peer(s: &mio::net::UnixStream) -> String {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the descriptor is open.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        format!("pid {} uid {}", cred.pid, cred.uid)
-    } else {
-        "unix socket".to_string()
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn unix_peer(_: &mio::net::UnixStream) -> String {
-    "unix socket".to_string()
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

@@ -192,8 +192,10 @@ impl BrokerBuilder {
         self
     }
 
-    /// How long the reactor keeps polling without sleeping after a busy turn (default 30 µs;
-    /// zero switches it off). See `BENCHMARKS.md` for what it buys and costs.
+    /// The most the reactor keeps polling without sleeping after a busy turn (default 30 µs;
+    /// zero switches it off). It spins only while recent spins found work, and shortens the
+    /// budget to what winning spins needed (`src/broker/spin.rs`). See `BENCHMARKS.md` for
+    /// what it buys and costs.
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = d;
         self
@@ -353,6 +355,8 @@ impl BrokerBuilder {
             // Within the output cap with room to spare: a reply is written whole, so one
             // listing after a backlog at the soft cap still stays below the hard one.
             reply_budget: self.out_soft.min(self.out_hard / 4).max(4096),
+            started: Instant::now(),
+            pid: std::process::id(),
         });
         #[cfg(feature = "etcd")]
         if let Some(cfg) = &self.etcd {
@@ -398,6 +402,7 @@ impl BrokerBuilder {
             bytes_out: 0,
             turns: 0,
             http_served: 0,
+            spinner: super::spin::Spinner::new(self.spin),
             cfg: self,
             #[cfg(feature = "tls")]
             tls,

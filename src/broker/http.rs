@@ -164,7 +164,7 @@ impl Broker {
                 b"this broker needs its auth token: Authorization: Bearer <token>\n",
             ),
             (Some("GET"), "/metrics") => {
-                let body = metrics::render(&self.core.metrics(), &self.io_counters());
+                let body = metrics::render(&self.core.metrics(now), &self.io_counters());
                 answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
             }
             (Some("GET"), "/" | "/index.html") => {

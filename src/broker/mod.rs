@@ -15,14 +15,16 @@
 //! - `handle`: [`Broker::spawn`], [`BrokerHandle`], [`ShutdownHandle`].
 //! - `reactor`: the poll loop ([`Broker::run`]); the end of each loop turn runs the core's
 //!   timers, then writes its output and closes what must close (`end_turn`); back-pressure
-//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`.
+//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`. `spin`: whether to
+//!   poll without sleeping after a busy turn (only while it pays).
 //! - `accept`: new connections, TCP keepalive, the connection cap, the spare descriptor.
 //! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
 //!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
 //!   and writing its output out.
 //! - `tls` (feature `tls`): rustls on the TCP port, the `require_tls` rule, client
 //!   certificates, reloading the files.
-//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options.
+//! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
+//!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
 //!   close requests out, split by idea: `route` (requests turned into store ops), `answers`
 //!   (the store's events turned into replies), `acks` (pushed grants the npm client must
@@ -50,9 +52,11 @@ pub(crate) mod http_guard;
 mod keepalive;
 mod metrics;
 mod reactor;
+mod spin;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;
+mod unix_peer;
 
 use std::io;
 use std::path::PathBuf;

@@ -65,6 +65,8 @@ pub struct Broker {
     pub(super) bytes_out: u64,
     pub(super) turns: u64,
     pub(super) http_served: u64,
+    /// Whether and how long to poll without sleeping after a busy turn.
+    pub(super) spinner: super::spin::Spinner,
     pub(super) cfg: BrokerBuilder,
     /// The TLS configuration, if the broker has a certificate.
     #[cfg(feature = "tls")]
@@ -139,24 +141,30 @@ impl Broker {
         Ok(())
     }
 
-    /// After a busy turn, polls without sleeping for up to the spin budget: the next request
-    /// of a client in a lock/unlock loop usually arrives within microseconds, and catching it
-    /// awake saves the broker a sleep and a wake-up, which cost more than the whole lock
-    /// decision. An idle broker never spins (it only spins after a turn that had events).
-    /// True when events arrived.
+    /// After a busy turn, polls without sleeping for as long as the spinner allows (see
+    /// `spin.rs`: only while recent spins found work): the next request of a client in a
+    /// lock/unlock loop usually arrives within microseconds, and catching it awake saves the
+    /// broker a sleep and a wake-up. An idle broker never spins (it only spins after a turn
+    /// that had events). True when events arrived.
     fn spin(&mut self, events: &mut Events) -> io::Result<bool> {
-        if self.cfg.spin.is_zero() {
+        let Some(budget) = self.spinner.budget() else {
             return Ok(false);
-        }
-        let until = Instant::now() + self.cfg.spin;
+        };
+        let start = Instant::now();
+        let until = start + budget;
         loop {
             match self.poll.poll(events, Some(Duration::ZERO)) {
-                Ok(()) if !events.is_empty() => return Ok(true),
+                Ok(()) if !events.is_empty() => {
+                    let t = start.elapsed();
+                    self.spinner.record(Some(t), t);
+                    return Ok(true);
+                }
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
             if Instant::now() >= until {
+                self.spinner.record(None, start.elapsed());
                 return Ok(false);
             }
             std::hint::spin_loop();

@@ -25,7 +25,9 @@ pub(crate) fn handshake(ping: Result<Answer>, auth: Option<Answer>) -> Result<Br
         _ => None,
     });
     match ping {
-        Ok(Answer::Pong(_)) => auth_err.map_or(Ok(BrokerKind::Rust), |e| Err(Error::Rejected(e))),
+        Ok(Answer::Pong { .. }) => {
+            auth_err.map_or(Ok(BrokerKind::Rust), |e| Err(Error::Rejected(e)))
+        }
         Ok(Answer::Rejected(e)) => Err(Error::Rejected(auth_err.unwrap_or(e))),
         Ok(Answer::Unknown(_)) => Ok(BrokerKind::Node),
         Ok(a) => Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
@@ -47,7 +49,7 @@ pub(crate) fn greet(session: &mut Session, kind: BrokerKind) {
 
 /// The name a connection gives the broker: `LMX_CLIENT_NAME` if set, else the program's file
 /// name and pid (`cargo-test[4242]`), as `lmx info` shows it.
-fn client_name() -> String {
+pub(crate) fn client_name() -> String {
     let name = match std::env::var("LMX_CLIENT_NAME") {
         Ok(n) if !n.is_empty() => n,
         _ => {

@@ -35,6 +35,7 @@ mod error;
 pub(crate) mod held;
 pub(crate) mod options;
 mod requests;
+mod runtime_dir;
 mod serial;
 mod spawn;
 #[cfg(feature = "tls")]
@@ -47,7 +48,7 @@ pub(crate) mod async_client;
 
 pub use crate::proto::session::{BrokerKind, LockInfo};
 pub use crate::proto::{HolderInfo, Stats, WaiterInfo, Who};
-pub use blocking::{Client, LockGuard, ManyGuard, Pong};
+pub use blocking::{Client, LockGuard, ManyGuard, Pong, Watch};
 pub use builder::{Builder, ClientBuilder};
 pub use error::{Error, Result};
 pub use options::LockOptions;
@@ -58,6 +59,7 @@ pub use spawn::{
     LocalAddr, connect_or_spawn, connect_or_spawn_using, runtime_dir, spawn_target,
     spawn_url_from_env,
 };
+
 
 use std::time::Duration;
 

@@ -7,11 +7,13 @@
 //! address, spawn `lmx start --daemon` for it (exactly one per address, however many processes
 //! race) and connect to that.
 
+pub use super::runtime_dir::runtime_dir;
+use super::runtime_dir::runtime_dir_path;
 use super::url::{self, Endpoint};
 use super::{Client, Error, Result};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -95,53 +97,6 @@ pub fn spawn_target(url: &str) -> Result<LocalAddr> {
         return Err(remote());
     }
     Ok(LocalAddr::Tcp(addr))
-}
-
-/// The per-user directory of spawned brokers' sockets and lock files, created if missing:
-/// `$XDG_RUNTIME_DIR/live-mutex/`, else `/tmp/live-mutex-$UID/`. It must be a directory owned
-/// by this user that nobody else may enter (mode 0700), so that two users of one host neither
-/// share a broker nor can plant a socket for each other; anything else is an error.
-///
-/// ```no_run
-/// let dir = live_mutex::client::runtime_dir()?;
-/// println!("spawned brokers live in {}", dir.display());
-/// # Ok::<(), live_mutex::Error>(())
-/// ```
-pub fn runtime_dir() -> Result<PathBuf> {
-    let uid = unsafe { libc::geteuid() };
-    let dir = runtime_dir_path();
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(Error::Spawn(format!(
-                "cannot create the runtime directory {}: {e} (set XDG_RUNTIME_DIR to a \
-                 writable directory, or LMX_URL)",
-                dir.display()
-            )));
-        }
-    }
-    let md = std::fs::symlink_metadata(&dir)
-        .map_err(|e| Error::Spawn(format!("runtime directory {}: {e}", dir.display())))?;
-    if !md.is_dir() || md.uid() != uid || md.permissions().mode() & 0o077 != 0 {
-        return Err(Error::Spawn(format!(
-            "runtime directory {} is not a private directory of this user (want a directory \
-             owned by uid {uid} with mode 0700; found uid {}, mode {:o}{}): remove it or set \
-             XDG_RUNTIME_DIR",
-            dir.display(),
-            md.uid(),
-            md.permissions().mode() & 0o7777,
-            if md.is_dir() { "" } else { ", not a directory" }
-        )));
-    }
-    Ok(dir)
-}
-
-fn runtime_dir_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(base) => PathBuf::from(base).join("live-mutex"),
-        None => PathBuf::from(format!("/tmp/live-mutex-{}", unsafe { libc::geteuid() })),
-    }
 }
 
 /// The URL [`serial`](crate::serial()) and `lmx --spawn` use: `LMX_URL` if set, else the npm variables

@@ -17,7 +17,6 @@ pub mod self_serve;
 use crate::broker::{Broker, BrokerBuilder, BrokerError};
 use crate::client::Client;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -46,15 +45,14 @@ pub fn detach(
     log: Option<&Path>,
     serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), ServeError>,
 ) -> i32 {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        eprintln!("{who}: pipe: {}", std::io::Error::last_os_error());
-        return EXIT_UNAVAILABLE;
-    }
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    for fd in [&rd, &wr] {
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+    // Close-on-exec on every OS, so that nothing the broker runs holds the pipe open.
+    let (mut rd, wr) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{who}: pipe: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
     match unsafe { libc::fork() } {
         -1 => {
             eprintln!("{who}: fork: {}", std::io::Error::last_os_error());
@@ -68,7 +66,7 @@ pub fn detach(
                 match libc::fork() {
                     0 => {}
                     -1 => {
-                        let mut w = std::fs::File::from(wr);
+                        let mut w = wr;
                         let e = std::io::Error::last_os_error();
                         let _ = write!(w, "ERR fork: {e}");
                         libc::_exit(1);
@@ -76,7 +74,7 @@ pub fn detach(
                     _ => libc::_exit(0),
                 }
             }
-            let mut w = std::fs::File::from(wr);
+            let mut w = wr;
             if let Err(e) = redirect_stdio(log) {
                 let shown = log.map_or(String::new(), |p| p.display().to_string());
                 let _ = write!(w, "ERR --log {shown}: {e}");
@@ -114,7 +112,7 @@ pub fn detach(
             {
             }
             let mut reply = String::new();
-            let _ = std::fs::File::from(rd).read_to_string(&mut reply);
+            let _ = rd.read_to_string(&mut reply);
             report(url, who, &reply)
         }
     }

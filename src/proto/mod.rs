@@ -34,7 +34,7 @@
 //! while let Some(line) = framer.next_line().unwrap() {
 //!     let start = out.len();
 //!     match decoder.decode(line) {
-//!         Ok(Request::Ping { uuid }) => Reply::Pong { uuid, server_timestamp_ms: 0 }.encode(&mut out),
+//!         Ok(Request::Ping { uuid }) => Reply::Pong { uuid, server_timestamp_ms: 0, version: None }.encode(&mut out),
 //!         Ok(_) => {} // the lock table's business
 //!         Err(e) => encode::decode_error(&e, &mut out),
 //!     }

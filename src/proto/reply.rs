@@ -165,6 +165,11 @@ pub struct Stats {
     pub connections: u64,
     /// Grants since start.
     pub grants: u64,
+    /// `pid` (extension): the broker's process id; `None` when it does not say.
+    pub pid: Option<u64>,
+    /// `uptimeMs` (extension): milliseconds since the broker started; `None` when it does not
+    /// say.
+    pub uptime_ms: Option<u64>,
 }
 
 /// Every reply shape a broker sends (docs/protocol.md shows each on the wire): encoded by this
@@ -291,6 +296,8 @@ pub enum Reply<'a> {
         uuid: &'a str,
         /// `serverTimestamp`: the broker's wall clock, Unix milliseconds.
         server_timestamp_ms: u64,
+        /// `version` (extension): the broker's version; `None` (left out) when not told.
+        version: Option<&'a str>,
     },
     /// `system-stats-response`: the answer to a `system-stats-request`.
     SystemStats {

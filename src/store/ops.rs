@@ -102,12 +102,13 @@ pub(crate) enum StoreEvent {
         id: Name,
         key: Name,
     },
-    /// A holder was released by someone else's forced unlock. Nobody is told: its next unlock
-    /// or extend answers "not held", as on the npm broker.
+    /// A holder was released by someone else's forced unlock (by connection `by`). Nobody
+    /// is told: its next unlock or extend answers "not held", as on the npm broker.
     Released {
         conn: ConnId,
         id: Name,
         key: Name,
+        by: ConnId,
     },
     /// A held lock is no longer held for a reason its client must hear of at once (etcd: its
     /// key deleted by another broker, or its lease possibly expired).

@@ -4,6 +4,7 @@
 //! the wire protocol byte by byte over each transport.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "tls", target_os = "linux"))]
 pub mod certs;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -147,6 +148,15 @@ pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// A command's stdout then stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Waits (up to 10 s) for a file that another process creates.
 pub fn wait_for(p: &Path) {
     assert!(wait_until(|| p.exists()), "{} never appeared", p.display());
@@ -156,14 +166,31 @@ pub fn wait_for(p: &Path) {
 #[cfg(feature = "cli")]
 pub const LMX: &str = env!("CARGO_BIN_EXE_lmx");
 
-/// `lmx ARGS`, run to its end, with no `LMX_URL` of the caller's environment.
+/// `lmx ARGS` with `env` set, run to its end, without the caller's own `LMX_*`/`NO_COLOR`
+/// settings, which would change what it does.
+#[cfg(feature = "cli")]
+pub fn lmx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(LMX);
+    c.args(args);
+    for k in [
+        "LMX_URL",
+        "LMX_SPAWN",
+        "LMX_AUTH_TOKEN",
+        "LMX_COLOR",
+        "NO_COLOR",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run lmx")
+}
+
+/// `lmx ARGS`, run to its end, as [`lmx_env`] runs it.
 #[cfg(feature = "cli")]
 pub fn lmx(args: &[&str]) -> Output {
-    Command::new(LMX)
-        .args(args)
-        .env_remove("LMX_URL")
-        .output()
-        .expect("run lmx")
+    lmx_env(args, &[])
 }
 
 /// `lmx ARGS`, which must succeed: its standard output.

@@ -6,11 +6,13 @@
 //! to through ops and events: [`route`] turns requests into ops, [`answers`] turns the store's
 //! events into replies, the same way for every store. The rest, by file: [`acks`] (the ack
 //! probes of pushed grants), [`legacy_rw`] (the 0.2.x read/write protocol, table only),
-//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`].
+//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`], [`events`] (lock
+//! events in the log).
 
 mod acks;
 mod answers;
 mod counters;
+mod events;
 mod identity;
 mod legacy_rw;
 mod listing;
@@ -30,7 +32,7 @@ use crate::proto::{self, Decoder, Limits, Reply, Request};
 use crate::store::{MemStore, Store, StoreOp};
 use crate::table::{self, ConnId, Name};
 use acks::PendingAck;
-pub(crate) use counters::{CoreMetrics, Counters, Reject};
+pub(crate) use counters::{CoreMetrics, Counters, Reject, STUCK_KEYS};
 use identity::Identity;
 use legacy_rw::LegacyRw;
 use watch::Watcher;
@@ -68,6 +70,9 @@ pub(crate) struct Config {
     /// Most bytes one listing reply may take (`ls` pages, `lock-info`, `watch`): within the
     /// output cap, so that a reply never needs more than the cap.
     pub reply_budget: usize,
+    /// When the broker started and its process id, for `system-stats` (`lmx status`).
+    pub started: Instant,
+    pub pid: u32,
 }
 
 /// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
@@ -148,6 +153,8 @@ pub(crate) struct Core {
     auth_token: Option<String>,
     restrict_admin: bool,
     wall_clock: fn() -> SystemTime,
+    started: Instant,
+    pid: u32,
     rw: LegacyRw,
     /// Mutex holds of legacy RW clients set aside while their RW request waits (see
     /// [`legacy_rw`]); their later unlock is answered as done.
@@ -190,6 +197,8 @@ impl Core {
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
+            started: cfg.started,
+            pid: cfg.pid,
             rw,
             parked: HashMap::default(),
             woken: Vec::new(),
@@ -288,6 +297,7 @@ impl Core {
                     self.parked.remove(&lock_id);
                 }
             }
+            self.log_close_releases(id, ident.as_ref());
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
@@ -563,6 +573,7 @@ impl Core {
             &Reply::Pong {
                 uuid,
                 server_timestamp_ms: ts,
+                version: Some(crate::VERSION),
             },
         );
     }

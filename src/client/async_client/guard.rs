@@ -6,6 +6,7 @@ use super::conn::Conn;
 use crate::client::calls::released;
 use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
 use crate::client::requests::new_uuid;
+use crate::client::options::Renewals;
 use crate::client::{Error, Result};
 use crate::proto::Request;
 use std::collections::HashMap;
@@ -53,12 +54,17 @@ async fn renew(conn: &Conn, held: &Held, ttl: Option<Duration>) -> Result<()> {
     held.extended(sent, ttl, conn.call(held.timeout, &extend).await?)
 }
 
-/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted or lost.
-pub(super) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, ttl: Duration) -> JoinHandle<()> {
+/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted, lost, or past
+/// `plan.until` (`max_hold`: the lock then ends with its TTL, and the lease says so).
+pub(super) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, plan: Renewals) -> JoinHandle<()> {
+    let ttl = plan.ttl;
     let every = renew_period(ttl);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
+            if !plan.due() {
+                return;
+            }
             match renew(&conn, &held, Some(ttl)).await {
                 Ok(()) | Err(Error::BrokerSilent) => {}
                 Err(_) => return,

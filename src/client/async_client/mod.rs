@@ -131,7 +131,7 @@ impl AsyncClient {
 
     /// Takes `key` with options: [`Error::WaitTimedOut`], [`Error::Busy`] (with `try_only`),
     /// [`Error::Config`] for a TTL under 1 ms; with `keep_alive`, a task renews the lock every
-    /// TTL/3 while the guard lives.
+    /// TTL/3 while the guard lives (until `max_hold`, if set).
     pub async fn lock_with(&self, key: &str, o: &LockOptions) -> Result<AsyncLockGuard> {
         o.check()?;
         let conn = self.conn().await?;
@@ -142,8 +142,8 @@ impl AsyncClient {
         let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
         let core = LockCore::new(conn, held);
         let keep_alive = o
-            .keep_alive_ttl()
-            .map(|ttl| guard::keep_alive(core.conn.clone(), core.held.clone(), ttl));
+            .keep_alive_plan(Instant::now())
+            .map(|plan| guard::keep_alive(core.conn.clone(), core.held.clone(), plan));
         Ok(AsyncLockGuard { core, keep_alive })
     }
 

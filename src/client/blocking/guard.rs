@@ -4,6 +4,7 @@ use super::driver::Conn;
 use crate::client::calls::released;
 use crate::client::error::{Error, Result};
 use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
+use crate::client::options::Renewals;
 use crate::client::requests::new_uuid;
 use crate::proto::Request;
 use std::collections::HashMap;
@@ -20,8 +21,10 @@ fn renew(conn: &Conn, held: &Held, ttl: Option<Duration>) -> Result<()> {
 }
 
 /// The keep-alive thread of one guard: renews every [`renew_period`] until the guard drops
-/// (its sender goes away) or the lock is lost.
-pub(crate) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, ttl: Duration) -> mpsc::Sender<()> {
+/// (its sender goes away), the lock is lost, or `plan.until` has passed (`max_hold`: the
+/// lock then ends with its TTL, and the lease says so).
+pub(crate) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, plan: Renewals) -> mpsc::Sender<()> {
+    let ttl = plan.ttl;
     let (stop, stopped) = mpsc::channel::<()>();
     let every = renew_period(ttl);
     let mine = held.clone();
@@ -29,6 +32,9 @@ pub(crate) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, ttl: Duration) -> mps
         .name("lmx-keep-alive".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                if !plan.due() {
+                    return;
+                }
                 match renew(&conn, &held, Some(ttl)) {
                     Ok(()) => {}
                     // A slow answer: try again next period; the lease clock says when it is gone.

@@ -4,8 +4,10 @@
 mod driver;
 mod guard;
 mod transport;
+mod watch;
 
 pub use guard::{LockGuard, ManyGuard};
+pub use watch::Watch;
 
 use super::backoff::Slot;
 use super::builder::ClientBuilder;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 /// assert_eq!(p.broker, live_mutex::BrokerKind::Rust);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Pong {
     /// Round-trip time.
@@ -38,6 +40,8 @@ pub struct Pong {
     pub broker: BrokerKind,
     /// The broker's wall clock (Unix ms), if it says.
     pub server_time_ms: Option<u64>,
+    /// The broker's version (`0.1.0`), if it says (the npm broker does not).
+    pub version: Option<String>,
 }
 
 impl ClientBuilder {
@@ -317,8 +321,8 @@ impl Client {
         let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
         let core = LockCore::new(conn, held);
         let keep_alive = o
-            .keep_alive_ttl()
-            .map(|ttl| guard::keep_alive(core.conn.clone(), core.held.clone(), ttl));
+            .keep_alive_plan(Instant::now())
+            .map(|plan| guard::keep_alive(core.conn.clone(), core.held.clone(), plan));
         Ok(LockGuard {
             core,
             hooks: Mutex::new(Vec::new()),
@@ -494,16 +498,24 @@ impl Client {
         )?;
         let rtt = t.elapsed();
         match (conn.kind(), answer) {
-            (broker, Answer::Pong(server_time_ms)) => Ok(Pong {
+            (
+                broker,
+                Answer::Pong {
+                    server_time_ms,
+                    version,
+                },
+            ) => Ok(Pong {
                 rtt,
                 broker,
                 server_time_ms,
+                version,
             }),
             // The npm broker knows no `ping`; its error still measures the round trip.
             (BrokerKind::Node, _) => Ok(Pong {
                 rtt,
                 broker: BrokerKind::Node,
                 server_time_ms: None,
+                version: None,
             }),
             (BrokerKind::Rust, a) => Err(refusal(a)),
         }

@@ -97,7 +97,8 @@ impl Take<'_> {
         }
     }
 
-    /// The line printed once the take has waited since `started`, held `by` (the async takes').
+    /// The line printed once the take has waited since `started`, held `by` (the async take's;
+    /// the blocking one prints from its own thread).
     #[cfg(feature = "tokio")]
     pub(crate) fn notice(&self, started: Instant, by: &str) -> String {
         notice(self.test, self.key, self.shared, started, by)

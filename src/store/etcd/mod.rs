@@ -44,11 +44,17 @@
 //!   before etcd can delete the keys), each of its locks gets [`StoreEvent::Lost`] and each of
 //!   its waiters an error: no client is left believing it holds a lock.
 //!
+//! - **Batching.** The steps of requests that reach the store within one turn (puts-and-reads,
+//!   owner-checked deletes, confirming reads) share one Txn, one nested Txn per step, each with
+//!   its own compare, at most one new request per lock key per Txn (so create revisions never
+//!   tie on a key); see `batch.rs`.
+//!
 //! Threading: etcd I/O runs on a thread of its own, a current-thread tokio runtime. The owner
 //! (the broker's mio reactor) submits [`StoreOp`]s without blocking and drains
 //! [`StoreEvent`]s with [`EtcdStore::poll_event`]; after pushing events the store calls the
 //! wake hook given to [`EtcdStore::start`] (the reactor's `mio::Waker::wake`).
 
+mod batch;
 mod config;
 mod extend;
 mod many;

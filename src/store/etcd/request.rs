@@ -7,17 +7,18 @@
 //! still exists and nothing older conflicts: only then does it report a grant. While it holds,
 //! it listens for its own key's delete, so a deletion by anyone else (a forced unlock, an
 //! unlock by id on another broker, an expired lease) becomes [`StoreEvent::Lost`] at once, and
-//! it runs its TTL timer.
+//! it runs its TTL timer. Its etcd steps (the put-and-read, the confirming read, the delete)
+//! share Txns with other requests' steps of the same turn (`batch.rs`); each keeps its own
+//! compare and its own answer.
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::KeyValue;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::TableError;
+use super::batch::{self, Step};
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
 use super::watch::Note;
@@ -119,17 +120,13 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     let me = sh.cfg.request_key(&spec.key, &spec.id);
     let dir = sh.cfg.key_dir(&spec.key);
     let record = Record::single(spec.mode, spec.max.unwrap_or(0), &sh.owner, spec.conn.0);
-    let txn = Txn::new()
-        .when([Compare::create_revision(me.clone(), CompareOp::Equal, 0)])
-        .and_then([
-            TxnOp::put(
-                me.clone(),
-                record.encode(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-            TxnOp::get(dir.clone(), Some(GetOptions::new().with_prefix())),
-        ]);
-    let resp = match sh.txn(txn).await {
+    let step = Step::Acquire {
+        me: me.clone(),
+        value: record.encode(),
+        lease,
+        dir: dir.clone(),
+    };
+    let out = match batch::run(sh, step).await {
         Ok(r) => r,
         Err(e) => {
             // The put may have landed: remove it if it is ours (on our lease).
@@ -137,16 +134,11 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             return Err(e);
         }
     };
-    if !resp.succeeded() {
+    if !out.succeeded {
         return Err(StoreError::Rule(TableError::DuplicateId));
     }
-    let seen = resp.header().map_or(0, |h| h.revision());
-    let mut all = Vec::new();
-    for op in resp.op_responses() {
-        if let TxnOpResponse::Get(g) = op {
-            all = entries(sh, g.kvs());
-        }
-    }
+    let seen = out.revision;
+    let mut all = entries(sh, &out.kvs);
     let Some(rev) = all.iter().find(|e| e.raw == me).map(|e| e.rev) else {
         return Err(StoreError::Vanished);
     };
@@ -314,37 +306,26 @@ pub async fn wait_turn(
     }
 }
 
-/// In one Txn: our key still exists with our revision, and the requests older than it.
-/// `Ok(None)` when our key is gone.
+/// In one Txn (shared with other requests' steps, `batch.rs`): our key still exists with our
+/// revision, and the requests older than it. `Ok(None)` when our key is gone.
 async fn recheck(
     sh: &Shared,
     dir: &[u8],
     me: &[u8],
     rev: i64,
 ) -> Result<Option<(Vec<Entry>, i64)>, StoreError> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(me.to_vec(), CompareOp::Equal, rev)])
-        .and_then([TxnOp::get(
-            dir.to_vec(),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_max_create_revision(rev - 1),
-            ),
-        )]);
-    let resp = sh.txn(txn).await?;
-    if !resp.succeeded() {
+    let step = Step::Confirm {
+        me: me.to_vec(),
+        rev,
+        dir: dir.to_vec(),
+    };
+    let out = batch::run(sh, step).await?;
+    if !out.succeeded {
         return Ok(None);
     }
-    let at = resp.header().map_or(0, |h| h.revision());
-    let mut older = Vec::new();
-    for op in resp.op_responses() {
-        if let TxnOpResponse::Get(g) = op {
-            older = entries(sh, g.kvs());
-        }
-    }
+    let mut older = entries(sh, &out.kvs);
     older.retain(|e| e.rev < rev);
-    Ok(Some((older, at)))
+    Ok(Some((older, out.revision)))
 }
 
 /// Reports the grant, then holds until the TTL ends (the key is deleted: `Expired`) or the key
@@ -433,14 +414,11 @@ pub enum Guard {
 
 /// Deletes a request key once. `Ok(false)` when it was already gone (or not ours).
 pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
-    let cmp = match guard {
-        Guard::Rev(r) => Compare::create_revision(me.to_vec(), CompareOp::Equal, r),
-        Guard::Lease(l) => Compare::lease(me.to_vec(), CompareOp::Equal, l),
+    let step = Step::Delete {
+        me: me.to_vec(),
+        guard,
     };
-    let txn = Txn::new()
-        .when([cmp])
-        .and_then([TxnOp::delete(me.to_vec(), None)]);
-    Ok(sh.txn(txn).await?.succeeded())
+    Ok(batch::run(sh, step).await?.succeeded)
 }
 
 /// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway

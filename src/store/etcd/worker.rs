@@ -20,6 +20,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnRespo
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::{AbortHandle, LocalSet};
 
+use super::batch::Batcher;
 use super::request::Guard;
 use super::session::Session;
 use super::watch::{self, Hub};
@@ -68,6 +69,8 @@ pub struct Shared {
     pub client: Client,
     /// The shared delete watch every request task listens to.
     pub hub: Rc<Hub>,
+    /// Steps of requests waiting to share the next Txn (`batch.rs`).
+    pub batch: Batcher,
     events: mpsc::Sender<StoreEvent>,
     wake: Box<dyn Fn() + Send + Sync>,
     pub st: RefCell<State>,
@@ -263,6 +266,7 @@ async fn run(
         }
     };
     tokio::task::spawn_local(watch::run(sh.clone()));
+    tokio::task::spawn_local(super::batch::flusher(sh.clone()));
     let _ = ready.send(Ok(sh.owner.clone()));
     while let Some(cmd) = ops.recv().await {
         match cmd {
@@ -308,6 +312,7 @@ async fn connect(
     Ok(Shared {
         owner: format!("{:016x}", fastrand::u64(..)),
         hub: Rc::new(Hub::new(root, from)),
+        batch: Batcher::default(),
         cfg,
         client,
         events,

@@ -65,6 +65,8 @@ pub(super) fn config() -> Config {
         restrict_admin: false,
         wall_clock: fixed_wall_clock,
         reply_budget: 256 * 1024,
+        started: Instant::now(),
+        pid: 4242,
     }
 }
 
