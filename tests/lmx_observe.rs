@@ -6,7 +6,7 @@ mod common;
 
 use common::{TestBroker, scratch};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{LMX, lmx, lmx_env};

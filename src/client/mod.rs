@@ -60,7 +60,6 @@ pub use spawn::{
     spawn_url_from_env,
 };
 
-
 use std::time::Duration;
 
 /// How long the client waits beyond a broker-side wait time-out before it gives up on its own:

@@ -5,8 +5,8 @@
 use super::conn::Conn;
 use crate::client::calls::released;
 use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
-use crate::client::requests::new_uuid;
 use crate::client::options::Renewals;
+use crate::client::requests::new_uuid;
 use crate::client::{Error, Result};
 use crate::proto::Request;
 use std::collections::HashMap;

@@ -3,9 +3,9 @@
 //! of its own rather than sharing a [`Client`](crate::Client)'s; it reaches the broker the same
 //! way (the same URL forms, token and transports).
 
-use crate::client::requests::new_uuid;
-use crate::client::error::{Error, Result};
 use super::transport::{self, Reader, Writer};
+use crate::client::error::{Error, Result};
+use crate::client::requests::new_uuid;
 use crate::client::url::Settings;
 use crate::proto::{DecodeErrorKind, Reply, ReplyDecoder, Request};
 use std::time::Duration;
