@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use live_mutex::Client;
 use live_mutex::broker::Broker;
-use live_mutex::store::etcd::{ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp};
+use live_mutex::internal::etcd::{ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp};
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();

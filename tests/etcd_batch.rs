@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::sync::mpsc::channel;
 
 use common::etcd::*;
-use live_mutex::store::etcd::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
+use live_mutex::internal::etcd::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
 
 /// Txn calls the cluster has started, summed over its members (etcd's own counter, read from
 /// each member's plain-HTTP `/metrics`).
@@ -108,7 +108,7 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
 
     // The other broker's holds are untouched, and the key of the refused try-lock is gone.
     a.submit(StoreOp::Info {
-        conn: live_mutex::store::etcd::ConnId(7),
+        conn: live_mutex::internal::etcd::ConnId(7),
         tag: 1,
         key: "held".into(),
     });

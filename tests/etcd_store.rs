@@ -13,7 +13,7 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
-use live_mutex::store::etcd::{
+use live_mutex::internal::etcd::{
     ConnId, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
@@ -136,7 +136,7 @@ fn try_lock_and_semaphore_across_brokers() {
             e,
             StoreEvent::Error {
                 op: Op::Lock,
-                error: live_mutex::store::etcd::StoreError::Rule(TableError::MaxMismatch {
+                error: live_mutex::internal::etcd::StoreError::Rule(TableError::MaxMismatch {
                     current: 2,
                     requested: 3
                 }),
@@ -214,7 +214,7 @@ fn ttl_expiry_and_wait_timeout() {
             e,
             StoreEvent::Error {
                 op: Op::Unlock,
-                error: live_mutex::store::etcd::StoreError::Rule(TableError::NotHeld),
+                error: live_mutex::internal::etcd::StoreError::Rule(TableError::NotHeld),
                 ..
             }
         )
@@ -443,7 +443,7 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
             e,
             StoreEvent::Error {
                 op: Op::Unlock,
-                error: live_mutex::store::etcd::StoreError::Rule(TableError::StillWaiting),
+                error: live_mutex::internal::etcd::StoreError::Rule(TableError::StillWaiting),
                 ..
             }
         )
@@ -518,7 +518,7 @@ fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
             e,
             StoreEvent::Error {
                 id: Some(i),
-                error: live_mutex::store::etcd::StoreError::Vanished,
+                error: live_mutex::internal::etcd::StoreError::Vanished,
                 ..
             } if i == "w2"
         )

@@ -6,18 +6,10 @@ mod common;
 
 use common::{TestBroker, scratch};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
-
-fn lmx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    common::lmx_with(LMX, args, env)
-}
-
-fn lmx(args: &[&str]) -> Output {
-    lmx_env(args, &[])
-}
+use common::{LMX, lmx, lmx_env};
 
 use common::output_text as text;
 

@@ -7,13 +7,7 @@ use common::{broker, scratch, stop};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
-
-fn lmx(url: &str, args: &[&str]) -> Output {
-    let mut a = vec!["--url", url];
-    a.extend_from_slice(args);
-    common::lmx_with(LMX, &a, &[])
-}
+use common::lmx_at as lmx;
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)

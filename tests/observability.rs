@@ -6,10 +6,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{TestBroker, Transport};
+use common::{TestBroker, Transport, lmx_ok};
 use live_mutex::{Client, LockOptions};
 use prometheus_parse::{Scrape, Value as Prom};
 use serde_json::{Value, json};
@@ -325,16 +324,6 @@ unsafe extern "C" {
     fn libc_getuid() -> u32;
 }
 
-fn lmx(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
-        .args(args)
-        .env_remove("LMX_URL")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn lmx_info_json_and_ls_long_show_the_holder() {
     let b = TestBroker::start();
@@ -348,8 +337,7 @@ fn lmx_info_json_and_ls_long_show_the_holder() {
         let i = c.info("db").unwrap();
         i.holders[0].who.peer.clone().unwrap().into_owned()
     };
-    let (code, out) = lmx(&["--url", &url, "--json", "info", "db"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &url, "--json", "info", "db"]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let h = &v["holders"][0];
     assert_eq!(h["peer"], json!(local), "{v}");
@@ -364,13 +352,11 @@ fn lmx_info_json_and_ls_long_show_the_holder() {
         h["heldSince"].as_u64().unwrap() >= t0.saturating_sub(1000),
         "{v}"
     );
-    let (code, out) = lmx(&["--url", &url, "ls", "-l"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &url, "ls", "-l"]);
     assert!(out.contains("db: locked") && out.contains(&local), "{out}");
     // A lock kept after its connection closed still says who took it.
-    let (code, id) = lmx(&["--url", &url, "acquire", "kept"]);
-    assert_eq!(code, 0);
-    let (_, out) = lmx(&["--url", &url, "--json", "info", "kept"]);
+    let id = lmx_ok(&["--url", &url, "acquire", "kept"]);
+    let out = lmx_ok(&["--url", &url, "--json", "info", "kept"]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let h = &v["holders"][0];
     assert_eq!(h["id"], json!(id.trim()));
@@ -417,8 +403,7 @@ fn watch_pushes_snapshots_and_lmx_top_reads_them() {
             .ends_with(&format!("[{}]", std::process::id()))
     );
     assert!(held["stats"]["grants"].as_u64().unwrap() >= 1);
-    let (code, out) = lmx(&["--url", &format!("tcp://{}", b.addr), "top", "--once"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &format!("tcp://{}", b.addr), "top", "--once"]);
     assert!(out.contains("seen") && out.contains("HELD"), "{out}");
     drop(g);
     loop {

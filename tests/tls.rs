@@ -337,7 +337,7 @@ fn sighup_reloads_the_certificate_while_a_connection_holds_a_lock() {
     std::fs::copy(&p.server.cert, &cert).unwrap();
     std::fs::copy(&p.server.key, &key).unwrap();
     let (lmx, addr) = common::lmx_listening(
-        Command::new(env!("CARGO_BIN_EXE_lmx"))
+        Command::new(common::LMX)
             .args(["start", "--host", "127.0.0.1", "--port", "0", "--tls-cert"])
             .arg(&cert)
             .arg("--tls-key")

@@ -442,7 +442,7 @@ fn store(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         }
         #[cfg(feature = "etcd")]
         Some(url) => {
-            let mut cfg = live_mutex::store::etcd::EtcdConfig::from_url(url)
+            let mut cfg = live_mutex::broker::EtcdConfig::from_url(url)
                 .map_err(|e| format!("--store: {e}"))?;
             cfg.session_ttl = a.session_ttl.unwrap_or(Duration::from_secs(10));
             let abs =

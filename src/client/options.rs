@@ -1,9 +1,9 @@
-//! What a caller may ask of a lock ([`LockOptions`]), and the one place that turns those
-//! options into the protocol's requests, for one key and for several.
+//! What a caller may ask of a lock ([`LockOptions`]); `requests.rs` turns them into the
+//! protocol's requests.
 
 use super::error::{Error, Result};
 use super::{Mode, Ttl};
-use crate::proto::{AcquireMany, LockRequest, MAX_TTL_MS, Request};
+use crate::proto::MAX_TTL_MS;
 use std::time::{Duration, Instant};
 
 /// What a keep-alive does: renew to `ttl` every TTL/3, while the time is before `until`.
@@ -168,36 +168,9 @@ impl LockOptions {
     }
 
     /// The broker-side wait time-out, in whole milliseconds.
-    fn wait_ms(&self) -> Option<u64> {
+    pub(crate) fn wait_ms(&self) -> Option<u64> {
         self.wait_timeout
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64)
-    }
-
-    /// The `lock` request for `key`.
-    pub(crate) fn lock_request<'a>(&self, uuid: &'a str, key: &'a str) -> Request<'a> {
-        Request::Lock(LockRequest {
-            uuid,
-            key,
-            ttl: self.ttl,
-            max: self.max,
-            try_lock: self.try_only,
-            wait_timeout: self.wait_ms(),
-            mode: self.mode,
-            keep_locks_after_death: self.keep_after_disconnect,
-            retry_count: 0,
-        })
-    }
-
-    /// The `acquire-many` request for `keys` (`max` and `mode` do not apply).
-    pub(crate) fn many_request<'a>(&self, uuid: &'a str, keys: &[&'a str]) -> Request<'a> {
-        Request::AcquireMany(AcquireMany {
-            uuid,
-            keys: keys.iter().copied().collect(),
-            ttl: self.ttl,
-            try_lock: self.try_only,
-            wait_timeout: self.wait_ms(),
-            keep_locks_after_death: self.keep_after_disconnect,
-        })
     }
 }
 

@@ -95,6 +95,7 @@ impl HolderInfo<'_> {
 /// Who is behind a connection, as the broker knows it: what a hung test's "who holds my
 /// lock?" needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Who<'a> {
     /// `ip:port` of a TCP peer; `pid N uid U` of a Unix-socket peer (from `SO_PEERCRED`).
     pub peer: Option<Cow<'a, str>>,
@@ -117,6 +118,7 @@ impl Who<'_> {
 
 /// One queued request in a `lock-info-response` (`waiters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WaiterInfo<'a> {
     /// Its lock id (the request's uuid); empty when hidden, as in [`HolderInfo::id`].
     pub id: Cow<'a, str>,

@@ -20,8 +20,12 @@
 //! `watch` snapshots, `/metrics` gauges of every key): `Store::table` reaches it when the
 //! store is one.
 
+// The etcd store's files are being reworked into floors on another branch (issue 23, step 1:
+// one store vocabulary; issue 24 batches its requests): until that lands, the `pub` of its
+// inner files is left as it is rather than narrowed here.
 #[cfg(feature = "etcd")]
-pub mod etcd;
+#[allow(unreachable_pub)]
+pub(crate) mod etcd;
 #[cfg(feature = "etcd")]
 mod etcd_bridge;
 mod memory;

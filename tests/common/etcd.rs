@@ -9,7 +9,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use live_mutex::store::etcd::{ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp, Ttl};
+use live_mutex::internal::etcd::{
+    ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp, Ttl,
+};
 
 /// One test at a time: the timings below (a release seen on the other broker in under 2 s)
 /// are about etcd, not about 2 cores shared by several clusters.

@@ -32,7 +32,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 11] = [
+    pub(crate) const ALL: [Reject; 11] = [
         Reject::BadRequest,
         Reject::Busy,
         Reject::QueueFull,
@@ -46,7 +46,7 @@ impl Reject {
         Reject::TooManyWatchers,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reject::BadRequest => "bad_request",
             Reject::Busy => "busy",
@@ -104,7 +104,7 @@ impl Core {
         self.counters.rejected[why as usize] += 1;
     }
 
-    pub fn metrics(&self, now: Instant) -> CoreMetrics {
+    pub(crate) fn metrics(&self, now: Instant) -> CoreMetrics {
         let table = self.store.table();
         CoreMetrics {
             table: table.map(|t| t.stats()).unwrap_or_default(),

@@ -179,7 +179,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Core {
-    pub fn new(cfg: Config) -> Self {
+    pub(super) fn new(cfg: Config) -> Self {
         let rw = LegacyRw::new(cfg.table.max_requests_per_conn, cfg.table.max_keys);
         Core {
             max_per_conn: cfg.table.max_requests_per_conn,
@@ -213,7 +213,7 @@ impl Core {
     /// Lock decisions go to `store` from now on (before any connection opens); the default is
     /// the in-memory table.
     #[cfg(any(feature = "etcd", test))]
-    pub fn use_store(&mut self, store: Box<dyn Store>) {
+    pub(super) fn use_store(&mut self, store: Box<dyn Store>) {
         if store.answers_later() {
             self.route.count_load();
         }
@@ -221,7 +221,7 @@ impl Core {
     }
 
     /// A new connection. Without an auth token it may send any request at once.
-    pub fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
+    pub(super) fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
         let slot = conn_slot(id);
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -249,7 +249,7 @@ impl Core {
 
     /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
     /// carried it): the same rights as a connection that sent `auth`, admin acts included.
-    pub fn authenticated(&mut self, id: ConnId) {
+    pub(super) fn authenticated(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
             c.admin = true;
@@ -259,7 +259,7 @@ impl Core {
     /// The transport verified a client certificate (TLS with a client CA): it stands in for
     /// the auth token, admin rights included, as the token itself would give them.
     #[cfg(feature = "tls")]
-    pub fn trusted(&mut self, id: ConnId) {
+    pub(super) fn trusted(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
             c.admin = true;
@@ -267,13 +267,13 @@ impl Core {
     }
 
     /// Has the connection proved itself (or is no token needed)?
-    pub fn is_authed(&self, id: ConnId) -> bool {
+    pub(super) fn is_authed(&self, id: ConnId) -> bool {
         self.state(id).is_some_and(|c| c.authed)
     }
 
     /// The connection is gone: the store releases exactly its holds, and its waiters' turns
     /// pass on.
-    pub fn close(&mut self, id: ConnId, now: Instant) {
+    pub(super) fn close(&mut self, id: ConnId, now: Instant) {
         let slot = conn_slot(id);
         if self.state(id).is_none() {
             return;
@@ -313,7 +313,7 @@ impl Core {
 
     /// Handles one message of `conn`: one JSON object, decoded in place (`msg` is scribbled on).
     /// True when it was a valid request (the transport's HTTP guard stops looking after one).
-    pub fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) -> bool {
+    pub(super) fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) -> bool {
         let Some(slot) = self.slot_of(conn) else {
             return false;
         };
@@ -335,12 +335,12 @@ impl Core {
     }
 
     /// No connection is open and the store holds nothing of this broker's (for `idle_exit`).
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.open == 0 && self.store.is_idle()
     }
 
     /// Runs what is due at `now`: lock TTLs, wait deadlines, ack probes.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
         self.store.handle_timeout(now);
         self.poll_store(now);
         self.ack_timers(now);
@@ -350,7 +350,7 @@ impl Core {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&mut self) -> Option<Instant> {
         let store = self.store.poll_timeout();
         store
             .into_iter()
@@ -360,12 +360,12 @@ impl Core {
     }
 
     /// The next connection to close; see [`Event`].
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// The next connection with new output since the last call.
-    pub fn poll_transmit(&mut self) -> Option<ConnId> {
+    pub(super) fn poll_transmit(&mut self) -> Option<ConnId> {
         while let Some(id) = self.dirty.pop() {
             if let Some(c) = self.state_mut(id) {
                 c.dirty = false;
@@ -376,12 +376,12 @@ impl Core {
     }
 
     /// The bytes waiting to be sent to `conn`: whole NDJSON lines. Empty for an unknown one.
-    pub fn output(&self, conn: ConnId) -> &[u8] {
+    pub(super) fn output(&self, conn: ConnId) -> &[u8] {
         self.state(conn).map_or(&[], |c| &c.out[c.out_pos..])
     }
 
     /// The first `n` bytes of [`output`](Self::output) were sent.
-    pub fn consume(&mut self, conn: ConnId, n: usize) {
+    pub(super) fn consume(&mut self, conn: ConnId, n: usize) {
         let Some(c) = self.state_mut(conn) else {
             return;
         };

@@ -1,12 +1,12 @@
 //! [`Watch`]: the stream of snapshots a broker pushes after a `watch` request (what the status
 //! page and `lmx top` draw). A watch is not a request with one answer, so it has a connection
-//! of its own rather than sharing a [`Client`](super::Client)'s; it reaches the broker the same
+//! of its own rather than sharing a [`Client`](crate::Client)'s; it reaches the broker the same
 //! way (the same URL forms, token and transports).
 
-use super::calls::new_uuid;
-use super::error::{Error, Result};
 use super::transport::{self, Reader, Writer};
-use super::url::Settings;
+use crate::client::error::{Error, Result};
+use crate::client::requests::new_uuid;
+use crate::client::url::Settings;
 use crate::proto::{DecodeErrorKind, Reply, ReplyDecoder, Request};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
-    /// Connects to `url` (any form [`Client::connect`](super::Client::connect) takes, with
+    /// Connects to `url` (any form [`Client::connect`](crate::Client::connect) takes, with
     /// its token rules), names the connection like a client does, and asks for a snapshot
     /// every `interval` (the broker clamps it to its own bounds).
     pub fn open(url: &str, interval: Duration) -> Result<Watch> {
@@ -68,7 +68,7 @@ impl Watch {
             .encode(&mut out);
             out.push(b'\n');
         }
-        let name = super::calls::client_name();
+        let name = crate::client::calls::client_name();
         Request::Hello {
             name: &name,
             pid: Some(u64::from(std::process::id())),
