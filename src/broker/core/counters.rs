@@ -1,9 +1,6 @@
 //! The core's own counters, beside the table's (grants, expiries, wait time-outs, the
 //! lock-wait histogram): unlocks, and rejected requests by reason. `/metrics` reads them
-//! through [`Core::metrics`]; they never affect a decision.
-
-use super::Core;
-use std::time::Instant;
+//! through `Core::metrics`; they never affect a decision.
 
 use crate::table::{Longest, Stats, TableError};
 
@@ -99,21 +96,8 @@ pub(crate) struct CoreMetrics {
     pub longest: Longest,
 }
 
-impl Core {
+impl Counters {
     pub(super) fn reject(&mut self, why: Reject) {
-        self.counters.rejected[why as usize] += 1;
-    }
-
-    pub(crate) fn metrics(&self, now: Instant) -> CoreMetrics {
-        let table = self.store.table();
-        CoreMetrics {
-            table: table.map(|t| t.stats()).unwrap_or_default(),
-            counters: self.counters,
-            connections: self.open,
-            watchers: self.watchers.len(),
-            longest: table
-                .map(|t| t.longest(now, STUCK_KEYS))
-                .unwrap_or_default(),
-        }
+        self.rejected[why as usize] += 1;
     }
 }

@@ -11,58 +11,37 @@
 //! (etcd) is paged here by key order, the cursor being the last key listed.
 
 use std::fmt::Display;
-use std::time::Instant;
 
-use super::Core;
-use super::route::Awaited;
 use crate::proto::encode::{Obj, write_str};
-use crate::table::Name;
+use crate::table::{Name, Table};
 
-impl Core {
-    pub(super) fn ls(
-        &mut self,
-        slot: usize,
-        cid: crate::table::ConnId,
-        now: Instant,
-        uuid: &str,
-        after: Option<&str>,
-    ) {
-        let Some(table) = self.store.table() else {
-            return self.ask(
-                slot,
-                cid,
-                now,
-                Some(uuid),
-                Awaited::Ls(after.map(Name::from)),
-            );
-        };
-        let after = match after.map(str::parse::<usize>) {
-            None => None,
-            Some(Ok(place)) => Some(place),
-            Some(Err(_)) => {
-                let e = "`after` must be the `next` of an earlier ls reply";
-                return self.send_error(slot, "ls", Some(uuid), None, e);
-            }
-        };
-        let keys = table.keys_after(after).map(|(place, k)| (place, &**k));
-        let line = ls_page(uuid, keys, self.reply_budget);
-        self.send_line(slot, &line);
-    }
+/// The page of `table`'s keys after the cursor `after` (the `next` of an earlier page).
+pub(super) fn table_page(
+    table: &Table,
+    uuid: &str,
+    after: Option<&str>,
+    budget: usize,
+) -> Result<Vec<u8>, &'static str> {
+    let after = match after.map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(place)) => Some(place),
+        Some(Err(_)) => return Err("`after` must be the `next` of an earlier ls reply"),
+    };
+    let keys = table.keys_after(after).map(|(place, k)| (place, &**k));
+    Ok(ls_page(uuid, keys, budget))
+}
 
-    /// The page of every key a store listed (etcd) that follows `after`, in key order.
-    pub(super) fn ls_from_list(
-        &mut self,
-        slot: usize,
-        uuid: &str,
-        after: Option<&str>,
-        mut keys: Vec<Name>,
-    ) {
-        keys.sort_unstable();
-        let from = after.map_or(0, |a| keys.partition_point(|k| &**k <= a));
-        let page = keys[from..].iter().map(|k| (&**k, &**k));
-        let line = ls_page(uuid, page, self.reply_budget);
-        self.send_line(slot, &line);
-    }
+/// The page of every key a store listed (etcd) that follows `after`, in key order.
+pub(super) fn list_page(
+    uuid: &str,
+    after: Option<&str>,
+    mut keys: Vec<Name>,
+    budget: usize,
+) -> Vec<u8> {
+    keys.sort_unstable();
+    let from = after.map_or(0, |a| keys.partition_point(|k| &**k <= a));
+    let page = keys[from..].iter().map(|k| (&**k, &**k));
+    ls_page(uuid, page, budget)
 }
 
 /// Encodes one `ls` reply: the keys of `keys` (each with its cursor) until the line reaches
