@@ -52,7 +52,7 @@
 //! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its
 //!   lock state behind (ops in, events out), and its two implementations: the in-memory
 //!   [`table`] (`memory.rs`), and with feature `etcd` the etcd lock store (`store/etcd/`, the
-//!   extended etcd Mutex recipe on its own thread; `etcd_bridge.rs`), chosen with
+//!   extended etcd Mutex recipe on its own thread, speaking the same ops and events), chosen with
 //!   `BrokerBuilder::etcd` / `lmx start --store etcd://...`.
 //! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
 //!   task per connection, with cancellation-safe lock futures.

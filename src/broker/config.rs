@@ -367,7 +367,7 @@ impl BrokerBuilder {
                     let _ = w.wake();
                 }),
             )?;
-            core.use_store(Box::new(crate::store::EtcdBridge::new(store)));
+            core.use_store(Box::new(store));
         }
         let policy = Arc::new(HttpPolicy::new(
             local_addr,

@@ -97,7 +97,7 @@ pub enum BrokerError {
     /// The etcd store did not start (bad settings, or etcd did not answer).
     #[cfg(feature = "etcd")]
     #[error("etcd store: {0}")]
-    Store(#[from] crate::store::etcd::StoreError),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host

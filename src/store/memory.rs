@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::WaiterView;
-use super::{HolderView, KeyView, Op, Store, StoreError, StoreEvent, StoreOp, StoreStats};
+use super::{HolderView, KeyView, Op, Store, StoreError, StoreEvent, StoreOp};
 use crate::table::{self, Event, LockOutcome, ManyOutcome, Name, Table};
 
 /// The table and the answers it gave, not yet drained.
@@ -244,15 +244,9 @@ impl Store for MemStore {
                 });
             }
             StoreOp::Stats { tag } => {
-                let s = self.table.stats();
                 self.events.push_back(StoreEvent::Stats {
                     tag,
-                    stats: Ok(StoreStats {
-                        keys: s.keys,
-                        holders: s.holders,
-                        waiters: s.waiters,
-                        grants: s.grants,
-                    }),
+                    stats: Ok(self.table.stats()),
                 });
             }
         }

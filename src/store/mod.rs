@@ -8,8 +8,7 @@
 //!   wait deadlines) run on the core's `poll_timeout`/`handle_timeout`.
 //! - `etcd` (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`): every
 //!   decision lives in an etcd cluster, so any number of brokers serve the same keys. Its
-//!   answers come later, from its own thread, which wakes the reactor (`etcd_bridge.rs`
-//!   translates).
+//!   answers come later, from its own thread, which wakes the reactor.
 //!
 //! Why answers are events for both, even for the table that could answer in the call: one
 //! path through the core, so a rule (a grant to a closed connection is given back; a client is
@@ -22,18 +21,21 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "etcd")]
-mod etcd_bridge;
 mod memory;
 mod ops;
+#[cfg(feature = "etcd")]
+mod owned;
 
 use std::time::Instant;
 
-#[cfg(feature = "etcd")]
-pub(crate) use etcd_bridge::EtcdBridge;
 pub(crate) use memory::MemStore;
-pub(crate) use ops::{
-    HolderView, KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats, WaiterView,
+pub use ops::{HolderView, KeyView, Op, StoreError, StoreEvent, StoreOp, WaiterView};
+#[cfg(feature = "etcd")]
+pub(crate) use owned::{OwnedLock, OwnedMany, OwnedOp};
+
+/// The table's words the vocabulary is made of: a store keeps the table's rules.
+pub use crate::table::{
+    ConnId, Grant, LockRequest, ManyRequest, Mode, Name, Stats, TableError, Ttl, Wait,
 };
 
 use crate::table::Table;

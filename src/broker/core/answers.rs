@@ -18,7 +18,7 @@ use crate::proto::encode::{
     self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
 };
 use crate::proto::{Reply, Who};
-use crate::store::{KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats};
+use crate::store::{KeyView, Op, Stats, StoreError, StoreEvent, StoreOp};
 use crate::table::{ConnId, Grant, Name};
 
 impl Core {
@@ -470,7 +470,7 @@ impl Core {
         self.send_line(slot, &line);
     }
 
-    fn stats_reply(&mut self, slot: usize, p: &Pending, stats: Result<StoreStats, StoreError>) {
+    fn stats_reply(&mut self, slot: usize, p: &Pending, stats: Result<Stats, StoreError>) {
         let uuid = p.uuid.as_deref();
         let s = match stats {
             Ok(s) => s,

@@ -44,9 +44,9 @@ use etcd_client::{
 };
 use tokio::sync::{Notify, oneshot};
 
-use super::StoreError;
 use super::request::Guard;
 use super::worker::Shared;
+use crate::store::StoreError;
 
 /// Most batched Txns under way at once.
 const IN_FLIGHT: usize = 2;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Settings of an [`EtcdStore`](super::EtcdStore).
 #[derive(Clone)]

@@ -23,11 +23,11 @@ use etcd_client::{Compare, CompareOp, Txn};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use super::TableError;
 use super::request::{Guard, delete_key};
 use super::rules;
 use super::worker::{Deadline, Either, Shared, race};
-use super::{ConnId, Op, StoreError, StoreEvent, Ttl};
+use crate::store::{Op, StoreError, StoreEvent};
+use crate::table::{ConnId, Name, TableError, Ttl};
 
 /// Holds until the deadline in `timer` passes (`true`: expired) or `gone` ends (`false`). An
 /// extend replaces the deadline while it runs.
@@ -74,17 +74,19 @@ pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool,
     Ok(sh.txn(txn).await?.succeeded())
 }
 
-pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) {
+/// Restarts holder `id`'s TTL on `key` for `conn`, answering with `tag`.
+pub fn extend(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), key: Name, id: Name, ttl: Ttl) {
     let at = sh.ttl(ttl).map(|d| Instant::now() + d);
     let k = (key.clone(), id.clone());
     let local = sh.st.borrow().reqs.get(&k).map(|r| (r.seq, r.held, r.rev));
     let sh = sh.clone();
     let fail = move |sh: &Shared, error| {
-        sh.emit(StoreEvent::Error {
+        sh.emit(StoreEvent::Failed {
             conn,
             op: Op::Extend,
+            tag,
             id: Some(k.1.clone()),
-            key: k.0.clone(),
+            key: Some(k.0.clone()),
             error,
         })
     };
@@ -99,7 +101,7 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
                     let r = st.reqs.get(&(key.clone(), id.clone()))?;
                     (r.seq == seq).then(|| r.deadline.clone())?
                 };
-                finish(&sh, res, deadline(&sh), at, conn, &key, &id, fail);
+                finish(&sh, res, deadline(&sh), at, tag, fail);
             });
         }
         None => {
@@ -122,7 +124,7 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
                             let g = st.groups.get(&id)?;
                             (g.seq == seq).then(|| g.deadline.clone())?
                         };
-                        finish(&sh, res, deadline(&sh), at, conn, &key, &id, fail);
+                        finish(&sh, res, deadline(&sh), at, tag, fail);
                     });
                 }
                 None => {
@@ -131,9 +133,9 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
                             Err(e) => e,
                             Ok(all) => {
                                 let (holders, waiters) = rules::holders_and_waiters(&all);
-                                if let Some(h) = holders.iter().find(|h| h.id == id) {
+                                if let Some(h) = holders.iter().find(|h| h.id == *id) {
                                     StoreError::OtherBroker(h.owner.clone())
-                                } else if waiters.iter().any(|w| w.id == id) {
+                                } else if waiters.iter().any(|w| w.id == *id) {
                                     StoreError::Rule(TableError::StillWaiting)
                                 } else {
                                     StoreError::Rule(TableError::NotHeld)
@@ -149,25 +151,18 @@ pub fn extend(sh: &Rc<Shared>, conn: ConnId, key: String, id: String, ttl: Ttl) 
 }
 
 /// Applies a confirmed extend to the hold's timer and answers.
-#[allow(clippy::too_many_arguments)]
 fn finish(
     sh: &Shared,
     confirmed: Result<bool, StoreError>,
     deadline: Option<Deadline>,
     at: Option<Instant>,
-    conn: ConnId,
-    key: &str,
-    id: &str,
+    tag: u64,
     fail: impl Fn(&Shared, StoreError),
 ) {
     match (confirmed, deadline) {
         (Ok(true), Some(d)) => {
             d.send_replace(at);
-            sh.emit(StoreEvent::Extended {
-                conn,
-                key: key.to_owned(),
-                id: id.to_owned(),
-            });
+            sh.emit(StoreEvent::Extended { tag });
         }
         // Gone from etcd, or its hold ended (expired, released) while etcd answered.
         (Ok(_), _) => fail(sh, StoreError::Rule(TableError::NotHeld)),
@@ -175,7 +170,7 @@ fn finish(
     }
 }
 
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, key: String, id: String) {
+pub fn cancel(sh: &Rc<Shared>, conn: ConnId, key: Name, id: Name) {
     let k = (key, id);
     let r = {
         let mut st = sh.st.borrow_mut();

@@ -41,15 +41,14 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::TableError;
+use super::MAX_KEYS_PER_MANY;
 use super::extend::hold_until;
 use super::request::{Guard, delete_key, entries, wait_turn, watch_gone};
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
 use super::worker::{Deadline, Either, Shared, race};
-use super::{
-    ConnId, LockSpec, MAX_KEYS_PER_MANY, ManySpec, Mode, Op, StoreError, StoreEvent, Wait,
-};
+use crate::store::{Op, OwnedMany, StoreError, StoreEvent};
+use crate::table::{ConnId, Mode, Name, TableError, Wait};
 
 /// An acquire-many of this store, waiting or held.
 pub struct Group {
@@ -57,7 +56,7 @@ pub struct Group {
     pub seq: u64,
     pub conn: ConnId,
     /// Sorted, distinct.
-    pub keys: Vec<String>,
+    pub keys: Vec<Name>,
     /// The create revision every member shares, once put.
     pub rev: i64,
     pub held: bool,
@@ -68,7 +67,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn tokens(&self) -> Vec<(String, u64)> {
+    fn tokens(&self) -> Vec<(Name, u64)> {
         let token = self.rev.unsigned_abs();
         self.keys.iter().map(|k| (k.clone(), token)).collect()
     }
@@ -83,7 +82,7 @@ impl Group {
 }
 
 /// Forgets group `id` if it is still the one numbered `seq`.
-fn forget(sh: &Shared, id: &str, seq: u64) -> Option<Group> {
+fn forget(sh: &Shared, id: &Name, seq: u64) -> Option<Group> {
     let mut st = sh.st.borrow_mut();
     if st.groups.get(id).is_some_and(|g| g.seq == seq) {
         st.groups.remove(id)
@@ -92,21 +91,24 @@ fn forget(sh: &Shared, id: &str, seq: u64) -> Option<Group> {
     }
 }
 
+/// The failure of acquire-many `spec` (keys sorted): nothing is held for it.
+fn failed(spec: &OwnedMany, keys: &[Name], error: StoreError) -> StoreEvent {
+    StoreEvent::Failed {
+        conn: spec.conn,
+        op: Op::LockMany,
+        tag: 0,
+        id: Some(spec.id.clone()),
+        key: keys.first().cloned(),
+        error,
+    }
+}
+
 /// Registers the group and starts its task; answers a repeat of a known group at once.
-pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
+pub fn start(sh: &Rc<Shared>, spec: OwnedMany) {
     let mut keys = spec.keys.clone();
     keys.sort_unstable();
     keys.dedup();
-    let first = keys.first().cloned().unwrap_or_default();
-    let fail = |error| {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::LockMany,
-            id: Some(spec.id.clone()),
-            key: first.clone(),
-            error,
-        })
-    };
+    let fail = |error| sh.emit(failed(&spec, &keys, error));
     if keys.is_empty() || keys.len() > MAX_KEYS_PER_MANY {
         return fail(StoreError::Rule(TableError::BadKeyCount {
             got: keys.len(),
@@ -161,24 +163,18 @@ pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
     }
 }
 
-async fn run(sh: Rc<Shared>, spec: ManySpec, keys: Vec<String>, seq: u64) {
+async fn run(sh: Rc<Shared>, spec: OwnedMany, keys: Vec<Name>, seq: u64) {
     if let Err(error) = acquire(&sh, &spec, &keys, seq).await
         && forget(&sh, &spec.id, seq).is_some()
     {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::LockMany,
-            id: Some(spec.id.clone()),
-            key: keys[0].clone(),
-            error,
-        });
+        sh.emit(failed(&spec, &keys, error));
     }
 }
 
 async fn acquire(
     sh: &Rc<Shared>,
-    spec: &ManySpec,
-    keys: &[String],
+    spec: &OwnedMany,
+    keys: &[Name],
     seq: u64,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
@@ -273,9 +269,10 @@ async fn acquire(
             if forget(sh, &spec.id, seq).is_some() {
                 sh.emit(if timed_out {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    StoreEvent::ManyTimedOut {
+                    StoreEvent::TimedOut {
                         conn,
                         id,
+                        key: None,
                         waited: started.elapsed(),
                     }
                 } else {
@@ -293,11 +290,11 @@ async fn acquire(
         let waits: Vec<Turn<'_>> = blocked
             .iter()
             .map(|&i| {
-                let one = LockSpec::new(spec.conn, &keys[i], &spec.id);
                 let older = std::mem::take(&mut by_key[i]);
                 let (dir, me) = (&dirs[i], &members[i]);
                 Box::pin(async move {
-                    wait_turn(sh, &one, dir, me, rev, older, seen)
+                    // A member takes the key exclusively within the key's own `max`.
+                    wait_turn(sh, (Mode::Exclusive, 0), dir, me, rev, older, seen)
                         .await
                         .map(|_| ())
                 }) as Turn<'_>
@@ -318,9 +315,10 @@ async fn acquire(
                 tokio::task::spawn_local(delete_members(sh.clone(), members, rev));
                 if forget(sh, &spec.id, seq).is_some() {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::ManyTimedOut {
+                    sh.emit(StoreEvent::TimedOut {
                         conn,
                         id,
+                        key: None,
                         waited: started.elapsed(),
                     });
                 }
@@ -336,8 +334,8 @@ async fn acquire(
 /// cancel or a disconnect aborts this task first.
 async fn hold(
     sh: &Rc<Shared>,
-    spec: &ManySpec,
-    keys: &[String],
+    spec: &OwnedMany,
+    keys: &[Name],
     members: Vec<Vec<u8>>,
     (lease, seq, rev): (i64, u64, i64),
 ) -> Result<(), StoreError> {
@@ -460,13 +458,7 @@ async fn all_turns(mut waits: Vec<Turn<'_>>) -> Result<(), StoreError> {
 
 /// Returns the index of the first member (of `keys`, all existing at revision `seen`) that no
 /// longer exists.
-async fn first_gone(
-    sh: &Shared,
-    keys: &[String],
-    members: &[Vec<u8>],
-    rev: i64,
-    seen: i64,
-) -> usize {
+async fn first_gone(sh: &Shared, keys: &[Name], members: &[Vec<u8>], rev: i64, seen: i64) -> usize {
     let dirs: Vec<Vec<u8>> = keys.iter().map(|k| sh.cfg.key_dir(k)).collect();
     let mut watches: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = members
         .iter()
@@ -533,13 +525,15 @@ fn stop(sh: &Rc<Shared>, id: &str, g: &Group) {
     tokio::task::spawn_local(delete_members(sh.clone(), g.members(sh, id), g.rev));
 }
 
-pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
+/// Releases acquire-many `id` for `conn`, answering with `tag`.
+pub fn release(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), id: Name) {
     let g = sh.st.borrow_mut().groups.remove(&id);
     let sh = sh.clone();
-    let fail = move |sh: &Shared, id: String, key: String, error| {
-        sh.emit(StoreEvent::Error {
+    let fail = move |sh: &Shared, id: Name, key: Option<Name>, error| {
+        sh.emit(StoreEvent::Failed {
             conn,
             op: Op::ReleaseMany,
+            tag,
             id: Some(id),
             key,
             error,
@@ -549,13 +543,13 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
         // Not one of ours: maybe another broker's (a client back through another broker).
         tokio::task::spawn_local(async move {
             match remote_release(&sh, &id).await {
-                Ok(()) => sh.emit(StoreEvent::ManyReleased { conn, id }),
+                Ok(()) => sh.emit(StoreEvent::ManyReleased { tag }),
                 Err((key, e)) => fail(&sh, id, key, e),
             }
         });
         return;
     };
-    let key = g.keys[0].clone();
+    let key = g.keys.first().cloned();
     if !g.held {
         // Abandoned while it waits, as the in-memory table does, and told so.
         stop(&sh, &id, &g);
@@ -567,7 +561,7 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
     tokio::task::spawn_local(async move {
         let members = g.members(&sh, &id);
         match delete_members(sh.clone(), members, g.rev).await {
-            Ok(true) => sh.emit(StoreEvent::ManyReleased { conn, id }),
+            Ok(true) => sh.emit(StoreEvent::ManyReleased { tag }),
             // A member had already gone: the group was lost (its task had not yet seen it).
             Ok(false) => fail(&sh, id, key, StoreError::Rule(TableError::NotHeld)),
             Err(e) => fail(&sh, id, key, e),
@@ -581,10 +575,8 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
 /// reports the group lost, as for an unlock by id from another broker. A group that still
 /// waits is left to its own broker ([`TableError::StillWaiting`]). The error comes with the
 /// group's first key, when one was found.
-async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError)> {
-    let (by_key, _) = super::query::read_all(sh)
-        .await
-        .map_err(|e| (String::new(), e))?;
+async fn remote_release(sh: &Shared, id: &str) -> Result<(), (Option<Name>, StoreError)> {
+    let (by_key, _) = super::query::read_all(sh).await.map_err(|e| (None, e))?;
     let mut first = None;
     let mut revs = Vec::new();
     let mut members = Vec::new();
@@ -592,13 +584,13 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
     for (key, all) in &by_key {
         let (holders, _) = rules::holders_and_waiters(all);
         for e in all.iter().filter(|e| e.id == id && e.group) {
-            first.get_or_insert_with(|| key.clone());
+            first.get_or_insert_with(|| Name::from(key.as_str()));
             revs.push(e.rev);
             members.push(e.raw.clone());
             held &= holders.iter().any(|h| h.raw == e.raw);
         }
     }
-    let key = first.unwrap_or_default();
+    let key = first;
     revs.dedup();
     let rev = match revs[..] {
         [] => return Err((key, StoreError::Rule(TableError::NotHeld))),
@@ -618,7 +610,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
 }
 
 /// A cancel naming group `id` of connection `conn`: the group goes, with no event.
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &str) {
+pub fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &Name) {
     let g = {
         let mut st = sh.st.borrow_mut();
         match st.groups.get(id) {

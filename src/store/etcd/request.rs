@@ -17,28 +17,47 @@ use std::time::Duration;
 use etcd_client::KeyValue;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::TableError;
 use super::batch::{self, Step};
 use super::rules::{self, Entry, Record};
 use super::session::{Holder, Session};
 use super::watch::Note;
 use super::worker::{Either, Req, Shared, race};
-use super::{LockSpec, Op, StoreError, StoreEvent, Wait};
+use crate::store::{Op, OwnedLock, StoreError, StoreEvent};
+use crate::table::{ConnId, Grant, Mode, Name, TableError, Wait};
 
 /// Pause before retrying a failed check.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// Registers the request and starts its task; answers a repeat of a known request at once.
-pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
-    let fail = |error| {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::Lock,
-            id: Some(spec.id.clone()),
-            key: spec.key.clone(),
-            error,
-        })
+/// A grant as the store reports it: etcd knows no queue length or readers at that moment.
+pub fn granted(conn: ConnId, id: Name, key: Name, token: u64) -> StoreEvent {
+    let grant = Grant {
+        token,
+        queue_len: 0,
+        readers: 0,
     };
+    StoreEvent::Granted {
+        conn,
+        id,
+        key,
+        grant,
+    }
+}
+
+/// The failure of lock request `spec`: nothing is held for it.
+fn failed(spec: &OwnedLock, error: StoreError) -> StoreEvent {
+    StoreEvent::Failed {
+        conn: spec.conn,
+        op: Op::Lock,
+        tag: 0,
+        id: Some(spec.id.clone()),
+        key: Some(spec.key.clone()),
+        error,
+    }
+}
+
+/// Registers the request and starts its task; answers a repeat of a known request at once.
+pub fn start(sh: &Rc<Shared>, spec: OwnedLock) {
+    let fail = |error| sh.emit(failed(&spec, error));
     if spec.max == Some(0) {
         return fail(StoreError::Rule(TableError::InvalidMax));
     }
@@ -51,18 +70,15 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
             let ev = if r.conn != spec.conn {
                 None
             } else if r.held {
-                Some(StoreEvent::Granted {
-                    conn: spec.conn,
-                    id: spec.id.clone(),
-                    key: spec.key.clone(),
-                    token: r.rev.unsigned_abs(),
-                })
+                let token = r.rev.unsigned_abs();
+                Some(granted(spec.conn, spec.id.clone(), spec.key.clone(), token))
             } else {
                 Some(StoreEvent::Queued {
                     conn: spec.conn,
                     id: spec.id.clone(),
                     key: spec.key.clone(),
-                    ahead: 0,
+                    queue_len: 0,
+                    readers: 0,
                 })
             };
             drop(st);
@@ -95,21 +111,15 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
     }
 }
 
-async fn run(sh: Rc<Shared>, spec: LockSpec, seq: u64) {
+async fn run(sh: Rc<Shared>, spec: OwnedLock, seq: u64) {
     if let Err(error) = acquire(&sh, &spec, seq).await
         && sh.forget(&spec.key, &spec.id, seq).is_some()
     {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::Lock,
-            id: Some(spec.id.clone()),
-            key: spec.key.clone(),
-            error,
-        });
+        sh.emit(failed(&spec, error));
     }
 }
 
-async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), StoreError> {
+async fn acquire(sh: &Rc<Shared>, spec: &OwnedLock, seq: u64) -> Result<(), StoreError> {
     let started = Instant::now();
     let holder = if spec.keep_after_disconnect {
         Holder::Keep
@@ -160,7 +170,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     let older = all;
     let refs: Vec<&Entry> = older.iter().collect();
     if let Some(m) = spec.max
-        && spec.mode == rules::Mode::Exclusive
+        && spec.mode == Mode::Exclusive
     {
         let current = rules::resolve_max(0, &refs);
         if refs.iter().any(|e| e.max > 0) && current != m {
@@ -171,9 +181,6 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             }));
         }
     }
-    let ev = |f: fn(super::ConnId, String, String, usize) -> StoreEvent, n| {
-        f(spec.conn, spec.id.clone(), spec.key.clone(), n)
-    };
     if !rules::granted(spec.mode, record.max, &refs) {
         let ahead = older.len();
         let expired = match spec.wait {
@@ -189,36 +196,28 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             if sh.forget(&spec.key, &spec.id, seq).is_some() {
                 if timed_out {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::TimedOut {
+                    sh.emit(wait_ended(spec, started));
+                } else {
+                    sh.emit(StoreEvent::Busy {
                         conn: spec.conn,
                         id: spec.id.clone(),
                         key: spec.key.clone(),
-                        waited: started.elapsed(),
+                        queue_len: ahead,
+                        readers: 0,
                     });
-                } else {
-                    sh.emit(ev(
-                        |conn, id, key, ahead| StoreEvent::Busy {
-                            conn,
-                            id,
-                            key,
-                            ahead,
-                        },
-                        ahead,
-                    ));
                 }
             }
             return Ok(());
         }
-        sh.emit(ev(
-            |conn, id, key, ahead| StoreEvent::Queued {
-                conn,
-                id,
-                key,
-                ahead,
-            },
-            ahead,
-        ));
-        let turn = wait_turn(sh, spec, &dir, &me, rev, older, seen);
+        sh.emit(StoreEvent::Queued {
+            conn: spec.conn,
+            id: spec.id.clone(),
+            key: spec.key.clone(),
+            queue_len: ahead,
+            readers: 0,
+        });
+        let max = spec.max.unwrap_or(0);
+        let turn = wait_turn(sh, (spec.mode, max), &dir, &me, rev, older, seen);
         let outcome = match spec.wait {
             Wait::Until(t) => race(sleep_until(Instant::from_std(t)), turn).await,
             _ => Either::Right(turn.await),
@@ -229,12 +228,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
                 tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
                 if sh.forget(&spec.key, &spec.id, seq).is_some() {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::TimedOut {
-                        conn: spec.conn,
-                        id: spec.id.clone(),
-                        key: spec.key.clone(),
-                        waited: started.elapsed(),
-                    });
+                    sh.emit(wait_ended(spec, started));
                 }
                 return Ok(());
             }
@@ -246,19 +240,28 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     Ok(())
 }
 
-/// Waits until the request's turn has come and etcd confirms it, returning the revision at
-/// which it did. `Err` only when its own key is gone: every other failure is retried (a failing
-/// etcd ends the session, and this task with it).
+/// The answer to a request that reached its wait deadline.
+fn wait_ended(spec: &OwnedLock, started: Instant) -> StoreEvent {
+    StoreEvent::TimedOut {
+        conn: spec.conn,
+        id: spec.id.clone(),
+        key: Some(spec.key.clone()),
+        waited: started.elapsed(),
+    }
+}
+
+/// Waits until the turn of a request (of `mode`, naming `max` or 0) has come and etcd confirms
+/// it, returning the revision at which it did. `Err` only when its own key is gone: every
+/// other failure is retried (a failing etcd ends the session, and this task with it).
 pub async fn wait_turn(
     sh: &Rc<Shared>,
-    spec: &LockSpec,
+    (mode, max): (Mode, u32),
     dir: &[u8],
     me: &[u8],
     rev: i64,
     mut older: Vec<Entry>,
     seen: i64,
 ) -> Result<i64, StoreError> {
-    let max = spec.max.unwrap_or(0);
     let mut deletes = sh.hub.register(dir, None, seen);
     loop {
         let checked = match deletes.next().await {
@@ -268,13 +271,13 @@ pub async fn wait_turn(
                 }
                 let pred = {
                     let refs: Vec<&Entry> = older.iter().collect();
-                    rules::predecessor(spec.mode, max, &refs).map(|e| e.raw.clone())
+                    rules::predecessor(mode, max, &refs).map(|e| e.raw.clone())
                 };
                 let before = older.len();
                 older.retain(|e| e.raw != key);
                 let relevant = older.len() < before && pred.is_none_or(|p| p == key);
                 let refs: Vec<&Entry> = older.iter().collect();
-                if !relevant || !rules::granted(spec.mode, max, &refs) {
+                if !relevant || !rules::granted(mode, max, &refs) {
                     continue;
                 }
                 recheck(sh, dir, me, rev).await.ok()
@@ -300,7 +303,7 @@ pub async fn wait_turn(
         };
         older = fresh;
         let refs: Vec<&Entry> = older.iter().collect();
-        if rules::granted(spec.mode, max, &refs) {
+        if rules::granted(mode, max, &refs) {
             return Ok(at);
         }
     }
@@ -333,7 +336,7 @@ async fn recheck(
 /// first; an extend replaces its deadline.
 async fn hold(
     sh: &Rc<Shared>,
-    spec: &LockSpec,
+    spec: &OwnedLock,
     seq: u64,
     dir: &[u8],
     me: Vec<u8>,
@@ -353,12 +356,12 @@ async fn hold(
         }
         st.grants += 1;
     }
-    sh.emit(StoreEvent::Granted {
-        conn: spec.conn,
-        id: spec.id.clone(),
-        key: spec.key.clone(),
-        token: rev.unsigned_abs(),
-    });
+    sh.emit(granted(
+        spec.conn,
+        spec.id.clone(),
+        spec.key.clone(),
+        rev.unsigned_abs(),
+    ));
     let gone = watch_gone(sh, dir, &me, rev, seen);
     let expired = super::extend::hold_until(timer, gone).await;
     if expired {

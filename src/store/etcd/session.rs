@@ -8,7 +8,7 @@
 //! Loss: a renewal is judged by when it was *sent*, since etcd may have refreshed the lease
 //! any time after that. When no renewal has succeeded for 4/5 of the TTL since the last good
 //! one was sent, the lease may expire before we hear from etcd again: every request on it is
-//! dropped, holders get [`StoreEvent::Lost`](super::StoreEvent::Lost) and waiters an error,
+//! dropped, holders get `Lost` and waiters an error,
 //! before etcd can hand their keys to anyone else. The next request of the connection gets a
 //! fresh lease.
 
@@ -22,7 +22,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::worker::Shared;
-use super::{ConnId, Op, StoreError, StoreEvent};
+use crate::store::{Op, StoreError, StoreEvent};
+use crate::table::ConnId;
 
 /// Whose lease a session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,11 +218,12 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
                 reason: format!("the connection's etcd lease may have expired: {reason}"),
             }
         } else {
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 conn,
                 op,
+                tag: 0,
                 id: Some(id),
-                key,
+                key: Some(key),
                 error: StoreError::SessionLost(reason.to_owned()),
             }
         });

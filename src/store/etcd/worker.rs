@@ -20,14 +20,16 @@ use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnRespo
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::{AbortHandle, LocalSet};
 
+use super::EtcdConfig;
 use super::batch::Batcher;
 use super::request::Guard;
 use super::session::Session;
 use super::watch::{self, Hub};
-use super::{ConnId, EtcdConfig, StoreError, StoreEvent, StoreOp};
+use crate::store::{OwnedOp, StoreError, StoreEvent};
+use crate::table::{ConnId, Name, Ttl};
 
 pub enum Cmd {
-    Op(StoreOp),
+    Op(OwnedOp),
     Shutdown,
 }
 
@@ -41,7 +43,7 @@ pub struct Req {
     pub held: bool,
     pub keep: bool,
     pub task: Option<AbortHandle>,
-    /// While held: restarts its TTL timer ([`StoreOp::Extend`]); `None` = no timer.
+    /// While held: restarts its TTL timer (an extend); `None` = no timer.
     pub deadline: Option<Deadline>,
 }
 
@@ -51,9 +53,9 @@ pub type Deadline = tokio::sync::watch::Sender<Option<tokio::time::Instant>>;
 #[derive(Default)]
 pub struct State {
     /// By (lock key, lock id).
-    pub reqs: HashMap<(String, String), Req>,
+    pub reqs: HashMap<(Name, Name), Req>,
     /// Acquire-many groups, by lock id.
-    pub groups: HashMap<String, super::many::Group>,
+    pub groups: HashMap<Name, super::many::Group>,
     pub sessions: HashMap<ConnId, Rc<Session>>,
     pub keep: Option<Rc<Session>>,
     pub next_seq: u64,
@@ -146,18 +148,18 @@ impl Shared {
     }
 
     /// How long a hold with `ttl` lasts: `None` = until released.
-    pub fn ttl(&self, ttl: super::Ttl) -> Option<std::time::Duration> {
+    pub fn ttl(&self, ttl: Ttl) -> Option<Duration> {
         match ttl {
-            super::Ttl::Default => self.cfg.default_ttl,
-            super::Ttl::Never => None,
-            super::Ttl::After(d) => Some(d),
+            Ttl::Default => self.cfg.default_ttl,
+            Ttl::Never => None,
+            Ttl::After(d) => Some(d),
         }
     }
 
     /// Forgets request (`key`, `id`) if it is still the one numbered `seq`.
-    pub fn forget(&self, key: &str, id: &str, seq: u64) -> Option<Req> {
+    pub fn forget(&self, key: &Name, id: &Name, seq: u64) -> Option<Req> {
         let mut st = self.st.borrow_mut();
-        let k = (key.to_owned(), id.to_owned());
+        let k = (key.clone(), id.clone());
         if st.reqs.get(&k).is_some_and(|r| r.seq == seq) {
             st.reqs.remove(&k)
         } else {
@@ -321,23 +323,30 @@ async fn connect(
     })
 }
 
-fn dispatch(sh: &Rc<Shared>, op: StoreOp) {
+fn dispatch(sh: &Rc<Shared>, op: OwnedOp) {
     match op {
-        StoreOp::Lock(spec) => super::request::start(sh, spec),
-        StoreOp::Unlock {
+        OwnedOp::Lock(spec) => super::request::start(sh, spec),
+        OwnedOp::Unlock {
             conn,
+            tag,
             key,
             id,
             force,
-        } => super::query::unlock(sh, conn, key, id, force),
-        StoreOp::Cancel { conn, key, id } => super::extend::cancel(sh, conn, key, id),
-        StoreOp::Extend { conn, key, id, ttl } => super::extend::extend(sh, conn, key, id, ttl),
-        StoreOp::LockMany(spec) => super::many::start(sh, spec),
-        StoreOp::ReleaseMany { conn, id } => super::many::release(sh, conn, id),
-        StoreOp::Disconnect { conn } => disconnect(sh, conn),
-        StoreOp::Keys { conn, tag } => super::query::keys(sh, conn, tag),
-        StoreOp::Info { conn, tag, key } => super::query::info(sh, conn, tag, key),
-        StoreOp::Stats { conn, tag } => super::query::stats(sh, conn, tag),
+        } => super::query::unlock(sh, (conn, tag), key, id, force),
+        OwnedOp::Cancel { conn, key, id } => super::extend::cancel(sh, conn, key, id),
+        OwnedOp::Extend {
+            conn,
+            tag,
+            key,
+            id,
+            ttl,
+        } => super::extend::extend(sh, (conn, tag), key, id, ttl),
+        OwnedOp::LockMany(spec) => super::many::start(sh, spec),
+        OwnedOp::ReleaseMany { conn, tag, id } => super::many::release(sh, (conn, tag), id),
+        OwnedOp::Disconnect { conn } => disconnect(sh, conn),
+        OwnedOp::Keys { tag } => super::query::keys(sh, tag),
+        OwnedOp::Info { tag, key } => super::query::info(sh, tag, key),
+        OwnedOp::Stats { tag } => super::query::stats(sh, tag),
     }
 }
 
