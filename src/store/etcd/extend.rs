@@ -1,4 +1,4 @@
-//! Extend and cancel: what a client does to a request it already made.
+//! Extend: a holder's TTL restarted from now, from any connection that names its lock id.
 //!
 //! Why an extend asks etcd before it answers: a hold whose key someone else just deleted (a
 //! forced unlock, an expired lease) is no longer a hold even if its task has not yet seen the
@@ -10,58 +10,19 @@
 //! a timer of the store that granted it (etcd leases count whole seconds, too coarse for lock
 //! TTLs), so only that broker can restart it. Its client reaches it through that broker.
 //!
-//! Why a cancel of a request whose put is still under way does not delete its key itself: it
-//! cannot know whether the put has landed, or will land after its delete. It forgets the
-//! request instead, and the request's task, once its put answers, sees it was forgotten and
-//! deletes its own key (request.rs, many.rs).
+//! The hold's task (`lock.rs`, `many.rs`) waits on its deadline through a watch channel
+//! (`lock::hold_until`); an extend replaces the deadline there.
 
-use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
 
 use etcd_client::{Compare, CompareOp, Txn};
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
-use super::request::{Guard, delete_key};
+use super::query::read_key;
 use super::rules;
-use super::worker::{Deadline, Either, Shared, race};
+use super::shared::{Deadline, Shared};
 use crate::store::{Op, StoreError, StoreEvent};
 use crate::table::{ConnId, Name, TableError, Ttl};
-
-/// Holds until the deadline in `timer` passes (`true`: expired) or `gone` ends (`false`). An
-/// extend replaces the deadline while it runs.
-pub async fn hold_until<G: Future<Output = ()>>(
-    mut timer: watch::Receiver<Option<Instant>>,
-    gone: G,
-) -> bool {
-    let mut gone = pin!(gone);
-    let mut open = true;
-    loop {
-        let at = *timer.borrow_and_update();
-        let expiry = async move {
-            match at {
-                Some(at) => sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let changed = async {
-            if open {
-                timer.changed().await.is_ok()
-            } else {
-                std::future::pending().await
-            }
-        };
-        let r = race(expiry, race(changed, gone.as_mut())).await;
-        match r {
-            Either::Left(()) => return true,
-            // A new deadline; or its sender is gone (the request was forgotten), so the
-            // deadline can no longer change.
-            Either::Right(Either::Left(ok)) => open = ok,
-            Either::Right(Either::Right(())) => return false,
-        }
-    }
-}
 
 /// `Ok(true)` when every key of `members` still exists with create revision `rev`.
 pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool, StoreError> {
@@ -71,7 +32,7 @@ pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool,
             .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
             .collect::<Vec<_>>(),
     );
-    Ok(sh.txn(txn).await?.succeeded())
+    Ok(sh.etcd.txn(txn).await?.succeeded())
 }
 
 /// Restarts holder `id`'s TTL on `key` for `conn`, answering with `tag`.
@@ -129,7 +90,7 @@ pub fn extend(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), key: Name, id: Name, 
                 }
                 None => {
                     tokio::task::spawn_local(async move {
-                        let error = match super::query::read_key(&sh, &key).await {
+                        let error = match read_key(&sh, &key).await {
                             Err(e) => e,
                             Ok(all) => {
                                 let (holders, waiters) = rules::holders_and_waiters(&all);
@@ -168,26 +129,4 @@ fn finish(
         (Ok(_), _) => fail(sh, StoreError::Rule(TableError::NotHeld)),
         (Err(e), _) => fail(sh, e),
     }
-}
-
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, key: Name, id: Name) {
-    let k = (key, id);
-    let r = {
-        let mut st = sh.st.borrow_mut();
-        match st.reqs.get(&k) {
-            Some(r) if r.conn == conn => st.reqs.remove(&k),
-            _ => None,
-        }
-    };
-    let Some(r) = r else {
-        return super::many::cancel(sh, conn, &k.1);
-    };
-    if r.rev > 0 {
-        if let Some(t) = &r.task {
-            t.abort();
-        }
-        let me = sh.cfg.request_key(&k.0, &k.1);
-        tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(r.rev)));
-    }
-    // Else its put is under way: its task deletes the key once the put answers.
 }

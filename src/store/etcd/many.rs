@@ -6,7 +6,7 @@
 //! exclusive request that names no `max` (so it takes the key's own, like an exclusive lock),
 //! and the group holds when, on every key, [`rules::granted`] says its member's turn has come.
 //! Until then it waits, on every blocked key at once, for the older requests in its way to go
-//! (`request::wait_turn`, the same watch-and-recheck as a single lock).
+//! (`lock::wait_turn`, the same watch-and-recheck as a single lock).
 //!
 //! Why this never deadlocks: a request only ever waits for requests older than itself (lower
 //! create revisions), single locks and groups alike, and etcd's revisions are one total order
@@ -38,48 +38,21 @@ use std::task::Poll;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::MAX_KEYS_PER_MANY;
-use super::extend::hold_until;
-use super::request::{Guard, delete_key, entries, wait_turn, watch_gone};
+use super::batch::Guard;
+use super::delete::{delete_all, delete_key, delete_members};
+use super::lock::{hold_until, wait_turn, watch_gone};
+use super::query::read_all;
 use super::rules::{self, Entry, Record};
-use super::session::{Holder, Session};
-use super::worker::{Deadline, Either, Shared, race};
+use super::session;
+use super::shared::{Either, Group, Holder, Shared, entries, race};
 use crate::store::{Op, OwnedMany, StoreError, StoreEvent};
 use crate::table::{ConnId, Mode, Name, TableError, Wait};
 
-/// An acquire-many of this store, waiting or held.
-pub struct Group {
-    /// Tells a group apart from a later one with the same id.
-    pub seq: u64,
-    pub conn: ConnId,
-    /// Sorted, distinct.
-    pub keys: Vec<Name>,
-    /// The create revision every member shares, once put.
-    pub rev: i64,
-    pub held: bool,
-    pub keep: bool,
-    pub task: Option<AbortHandle>,
-    /// While held: restarts its TTL timer.
-    pub deadline: Option<Deadline>,
-}
-
-impl Group {
-    fn tokens(&self) -> Vec<(Name, u64)> {
-        let token = self.rev.unsigned_abs();
-        self.keys.iter().map(|k| (k.clone(), token)).collect()
-    }
-
-    /// The etcd keys of its members.
-    pub fn members(&self, sh: &Shared, id: &str) -> Vec<Vec<u8>> {
-        self.keys
-            .iter()
-            .map(|k| sh.cfg.request_key(k, id))
-            .collect()
-    }
-}
+/// Most keys in one acquire-many, as the in-memory table's default: 64 member puts and 64
+/// range reads fill etcd's default `--max-txn-ops` (128) of the one Txn that records them.
+pub const MAX_KEYS_PER_MANY: usize = 64;
 
 /// Forgets group `id` if it is still the one numbered `seq`.
 fn forget(sh: &Shared, id: &Name, seq: u64) -> Option<Group> {
@@ -183,7 +156,7 @@ async fn acquire(
     } else {
         Holder::Conn(spec.conn)
     };
-    let lease = Session::lease_for(sh, holder).await?;
+    let lease = session::lease(sh, holder).await?;
     let members: Vec<Vec<u8>> = keys
         .iter()
         .map(|k| sh.cfg.request_key(k, &spec.id))
@@ -212,7 +185,7 @@ async fn acquire(
                 .collect::<Vec<_>>(),
         )
         .and_then(puts.chain(reads).collect::<Vec<_>>());
-    let resp = match sh.txn(txn).await {
+    let resp = match sh.etcd.txn(txn).await {
         Ok(r) => r,
         Err(e) => {
             // The puts may have landed: remove those on our lease.
@@ -366,7 +339,7 @@ async fn hold(
         );
     // The revision at which every member was confirmed: the shared watch reports deletes
     // after it.
-    let marked = sh.txn(txn).await.and_then(|r| {
+    let marked = sh.etcd.txn(txn).await.and_then(|r| {
         r.succeeded()
             .then(|| r.header().map_or(rev, |h| h.revision()))
             .ok_or(StoreError::Vanished)
@@ -478,41 +451,6 @@ async fn first_gone(sh: &Shared, keys: &[Name], members: &[Vec<u8>], rev: i64, s
     .await
 }
 
-/// One Txn that deletes every member if all still exist with create revision `rev`.
-fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
-    Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| TxnOp::delete(m.clone(), None))
-                .collect::<Vec<_>>(),
-        )
-}
-
-/// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,
-/// each on its own and retried in the background (`Ok(false)`: some had already gone; `Err`:
-/// etcd failed).
-pub async fn delete_members(
-    sh: Rc<Shared>,
-    members: Vec<Vec<u8>>,
-    rev: i64,
-) -> Result<bool, StoreError> {
-    let txn = delete_all(&members, rev);
-    let res = sh.txn(txn).await.map(|r| r.succeeded());
-    if res != Ok(true) {
-        for m in members {
-            tokio::task::spawn_local(delete_key(sh.clone(), m, Guard::Rev(rev)));
-        }
-    }
-    res
-}
-
 /// Stops a group this store forgot (released, cancelled) and deletes its members. When its
 /// puts are still under way its task deletes them once they answer (it finds itself gone).
 fn stop(sh: &Rc<Shared>, id: &str, g: &Group) {
@@ -576,7 +514,7 @@ pub fn release(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), id: Name) {
 /// waits is left to its own broker ([`TableError::StillWaiting`]). The error comes with the
 /// group's first key, when one was found.
 async fn remote_release(sh: &Shared, id: &str) -> Result<(), (Option<Name>, StoreError)> {
-    let (by_key, _) = super::query::read_all(sh).await.map_err(|e| (None, e))?;
+    let (by_key, _) = read_all(sh).await.map_err(|e| (None, e))?;
     let mut first = None;
     let mut revs = Vec::new();
     let mut members = Vec::new();
@@ -602,7 +540,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (Option<Name>, Stor
         return Err((key, StoreError::Rule(TableError::StillWaiting)));
     }
     let txn = delete_all(&members, rev);
-    match sh.txn(txn).await {
+    match sh.etcd.txn(txn).await {
         Ok(r) if r.succeeded() => Ok(()),
         Ok(_) => Err((key, StoreError::Rule(TableError::NotHeld))),
         Err(e) => Err((key, e)),

@@ -40,7 +40,7 @@
 //!   did not record. Within that deadline a call that surely did not run (no connection to the
 //!   member could be made, or it had no leader) is sent again, and so is a read after any
 //!   failure: when a member dies while a quorum lives, requests wait for a live member rather
-//!   than fail. A write that may have run is never sent twice (`worker::Shared::txn`). When a lease may have expired (keepalives failing for 4/5 of its TTL, so
+//!   than fail. A write that may have run is never sent twice (`calls::Etcd::txn`). When a lease may have expired (keepalives failing for 4/5 of its TTL, so
 //!   before etcd can delete the keys), each of its locks gets [`StoreEvent::Lost`] and each of
 //!   its waiters an error: no client is left believing it holds a lock.
 //!
@@ -59,15 +59,29 @@
 //! (the broker's mio reactor) submits ops without blocking (each crosses to the thread as an
 //! owned copy) and drains events with [`EtcdStore::poll_event`]; after pushing events the store
 //! calls the wake hook given to [`EtcdStore::start`] (the reactor's `mio::Waker::wake`).
-
+//!
+//! Files, in floors: each imports only from the floors below it (`scripts/etcd-floors.sh`
+//! checks, in CI):
+//! 1. etcd and its records: `rules.rs` (records and grant rules, no I/O), `config.rs` (settings
+//!    and key layout), `tls.rs`, `calls.rs` (calls under the deadline, retried when unsent);
+//! 2. `batch.rs` (steps of one turn sharing Txns) and `watch.rs` (the one delete watch);
+//! 3. `shared.rs`: what every task shares, the state of this store's requests and sessions;
+//! 4. `delete.rs` (owner-checked deletes) and `session.rs` (leases, their renewal and loss);
+//! 5. the request kinds: `lock.rs`, `query.rs`, `extend.rs`, `many.rs` (acquire-many),
+//!    `release.rs` (unlock, cancel);
+//! 6. `worker.rs`, the thread that hands each op to its kind; this file, the handle.
 mod batch;
+mod calls;
 mod config;
+mod delete;
 mod extend;
+mod lock;
 mod many;
 mod query;
-mod request;
+mod release;
 mod rules;
 mod session;
+mod shared;
 mod tls;
 mod watch;
 mod worker;
@@ -78,13 +92,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use config::EtcdConfig;
+pub use many::MAX_KEYS_PER_MANY;
 
 use super::{OwnedOp, Store, StoreError, StoreEvent, StoreOp};
 use crate::table::Table;
-
-/// Most keys in one acquire-many, as the in-memory table's default: 64 member puts and 64
-/// range reads fill etcd's default `--max-txn-ops` (128) of the one Txn that records them.
-pub const MAX_KEYS_PER_MANY: usize = 64;
 
 /// The handle the owner keeps. Dropping it revokes every lease of the store (bounded by
 /// [`EtcdConfig::op_timeout`]) and stops its thread.

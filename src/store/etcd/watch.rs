@@ -24,7 +24,7 @@ use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 
-use super::worker::Shared;
+use super::calls::Etcd;
 
 /// Recent deletes kept for tasks that register behind the watch: at most this many...
 const RING_ENTRIES: usize = 4096;
@@ -44,7 +44,7 @@ pub enum Note {
     Reread,
 }
 
-/// Where the hub routes deletes. Lives in [`Shared`]; only the store's thread touches it.
+/// Where the hub routes deletes. Shared by the store's tasks; only its thread touches it.
 pub struct Hub {
     st: RefCell<HubState>,
 }
@@ -288,16 +288,16 @@ impl Drop for Interest {
 
 /// The hub's watch: deletes under the prefix, from the revision after the last one dispatched,
 /// reopened whenever it breaks. Runs for the store's life.
-pub async fn run(sh: Rc<Shared>) {
-    let root = sh.cfg.root();
+pub async fn run(etcd: Etcd, hub: Rc<Hub>) {
+    let root = hub.st.borrow().root.clone();
     loop {
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(sh.hub.dispatched() + 1)
+            .with_start_revision(hub.dispatched() + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let mut wc = sh.client.watch_client();
+        let mut wc = etcd.client.watch_client();
         let mut compacted = false;
-        if let Ok(mut stream) = sh.call(wc.watch(root.clone(), Some(opts))).await {
+        if let Ok(mut stream) = etcd.call(wc.watch(root.clone(), Some(opts))).await {
             while let Ok(Some(resp)) = stream.message().await {
                 if resp.compact_revision() > 0 {
                     compacted = true;
@@ -309,7 +309,7 @@ pub async fn run(sh: Rc<Shared>) {
                     if ev.event_type() == EventType::Delete
                         && let Some(kv) = ev.kv()
                     {
-                        sh.hub.deliver(kv.key(), kv.mod_revision());
+                        hub.deliver(kv.key(), kv.mod_revision());
                     }
                 }
             }
@@ -318,9 +318,9 @@ pub async fn run(sh: Rc<Shared>) {
         while compacted {
             // Restart from now; every task re-reads what it may have missed.
             let count = Some(GetOptions::new().with_prefix().with_count_only());
-            match sh.get(root.clone(), count).await {
+            match etcd.get(root.clone(), count).await {
                 Ok(r) => {
-                    sh.hub.reset(r.header().map_or(0, |h| h.revision()));
+                    hub.reset(r.header().map_or(0, |h| h.revision()));
                     compacted = false;
                 }
                 Err(_) => sleep(RETRY).await,

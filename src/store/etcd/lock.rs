@@ -11,17 +11,20 @@
 //! share Txns with other requests' steps of the same turn (`batch.rs`); each keeps its own
 //! compare and its own answer.
 
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::KeyValue;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::batch::{self, Step};
+use super::batch::{self, Guard, Step};
+use super::delete::{delete_key, delete_once};
 use super::rules::{self, Entry, Record};
-use super::session::{Holder, Session};
+use super::session;
+use super::shared::{Either, Holder, Req, Shared, entries, race};
 use super::watch::Note;
-use super::worker::{Either, Req, Shared, race};
 use crate::store::{Op, OwnedLock, StoreError, StoreEvent};
 use crate::table::{ConnId, Grant, Mode, Name, TableError, Wait};
 
@@ -126,7 +129,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &OwnedLock, seq: u64) -> Result<(), Stor
     } else {
         Holder::Conn(spec.conn)
     };
-    let lease = Session::lease_for(sh, holder).await?;
+    let lease = session::lease(sh, holder).await?;
     let me = sh.cfg.request_key(&spec.key, &spec.id);
     let dir = sh.cfg.key_dir(&spec.key);
     let record = Record::single(spec.mode, spec.max.unwrap_or(0), &sh.owner, spec.conn.0);
@@ -136,7 +139,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &OwnedLock, seq: u64) -> Result<(), Stor
         lease,
         dir: dir.clone(),
     };
-    let out = match batch::run(sh, step).await {
+    let out = match batch::run(&sh.batch, step).await {
         Ok(r) => r,
         Err(e) => {
             // The put may have landed: remove it if it is ours (on our lease).
@@ -322,7 +325,7 @@ async fn recheck(
         rev,
         dir: dir.to_vec(),
     };
-    let out = batch::run(sh, step).await?;
+    let out = batch::run(&sh.batch, step).await?;
     if !out.succeeded {
         return Ok(None);
     }
@@ -363,7 +366,7 @@ async fn hold(
         rev.unsigned_abs(),
     ));
     let gone = watch_gone(sh, dir, &me, rev, seen);
-    let expired = super::extend::hold_until(timer, gone).await;
+    let expired = hold_until(timer, gone).await;
     if expired {
         tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
     }
@@ -393,7 +396,7 @@ pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64)
     while deletes.next().await == Note::Reread {
         // Deletes may have been missed: look at the key itself, then listen from there.
         loop {
-            match sh.get(me.to_vec(), None).await {
+            match sh.etcd.get(me.to_vec(), None).await {
                 Ok(r) => {
                     if !r.kvs().iter().any(|k| k.create_revision() == rev) {
                         return;
@@ -407,43 +410,36 @@ pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64)
     }
 }
 
-/// Which key a delete may remove: ours by revision, or (when the put's answer was lost) ours by
-/// lease. Both make sure a request of another broker with the same id is never touched.
-#[derive(Clone, Copy, Debug)]
-pub enum Guard {
-    Rev(i64),
-    Lease(i64),
-}
-
-/// Deletes a request key once. `Ok(false)` when it was already gone (or not ours).
-pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
-    let step = Step::Delete {
-        me: me.to_vec(),
-        guard,
-    };
-    Ok(batch::run(sh, step).await?.succeeded)
-}
-
-/// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway
-/// (or, for a keep-after-death request, the key waits for its store's lease).
-pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
-    let until = Instant::now() + sh.cfg.session_ttl;
-    while delete_once(&sh, &me, guard).await.is_err() && Instant::now() < until {
-        sleep(RETRY).await;
+/// Holds until the deadline in `timer` passes (`true`: expired) or `gone` ends (`false`). An
+/// extend replaces the deadline while it runs.
+pub async fn hold_until<G: Future<Output = ()>>(
+    mut timer: watch::Receiver<Option<Instant>>,
+    gone: G,
+) -> bool {
+    let mut gone = pin!(gone);
+    let mut open = true;
+    loop {
+        let at = *timer.borrow_and_update();
+        let expiry = async move {
+            match at {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            if open {
+                timer.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
+        let r = race(expiry, race(changed, gone.as_mut())).await;
+        match r {
+            Either::Left(()) => return true,
+            // A new deadline; or its sender is gone (the request was forgotten), so the
+            // deadline can no longer change.
+            Either::Right(Either::Left(ok)) => open = ok,
+            Either::Right(Either::Right(())) => return false,
+        }
     }
-}
-
-/// Decodes the request keys of a range read.
-pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
-    kvs.iter()
-        .filter_map(|kv| {
-            let (_, id) = sh.cfg.parse_request_key(kv.key())?;
-            Some(Entry::new(
-                kv.key().to_vec(),
-                id,
-                kv.create_revision(),
-                kv.value(),
-            ))
-        })
-        .collect()
 }

@@ -1,0 +1,222 @@
+//! What every task of the store's thread shares: the etcd client, the delete hub, the batcher,
+//! the way out for events, and the state of this store's requests, groups and sessions.
+//!
+//! The floor every request kind stands on (see `mod.rs` for the floors): it holds data and the
+//! few steps every kind takes (emit an event, forget a request, decode a range read); what a
+//! request does lives above it.
+//!
+//! Why one `RefCell` that only this thread touches: tasks need no locks, and aborting a task
+//! (an unlock, a disconnect) can never catch it half-way through a state change: it only stops
+//! at an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::task::Poll;
+use std::time::Duration;
+
+use etcd_client::KeyValue;
+use tokio::sync::OnceCell;
+use tokio::task::AbortHandle;
+
+use super::batch::Batcher;
+use super::calls::Etcd;
+use super::config::EtcdConfig;
+use super::rules::Entry;
+use super::watch::Hub;
+use crate::store::StoreEvent;
+use crate::table::{ConnId, Name, Ttl};
+
+/// A request this store made, waiting or held.
+pub struct Req {
+    /// Tells a request apart from a later one with the same key and id.
+    pub seq: u64,
+    pub conn: ConnId,
+    /// Its key's create revision, once put.
+    pub rev: i64,
+    pub held: bool,
+    pub keep: bool,
+    pub task: Option<AbortHandle>,
+    /// While held: restarts its TTL timer (an extend); `None` = no timer.
+    pub deadline: Option<Deadline>,
+}
+
+/// The holder task's TTL deadline, which an extend replaces.
+pub type Deadline = tokio::sync::watch::Sender<Option<tokio::time::Instant>>;
+
+#[derive(Default)]
+pub struct State {
+    /// By (lock key, lock id).
+    pub reqs: HashMap<(Name, Name), Req>,
+    /// Acquire-many groups, by lock id.
+    pub groups: HashMap<Name, Group>,
+    pub sessions: HashMap<ConnId, Rc<Session>>,
+    pub keep: Option<Rc<Session>>,
+    pub next_seq: u64,
+    pub grants: u64,
+    pub expiries: u64,
+    pub wait_timeouts: u64,
+}
+
+/// What every task of the store shares.
+pub struct Shared {
+    pub cfg: EtcdConfig,
+    pub owner: String,
+    /// etcd, under the store's deadline.
+    pub etcd: Etcd,
+    /// The shared delete watch every request task listens to.
+    pub hub: Rc<Hub>,
+    /// Steps of requests waiting to share the next Txn (`batch.rs`).
+    pub batch: Rc<Batcher>,
+    events: mpsc::Sender<StoreEvent>,
+    wake: Box<dyn Fn() + Send + Sync>,
+    pub st: RefCell<State>,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: EtcdConfig,
+        etcd: Etcd,
+        hub: Rc<Hub>,
+        events: mpsc::Sender<StoreEvent>,
+        wake: Box<dyn Fn() + Send + Sync>,
+    ) -> Shared {
+        Shared {
+            owner: format!("{:016x}", fastrand::u64(..)),
+            batch: Rc::new(Batcher::new(cfg.op_timeout)),
+            hub,
+            cfg,
+            etcd,
+            events,
+            wake,
+            st: RefCell::new(State::default()),
+        }
+    }
+
+    pub fn emit(&self, ev: StoreEvent) {
+        if self.events.send(ev).is_ok() {
+            (self.wake)();
+        }
+    }
+
+    /// How long a hold with `ttl` lasts: `None` = until released.
+    pub fn ttl(&self, ttl: Ttl) -> Option<Duration> {
+        match ttl {
+            Ttl::Default => self.cfg.default_ttl,
+            Ttl::Never => None,
+            Ttl::After(d) => Some(d),
+        }
+    }
+
+    /// Forgets request (`key`, `id`) if it is still the one numbered `seq`.
+    pub fn forget(&self, key: &Name, id: &Name, seq: u64) -> Option<Req> {
+        let mut st = self.st.borrow_mut();
+        let k = (key.clone(), id.clone());
+        if st.reqs.get(&k).is_some_and(|r| r.seq == seq) {
+            st.reqs.remove(&k)
+        } else {
+            None
+        }
+    }
+}
+
+/// An acquire-many of this store, waiting or held.
+pub struct Group {
+    /// Tells a group apart from a later one with the same id.
+    pub seq: u64,
+    pub conn: ConnId,
+    /// Sorted, distinct.
+    pub keys: Vec<Name>,
+    /// The create revision every member shares, once put.
+    pub rev: i64,
+    pub held: bool,
+    pub keep: bool,
+    pub task: Option<AbortHandle>,
+    /// While held: restarts its TTL timer.
+    pub deadline: Option<Deadline>,
+}
+
+impl Group {
+    pub fn tokens(&self) -> Vec<(Name, u64)> {
+        let token = self.rev.unsigned_abs();
+        self.keys.iter().map(|k| (k.clone(), token)).collect()
+    }
+
+    /// The etcd keys of its members.
+    pub fn members(&self, sh: &Shared, id: &str) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .map(|k| sh.cfg.request_key(k, id))
+            .collect()
+    }
+}
+
+/// Whose lease a session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Conn(ConnId),
+    /// The store's lease for keep-after-death requests.
+    Keep,
+}
+
+/// One etcd lease: a connection's, or the store's for keep-after-death requests. Granted on
+/// first use and renewed by its keeper task (`session.rs`).
+pub struct Session {
+    pub holder: Holder,
+    pub lease: OnceCell<i64>,
+    pub keeper: Cell<Option<AbortHandle>>,
+}
+
+impl Session {
+    pub fn new(holder: Holder) -> Rc<Session> {
+        Rc::new(Session {
+            holder,
+            lease: OnceCell::new(),
+            keeper: Cell::new(None),
+        })
+    }
+
+    /// The lease, once granted.
+    pub fn lease_id(&self) -> Option<i64> {
+        self.lease.get().copied()
+    }
+}
+
+/// Decodes the request keys of a range read.
+pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let (_, id) = sh.cfg.parse_request_key(kv.key())?;
+            Some(Entry::new(
+                kv.key().to_vec(),
+                id,
+                kv.create_revision(),
+                kv.value(),
+            ))
+        })
+        .collect()
+}
+
+/// Waits for the first of two futures (a two-armed `select!` without tokio's macros).
+pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(x) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(x));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
