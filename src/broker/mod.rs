@@ -94,8 +94,8 @@ pub enum BrokerError {
     #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     Tls(String),
-    /// The etcd store did not start (bad settings, or etcd did not answer).
-    #[cfg(feature = "etcd")]
+    /// The lock store did not open: only the etcd store can fail to (bad settings, or etcd did
+    /// not answer).
     #[error("etcd store: {0}")]
     Store(#[from] crate::store::StoreError),
 }

@@ -10,6 +10,10 @@
 //!   decision lives in an etcd cluster, so any number of brokers serve the same keys. Its
 //!   answers come later, from its own thread, which wakes the reactor.
 //!
+//! Both speak one vocabulary (`ops.rs`): the core's borrowed [`StoreOp`]s in (the etcd store
+//! takes an owned copy across to its thread), [`StoreEvent`]s out, each answer carrying the tag
+//! of the op it answers. The broker opens its store with `open` and knows no store by name.
+//!
 //! Why answers are events for both, even for the table that could answer in the call: one
 //! path through the core, so a rule (a grant to a closed connection is given back; a client is
 //! told "granted" only for a grant the store recorded; a retried request is not granted twice)
@@ -38,7 +42,35 @@ pub use crate::table::{
     ConnId, Grant, LockRequest, ManyRequest, Mode, Name, Stats, TableError, Ttl, Wait,
 };
 
-use crate::table::Table;
+use crate::table::{self, Table};
+
+/// Where a broker keeps its lock decisions.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// The in-memory table.
+    Memory,
+    /// An etcd cluster, shared by any number of brokers.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<etcd::EtcdConfig>),
+}
+
+/// Opens the store `backend` names, with the table's settings (for etcd: its default TTL).
+/// A store that answers from another thread calls `wake` when events are waiting.
+pub(crate) fn open(
+    backend: &Backend,
+    table: &table::Config,
+    #[cfg_attr(not(feature = "etcd"), allow(unused_variables))] wake: Box<dyn Fn() + Send + Sync>,
+) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Memory => Box::new(MemStore::new(table.clone())),
+        #[cfg(feature = "etcd")]
+        Backend::Etcd(cfg) => {
+            let mut cfg = (**cfg).clone();
+            cfg.default_ttl = table.default_ttl;
+            Box::new(etcd::EtcdStore::start(cfg, wake)?)
+        }
+    })
+}
 
 /// A lock store, as the broker core drives it (see the module docs).
 ///
