@@ -166,6 +166,79 @@ fn try_lock_and_semaphore_across_brokers() {
     println!("try-lock and semaphore max:2 across 2 brokers: {st:?}");
 }
 
+/// The store's one-read view for `watch`, `lmx top` and the status page lists every broker's
+/// locks: a holder through the other broker (no connection here), a waiter and a holder of
+/// this one (their connections), and totals over both.
+#[test]
+fn a_snapshot_lists_the_locks_of_every_broker() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("snap");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "a", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    n[1].lock(2, "a", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    n[1].lock(3, "b", "x", |_| {});
+    n[1].expect(&wake, "x granted", T, granted("x"));
+    let snap = |n: &mut Node, tag, max_keys| {
+        n.submit(StoreOp::Snapshot { tag, max_keys });
+        match n.expect(
+            &wake,
+            "snapshot",
+            T,
+            |e| matches!(e, StoreEvent::Snapshot { tag: t, .. } if *t == tag),
+        ) {
+            StoreEvent::Snapshot {
+                snapshot: Ok(s), ..
+            } => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    let all = snap(&mut n[1], 1, 10);
+    let st = all.stats;
+    assert_eq!((st.keys, st.holders, st.waiters), (2, 2, 1), "{st:?}");
+    let shown: Vec<_> = all
+        .keys
+        .iter()
+        .map(|(k, v)| {
+            let h: Vec<_> = v
+                .holders
+                .iter()
+                .map(|h| (h.id.to_string(), h.conn))
+                .collect();
+            let w: Vec<_> = v
+                .waiters
+                .iter()
+                .map(|w| (w.id.to_string(), w.conn))
+                .collect();
+            (k.to_string(), h, w)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "a".to_owned(),
+                vec![("h".to_owned(), None)],
+                vec![("w".to_owned(), Some(ConnId(2)))]
+            ),
+            (
+                "b".to_owned(),
+                vec![("x".to_owned(), Some(ConnId(3)))],
+                vec![]
+            ),
+        ]
+    );
+    // Listing fewer keys counts them all.
+    let one = snap(&mut n[0], 2, 1);
+    assert_eq!((one.keys.len(), one.stats.keys), (1, 2));
+    assert_eq!(one.keys[0].1.holders[0].conn, Some(ConnId(1)), "{one:?}");
+    println!("snapshot through broker B: {shown:?}");
+}
+
 #[test]
 fn disconnect_frees_the_key_for_the_other_broker() {
     let Some(cl) = Cluster::get(false) else {

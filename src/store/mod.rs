@@ -33,7 +33,7 @@ mod owned;
 use std::time::Instant;
 
 pub(crate) use memory::MemStore;
-pub use ops::{HolderView, KeyView, Op, StoreError, StoreEvent, StoreOp, WaiterView};
+pub use ops::{HolderView, KeyView, Op, Snapshot, StoreError, StoreEvent, StoreOp, WaiterView};
 #[cfg(feature = "etcd")]
 pub(crate) use owned::{OwnedLock, OwnedMany, OwnedOp};
 

@@ -91,6 +91,15 @@ pub enum StoreOp<'a> {
         /// Returned with the answer.
         tag: u64,
     },
+    /// What the live views (`watch`, `lmx top`, the status page) show: the totals and up to
+    /// `max_keys` keys with their holders and waiters, in one answer (for etcd, one read).
+    /// Answered by `Snapshot` with the same tag.
+    Snapshot {
+        /// Returned with the answer.
+        tag: u64,
+        /// Most keys listed; the totals count every key.
+        max_keys: usize,
+    },
 }
 
 /// Which op a [`StoreEvent::Failed`] answers.
@@ -282,6 +291,23 @@ pub enum StoreEvent {
         /// carries its older create revision).
         stats: Result<Stats, StoreError>,
     },
+    /// The answer to `Snapshot`.
+    Snapshot {
+        /// The op's tag.
+        tag: u64,
+        /// The totals and the keys listed, or why they could not be read.
+        snapshot: Result<Snapshot, StoreError>,
+    },
+}
+
+/// The store's locks at one moment, for the live views.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The totals, as `Stats` answers them (so `keys` may count more keys than are listed).
+    pub stats: Stats,
+    /// The keys listed (etcd: in key order, from every broker), each with its holders and
+    /// waiters.
+    pub keys: Vec<(Name, KeyView)>,
 }
 
 /// One key as the store sees it, for `lock-info`.
@@ -408,6 +434,10 @@ impl StoreOp<'_> {
             StoreOp::Stats { tag } => {
                 let stats = Err(error);
                 return Some(StoreEvent::Stats { tag, stats });
+            }
+            StoreOp::Snapshot { tag, .. } => {
+                let snapshot = Err(error);
+                return Some(StoreEvent::Snapshot { tag, snapshot });
             }
             StoreOp::Cancel { .. } | StoreOp::Disconnect { .. } => return None,
         };

@@ -46,6 +46,10 @@ pub(crate) enum OwnedOp {
     Stats {
         tag: u64,
     },
+    Snapshot {
+        tag: u64,
+        max_keys: usize,
+    },
 }
 
 /// A [`LockRequest`](crate::table::LockRequest) that owns its strings.
@@ -136,6 +140,7 @@ impl From<StoreOp<'_>> for OwnedOp {
                 key: key.into(),
             },
             StoreOp::Stats { tag } => OwnedOp::Stats { tag },
+            StoreOp::Snapshot { tag, max_keys } => OwnedOp::Snapshot { tag, max_keys },
         }
     }
 }

@@ -218,6 +218,8 @@ impl Core {
                 };
                 self.stats_reply(slot, &p, stats);
             }
+            // The core asks for none yet: `watch` still reads the table (issue 23, step 2).
+            StoreEvent::Snapshot { .. } => {}
         }
     }
 

@@ -1,4 +1,4 @@
-//! The read-only questions (`keys`, `info`, `stats`), answered from etcd.
+//! The read-only questions (`keys`, `info`, `stats`, `snapshot`), answered from etcd.
 //!
 //! Why from etcd and not from this store's memory: another broker may hold or wait for any key,
 //! so only etcd knows. [`rules::holders_and_waiters`] tells holders from waiters with the same
@@ -11,7 +11,7 @@ use etcd_client::GetOptions;
 
 use super::rules::{self, Entry, Mode};
 use super::shared::{Shared, entries};
-use crate::store::{HolderView, KeyView, StoreError, StoreEvent, WaiterView};
+use crate::store::{HolderView, KeyView, Snapshot, StoreError, StoreEvent, WaiterView};
 use crate::table::{ConnId, Name, Stats};
 
 pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
@@ -43,26 +43,45 @@ pub fn info(sh: &Rc<Shared>, tag: u64, key: Name) {
 pub fn stats(sh: &Rc<Shared>, tag: u64) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
-        let stats = read_all(&sh).await.map(|(by_key, _)| {
-            let mut s = Stats {
-                keys: by_key.len(),
-                ..Stats::default()
-            };
-            for all in by_key.values() {
-                let (h, w) = rules::holders_and_waiters(all);
-                s.holders += h.len();
-                s.waiters += w.len();
-            }
-            let st = sh.st.borrow();
-            s.connections = st.sessions.len();
-            s.groups = st.groups.len();
-            s.grants = st.grants;
-            s.expiries = st.expiries;
-            s.wait_timeouts = st.wait_timeouts;
-            s
-        });
+        let stats = read_all(&sh).await.map(|(by_key, _)| totals(&sh, &by_key));
         sh.emit(StoreEvent::Stats { tag, stats });
     });
+}
+
+/// The totals and the first `max_keys` keys, from one read of the whole prefix.
+pub fn snapshot(sh: &Rc<Shared>, tag: u64, max_keys: usize) {
+    let sh = sh.clone();
+    tokio::task::spawn_local(async move {
+        let snapshot = read_all(&sh).await.map(|(by_key, _)| Snapshot {
+            stats: totals(&sh, &by_key),
+            keys: by_key
+                .iter()
+                .take(max_keys)
+                .filter_map(|(k, all)| Some((Name::from(k.as_str()), key_view(&sh, all)?)))
+                .collect(),
+        });
+        sh.emit(StoreEvent::Snapshot { tag, snapshot });
+    });
+}
+
+/// etcd's totals over every broker's requests, and this store's own counters.
+fn totals(sh: &Shared, by_key: &BTreeMap<String, Vec<Entry>>) -> Stats {
+    let mut s = Stats {
+        keys: by_key.len(),
+        ..Stats::default()
+    };
+    for all in by_key.values() {
+        let (h, w) = rules::holders_and_waiters(all);
+        s.holders += h.len();
+        s.waiters += w.len();
+    }
+    let st = sh.st.borrow();
+    s.connections = st.sessions.len();
+    s.groups = st.groups.len();
+    s.grants = st.grants;
+    s.expiries = st.expiries;
+    s.wait_timeouts = st.wait_timeouts;
+    s
 }
 
 /// Every request under the prefix, by lock key, and etcd's revision.

@@ -142,6 +142,7 @@ fn dispatch(sh: &Rc<Shared>, op: OwnedOp) {
         OwnedOp::Keys { tag } => query::keys(sh, tag),
         OwnedOp::Info { tag, key } => query::info(sh, tag, key),
         OwnedOp::Stats { tag } => query::stats(sh, tag),
+        OwnedOp::Snapshot { tag, max_keys } => query::snapshot(sh, tag, max_keys),
     }
 }
 
