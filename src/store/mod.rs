@@ -83,10 +83,13 @@ pub(crate) trait Store: Send {
     fn submit(&mut self, now: Instant, op: StoreOp<'_>);
     /// The next event, if any.
     fn poll_event(&mut self) -> Option<StoreEvent>;
-    /// When `handle_timeout` must next run (the table's TTLs and wait deadlines).
-    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// When `handle_timeout` must next run (the table's TTLs and wait deadlines); never, for a
+    /// store whose timers run on its own thread.
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
     /// Runs what is due at `now`.
-    fn handle_timeout(&mut self, now: Instant);
+    fn handle_timeout(&mut self, _now: Instant) {}
     /// Answers from another thread, later: the core then bounds what each connection may
     /// have in the store (the table bounds its own).
     #[cfg_attr(not(any(feature = "etcd", test)), allow(dead_code))]

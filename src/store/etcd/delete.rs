@@ -7,11 +7,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Txn, TxnOp};
 use tokio::time::{Instant, sleep};
 
 use super::batch::{self, Guard, Step};
-use super::shared::Shared;
+use super::shared::{Shared, unchanged};
 use crate::store::StoreError;
 
 /// Pause before retrying a failed delete.
@@ -37,19 +37,12 @@ pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
 
 /// One Txn that deletes every member if all still exist with create revision `rev`.
 pub fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
-    Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| TxnOp::delete(m.clone(), None))
-                .collect::<Vec<_>>(),
-        )
+    Txn::new().when(unchanged(members, rev)).and_then(
+        members
+            .iter()
+            .map(|m| TxnOp::delete(m.clone(), None))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,

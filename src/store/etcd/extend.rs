@@ -15,23 +15,18 @@
 
 use std::rc::Rc;
 
-use etcd_client::{Compare, CompareOp, Txn};
+use etcd_client::Txn;
 use tokio::time::Instant;
 
 use super::query::read_key;
 use super::rules;
-use super::shared::{Deadline, Shared};
+use super::shared::{Deadline, Shared, unchanged};
 use crate::store::{Op, StoreError, StoreEvent};
 use crate::table::{ConnId, Name, TableError, Ttl};
 
 /// `Ok(true)` when every key of `members` still exists with create revision `rev`.
 pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool, StoreError> {
-    let txn = Txn::new().when(
-        members
-            .iter()
-            .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-            .collect::<Vec<_>>(),
-    );
+    let txn = Txn::new().when(unchanged(members, rev));
     Ok(sh.etcd.txn(txn).await?.succeeded())
 }
 

@@ -46,7 +46,7 @@ use super::lock::{hold_until, wait_turn, watch_gone};
 use super::query::read_all;
 use super::rules::{self, Entry, Record};
 use super::session;
-use super::shared::{Either, Group, Holder, Shared, entries, race};
+use super::shared::{Either, Group, Holder, Shared, entries, race, unchanged};
 use crate::store::{Op, OwnedMany, StoreError, StoreEvent};
 use crate::table::{ConnId, Mode, Name, TableError, Wait};
 
@@ -318,25 +318,18 @@ async fn hold(
         ..Record::single(Mode::Exclusive, 0, &sh.owner, spec.conn.0)
     }
     .encode();
-    let txn = Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| {
-                    TxnOp::put(
-                        m.clone(),
-                        value.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
+    let txn = Txn::new().when(unchanged(&members, rev)).and_then(
+        members
+            .iter()
+            .map(|m| {
+                TxnOp::put(
+                    m.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
     // The revision at which every member was confirmed: the shared watch reports deletes
     // after it.
     let marked = sh.etcd.txn(txn).await.and_then(|r| {

@@ -167,13 +167,6 @@ impl Store for EtcdStore {
             .or_else(|| EtcdStore::poll_event(self))
     }
 
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        // The store's timers run on its own thread.
-        None
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) {}
-
     fn answers_later(&self) -> bool {
         true
     }

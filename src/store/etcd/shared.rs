@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::task::Poll;
 use std::time::Duration;
 
-use etcd_client::KeyValue;
+use etcd_client::{Compare, CompareOp, KeyValue};
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
@@ -197,6 +197,15 @@ pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
                 kv.value(),
             ))
         })
+        .collect()
+}
+
+/// The compares of a Txn that runs only while every key of `members` still exists with create
+/// revision `rev` (a group's members share one; a single request is a group of one).
+pub fn unchanged(members: &[Vec<u8>], rev: i64) -> Vec<Compare> {
+    members
+        .iter()
+        .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
         .collect()
 }
 
