@@ -2,7 +2,8 @@
 # Starts or stops a 3-member etcd cluster on 127.0.0.1 for the etcd store's tests.
 #
 #   .ci/etcd.sh start [STATE]   start it; STATE (default /tmp/lmx-etcd.env) gets
-#                               LMX_ETCD_ENDPOINTS, LMX_ETCD_PIDS, LMX_ETCD_PEERS, LMX_ETCD_DIR
+#                               LMX_ETCD_ENDPOINTS, LMX_ETCD_PIDS, LMX_ETCD_PEERS,
+#                               LMX_ETCD_METRICS, LMX_ETCD_DIR
 #   .ci/etcd.sh stop [STATE]    kill exactly the pids in STATE, remove its data dirs
 #
 # Fresh data dirs under a temp dir, free ports, --unsafe-no-fsync when this etcd takes it
@@ -20,7 +21,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pick_ports() {
   ports=()
-  while [ "${#ports[@]}" -lt 6 ]; do
+  while [ "${#ports[@]}" -lt 9 ]; do
     # Below Linux's ephemeral range (32768+), so no outgoing connection holds one.
     p=$((20000 + RANDOM % 12000))
     if port_free "$p" && [[ " ${ports[*]-} " != *" $p "* ]]; then ports+=("$p"); fi
@@ -50,7 +51,7 @@ start_once() {
   local dir
   dir=$(mktemp -d "${TMPDIR:-/tmp}/lmx-etcd.XXXXXX")
   pick_ports
-  local cluster="" eps="" peers="" pids="" token="lmx-$$-$RANDOM" scheme=http
+  local cluster="" eps="" peers="" metrics="" pids="" token="lmx-$$-$RANDOM" scheme=http
   local -a tls=() ctl=()
   if [ "${LMX_ETCD_SECURE:-}" = 1 ]; then
     scheme=https
@@ -66,20 +67,24 @@ start_once() {
     cluster+="${cluster:+,}m$i=$scheme://127.0.0.1:${ports[$((2 * i + 1))]}"
   done
   for i in 0 1 2; do
-    local c=${ports[$((2 * i))]} p=${ports[$((2 * i + 1))]}
+    local c=${ports[$((2 * i))]} p=${ports[$((2 * i + 1))]} m=${ports[$((6 + i))]}
     etcd --name "m$i" --data-dir "$dir/m$i" --logger zap --log-level warn \
       --listen-client-urls "$scheme://127.0.0.1:$c" --advertise-client-urls "$scheme://127.0.0.1:$c" \
       --listen-peer-urls "$scheme://127.0.0.1:$p" --initial-advertise-peer-urls "$scheme://127.0.0.1:$p" \
       --initial-cluster "$cluster" --initial-cluster-token "$token" \
+      --listen-metrics-urls "http://127.0.0.1:$m" \
       --initial-cluster-state new $nofsync "${tls[@]}" >"$dir/m$i.log" 2>&1 &
     pids+="${pids:+,}$!"
     eps+="${eps:+,}127.0.0.1:$c"
     peers+="${peers:+,}127.0.0.1:$p"
+    metrics+="${metrics:+,}127.0.0.1:$m"
   done
   {
     echo "LMX_ETCD_ENDPOINTS=$eps"
     echo "LMX_ETCD_PIDS=$pids"
     echo "LMX_ETCD_PEERS=$peers"
+    # Plain HTTP /metrics of each member, also when the client port speaks TLS.
+    echo "LMX_ETCD_METRICS=$metrics"
     echo "LMX_ETCD_DIR=$dir"
   } >"$state"
   local deadline=$((SECONDS + 30)) pid

@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use live_mutex::table::{Config, ConnId, LockRequest, Table};
+use live_mutex::internal::table::{Config, ConnId, LockRequest, Table};
 
 fn uncontended(c: &mut Criterion) {
     let mut t = Table::new(Config::default());

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use live_mutex::Client;
 use live_mutex::broker::Broker;
-use live_mutex::store::etcd::{EtcdConfig, EtcdStore};
-use live_mutex::store::{ConnId, LockRequest, StoreEvent, StoreOp};
+use live_mutex::internal::etcd::{EtcdConfig, EtcdStore};
+use live_mutex::internal::store::{ConnId, LockRequest, StoreEvent, StoreOp};
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use live_mutex::Client;
 use live_mutex::broker::{Broker, BrokerHandle};
-use live_mutex::store::etcd::EtcdConfig;
+use live_mutex::internal::etcd::EtcdConfig;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use live_mutex::table::{Config, ConnId, LockRequest, Table};
+use live_mutex::internal::table::{Config, ConnId, LockRequest, Table};
 
 fn main() {
     let n: u64 = std::env::args()

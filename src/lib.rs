@@ -1,4 +1,5 @@
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 // docs.rs (`--cfg docsrs`, nightly): every item behind a feature gets an "Available on crate
 // feature ... only" badge, from its `#[cfg]`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -19,15 +20,36 @@
 //!
 //! # Layout
 //!
-//! Layers point one way: `table ← broker → proto ← client`. The table knows nothing of the
-//! wire; the client knows nothing of the broker or the table; `lmx` (the `cli` feature) uses
-//! the client and the broker.
+//! ```text
+//!  clients: Node (npm live-mutex 0.2.x), Client, AsyncClient, lmx, browsers (refused)
+//!     │  TCP: NDJSON, WebSocket, either inside TLS;  Unix socket: NDJSON
+//!  broker/  reactor: the only code with sockets (mio), accept, transport, tls, http_guard
+//!           core:    sans-IO: (ConnId, message, now) in → (ConnId, bytes) and closes out
+//!  store/   one interface (ops in, events out), two implementations:
+//!           the in-memory lock table (table/, no I/O, no clock), or etcd (feature `etcd`)
+//!  proto/   one codec, both directions, and the client's sans-IO session
+//!  client/  drivers of the session: blocking Client (and TLS), AsyncClient (feature `tokio`)
+//!  cli/     lmx
+//! ```
 //!
-//! - [`table`] (`src/table/`, feature `broker`): every lock decision, as a state machine with
-//!   no I/O and no clock (`now` is passed in): FIFO queues, semaphores, read/write locks, TTLs,
-//!   fencing tokens, acquire-many. Split by idea: `types.rs` (requests and outcomes),
-//!   `single.rs` (one key), `groups.rs` (acquire-many), `conns.rs` (what a connection holds),
-//!   `deadlines.rs` (TTLs and wait time-outs), `inspect.rs` (`info`, `keys`, `stats`).
+//! Layers point one way: `table ← store ← core ← reactor`, `proto ← core`,
+//! `proto ← client`, `cli → client, broker`. The table knows no wire format and the protocol
+//! no table: the words they share ([`Mode`]) sit in a leaf, `mode.rs`, that both import. The
+//! client knows nothing of the broker, the store or the table.
+//!
+//! - `table` (`src/table/`, feature `broker`): every lock decision of the in-memory store, as
+//!   a state machine with no I/O and no clock (`now` is passed in): FIFO queues, semaphores,
+//!   read/write locks, TTLs, fencing tokens, acquire-many. Split by idea: `types.rs` (requests
+//!   and outcomes), `single.rs` (one key), `groups.rs` (acquire-many), `conns.rs` (what a
+//!   connection holds), `deadlines.rs` (TTLs and wait time-outs), `inspect.rs` (`info`,
+//!   `keys`, `stats`). Not API: reachable only through the hidden `internal` module, for this
+//!   crate's tests, benches, fuzzers and examples.
+//! - `store` (`src/store/`, feature `broker`): the one interface the broker core keeps its
+//!   lock state behind (ops in, events out), and its two implementations: the in-memory
+//!   table (`memory.rs`), and with feature `etcd` the etcd lock store (`store/etcd/`, the
+//!   extended etcd Mutex recipe on its own thread, speaking the same ops and events), chosen with
+//!   [`BrokerBuilder::etcd`](broker::BrokerBuilder) / `lmx start --store etcd://...`. Not
+//!   API either, but for the settings the builder takes.
 //! - [`proto`] (`src/proto/`, always built): the wire format, both directions with one set of
 //!   types. Requests are decoded in place by the broker (`decode.rs`, simd-json's tape) and
 //!   encoded by the client (`encode.rs`); replies are encoded by the broker (`encode.rs`,
@@ -36,35 +58,35 @@
 //!   (pending requests by id, pipelined releases, the npm broker's quirks).
 //! - [`broker`] (`src/broker/`, feature `broker`): `core/` is the broker's sans-IO state
 //!   machine (messages and time in; bytes per connection and close events out): `route.rs`
-//!   turns requests into store ops, `answers.rs` the store's events into replies; around it, the only code that touches sockets: `reactor.rs` (the `mio` loop),
-//!   `accept.rs`, `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP
-//!   port, feature `tls`), `config.rs`, `handle.rs`,
-//!   `http_guard.rs` (web pages kept out), `keepalive.rs` (vanished peers found).
-//! - [`client`] (`src/client/`, feature `client`): a thread-safe, pipelining blocking client
-//!   with RAII guards that drives a [`proto::session::Session`] over a socket (`driver.rs`,
-//!   `transport.rs`, `tls.rs`, `url.rs` (a list of brokers), `options.rs`, `guard.rs`; `calls.rs` holds what it shares with the async
-//!   client: the handshake, and answers turned into results); [`connect_or_spawn`] (`spawn.rs`) starts a
-//!   broker daemon on demand (`lmx`, or with feature `broker` the program's own executable:
-//!   `src/daemon/`, shared with `lmx start --daemon`), and [`serial()`](fn@serial) /
-//!   [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]` (`client/serial/`: reentrant
-//!   per test in `held.rs`, waits that name the holder in `wait.rs`, async takes in `scope.rs`)
-//!   serialise tests across processes.
-//! - [`store`] (`src/store/`, feature `broker`): the one interface the broker core keeps its
-//!   lock state behind (ops in, events out), and its two implementations: the in-memory
-//!   [`table`] (`memory.rs`), and with feature `etcd` the etcd lock store (`store/etcd/`, the
-//!   extended etcd Mutex recipe on its own thread, speaking the same ops and events), chosen with
-//!   `BrokerBuilder::etcd` / `lmx start --store etcd://...`.
-//! - `async_client` (feature `tokio`): `AsyncClient`, the same session driven by one tokio
-//!   task per connection, with cancellation-safe lock futures.
+//!   turns requests into store ops, `answers.rs` the store's events into replies; around it,
+//!   the only code that touches sockets: `reactor.rs` (the `mio` loop), `accept.rs`,
+//!   `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP port, feature
+//!   `tls`), `config.rs`, `handle.rs`, `http_guard.rs` (web pages kept out), `keepalive.rs`
+//!   (vanished peers found).
+//! - [`client`] (`src/client/`, feature `client`): the client wing. Two drivers of one
+//!   [`proto::session::Session`]: `blocking/`, a thread-safe, pipelining blocking [`Client`]
+//!   with RAII guards (`driver.rs` over the sockets of `transport.rs`, `guard.rs`;
+//!   `watch.rs` is [`client::Watch`], the stream of snapshots `lmx top` draws), and
+//!   `async_client/` (feature `tokio`), `AsyncClient` (public as `live_mutex::async_client`), the
+//!   same session driven by one tokio task per connection, with cancellation-safe lock
+//!   futures. What both use sits beside them: `options.rs` ([`LockOptions`]), `builder.rs`,
+//!   `requests.rs` (every request they build), `calls.rs` (what the answers mean, the
+//!   handshake), `held.rs` (the core of both clients' guards), `url.rs` (a list of brokers),
+//!   `backoff.rs`, `tls.rs` (rustls, feature `tls`), `error.rs`; [`connect_or_spawn`]
+//!   (`spawn.rs`) starts a broker daemon on demand (`lmx`, or with feature `broker` the
+//!   program's own executable: `src/daemon/`, shared with `lmx start --daemon`), and
+//!   [`serial()`](fn@serial) / [`parallel()`](fn@parallel) / `#[live_mutex::serial(key)]`
+//!   (`client/serial/`: reentrant per test in `held.rs`, waits that name the holder in
+//!   `wait.rs`, async takes in `scope.rs`) serialise tests across processes.
 //! - `src/cli/` (feature `cli`): the `lmx` binary; `src/bin/lmx.rs` only calls it.
 //!
 //! # Life of a request
 //!
 //! A blocking [`Client::lock`] on a key that another connection holds, over NDJSON/TCP:
 //!
-//! 1. `Client::lock` (`client/mod.rs`) turns [`LockOptions`] into a
-//!    [`proto::Request::Lock`] (`LockOptions::lock_request`, `client/options.rs`) and hands it to the connection driver,
-//!    `Conn::request` (`client/driver.rs`). The driver asks the session for it:
+//! 1. `Client::lock` (`client/blocking/mod.rs`) turns [`LockOptions`] into a
+//!    [`proto::Request::Lock`] (`requests::lock`, `client/requests.rs`) and hands it to the connection driver,
+//!    `Conn::request` (`client/blocking/driver.rs`). The driver asks the session for it:
 //!    `Session::request` (`proto/session.rs`) gives it an id, remembers what the answer must
 //!    be, and encodes it (`Request::encode`, `proto/encode.rs`) into the bytes
 //!    `Session::transmit` hands back; the driver writes them to the socket.
@@ -95,7 +117,7 @@
 //!    `{"type":"lock",…,"acquired":true,"fencingToken":…}` for the waiter's connection (or
 //!    releases it at once if that connection is gone), and the same `end_turn` sends it.
 //! 6. The waiter's session matches the pushed reply to the pending id and yields
-//!    `Answer::Granted`; `Client::lock` returns a [`LockGuard`] (`client/guard.rs`) carrying
+//!    `Answer::Locked`; `Client::lock` returns a [`LockGuard`] (`client/blocking/guard.rs`) carrying
 //!    the key, the lock id and the fencing token. Dropping the guard sends the `unlock`
 //!    without waiting for its reply (`Session::release`); the session still consumes that
 //!    reply by its id, and counts it if the lock had already been lost.
@@ -118,9 +140,47 @@ compile_error!(
      supported"
 );
 
-/// The async client (feature `tokio`): [`AsyncClient`].
+/// This crate's version: what a broker reports in `pong` and in `lmx_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[cfg(feature = "tokio")]
-pub mod async_client;
+pub mod async_client {
+    //! An async client on tokio (feature `tokio`), driving the same [`Session`] as the blocking
+    //! [`Client`](crate::Client): TCP, Unix socket and WebSocket, any runtime flavour.
+    //!
+    //! Nothing here blocks an executor thread: connecting, reconnect back-off and every wait are
+    //! awaited; a guard's drop only queues its unlock for the connection's task.
+    //!
+    //! **Cancellation safety.** Dropping a `lock` future (a `select!` that lost, an aborted task, a
+    //! `tokio::time::timeout`) withdraws the request at the broker, and if the grant crossed the
+    //! withdrawal on the wire, the lock is released as soon as it arrives: a lock future that did
+    //! not complete never leaves a lock held.
+    //!
+    //! ```
+    //! # #[tokio::main(flavor = "current_thread")]
+    //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    //! # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
+    //! # let url = format!("tcp://{}", broker.local_addr().unwrap());
+    //! let client = live_mutex::AsyncClient::connect(&url).await?;
+    //! {
+    //!     let _guard = client.lock("deploy").await?;
+    //!     // ... only one holder anywhere ...
+    //! } // released here
+    //! // A wait bounded by the caller: the abandoned request leaves nothing behind.
+    //! let held = client.lock("busy").await?;
+    //! let r = tokio::time::timeout(std::time::Duration::from_millis(20), client.lock("busy")).await;
+    //! assert!(r.is_err());
+    //! assert_eq!(client.info("busy").await?.waiters, 0);
+    //! # drop(held);
+    //! # Ok(()) }
+    //! ```
+    //!
+    //! [`Session`]: crate::proto::session::Session
+
+    pub use crate::client::async_client::{
+        AsyncClient, AsyncClientBuilder, AsyncLockGuard, AsyncManyGuard,
+    };
+}
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "client")]
@@ -133,19 +193,46 @@ pub mod daemon;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod mode;
 #[cfg(feature = "tls")]
 mod pem;
 pub mod proto;
+// Not API (see `internal`): free to grow a variant or a field.
 #[cfg(feature = "broker")]
-pub mod store;
+#[allow(clippy::exhaustive_enums, clippy::exhaustive_structs)]
+mod store;
 #[cfg(feature = "broker")]
-pub mod table;
+#[allow(clippy::exhaustive_enums, clippy::exhaustive_structs)]
+mod table;
+
+/// Not API: the lock table and the etcd store, for this crate's own tests, benches, fuzzers
+/// and examples (as rustls keeps its `internal`). Anything here may change in any release.
+#[cfg(feature = "broker")]
+#[doc(hidden)]
+pub mod internal {
+    /// The in-memory lock table (`src/table/`).
+    pub mod table {
+        pub use crate::table::*;
+    }
+    /// The store interface's vocabulary (`src/store/`), which both stores speak: ops in,
+    /// events out.
+    pub mod store {
+        pub use crate::store::*;
+    }
+    /// The etcd lock store (`src/store/etcd/`).
+    #[cfg(feature = "etcd")]
+    pub mod etcd {
+        pub use crate::store::etcd::*;
+    }
+}
+
+pub use mode::Mode;
 
 #[cfg(feature = "tokio")]
 pub use async_client::{AsyncClient, AsyncLockGuard, AsyncManyGuard};
 #[cfg(feature = "client")]
 pub use client::{
-    BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Mode, Ttl, connect_or_spawn,
+    BrokerKind, Client, Error, LockGuard, LockOptions, ManyGuard, Ttl, connect_or_spawn,
     connect_or_spawn_using, parallel, serial,
 };
 /// The attribute form of [`parallel()`](fn@parallel): holds the keys shared, so parallel tests

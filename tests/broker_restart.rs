@@ -2,32 +2,16 @@
 //! its lock is lost, none goes on believing it holds one, and tokens after the restart are
 //! higher than any before it. (Alone in its binary: it owns a broker process and a port.)
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
+mod common;
+
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use live_mutex::client::Error;
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
-
-fn start_broker(port: u16) -> Child {
-    let child = Command::new(LMX)
-        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .spawn()
-        .expect("lmx start");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let t0 = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "broker did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
+use common::lmx_start_on as start_broker;
 
 #[derive(Debug, PartialEq)]
 enum Ending {

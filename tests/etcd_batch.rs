@@ -12,11 +12,12 @@ use std::net::TcpStream;
 use std::sync::mpsc::channel;
 
 use common::etcd::*;
-use live_mutex::store::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
+use live_mutex::internal::store::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
 
-/// Txn calls the cluster has started, summed over its members (etcd's own counter).
-fn txns(endpoints: &str) -> u64 {
-    endpoints
+/// Txn calls the cluster has started, summed over its members (etcd's own counter, read from
+/// each member's plain-HTTP `/metrics`).
+fn txns(metrics: &str) -> u64 {
+    metrics
         .split(',')
         .map(|ep| {
             let mut s = TcpStream::connect(ep).expect("member");
@@ -48,7 +49,7 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
     b.lock(1, "dup", "dup", |_| {});
     let dup = token(&b.expect(&wake, "dup granted", T, granted("dup")));
 
-    let before = txns(&cl.endpoints);
+    let before = txns(&cl.metrics);
     // A burst from one new connection: its requests all wait for the connection's lease, then
     // reach etcd together. Five free keys, a try-lock of the held key (it must be refused by
     // the grant rule), and a request whose etcd key exists (its put-if-absent must fail).
@@ -77,7 +78,7 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
         T,
         |e| matches!(e, StoreEvent::Failed { id: Some(id), .. } if id == "dup"),
     );
-    let after = txns(&cl.endpoints);
+    let after = txns(&cl.metrics);
     println!(
         "burst of 7: grants with tokens {tokens:?}; {busy:?}; {dup_err:?}; etcd counted {} Txns (the held key's other holders: h1 token {held}, dup token {dup})",
         after - before
@@ -144,7 +145,7 @@ fn releases_sent_together_share_txns_and_each_is_answered() {
         a.lock(3, &format!("r{i}"), &format!("r{i}"), |_| {});
         a.expect(&wake, "granted", T, granted(&format!("r{i}")));
     }
-    let before = txns(&cl.endpoints);
+    let before = txns(&cl.metrics);
     for i in 0..6 {
         a.unlock(3, &format!("r{i}"), &format!("r{i}"));
     }
@@ -159,7 +160,7 @@ fn releases_sent_together_share_txns_and_each_is_answered() {
             other => panic!("{other:?}"),
         }
     }
-    let after = txns(&cl.endpoints);
+    let after = txns(&cl.metrics);
     println!(
         "6 unlocks: {released} released, {refused} refused, {} Txns",
         after - before

@@ -21,7 +21,7 @@ use common::Killed;
 use common::etcd::{Cluster, prefix};
 use live_mutex::broker::{Broker, BrokerHandle};
 use live_mutex::client::LockOptions;
-use live_mutex::store::etcd::EtcdConfig;
+use live_mutex::internal::etcd::EtcdConfig;
 use live_mutex::{Client, Error};
 
 const T: Duration = Duration::from_secs(10);
@@ -242,7 +242,7 @@ fn disconnect_frees_the_key_for_a_waiter_on_the_other_broker() {
 
 /// `lmx start --store etcd://... --session-ttl S` on a port of its own; returns it and its URL.
 fn lmx_broker(cl: &Cluster, p: &str, ttl: u64) -> (Killed, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmx"));
+    let mut cmd = Command::new(common::LMX);
     cmd.args(["start", "--host", "127.0.0.1", "--port", "0"]);
     cl.lmx_store(&mut cmd, p);
     cmd.args(["--session-ttl", &ttl.to_string()]);
@@ -478,7 +478,7 @@ fn keep_alive_extend_and_lock_info_through_etcd() {
     drop((c1, c2));
     stop(b1);
     stop(b2);
-    let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
+    let out = Command::new(common::LMX)
         .args(["start", "--port", "0", "--store", "http://nope"])
         .output()
         .expect("lmx");

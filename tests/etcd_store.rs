@@ -13,8 +13,8 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
-use live_mutex::store::etcd::EtcdStore;
-use live_mutex::store::{
+use live_mutex::internal::etcd::EtcdStore;
+use live_mutex::internal::store::{
     ConnId, LockRequest, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 

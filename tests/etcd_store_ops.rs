@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
-use live_mutex::store::{
+use live_mutex::internal::store::{
     ConnId, KeyView, ManyRequest, Name, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 

@@ -2,12 +2,14 @@
 //! not left hanging) while its existing connections go on, and serves again once descriptors
 //! are free. (Alone in its binary: it owns a broker process.)
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::{Killed, LMX};
 
 /// Ok(true): answered; Ok(false): closed by the broker; Err: nothing within the time-out.
 fn ping(s: &mut TcpStream) -> Result<bool, ()> {
@@ -38,7 +40,7 @@ fn out_of_descriptors_refuses_cleanly() {
         .local_addr()
         .unwrap()
         .port();
-    let _broker = KillOnDrop(
+    let _broker = Killed(
         Command::new("bash")
             .args([
                 "-c",
@@ -79,14 +81,4 @@ fn out_of_descriptors_refuses_cleanly() {
         Ok(true),
         "served again once descriptors are free"
     );
-}
-
-/// The broker process dies with the test, also when an assertion fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }

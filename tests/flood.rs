@@ -8,22 +8,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, Transport, rss_kib};
+use common::{TestBroker, Transport, rss_kib, wait_until};
 use serde_json::json;
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]
@@ -80,7 +69,7 @@ fn connection_flood_and_churn() {
     ping(99_999);
     eprintln!("20,000 connect/disconnect cycles: {:?}", t0.elapsed());
     assert!(
-        wait_for(|| fds() <= fd0 + 8),
+        wait_until(|| fds() <= fd0 + 8),
         "descriptors back near the baseline: {fd0} -> {}",
         fds()
     );

@@ -255,7 +255,7 @@ fn lmx_start_takes_allow_origin_and_logs_refusals() {
         ),
         (&[][..], Some("http://a.test,http://b.test")),
     ] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmx"));
+        let mut cmd = Command::new(common::LMX);
         cmd.args(["start", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env_remove("LMX_ALLOW_ORIGIN")

@@ -74,6 +74,50 @@ fn extend_from_another_thread_shares_the_guard() {
     stop(b);
 }
 
+/// `max_hold`: renewals stop 400 ms after the grant; with a 300 ms TTL the lock is gone by
+/// about 700 ms, the guard says so, and another client takes the key.
+const SHORT_TTL: Duration = Duration::from_millis(300);
+const MAX_HOLD: Duration = Duration::from_millis(400);
+
+#[test]
+fn max_hold_caps_keep_alive() {
+    let (b, url) = broker();
+    let c = Client::connect(&url).unwrap();
+    let other = Client::connect(&url).unwrap();
+    let o = LockOptions::new().ttl(SHORT_TTL).max_hold(MAX_HOLD);
+    let g = c.lock_with("capped", &o).unwrap();
+    let t = Instant::now();
+    // Renewed past its first TTL...
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(!g.is_lost(), "lost before max_hold");
+    assert!(other.try_lock("capped").unwrap().is_none());
+    // ...and not after max_hold: gone within a TTL of it.
+    while !g.is_lost() {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "still held after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lost_at = t.elapsed();
+    assert!(lost_at >= MAX_HOLD, "{lost_at:?}");
+    let taken = Instant::now();
+    let g2 = loop {
+        if let Some(g2) = other.try_lock("capped").unwrap() {
+            break g2;
+        }
+        assert!(
+            taken.elapsed() < Duration::from_secs(2),
+            "the broker never let it go"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(matches!(g.unlock(), Err(Error::LockLost)));
+    g2.unlock().unwrap();
+    stop(b);
+}
+
 #[cfg(feature = "tokio")]
 mod async_client {
     use super::*;
@@ -117,5 +161,40 @@ mod async_client {
         assert!(matches!(lost, Err(Error::LockLost)), "{lost:?}");
         stop(b);
         stop(b2);
+    }
+
+    #[test]
+    fn max_hold_caps_keep_alive() {
+        let (b, url) = broker();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = AsyncClient::connect(&url).await.unwrap();
+            let other = AsyncClient::connect(&url).await.unwrap();
+            let o = LockOptions::new().ttl(SHORT_TTL).max_hold(MAX_HOLD);
+            let g = c.lock_with("capped", &o).await.unwrap();
+            let t = Instant::now();
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            assert!(!g.is_lost(), "lost before max_hold");
+            assert!(other.try_lock("capped").await.unwrap().is_none());
+            while !g.is_lost() {
+                assert!(t.elapsed() < Duration::from_secs(3), "still held");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(t.elapsed() >= MAX_HOLD);
+            let taken = Instant::now();
+            loop {
+                if let Some(g2) = other.try_lock("capped").await.unwrap() {
+                    g2.unlock().await.unwrap();
+                    break;
+                }
+                assert!(taken.elapsed() < Duration::from_secs(2), "never let go");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(matches!(g.unlock().await, Err(Error::LockLost)));
+        });
+        stop(b);
     }
 }

@@ -6,7 +6,7 @@ use common::{broker, stop};
 use serde_json::Value;
 use std::process::Command;
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::LMX;
 
 fn bench(url: &str, args: &[&str]) -> (std::process::ExitStatus, Value, String) {
     let out = Command::new(LMX)

@@ -1,20 +1,8 @@
 mod common;
 
-use common::{broker, scratch, stop, wait_for};
-use std::process::{Command, Output};
+use common::{LMX, broker, lmx_at as lmx, scratch, stop, wait_for};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
-
-fn lmx(url: &str, args: &[&str]) -> Output {
-    Command::new(LMX)
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .env_remove("LMX_URL")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn shared_counter_16_processes_x_100() {

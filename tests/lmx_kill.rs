@@ -5,7 +5,7 @@ use common::{broker, scratch, stop, wait_for};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::LMX;
 
 #[test]
 fn kill_9_of_holder_hands_over_within_100ms() {

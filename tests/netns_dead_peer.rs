@@ -8,28 +8,17 @@
 //! `ip` (iproute2); skips with a message if namespaces cannot be created, or fails instead
 //! when `LMX_REQUIRE_NETNS=1`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::{ip, ip_ok, lmx_in};
 /// The README's promise for a vanished host with the default keepalive settings.
 const BOUND: Duration = Duration::from_secs(30);
 const BROKER_IP: &str = "10.231.0.1";
 const CLIENT_IP: &str = "10.231.0.2";
-
-fn ip(args: &[&str]) -> std::io::Result<Output> {
-    Command::new("ip").args(args).stdin(Stdio::null()).output()
-}
-
-fn ip_ok(args: &[&str]) {
-    let out = ip(args).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The namespaces and processes of this test; dropping it kills the processes and deletes the
 /// namespaces (which destroys the veth pair with them).
@@ -104,14 +93,6 @@ impl Lab {
         Some(lab)
     }
 
-    /// `lmx ARGS` inside namespace `ns`.
-    fn lmx(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, LMX]).args(args);
-        c.stdin(Stdio::null());
-        c
-    }
-
     fn spawn(&mut self, mut cmd: Command) -> usize {
         self.children.push(cmd.spawn().expect("spawn"));
         self.children.len() - 1
@@ -146,7 +127,7 @@ fn vanished_host_loses_its_lock_within_the_bound() {
     let (bns, cns) = (lab.broker_ns.clone(), lab.client_ns.clone());
 
     // The broker, on every address of its namespace, port chosen by the kernel.
-    let mut cmd = lab.lmx(&bns, &["start", "--host", "0.0.0.0", "--port", "0"]);
+    let mut cmd = lmx_in(&bns, &["start", "--host", "0.0.0.0", "--port", "0"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let b = lab.spawn(cmd);
     let mut err = BufReader::new(lab.children[b].stderr.take().expect("stderr"));
@@ -167,7 +148,7 @@ fn vanished_host_loses_its_lock_within_the_bound() {
     let local = format!("tcp://127.0.0.1:{port}");
 
     // The holder, across the veth pair.
-    let mut cmd = lab.lmx(
+    let mut cmd = lmx_in(
         &cns,
         &[
             "--url",
@@ -188,13 +169,12 @@ fn vanished_host_loses_its_lock_within_the_bound() {
     assert_eq!(line.trim(), "held", "the holder did not get the lock");
 
     // The waiter, in the broker's namespace over its loopback; queued before the link goes.
-    let mut cmd = lab.lmx(&bns, &["--url", &local, "run", "netkey", "--", "true"]);
+    let mut cmd = lmx_in(&bns, &["--url", &local, "run", "netkey", "--", "true"]);
     cmd.stdout(Stdio::null());
     let w = lab.spawn(cmd);
     let t = Instant::now();
     loop {
-        let o = lab
-            .lmx(&bns, &["--url", &local, "--json", "info", "netkey"])
+        let o = lmx_in(&bns, &["--url", &local, "--json", "info", "netkey"])
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();

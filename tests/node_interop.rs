@@ -14,9 +14,12 @@
 //! - `LMX_INTEROP_BROKER=node` runs the scenarios against the npm 0.2.25 *Node* broker instead of ours
 //!   (for comparison: the scenarios that probe 0.2.25's bugs fail there, by design).
 
+mod common;
+
+use common::TempDir;
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -183,24 +186,6 @@ fn install_live_mutex() -> Result<PathBuf, String> {
     Ok(nm)
 }
 
-/// A temp dir removed on drop (no dev-dependency needed).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        // keep it short: a Unix socket path must fit in sun_path (108 bytes)
-        let p = std::env::temp_dir().join(format!("lmxn-{}", unique_suffix()));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Transport {
     Tcp,
@@ -225,40 +210,23 @@ impl Drop for TestBroker {
 }
 
 /// The one place that decides which broker the scenarios talk to.
-fn start_broker(tmp: &Path) -> TestBroker {
+fn scenario_broker(tmp: &Path) -> TestBroker {
     match std::env::var("LMX_INTEROP_BROKER").as_deref() {
         Ok("node") => start_node_broker(tmp),
-        _ => start_our_broker(tmp),
+        _ => our_broker(),
     }
 }
 
-/// Our broker, embedded: TCP on 127.0.0.1 port 0 (re-bound until the OS picks a port the 0.2.25
-/// client accepts, 1025..=49151) plus a Unix socket in the scenario's temp dir.
-fn start_our_broker(tmp: &Path) -> TestBroker {
-    use live_mutex::broker::Broker;
-    let uds = tmp.join("broker.sock");
-    for _ in 0..64 {
-        let bound = Broker::builder()
-            .tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .uds(&uds)
-            .bind()
-            .expect("bind our broker");
-        let port = bound.local_addr().expect("tcp address").port();
-        if !(1025..=49151).contains(&port) {
-            continue; // dropped: unbinds; the stale socket file is replaced on the next bind
-        }
-        let handle = bound.spawn().expect("spawn our broker");
-        return TestBroker {
-            port,
-            uds,
-            kind: "our broker (embedded)",
-            stop: Some(Box::new(move || {
-                handle.shutdown();
-                handle.join().expect("broker thread ended with an error");
-            })),
-        };
+/// Our broker, embedded (`common::TestBroker::for_node`: a TCP port the 0.2.25 client accepts,
+/// and a Unix socket in a directory of its own).
+fn our_broker() -> TestBroker {
+    let b = common::TestBroker::for_node();
+    TestBroker {
+        port: b.addr.port(),
+        uds: b.uds.clone(),
+        kind: "our broker (embedded)",
+        stop: Some(Box::new(move || drop(b))),
     }
-    panic!("the OS never picked a TCP port in 1025..=49151 for the broker");
 }
 
 /// Starts `tests/node/node_broker.js` (the npm 0.2.25 Node broker) with `extra` arguments and
@@ -319,29 +287,22 @@ fn start_node_broker(tmp: &Path) -> TestBroker {
 }
 
 fn wait_reachable(b: &TestBroker, t: Transport) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = match t {
-            Transport::Tcp => TcpStream::connect(("127.0.0.1", b.port)).is_ok(),
-            Transport::Uds => std::os::unix::net::UnixStream::connect(&b.uds).is_ok(),
-        };
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} not reachable over {t:?}",
-            b.kind
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let reachable = || match t {
+        Transport::Tcp => TcpStream::connect(("127.0.0.1", b.port)).is_ok(),
+        Transport::Uds => std::os::unix::net::UnixStream::connect(&b.uds).is_ok(),
+    };
+    assert!(
+        common::wait_until(reachable),
+        "{} not reachable over {t:?}",
+        b.kind
+    );
 }
 
 /// Runs `tests/node/<script>.js` against a fresh broker; panics with the script's output on failure.
 fn run_scenario(script: &str, transport: Transport) {
     let Some(nm) = node_modules() else { return };
     let tmp = TempDir::new();
-    let broker = start_broker(&tmp.0);
+    let broker = scenario_broker(&tmp.0);
     wait_reachable(&broker, transport);
 
     let mut cmd = Command::new("node");

@@ -6,10 +6,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{TestBroker, Transport};
+use common::{TestBroker, Transport, lmx_ok};
 use live_mutex::{Client, LockOptions};
 use prometheus_parse::{Scrape, Value as Prom};
 use serde_json::{Value, json};
@@ -134,6 +133,78 @@ fn metrics_move_as_clients_lock_and_unlock() {
     assert_eq!(wait_count(&after) - wait_count(&before), 6.0);
 }
 
+/// Issue 26: which version answers, and the gauges an alert on a stuck lock needs.
+#[test]
+fn build_info_and_stuck_lock_gauges_move() {
+    let b = TestBroker::start();
+    let gauge = |s: &Scrape, name: &str, key: Option<&str>| -> Option<f64> {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name && key.is_none_or(|k| x.labels.get("key") == Some(k)))
+            .map(|x| match x.value {
+                Prom::Gauge(v) | Prom::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+    };
+    let s0 = scrape(b.addr);
+    let info = s0
+        .samples
+        .iter()
+        .find(|x| x.metric == "lmx_build_info")
+        .expect("lmx_build_info");
+    assert_eq!(info.labels.get("version"), Some(live_mutex::VERSION));
+    assert!(matches!(info.value, Prom::Gauge(v) if v == 1.0));
+    assert_eq!(gauge(&s0, "lmx_oldest_lock_held_seconds", None), Some(0.0));
+    assert_eq!(gauge(&s0, "lmx_longest_wait_seconds", None), Some(0.0));
+    assert_eq!(
+        gauge(&s0, "lmx_key_oldest_lock_held_seconds", Some("stuck")),
+        None
+    );
+
+    let url = format!("tcp://{}", b.addr);
+    let holder = Client::connect(&url).unwrap();
+    let waiter = Client::connect(&url).unwrap();
+    let g = holder.lock("stuck").unwrap();
+    // Eight more held keys: the per-key series stay at five.
+    let others: Vec<_> = (0..8)
+        .map(|i| holder.lock(&format!("other{i}")).unwrap())
+        .collect();
+    let w = std::thread::spawn(move || waiter.lock("stuck").map(drop));
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = scrape(b.addr);
+    let held1 = gauge(&s1, "lmx_oldest_lock_held_seconds", None).unwrap();
+    let wait1 = gauge(&s1, "lmx_longest_wait_seconds", None).unwrap();
+    assert!(held1 >= 0.3, "{held1}");
+    assert!(wait1 >= 0.25, "{wait1}");
+    assert_eq!(
+        gauge(&s1, "lmx_key_oldest_lock_held_seconds", Some("stuck")),
+        Some(held1)
+    );
+    assert_eq!(
+        gauge(&s1, "lmx_key_longest_wait_seconds", Some("stuck")),
+        Some(wait1)
+    );
+    let series = |s: &Scrape, name: &str| s.samples.iter().filter(|x| x.metric == name).count();
+    assert_eq!(series(&s1, "lmx_key_oldest_lock_held_seconds"), 5);
+    assert_eq!(series(&s1, "lmx_key_longest_wait_seconds"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let s2 = scrape(b.addr);
+    let held2 = gauge(&s2, "lmx_oldest_lock_held_seconds", None).unwrap();
+    let wait2 = gauge(&s2, "lmx_longest_wait_seconds", None).unwrap();
+    assert!(
+        held2 >= held1 + 0.25 && wait2 >= wait1 + 0.25,
+        "{held1} {held2} {wait1} {wait2}"
+    );
+    // Released: the waiter gets it and lets it go; nothing waits, the others are younger.
+    g.unlock().unwrap();
+    w.join().unwrap().unwrap();
+    drop(others);
+    let s3 = scrape(b.addr);
+    assert_eq!(gauge(&s3, "lmx_longest_wait_seconds", None), Some(0.0));
+    assert_eq!(gauge(&s3, "lmx_oldest_lock_held_seconds", None), Some(0.0));
+    assert_eq!(series(&s3, "lmx_key_oldest_lock_held_seconds"), 0);
+}
+
 #[test]
 fn http_endpoints_refuse_foreign_origins_and_rebinding_hosts() {
     let b = TestBroker::start();
@@ -253,16 +324,6 @@ unsafe extern "C" {
     fn libc_getuid() -> u32;
 }
 
-fn lmx(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lmx"))
-        .args(args)
-        .env_remove("LMX_URL")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn lmx_info_json_and_ls_long_show_the_holder() {
     let b = TestBroker::start();
@@ -276,8 +337,7 @@ fn lmx_info_json_and_ls_long_show_the_holder() {
         let i = c.info("db").unwrap();
         i.holders[0].who.peer.clone().unwrap().into_owned()
     };
-    let (code, out) = lmx(&["--url", &url, "--json", "info", "db"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &url, "--json", "info", "db"]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let h = &v["holders"][0];
     assert_eq!(h["peer"], json!(local), "{v}");
@@ -292,13 +352,11 @@ fn lmx_info_json_and_ls_long_show_the_holder() {
         h["heldSince"].as_u64().unwrap() >= t0.saturating_sub(1000),
         "{v}"
     );
-    let (code, out) = lmx(&["--url", &url, "ls", "-l"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &url, "ls", "-l"]);
     assert!(out.contains("db: locked") && out.contains(&local), "{out}");
     // A lock kept after its connection closed still says who took it.
-    let (code, id) = lmx(&["--url", &url, "acquire", "kept"]);
-    assert_eq!(code, 0);
-    let (_, out) = lmx(&["--url", &url, "--json", "info", "kept"]);
+    let id = lmx_ok(&["--url", &url, "acquire", "kept"]);
+    let out = lmx_ok(&["--url", &url, "--json", "info", "kept"]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let h = &v["holders"][0];
     assert_eq!(h["id"], json!(id.trim()));
@@ -345,8 +403,7 @@ fn watch_pushes_snapshots_and_lmx_top_reads_them() {
             .ends_with(&format!("[{}]", std::process::id()))
     );
     assert!(held["stats"]["grants"].as_u64().unwrap() >= 1);
-    let (code, out) = lmx(&["--url", &format!("tcp://{}", b.addr), "top", "--once"]);
-    assert_eq!(code, 0, "{out}");
+    let out = lmx_ok(&["--url", &format!("tcp://{}", b.addr), "top", "--once"]);
     assert!(out.contains("seen") && out.contains("HELD"), "{out}");
     drop(g);
     loop {

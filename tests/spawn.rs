@@ -4,6 +4,8 @@
 //! [`worker_entry`]). Every test runs in its own sandbox directory as `XDG_RUNTIME_DIR`, with a
 //! 2 s idle exit, and kills whatever broker carries its sandbox in its environment when done.
 
+mod common;
+
 use live_mutex::Client;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const WORKER: &str = "LMX_SPAWN_TEST_WORKER";
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::LMX;
 
 /// A private runtime directory and everything spawned under it.
 struct Sandbox {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::TempDir;
 use live_mutex::broker::Broker;
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::LMX;
 
 /// The socket's lock file and `--log` are never opened through a symlink: a broker run by
 /// root in a directory others can write to would otherwise create or lock the file it names.

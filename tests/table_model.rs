@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use live_mutex::table::{
+use live_mutex::internal::table::{
     Cancelled, Config, ConnId, Event, Grant, LockOutcome, LockRequest, Mode, Table, TableError,
     Ttl, Wait,
 };

@@ -12,17 +12,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use common::certs::Ca;
 use common::scratch;
 
-const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+use common::{ip, lmx_in};
 const ADDR: &str = "10.231.7.1";
-
-fn ip(args: &[&str]) -> std::io::Result<Output> {
-    Command::new("ip").args(args).stdin(Stdio::null()).output()
-}
 
 /// The namespace and the broker in it; dropping it kills the broker and deletes the namespace.
 struct Lab {
@@ -51,9 +47,8 @@ impl Lab {
 
     /// `lmx ARGS` inside the namespace, with `env` set.
     fn lmx(&self, env: &[(&str, &str)], args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, LMX]).args(args);
-        c.envs(env.iter().copied()).stdin(Stdio::null());
+        let mut c = lmx_in(&self.ns, args);
+        c.envs(env.iter().copied());
         c
     }
 }

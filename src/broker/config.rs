@@ -124,7 +124,7 @@ impl BrokerBuilder {
         self
     }
     /// Limits of the lock table (key length, waiters per key, requests per connection).
-    pub fn table_config(mut self, cfg: table::Config) -> Self {
+    pub fn table_config(mut self, cfg: super::TableConfig) -> Self {
         let seed = self.table.token_seed;
         self.table = cfg;
         if self.table.token_seed <= 1 {
@@ -276,12 +276,12 @@ impl BrokerBuilder {
     }
 
     /// Keep every lock decision in an etcd cluster (feature `etcd`), so that any number of
-    /// brokers can serve the same keys: see [`crate::store::etcd`] for the recipe and
-    /// README.md, "Running more than one broker". The broker's default TTL
+    /// brokers can serve the same keys: see README.md, "Running more than one broker", and
+    /// for the recipe the docs of `src/store/etcd/mod.rs`. The broker's default TTL
     /// ([`default_ttl`](Self::default_ttl)) replaces `cfg.default_ttl`. Not served on this
     /// path: `acquire-many`, `extend` and the 0.2.x read/write protocol (each gets an error).
     #[cfg(feature = "etcd")]
-    pub fn etcd(mut self, cfg: crate::store::etcd::EtcdConfig) -> Self {
+    pub fn etcd(mut self, cfg: super::EtcdConfig) -> Self {
         self.store = crate::store::Backend::Etcd(Box::new(cfg));
         self
     }
@@ -352,6 +352,8 @@ impl BrokerBuilder {
             // Within the output cap with room to spare: a reply is written whole, so one
             // listing after a backlog at the soft cap still stays below the hard one.
             reply_budget: self.out_soft.min(self.out_hard / 4).max(4096),
+            started: Instant::now(),
+            pid: std::process::id(),
         });
         let w = waker.clone();
         let wake = Box::new(move || {

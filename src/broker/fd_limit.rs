@@ -23,7 +23,7 @@ pub(super) struct Cap {
 impl Cap {
     /// One line (two when the limit was raised), logged once the broker runs, after the
     /// "listening" line.
-    pub fn log(&self) {
+    pub(super) fn log(&self) {
         let Some((soft, hard)) = self.limit else {
             return;
         };

@@ -45,13 +45,13 @@ pub(crate) enum Verdict {
 }
 
 impl Flow {
-    pub fn is_paused(&self) -> bool {
+    pub(super) fn is_paused(&self) -> bool {
         matches!(self, Flow::Paused { .. })
     }
 
     /// Before handling one more request: may it be read, with `backlog` bytes unsent? Pauses
     /// when the backlog is above the soft cap.
-    pub fn may_read(&mut self, backlog: usize, caps: &Caps, now: Instant) -> bool {
+    pub(super) fn may_read(&mut self, backlog: usize, caps: &Caps, now: Instant) -> bool {
         if backlog > caps.soft {
             if !self.is_paused() {
                 *self = Flow::Paused { progress: now };
@@ -63,7 +63,7 @@ impl Flow {
     }
 
     /// After a write that sent `sent` bytes and left `backlog` unsent.
-    pub fn after_write(
+    pub(super) fn after_write(
         &mut self,
         backlog: usize,
         sent: usize,
@@ -91,7 +91,7 @@ impl Flow {
     }
 
     /// Paused for longer than the stall time-out without any progress: cut it off.
-    pub fn stalled_out(&self, caps: &Caps, now: Instant) -> bool {
+    pub(super) fn stalled_out(&self, caps: &Caps, now: Instant) -> bool {
         matches!(*self, Flow::Paused { progress } if now.duration_since(progress) > caps.stall)
     }
 }

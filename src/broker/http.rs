@@ -62,7 +62,12 @@ impl Broker {
         };
         let peer = self.socks.get(slot).and_then(|s| s.peer);
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
-        let head = self.judge(&buf[..n], n == MAX_HEAD, &peer, now);
+        // A verified client certificate (`--tls-client-ca`) authenticates like the token.
+        let authed = self
+            .socks
+            .get(slot)
+            .is_some_and(|s| self.core.is_authed(s.id));
+        let head = self.judge(&buf[..n], n == MAX_HEAD, &peer, authed, now);
         match head {
             Head::Upgrade => Some(stream),
             Head::Partial => {
@@ -98,12 +103,16 @@ impl Broker {
     }
 
     /// With an auth token configured, `/metrics` needs it as a bearer token (the counters and
-    /// key counts are the broker's business); the page itself is static, and its WebSocket
+    /// key counts are the broker's business), or a connection already authenticated by a
+    /// verified client certificate; the page itself is static, and its WebSocket
     /// authenticates like any client (`#token=` in the page's URL).
-    fn bearer_ok(&self, header: Option<&str>) -> bool {
+    fn bearer_ok(&self, authed: bool, header: Option<&str>) -> bool {
         let Some(token) = self.cfg.auth_token.as_deref() else {
             return true;
         };
+        if authed {
+            return true;
+        }
         let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         super::core::constant_time_eq(given.as_bytes(), token.as_bytes())
     }
@@ -115,7 +124,7 @@ impl Broker {
     }
 
     /// Decides what a request head gets.
-    fn judge(&mut self, bytes: &[u8], full: bool, peer: &str, now: Instant) -> Head {
+    fn judge(&mut self, bytes: &[u8], full: bool, peer: &str, authed: bool, now: Instant) -> Head {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(bytes) {
@@ -157,14 +166,16 @@ impl Broker {
         let path = req.path.unwrap_or("/");
         let path = path.split('?').next().unwrap_or(path);
         match (req.method, path) {
-            (Some("GET"), "/metrics") if !self.bearer_ok(header("authorization")) => answer(
-                401,
-                "/metrics without the auth token",
-                "text/plain",
-                b"this broker needs its auth token: Authorization: Bearer <token>\n",
-            ),
+            (Some("GET"), "/metrics") if !self.bearer_ok(authed, header("authorization")) => {
+                answer(
+                    401,
+                    "/metrics without the auth token",
+                    "text/plain",
+                    b"this broker needs its auth token: Authorization: Bearer <token>\n",
+                )
+            }
             (Some("GET"), "/metrics") => {
-                let body = metrics::render(&self.core.metrics(), &self.io_counters());
+                let body = metrics::render(&self.core.metrics(now), &self.io_counters());
                 answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
             }
             (Some("GET"), "/" | "/index.html") => {

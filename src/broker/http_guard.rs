@@ -29,7 +29,7 @@ fn is_tchar(b: u8) -> bool {
 /// target and ` HTTP/1.x` at the end. A header line is a token immediately followed by `:`
 /// (`Host: x`, `Content-Type: text/plain`). No request of the protocol looks like either, since
 /// every one starts with `{`.
-pub fn is_http_line(line: &[u8]) -> bool {
+pub(crate) fn is_http_line(line: &[u8]) -> bool {
     for m in METHODS {
         if line.len() > m.len() && line[..m.len()].eq_ignore_ascii_case(m) && line[m.len()] == b' '
         {
@@ -52,7 +52,7 @@ pub fn is_http_line(line: &[u8]) -> bool {
 
 /// Why an HTTP request was refused (answered 403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("no Host header")]
     NoHost,
     #[error("Host {0:?} is not this machine (DNS rebinding?); allow it with --allow-host")]
@@ -63,7 +63,7 @@ pub enum Refusal {
 
 /// The Host and Origin rules.
 #[derive(Debug, Clone, Default)]
-pub struct HttpPolicy {
+pub(crate) struct HttpPolicy {
     /// The broker's listening address: its IP is a valid Host too. When it is unspecified
     /// (0.0.0.0, ::) every IP literal is, since a DNS-rebinding page needs a name.
     bound: Option<SocketAddr>,
@@ -75,7 +75,7 @@ pub struct HttpPolicy {
 }
 
 impl HttpPolicy {
-    pub fn new(bound: Option<SocketAddr>, hosts: &[String], origins: &[String]) -> Self {
+    pub(crate) fn new(bound: Option<SocketAddr>, hosts: &[String], origins: &[String]) -> Self {
         HttpPolicy {
             bound,
             hosts: hosts
@@ -88,7 +88,7 @@ impl HttpPolicy {
 
     /// Checks one request's `Host` and `Origin` header values. A request with no Origin (every
     /// non-browser client) is judged by its Host only.
-    pub fn check(&self, host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
         let host = host.map(str::trim).ok_or(Refusal::NoHost)?;
         if !self.host_allowed(host) {
             return Err(Refusal::ForeignHost(host.to_string()));
@@ -181,7 +181,7 @@ impl RefusalLog {
     const BURST: u32 = 5;
     const WINDOW: Duration = Duration::from_secs(60);
 
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RefusalLog {
             window_start: None,
             logged: 0,
@@ -190,7 +190,7 @@ impl RefusalLog {
     }
 
     /// The line to log for this refusal, if any (the caller writes it).
-    pub fn refused(&mut self, now: Instant, peer: &str, why: &str) -> Option<String> {
+    pub(crate) fn refused(&mut self, now: Instant, peer: &str, why: &str) -> Option<String> {
         let fresh = self
             .window_start
             .is_none_or(|s| now.duration_since(s) >= Self::WINDOW);

@@ -6,8 +6,11 @@
 
 use std::fmt::Write;
 
-use super::core::{CoreMetrics, Reject};
+use std::time::Duration;
+
+use super::core::{CoreMetrics, Reject, STUCK_KEYS};
 use super::reactor::Broker;
+use crate::table::Name;
 use crate::table::WAIT_BUCKETS;
 
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -49,10 +52,77 @@ fn one(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
+/// A label value in the text format: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The stuck-lock gauges: the largest age overall, then one series per key named in `top`
+/// (at most `STUCK_KEYS`, so the label set stays bounded however many keys there are).
+fn longest(out: &mut String, names: [&str; 2], help: &str, top: &[(Name, Duration)]) {
+    let [name, per_key] = names;
+    let max = top.first().map_or(0.0, |(_, d)| d.as_secs_f64());
+    one_f(out, name, help, max);
+    family(
+        out,
+        per_key,
+        "gauge",
+        &format!("{help} Per key, for the {STUCK_KEYS} keys where it is largest."),
+    );
+    for (key, d) in top {
+        let _ = writeln!(
+            out,
+            "{per_key}{{key=\"{}\"}} {}",
+            label(key),
+            d.as_secs_f64()
+        );
+    }
+}
+
+fn one_f(out: &mut String, name: &str, help: &str, v: f64) {
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
 /// The whole exposition.
 pub(super) fn render(m: &CoreMetrics, io: &IoCounters) -> String {
     let mut o = String::with_capacity(4096);
     let t = &m.table;
+    family(
+        &mut o,
+        "lmx_build_info",
+        "gauge",
+        "The broker's version, as a label; the value is always 1.",
+    );
+    let _ = writeln!(
+        o,
+        "lmx_build_info{{version=\"{}\"}} 1",
+        label(crate::VERSION)
+    );
+    longest(
+        &mut o,
+        [
+            "lmx_oldest_lock_held_seconds",
+            "lmx_key_oldest_lock_held_seconds",
+        ],
+        "Age of the oldest lock held now (0 when none is held).",
+        &m.longest.held,
+    );
+    longest(
+        &mut o,
+        ["lmx_longest_wait_seconds", "lmx_key_longest_wait_seconds"],
+        "How long the longest-waiting queued request has waited so far (0 when none waits).",
+        &m.longest.waiting,
+    );
     one(
         &mut o,
         "lmx_connections",

@@ -1,5 +1,7 @@
-//! The broker: one thread, one `mio::Poll`, every lock decision in the lock
-//! [`Table`](crate::table::Table). This module is the only one that does network I/O.
+//! The broker: one thread, one `mio::Poll`, and every lock decision in its store (the
+//! in-memory lock table, or etcd with feature `etcd`, which talks to its cluster from a thread
+//! of its own). The broker's sockets live here and nowhere else: the reactor and the files it
+//! calls (`accept`, `transport`, `tls`); `core` below them does no I/O.
 //!
 //! One TCP port serves both framings, told apart by the first byte a client sends (`G` starts
 //! an HTTP upgrade to WebSocket, 0x16 a TLS handshake inside which the same choice is made
@@ -24,8 +26,11 @@
 //! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
 //!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
-//!   close requests out, with a file per command; its tests drive it in memory with
-//!   simulated time.
+//!   close requests out, split by idea: `route` (requests turned into store ops), `answers`
+//!   (the store's events turned into replies), `acks` (pushed grants the npm client must
+//!   acknowledge), `legacy_rw` (the 0.2.x read/write protocol), `listing` (`ls` in pages),
+//!   `watch`, `identity` (who is behind a connection), `counters`; its tests drive it in
+//!   memory with simulated time, Rust clients as real `proto::Session`s.
 //!
 //! ```no_run
 //! use live_mutex::broker::Broker;
@@ -56,6 +61,11 @@ mod unix_peer;
 use std::io;
 use std::path::PathBuf;
 
+/// The etcd store's settings, for [`BrokerBuilder::etcd`].
+#[cfg(feature = "etcd")]
+pub use crate::store::etcd::EtcdConfig;
+/// The lock table's limits and defaults, for [`BrokerBuilder::table_config`].
+pub use crate::table::Config as TableConfig;
 pub use config::{BrokerBuilder, uds_lock_path};
 pub use handle::{BrokerHandle, ShutdownHandle};
 pub use keepalive::Keepalive;

@@ -47,7 +47,7 @@ pub(super) struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, BrokerError> {
+    pub(super) fn load(files: TlsFiles) -> Result<Arc<ServerTls>, BrokerError> {
         let cfg = build(&files).map_err(BrokerError::Tls)?;
         Ok(Arc::new(ServerTls {
             files,

@@ -209,7 +209,7 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    pub fn new(id: ConnId, io: Io, max_line: usize, now: Instant) -> Self {
+    pub(super) fn new(id: ConnId, io: Io, max_line: usize, now: Instant) -> Self {
         Socket {
             id,
             io,
@@ -228,18 +228,18 @@ impl Socket {
         }
     }
 
-    pub fn handshaking(&self) -> bool {
+    pub(super) fn handshaking(&self) -> bool {
         matches!(self.io, Io::Sniff(_) | Io::Handshake(..) | Io::Http(_))
     }
 
     /// Has not proved itself yet: still in its handshake, or (when the broker has an auth
     /// token) not yet authenticated. Such a connection is closed at the handshake deadline, and
     /// is the first to go when the broker is full (see `accept`).
-    pub fn pending(&self, token: bool) -> bool {
+    pub(super) fn pending(&self, token: bool) -> bool {
         self.handshaking() || (token && !self.vetted)
     }
 
-    pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+    pub(super) fn stream_mut(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Sniff(s) | Io::Ndjson(s) | Io::Http(s) => Some(s),
             Io::Handshake(h, _) => Some(h.get_mut().get_mut()),
@@ -253,7 +253,7 @@ impl Socket {
     /// the connection must be closed.
     ///
     /// A WebSocket sends each line as one text message.
-    pub fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
+    pub(super) fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
         match &mut self.io {
             Io::Ws(ws) => {
                 // Lines go into tungstenite's buffer a batch at a time, and only once the
@@ -316,7 +316,7 @@ impl Socket {
     }
 
     /// Writes what the socket takes of the HTTP response; see [`write_out`](Self::write_out).
-    pub fn write_http(&mut self) -> io::Result<(usize, bool)> {
+    pub(super) fn write_http(&mut self) -> io::Result<(usize, bool)> {
         let Io::Http(s) = &mut self.io else {
             return Ok((0, true));
         };

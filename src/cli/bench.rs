@@ -1,6 +1,7 @@
 //! `lmx bench`: C clients, each on its own connection, doing lock → hold → unlock cycles on K
 //! keys; reports throughput, lock-wait latency, fairness, and checks mutual exclusion.
 
+use super::out::{safe, say, tell};
 use super::{EXIT_FAIL, EXIT_USAGE, report};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -23,12 +24,13 @@ pub(crate) struct BenchArgs {
     /// Lock+unlock cycles in total, split evenly over the clients
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     ops: u64,
-    /// Hold each lock this many microseconds before unlocking (busy-wait)
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    hold_us: u64,
-    /// TTL of each lock in ms (default: the npm client's 7050)
-    #[arg(long, value_name = "MS", default_value_t = 7050)]
-    ttl: u64,
+    /// Hold each lock this long before unlocking, busy-waiting (50us, 2ms; a plain number is
+    /// microseconds)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = super::duration::us)]
+    hold_us: Duration,
+    /// TTL of each lock (a plain number is ms) [default: the npm client's 7050 ms]
+    #[arg(long, value_name = "DURATION", default_value = "7050", value_parser = super::duration::ms)]
+    ttl: Duration,
     /// Key name prefix (keys are PREFIX-0 .. PREFIX-(K-1))
     #[arg(long, default_value = "lmx-bench")]
     prefix: String,
@@ -140,10 +142,16 @@ impl Outcome {
     }
 }
 
-pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
+pub(crate) fn bench(url: &str, spawn: bool, as_json: bool, a: BenchArgs) -> i32 {
     let c = a.clients as usize;
+    if spawn {
+        // Start the broker if none answers; each client then connects on its own.
+        if let Err(e) = super::connect(url, true) {
+            return report(url, "connect", &e);
+        }
+    }
     if a.ops < a.clients as u64 {
-        eprintln!("lmx bench: --ops must be at least --clients");
+        tell!("lmx bench: --ops must be at least --clients");
         return EXIT_USAGE;
     }
     let keys: Vec<String> = (0..a.keys).map(|k| format!("{}-{k}", a.prefix)).collect();
@@ -153,7 +161,7 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
     let total_done = AtomicU64::new(0);
     let first_finished = AtomicBool::new(false);
     let fairness_snapshot: Mutex<Option<Vec<u64>>> = Mutex::new(None);
-    let opts = LockOptions::new().ttl(Ttl::After(Duration::from_millis(a.ttl)));
+    let opts = LockOptions::new().ttl(Ttl::After(a.ttl));
     let common = Common {
         keys: &keys,
         inside: &inside,
@@ -163,7 +171,7 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
         first_finished: &first_finished,
         fairness_snapshot: &fairness_snapshot,
         opts: &opts,
-        hold: Duration::from_micros(a.hold_us),
+        hold: a.hold_us,
         wait_unlock: a.wait_unlock,
         drop_release: a.drop_release,
     };
@@ -216,7 +224,7 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
             "clients": a.clients,
             "keys": a.keys,
             "ops": a.ops,
-            "hold_us": a.hold_us,
+            "hold_us": a.hold_us.as_micros() as u64,
             "client": client,
             "release": if a.wait_unlock {
                 "wait"
@@ -240,36 +248,36 @@ pub(crate) fn bench(url: &str, as_json: bool, a: BenchArgs) -> i32 {
             "errors": errors,
             "first_error": first_error,
         });
-        println!("{v}");
+        say!("{v}");
     } else {
-        println!(
+        say!(
             "{broker} at {url}: {} clients, {} keys, {cycles} cycles in {:.3} s",
             a.clients,
             a.keys,
             elapsed.as_secs_f64()
         );
-        println!("  throughput   {ops_per_s:.0} lock+unlock cycles/s");
-        println!(
+        say!("  throughput   {ops_per_s:.0} lock+unlock cycles/s");
+        say!(
             "  lock wait    p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
             us(0.5),
             us(0.99),
             us(0.999),
             hist.max() as f64 / 1e3
         );
-        println!(
+        say!(
             "  fairness     {fairness:.3} (least share of any client when the first finished, 1 = equal)"
         );
-        println!("  overlaps     {overlaps} (two holders of one key at once; must be 0)");
+        say!("  overlaps     {overlaps} (two holders of one key at once; must be 0)");
         if errors > 0 {
-            println!(
+            say!(
                 "  errors       {errors} (first: {})",
-                first_error.as_deref().unwrap_or("?")
+                safe(first_error.as_deref().unwrap_or("?"))
             );
         }
     }
     if overlaps > 0 || errors > 0 {
         if !as_json {
-            eprintln!("lmx bench: FAILED ({overlaps} overlaps, {errors} errors)");
+            tell!("lmx bench: FAILED ({overlaps} overlaps, {errors} errors)");
         }
         return EXIT_FAIL;
     }

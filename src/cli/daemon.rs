@@ -6,6 +6,7 @@
 //! inherit no lock held by a thread that does not exist in them.
 
 use super::EXIT_USAGE;
+use super::out::tell;
 use super::start::{Listen, StartArgs, serve};
 use live_mutex::broker::BrokerBuilder;
 
@@ -18,7 +19,7 @@ pub(crate) fn daemon(
     let log = match a.log.as_deref().map(std::path::absolute).transpose() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("lmx start: --log: {e}");
+            tell!("lmx start: --log: {e}");
             return EXIT_USAGE;
         }
     };

@@ -2,13 +2,20 @@ mod bench;
 #[cfg(feature = "tokio")]
 mod bench_async;
 mod daemon;
+mod duration;
+mod manual;
 mod ops;
+mod out;
 mod run;
+mod service;
 mod start;
 mod top;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use live_mutex::{Client, Error};
+use out::{safe, tell};
+use std::time::Duration;
 
 pub(crate) const EXIT_FAIL: i32 = 1;
 pub(crate) const EXIT_USAGE: i32 = 64;
@@ -33,6 +40,12 @@ Environment:
                      (else on macOS unix://$TMPDIR/live-mutex-$UID/broker.sock,
                      else unix:///tmp/live-mutex-$UID/broker.sock)
   LMX_IDLE_EXIT      seconds a spawned broker stays up with nothing to do (default 300)
+  NO_COLOR           if set and not empty, no colour (unless --color always)
+  LMX_* of `lmx start --help`
+                     every option of `lmx start` has one
+
+Durations (--timeout, --ttl, --interval, ...) take a unit: 500ms, 5s, 2m, 1h, 1m30s; a plain
+number keeps the flag's unit (ms unless its help says otherwise).
 
 Exit status:
   0      success (lmx run: the command's own status)
@@ -41,7 +54,7 @@ Exit status:
   64     bad URL
   69     the broker cannot be reached, or the connection dropped before the lock was held
   70     protocol error (the peer is not a live-mutex broker?)
-  75     lmx run/acquire: lock not obtained within --timeout, or busy with --nowait
+  75     lmx run/acquire: lock not obtained within --timeout, or busy with --nowait (run -E N: N)
   76     lmx run: the lock was lost while the command ran (TTL expired or broker gone)
   126    lmx run: the command could not be executed
   127    lmx run: the command was not found
@@ -59,8 +72,17 @@ pub(crate) struct Cli {
     json: bool,
     /// If no broker answers at a local URL, start one (`lmx start --daemon`) that outlives
     /// this process, exactly one per address however many race
-    #[arg(long, global = true, env = "LMX_SPAWN")]
+    #[arg(long, global = true, env = "LMX_SPAWN", value_parser = clap::builder::BoolishValueParser::new())]
     spawn: bool,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(
+        long,
+        global = true,
+        value_name = "WHEN",
+        default_value = "auto",
+        env = "LMX_COLOR"
+    )]
+    color: out::ColorChoice,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,12 +97,13 @@ enum Cmd {
     /// Take a lock that outlives this process; prints the lock id for `lmx release --id`
     Acquire {
         key: String,
-        /// Expire the lock after this many ms [default: never]
-        #[arg(long, value_name = "MS")]
-        ttl: Option<u64>,
-        /// Give up (exit 75) if not granted within this many ms [default: wait forever]
-        #[arg(long, value_name = "MS")]
-        timeout: Option<u64>,
+        /// Expire the lock after this long (30s, 5m; a plain number is ms) [default: never]
+        #[arg(long, value_name = "DURATION", value_parser = duration::ms)]
+        ttl: Option<Duration>,
+        /// Give up (exit 75) if not granted within this long (5s, 500ms; a plain number is ms)
+        /// [default: wait forever]
+        #[arg(short = 'w', long, value_name = "DURATION", value_parser = duration::ms)]
+        timeout: Option<Duration>,
     },
     /// Release a lock by id, or every holder of a key with --force
     Release {
@@ -104,20 +127,58 @@ enum Cmd {
     Top(top::TopArgs),
     /// Show broker-wide counters
     Stats,
-    /// Measure a round trip to the broker
+    /// Measure a round trip to the broker, and say which version answered
     Ping,
+    /// Is a broker running at the address? Its pid, uptime, version, connections and keys
+    /// (exit 69 if none answers)
+    Status,
+    /// Stop the broker at the address (SIGTERM to its pid, which must be on this host and
+    /// proven to be the one listening there), and wait until it has exited
+    Stop(service::StopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(manual::CompletionsArgs),
+    /// Print the manual page (roff; `lmx man | man -l -`), of lmx or of one subcommand
+    Man(manual::ManArgs),
     /// Load-test a broker: C clients doing lock+unlock cycles on K keys (throughput, lock-wait
     /// latency, fairness, mutual-exclusion check; exit 1 on any overlap or error)
     Bench(bench::BenchArgs),
 }
 
 pub(crate) fn main() -> i32 {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    out::set_color(cli.color);
+    // `--spawn` on the command line where no broker should be started is a mistake worth a
+    // word; from the environment (LMX_SPAWN=1 set for a whole session) it is just not used.
+    let spawn_given = cli.spawn && spawn_on_command_line(&matches);
+    let no_spawn = match &cli.cmd {
+        Cmd::Start(_) => Some("lmx start is the broker itself (use --daemon to detach it)"),
+        Cmd::Stop(_) => Some("lmx stop would only start a broker to stop it"),
+        Cmd::Completions(_) | Cmd::Man(_) => Some("this command talks to no broker"),
+        _ => None,
+    };
+    if let (true, Some(why)) = (spawn_given, no_spawn) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("--spawn does not apply here: {why}"),
+            )
+            .exit();
+    }
     // No thread may exist before a daemon forks: handled before anything else.
     if let Cmd::Start(args) = cli.cmd {
         return start::start(*args, cli.url.as_deref());
     }
-    let url = match (&cli.url, cli.spawn) {
+    match cli.cmd {
+        Cmd::Completions(a) => return manual::completions(a),
+        Cmd::Man(a) => return manual::man(a),
+        _ => {}
+    }
+    let spawn = cli.spawn && no_spawn.is_none();
+    let url = match (&cli.url, spawn) {
         (Some(u), _) => u.clone(),
         (None, false) => live_mutex::client::url_from_env(),
         (None, true) => match live_mutex::client::spawn_url_from_env() {
@@ -125,14 +186,23 @@ pub(crate) fn main() -> i32 {
             Err(e) => return report("", "--spawn", &e),
         },
     };
-    let spawn = cli.spawn;
     match cli.cmd {
         Cmd::Run(args) => run::run(&url, spawn, args),
-        Cmd::Start(_) => unreachable!("handled above"),
-        Cmd::Bench(args) => bench::bench(&url, cli.json, args),
-        Cmd::Top(args) => top::top(&url, cli.json, args),
+        Cmd::Bench(args) => bench::bench(&url, spawn, cli.json, args),
+        Cmd::Top(args) => top::top(&url, spawn, cli.json, args),
+        Cmd::Status => service::status(&url, spawn, cli.json),
+        Cmd::Stop(args) => service::stop(&url, cli.json, args),
+        Cmd::Start(_) | Cmd::Completions(_) | Cmd::Man(_) => unreachable!("handled above"),
         cmd => ops::op(&url, spawn, cli.json, cmd),
     }
+}
+
+/// Whether `--spawn` was typed (on `lmx` or on its subcommand), not taken from `LMX_SPAWN`.
+fn spawn_on_command_line(m: &clap::ArgMatches) -> bool {
+    let here = m.value_source("spawn") == Some(ValueSource::CommandLine);
+    here || m
+        .subcommand()
+        .is_some_and(|(_, sub)| spawn_on_command_line(sub))
 }
 
 /// Connects, spawning a broker first with `--spawn` (this very binary, so the broker is the
@@ -157,6 +227,6 @@ pub(crate) fn report(url: &str, what: &str, e: &Error) -> i32 {
         Error::Protocol(_) => (EXIT_SOFTWARE, format!("broker at {url}: {e}")),
         _ => (EXIT_FAIL, format!("{what}: {e}")),
     };
-    eprintln!("lmx: {msg}");
+    tell!("lmx: {}", safe(&msg));
     code
 }

@@ -1,5 +1,6 @@
 //! The one-request commands: acquire, release, ls, info, stats, ping.
 
+use super::out::{safe, say};
 use super::{Cmd, report};
 use live_mutex::client::{LockInfo, Who};
 use live_mutex::{LockOptions, Ttl};
@@ -13,28 +14,37 @@ pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
     };
     let out = |human: String, machine: serde_json::Value| {
         if as_json {
-            println!("{machine}");
+            say!("{machine}");
         } else if !human.is_empty() {
-            println!("{human}");
+            say!("{human}");
         }
         0
     };
     match cmd {
-        Cmd::Run(_) | Cmd::Start(_) | Cmd::Bench(_) | Cmd::Top(_) => {
+        Cmd::Run(_)
+        | Cmd::Start(_)
+        | Cmd::Bench(_)
+        | Cmd::Top(_)
+        | Cmd::Status
+        | Cmd::Stop(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => {
             unreachable!("handled in cli::main")
         }
         Cmd::Acquire { key, ttl, timeout } => {
-            let mut o = LockOptions::new()
-                .ttl(ttl.map_or(Ttl::Never, |t| Ttl::After(Duration::from_millis(t))));
+            let mut o = LockOptions::new().ttl(ttl.map_or(Ttl::Never, Ttl::After));
             o.keep_after_disconnect = true;
-            o.wait_timeout = timeout.map(Duration::from_millis);
+            o.wait_timeout = timeout;
             match client.lock_with(&key, &o) {
                 Ok(g) => {
                     let token = g.fencing_token();
                     let id = g.detach();
-                    out(id.clone(), json!({"key":key,"id":id,"fencingToken":token}))
+                    out(
+                        safe(&id).into_owned(),
+                        json!({"key":key,"id":id,"fencingToken":token}),
+                    )
                 }
-                Err(e) => report(url, &format!("acquire {key}"), &e),
+                Err(e) => report(url, &format!("acquire {}", safe(&key)), &e),
             }
         }
         Cmd::Release { key, id, force } => {
@@ -44,11 +54,14 @@ pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
             };
             match r {
                 Ok(()) => out(String::new(), json!({"key":key,"released":true})),
-                Err(e) => report(url, &format!("release {key}"), &e),
+                Err(e) => report(url, &format!("release {}", safe(&key)), &e),
             }
         }
         Cmd::Ls { long: false } => match client.ls() {
-            Ok(keys) => out(keys.join("\n"), json!({"keys":keys})),
+            Ok(keys) => {
+                let human: Vec<_> = keys.iter().map(|k| safe(k)).collect();
+                out(human.join("\n"), json!({"keys":keys}))
+            }
             Err(e) => report(url, "ls", &e),
         },
         Cmd::Ls { long: true } => {
@@ -63,14 +76,14 @@ pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
                         human.push(describe(&i));
                         machine.push(info_json(&i));
                     }
-                    Err(e) => return report(url, &format!("info {key}"), &e),
+                    Err(e) => return report(url, &format!("info {}", safe(&key)), &e),
                 }
             }
             out(human.join("\n"), json!({"keys":machine}))
         }
         Cmd::Info { key } => match client.info(&key) {
             Ok(i) => out(describe(&i), info_json(&i)),
-            Err(e) => report(url, &format!("info {key}"), &e),
+            Err(e) => report(url, &format!("info {}", safe(&key)), &e),
         },
         Cmd::Stats => match client.stats() {
             Ok(s) => {
@@ -91,10 +104,15 @@ pub(super) fn op(url: &str, spawn: bool, as_json: bool, cmd: Cmd) -> i32 {
                 let us = p.rtt.as_micros() as u64;
                 // With a list of brokers: the one that answered.
                 let url = client.endpoint().unwrap_or_else(|| url.to_string());
-                let h = format!("pong from {url} ({broker} broker) in {us} µs");
+                let version = p
+                    .version
+                    .as_deref()
+                    .map_or(String::new(), |v| format!(" {}", safe(v)));
+                let h = format!("pong from {url} ({broker} broker{version}) in {us} µs");
                 out(
                     h,
-                    json!({"url":url,"broker":broker,"rttMicros":us,"serverTimestamp":p.server_time_ms}),
+                    json!({"url":url,"broker":broker,"version":p.version,"rttMicros":us,
+                        "serverTimestamp":p.server_time_ms}),
                 )
             }
             Err(e) => report(url, "ping", &e),
@@ -129,11 +147,12 @@ pub(super) fn who_text(w: &Who<'_>) -> String {
     } else {
         "(unnamed)"
     });
-    if extra.is_empty() {
+    let text = if extra.is_empty() {
         name.to_string()
     } else {
         format!("{name} ({})", extra.join(", "))
-    }
+    };
+    safe(&text).into_owned()
 }
 
 /// How long ago a broker timestamp (Unix ms) was, by this machine's clock.
@@ -155,7 +174,7 @@ pub(super) fn ago(since_ms: Option<u64>) -> String {
 fn describe(i: &LockInfo) -> String {
     let mut h = format!(
         "{}: {}, {} holder(s), {} waiting{}",
-        i.key,
+        safe(&i.key),
         if i.is_locked { "locked" } else { "free" },
         i.holders.len(),
         i.waiters,
@@ -173,7 +192,7 @@ fn describe(i: &LockInfo) -> String {
             x.mode.as_str(),
             tok,
             ttl,
-            x.id
+            safe(&x.id)
         ));
     }
     for (n, w) in i.queue.iter().enumerate() {
@@ -183,7 +202,7 @@ fn describe(i: &LockInfo) -> String {
             who_text(&w.who),
             ago(w.waiting_since_ms),
             w.mode.as_str(),
-            w.id
+            safe(&w.id)
         ));
     }
     h

@@ -1,5 +1,6 @@
 //! `lmx run`: hold a lock for exactly the lifetime of a command.
 
+use super::out::{safe, tell};
 use super::{EXIT_LOST, report};
 use clap::Args;
 use live_mutex::{Error, LockOptions, Mode, Ttl};
@@ -9,32 +10,74 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
+#[command(
+    override_usage = "lmx run [OPTIONS] KEY CMD [ARGS]...\n       lmx run [OPTIONS] KEY -c 'SHELL COMMAND'"
+)]
 pub(crate) struct RunArgs {
     /// The lock's key
     key: String,
-    /// Let the lock expire this many ms after its last renewal; lmx renews it every TTL/3
-    /// while the command runs [default: no expiry, the lock lives as long as lmx's connection]
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(3..))]
-    ttl: Option<u64>,
-    /// Give up (exit 75) if the lock is not granted within this many ms [default: wait forever]
-    #[arg(long, value_name = "MS")]
-    timeout: Option<u64>,
+    /// Let the lock expire this long after its last renewal (5s, 500ms; a plain number is ms);
+    /// lmx renews it every TTL/3 while the command runs [default: no expiry, the lock lives as
+    /// long as lmx's connection]
+    #[arg(long, value_name = "DURATION", value_parser = ttl)]
+    ttl: Option<Duration>,
+    /// Give up (exit 75, or -E's code) if the lock is not granted within this long (5s, 2m,
+    /// 500ms; a plain number is ms) [default: wait forever]
+    #[arg(short = 'w', long, visible_alias = "wait", value_name = "DURATION", value_parser = super::duration::ms)]
+    timeout: Option<Duration>,
+    /// Stop renewing the lock this long after it was granted (needs --ttl): a command that runs
+    /// for longer loses the lock when the TTL then runs out (see --kill-on-loss)
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::ms, requires = "ttl")]
+    max_hold: Option<Duration>,
     /// Allow up to N holders of the key at once (a semaphore)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max: Option<u32>,
     /// Take a shared (read) lock: other --shared runs may hold it at the same time
-    #[arg(long)]
+    #[arg(short = 's', long, visible_alias = "read")]
     shared: bool,
-    /// Do not wait: exit 75 at once if the key is busy
-    #[arg(long, conflicts_with = "timeout")]
+    /// Take an exclusive lock (the default)
+    #[arg(short = 'x', long, visible_alias = "write", conflicts_with = "shared")]
+    exclusive: bool,
+    /// Do not wait: exit 75 (or -E's code) at once if the key is busy; wins over --timeout,
+    /// as in flock(1)
+    #[arg(short = 'n', long, visible_alias = "nonblock")]
     nowait: bool,
+    /// Exit with this status when the lock is not obtained (busy with --nowait, or --timeout
+    /// reached) [default: 75]
+    #[arg(short = 'E', long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=255))]
+    conflict_exit_code: Option<i32>,
     /// If the lock is lost while the command runs, terminate it (SIGTERM, SIGKILL 5 s later)
     #[arg(long)]
     kill_on_loss: bool,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// Run this command line with `sh -c` instead of CMD ARGS
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL COMMAND",
+        conflicts_with = "cmd"
+    )]
+    shell: Option<String>,
+    /// The command and its arguments (no `--` needed: everything after CMD is its own)
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "shell"
+    )]
     cmd: Vec<String>,
 }
+
+/// `--ttl`: the broker needs at least 3 ms to renew at TTL/3.
+fn ttl(s: &str) -> Result<Duration, String> {
+    let d = super::duration::ms(s)?;
+    if d < Duration::from_millis(3) {
+        return Err(format!("{s}: a TTL must be at least 3 ms"));
+    }
+    Ok(d)
+}
+
+/// How often `--max-hold` looks whether the lock's last TTL has run out.
+const EXPIRY_CHECK: Duration = Duration::from_millis(10);
 
 enum Ev {
     Exited,
@@ -47,7 +90,7 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return report(url, "connect", &e),
     };
-    let ttl = a.ttl.map(Duration::from_millis);
+    let ttl = a.ttl;
     let mut opts = LockOptions::new()
         .ttl(ttl.map_or(Ttl::Never, Ttl::After))
         .mode(if a.shared {
@@ -55,11 +98,12 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
         } else {
             Mode::Exclusive
         });
-    if let Some(ms) = a.timeout {
-        opts = opts.timeout(Duration::from_millis(ms));
+    if let Some(t) = a.timeout {
+        opts = opts.timeout(t);
     }
     if a.nowait {
         opts = opts.try_only();
+        opts.wait_timeout = None;
     }
     if let Some(n) = a.max {
         opts = opts.max(n);
@@ -67,22 +111,26 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
     let guard = match client.lock_with(&a.key, &opts) {
         Ok(g) => g,
         Err(Error::Busy | Error::WaitTimedOut) => {
-            let why = if a.nowait {
-                "is busy".to_string()
-            } else {
-                format!("not granted within {} ms", a.timeout.unwrap_or(0))
+            let why = match a.timeout {
+                Some(t) if !a.nowait => format!("not granted within {t:?}"),
+                _ => "is busy".to_string(),
             };
-            eprintln!("lmx: lock {} {why}", a.key);
-            return super::EXIT_NOT_ACQUIRED;
+            tell!("lmx: lock {} {why}", safe(&a.key));
+            return a.conflict_exit_code.unwrap_or(super::EXIT_NOT_ACQUIRED);
         }
-        Err(e) => return report(url, &format!("lock {}", a.key), &e),
+        Err(e) => return report(url, &format!("lock {}", safe(&a.key)), &e),
     };
+    let granted = Instant::now();
     let (tx, rx) = mpsc::channel();
     let lost_tx = tx.clone();
     guard.on_lost(move || _ = lost_tx.send(Ev::Lost));
 
-    let mut cmd = Command::new(&a.cmd[0]);
-    cmd.args(&a.cmd[1..])
+    let (program, args) = match &a.shell {
+        Some(line) => ("sh", vec!["-c".to_string(), line.clone()]),
+        None => (a.cmd[0].as_str(), a.cmd[1..].to_vec()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&args)
         .env("LMX_KEY", &a.key)
         .env("LMX_LOCK_ID", guard.id());
     cmd.env(
@@ -97,7 +145,7 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("lmx: {}: {e}", a.cmd[0]);
+            tell!("lmx: {program}: {e}");
             let _ = guard.unlock();
             return if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -125,6 +173,8 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
 
     let period = ttl.map(|t| t / 3);
     let mut next_extend = period.map(|p| Instant::now() + p);
+    // --max-hold: the last renewal is the one due before this.
+    let renew_until = a.max_hold.map(|m| granted + m);
     let mut lost = false;
     let mut kill_at: Option<Instant> = None;
     loop {
@@ -147,20 +197,30 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
                 if let (Some(p), Some(n)) = (period, next_extend)
                     && n <= now
                 {
-                    match guard.extend(ttl) {
-                        Err(Error::LockLost | Error::ConnectionLost) => now_lost = true,
-                        // A slow broker: try again soon; `is_lost` notices if the TTL ran out.
-                        Err(_) => now_lost = guard.is_lost(),
-                        Ok(()) => {}
+                    if renew_until.is_some_and(|u| now >= u) {
+                        // Renewals have stopped: look again until the guard's clock (which
+                        // starts each TTL when its request left) says the TTL ran out.
+                        now_lost = guard.is_lost();
+                        next_extend = Some(now + EXPIRY_CHECK);
+                    } else {
+                        match guard.extend(ttl) {
+                            Err(Error::LockLost | Error::ConnectionLost) => now_lost = true,
+                            // A slow broker: try again soon; `is_lost` notices if the TTL ran out.
+                            Err(_) => now_lost = guard.is_lost(),
+                            Ok(()) => {}
+                        }
+                        next_extend = Some(Instant::now() + p);
                     }
-                    next_extend = Some(Instant::now() + p);
                 }
             }
         }
         if now_lost && !lost {
             lost = true;
             next_extend = None;
-            eprintln!("lmx: lock {} was lost while the command was running", a.key);
+            tell!(
+                "lmx: lock {} was lost while the command was running",
+                safe(&a.key)
+            );
             if a.kill_on_loss {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
                 kill_at = Some(Instant::now() + Duration::from_secs(5));
@@ -173,7 +233,7 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
             .or_else(|| st.signal().map(|s| 128 + s))
             .unwrap_or(1),
         Err(e) => {
-            eprintln!("lmx: waiting for {}: {e}", a.cmd[0]);
+            tell!("lmx: waiting for {program}: {e}");
             1
         }
     };
@@ -181,19 +241,22 @@ pub(crate) fn run(url: &str, spawn: bool, a: RunArgs) -> i32 {
         match guard.unlock() {
             Ok(()) => return code,
             Err(Error::LockLost) => {
-                eprintln!("lmx: lock {} had been lost before the command ended", a.key)
+                tell!(
+                    "lmx: lock {} had been lost before the command ended",
+                    safe(&a.key)
+                )
             }
             Err(e) => {
                 // The command is done; an unlock that did not go through is released by the
                 // broker when this process's connection closes.
-                eprintln!("lmx: releasing lock {}: {e}", a.key);
+                tell!("lmx: releasing lock {}: {e}", safe(&a.key));
                 return code;
             }
         }
     } else {
         drop(guard);
     }
-    eprintln!(
+    tell!(
         "lmx: the command exited with status {code}; exiting {EXIT_LOST} because its lock was lost"
     );
     EXIT_LOST
@@ -258,6 +321,6 @@ fn forward_signals(tx: mpsc::Sender<Ev>) {
                 }
             });
         }
-        Err(e) => eprintln!("lmx: cannot forward signals: {e}"),
+        Err(e) => tell!("lmx: cannot forward signals: {e}"),
     }
 }

@@ -1,6 +1,7 @@
 //! `lmx start`: a broker in the foreground until SIGINT/SIGTERM, or detached (`--daemon`).
 
-use super::daemon;
+use super::out::tell;
+use super::{daemon, duration};
 use clap::Args;
 use live_mutex::broker::{Broker, BrokerBuilder, Keepalive};
 use live_mutex::client::{LocalAddr, runtime_dir, spawn_target};
@@ -17,13 +18,14 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "live_mutex_port")]
     port: Option<u16>,
     /// Also listen on this Unix socket (NDJSON)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "LMX_UDS")]
     uds: Option<PathBuf>,
-    /// TTL in ms of locks whose request does not say [default: no expiry]
-    #[arg(long, value_name = "MS")]
-    default_ttl: Option<u64>,
+    /// TTL of locks whose request does not say (30s, 5m; a plain number is ms) [default: no
+    /// expiry]
+    #[arg(long, value_name = "DURATION", env = "LMX_DEFAULT_TTL", value_parser = duration::ms)]
+    default_ttl: Option<Duration>,
     /// File mode of the Unix socket, in octal
-    #[arg(long, value_name = "MODE", default_value = "600")]
+    #[arg(long, value_name = "MODE", default_value = "600", env = "LMX_UDS_MODE")]
     uds_mode: String,
     /// Shared secret every client must present first (an `auth` message, or the WebSocket
     /// upgrade's `Authorization: Bearer` header). Prefer $LMX_AUTH_TOKEN or --auth-token-file:
@@ -36,26 +38,44 @@ pub(crate) struct StartArgs {
     )]
     auth_token: Option<String>,
     /// Read the auth token from this file (its first line), so that it is in no command line
-    #[arg(long, value_name = "FILE", conflicts_with = "auth_token")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "auth_token",
+        env = "LMX_AUTH_TOKEN_FILE"
+    )]
     auth_token_file: Option<PathBuf>,
     /// Allow `force` unlocks only over the Unix socket or from authenticated connections
-    #[arg(long)]
+    #[arg(long, env = "LMX_RESTRICT_ADMIN", value_parser = clap::builder::BoolishValueParser::new())]
     restrict_admin: bool,
-    /// Release a grant pushed to an npm client that is not acknowledged within MS [default:
-    /// never, the lock's TTL applies]. RISK: an npm client whose event loop is blocked for
-    /// longer than MS still takes the late grant and believes it holds the key while the next
-    /// waiter holds it too. Ghosts of abandoned try-locks are cleared without it.
-    #[arg(long, value_name = "MS")]
-    ack_timeout: Option<u64>,
-    /// Most microseconds to keep polling without sleeping after a busy turn, while spins pay (0: never spin)
-    #[arg(long, value_name = "US", default_value_t = 30)]
-    spin_us: u64,
+    /// Release a grant pushed to an npm client that is not acknowledged within this long
+    /// (a plain number is ms) [default: never, the lock's TTL applies]. RISK: an npm client
+    /// whose event loop is blocked for longer still takes the late grant and believes it holds
+    /// the key while the next waiter holds it too. Ghosts of abandoned try-locks are cleared
+    /// without it.
+    #[arg(long, value_name = "DURATION", env = "LMX_ACK_TIMEOUT", value_parser = duration::ms)]
+    ack_timeout: Option<Duration>,
+    /// The most time to keep polling without sleeping after a busy turn, while spins pay (a
+    /// plain number is microseconds; 0: never spin)
+    #[arg(long, value_name = "DURATION", default_value = "30", env = "LMX_SPIN_US",
+          value_parser = duration::us)]
+    spin_us: Duration,
     /// Most connections at once; more are closed as they arrive
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        env = "LMX_MAX_CONNECTIONS"
+    )]
     max_connections: usize,
     /// Most lock requests waiting at once across the broker; one more that would wait is
     /// refused with an error
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        env = "LMX_MAX_WAITERS"
+    )]
     max_waiters: usize,
     /// A Host name (besides localhost, 127.0.0.0/8, `[::1]` and the listening address) that
     /// WebSocket upgrades may name; repeatable
@@ -75,83 +95,134 @@ pub(crate) struct StartArgs {
         value_delimiter = ','
     )]
     allow_origin: Vec<String>,
-    /// Seconds of silence before a TCP connection is probed (TCP keepalive)
-    #[arg(long, value_name = "S", default_value_t = 10)]
-    keepalive_idle: u64,
-    /// Seconds between keepalive probes
-    #[arg(long, value_name = "S", default_value_t = 5)]
-    keepalive_interval: u64,
+    /// Silence before a TCP connection is probed (TCP keepalive; whole seconds, a plain
+    /// number is seconds)
+    #[arg(long, value_name = "DURATION", default_value = "10", env = "LMX_KEEPALIVE_IDLE",
+          value_parser = duration::secs)]
+    keepalive_idle: Duration,
+    /// Time between keepalive probes (whole seconds, a plain number is seconds)
+    #[arg(long, value_name = "DURATION", default_value = "5", env = "LMX_KEEPALIVE_INTERVAL",
+          value_parser = duration::secs)]
+    keepalive_interval: Duration,
     /// Unanswered keepalive probes before the connection is dropped and its locks released
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        env = "LMX_KEEPALIVE_COUNT"
+    )]
     keepalive_count: u32,
-    /// Seconds that sent data may stay unacknowledged before the connection is dropped
-    /// (TCP_USER_TIMEOUT; Linux only: elsewhere lmx says so and starts without it) [default:
-    /// idle + interval × count]
-    #[arg(long, value_name = "S")]
-    tcp_user_timeout: Option<u64>,
+    /// How long sent data may stay unacknowledged before the connection is dropped
+    /// (TCP_USER_TIMEOUT; a plain number is seconds; Linux only: elsewhere lmx says so and
+    /// starts without it) [default: idle + interval × count]
+    #[arg(long, value_name = "DURATION", env = "LMX_TCP_USER_TIMEOUT", value_parser = duration::secs)]
+    tcp_user_timeout: Option<Duration>,
     /// Leave TCP keepalive off (a vanished host then keeps its locks until their TTL)
-    #[arg(long)]
+    #[arg(long, env = "LMX_NO_KEEPALIVE", value_parser = clap::builder::BoolishValueParser::new())]
     no_keepalive: bool,
     /// Detach (new session, stdio to /dev/null or --log) and exit 0 once the broker listens,
     /// or at once if a broker already answers at the address. With no --host/--port/--uds:
     /// --url, else $LMX_URL, else the per-user socket ($XDG_RUNTIME_DIR/live-mutex/broker.sock,
     /// else on macOS $TMPDIR/live-mutex-$UID/broker.sock, else /tmp/live-mutex-$UID/broker.sock)
-    #[arg(long)]
+    #[arg(long, env = "LMX_DAEMON", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) daemon: bool,
     /// With --daemon: append the broker's log here instead of discarding it
-    #[arg(long, value_name = "FILE", requires = "daemon")]
+    #[arg(long, value_name = "FILE", requires = "daemon", env = "LMX_LOG")]
     pub(crate) log: Option<PathBuf>,
-    /// Exit (removing the Unix socket) after this many seconds with no connections and no
-    /// locks [default: never]
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    idle_exit: Option<u64>,
+    /// Exit (removing the Unix socket) after this long with no connections and no locks
+    /// (10m, 1h; a plain number is seconds; not LMX_IDLE_EXIT, which only brokers started by
+    /// --spawn take) [default: never]
+    #[arg(long, value_name = "DURATION", env = "LMX_START_IDLE_EXIT", value_parser = positive_secs)]
+    idle_exit: Option<Duration>,
     /// Where lock decisions live: `memory` (this process), or
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` so that any number of brokers serve the same
     /// keys (needs the `etcd` build feature) [default: memory]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "LMX_STORE")]
     store: Option<String>,
     /// With --store etcd://: the TTL of each connection's etcd lease, in whole seconds (at
-    /// least 2): a broker that dies loses its clients' locks this long after [default: 10]
-    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
-    session_ttl: Option<u64>,
+    /// least 2; a plain number is seconds): a broker that dies loses its clients' locks this
+    /// long after [default: 10]
+    #[arg(long, value_name = "DURATION", env = "LMX_SESSION_TTL", value_parser = positive_secs)]
+    session_ttl: Option<Duration>,
     /// TLS on the TCP port: this certificate chain (PEM). Clients then use tls:// or wss://;
     /// plain TCP stays available unless --require-tls. SIGHUP reloads it (and the key and
     /// client CA) without dropping connections
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "LMX_START_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM)
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "LMX_START_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// Ask TLS clients for a certificate signed by a CA in this PEM file; a verified one
     /// authenticates the connection (instead of the token; `force` under --restrict-admin)
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "LMX_START_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     tls_client_ca: Option<PathBuf>,
     /// Refuse plain TCP from any address but loopback (the Unix socket and loopback clients
     /// such as the npm client still work); needs --tls-cert
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, env = "LMX_START_REQUIRE_TLS", value_parser = clap::builder::BoolishValueParser::new(), requires = "tls_cert")]
     require_tls: bool,
     /// With --store: the CA that signed the etcd members' certificates (PEM); implies TLS
     /// to etcd, as does `etcds://` (which otherwise trusts the system's roots)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LMX_ETCD_CA", value_name = "FILE")]
     etcd_ca: Option<PathBuf>,
     /// With --store: a client certificate for etcd (PEM; with --etcd-key)
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    #[arg(
+        long,
+        env = "LMX_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
     etcd_cert: Option<PathBuf>,
     /// With --store: the key of --etcd-cert (PEM)
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    #[arg(
+        long,
+        env = "LMX_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
     etcd_key: Option<PathBuf>,
     /// With --store: the etcd user (etcd `auth enable`); the password comes from
     /// --etcd-password-file, else $LMX_ETCD_PASSWORD
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "LMX_ETCD_USER", value_name = "NAME")]
     etcd_user: Option<String>,
     /// With --etcd-user: a file whose first line is the password
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    #[arg(
+        long,
+        env = "LMX_ETCD_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "etcd_user"
+    )]
     etcd_password_file: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter such as
-    /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs one line per connection
-    /// opened and closed; `debug` adds each HTTP request
-    #[arg(long, value_name = "FILTER")]
+    /// `live_mutex=debug` [default: $RUST_LOG, else info]. `info` logs connections opened
+    /// and closed and lock events (forced unlocks, TTL expiries, locks released because
+    /// their connection closed, refused admin acts); `debug` adds every grant, release and
+    /// HTTP request
+    #[arg(long, value_name = "FILTER", env = "LMX_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
+}
+
+/// A duration of at least one second (a plain number is seconds).
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    let d = duration::secs(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s}: must be at least 1s"));
+    }
+    Ok(d)
 }
 
 /// Sends the broker's `tracing` events to stderr, with timestamps, filtered by `--log-level`
@@ -163,11 +234,16 @@ pub(crate) fn init_logging(level: Option<&str>) -> Result<(), String> {
         Some(l) => EnvFilter::try_new(l).map_err(|e| format!("--log-level {l:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = super::out::color_on(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // A log line that cannot be written (stderr a pipe whose reader left) is dropped: the
+        // subscriber's own complaint would go to the same stderr through `eprintln!`, whose
+        // panic kills the thread that logged (the reactor, or the signal handler, which then
+        // never shuts the broker down).
+        .log_internal_errors(false)
         .with_target(false)
         .try_init()
         .map_err(|e| e.to_string())
@@ -175,7 +251,7 @@ pub(crate) fn init_logging(level: Option<&str>) -> Result<(), String> {
 
 pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
     if let Err(e) = init_logging(a.log_level.as_deref()) {
-        eprintln!("lmx start: {e}");
+        tell!("lmx start: {e}");
         return super::EXIT_USAGE;
     }
     // Said before a daemon detaches, where the person who gave the flag sees it.
@@ -187,7 +263,7 @@ pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
     let listen = match listen(&a, url) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("lmx start: {e}");
+            tell!("lmx start: {e}");
             return super::EXIT_USAGE;
         }
     };
@@ -197,7 +273,7 @@ pub(crate) fn start(a: StartArgs, url: Option<&str>) -> i32 {
     match serve(builder(&a, listen.builder()), |_| {}) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("lmx start: {e}");
+            tell!("lmx start: {e}");
             super::EXIT_UNAVAILABLE
         }
     }
@@ -276,34 +352,35 @@ fn builder(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
     let uds_mode = u32::from_str_radix(&a.uds_mode, 8)
         .map_err(|_| "--uds-mode takes an octal mode such as 600")?;
     let b = match a.ack_timeout {
-        Some(ms) => b.ack_timeout(Duration::from_millis(ms)),
+        Some(t) => b.ack_timeout(t),
         None => b,
     };
     let b = store(a, b)?;
     let b = tls(a, b)?;
-    Ok(b.default_ttl(a.default_ttl.map(Duration::from_millis))
+    Ok(b.default_ttl(a.default_ttl)
         .uds_mode(uds_mode)
         .auth_token(auth_token(a)?)
         .restrict_admin(a.restrict_admin)
         .max_connections(a.max_connections)
         .max_waiters(a.max_waiters)
         .raise_fd_limit(true)
-        .spin(Duration::from_micros(a.spin_us))
+        .spin(a.spin_us)
         .allow_hosts(a.allow_host.clone())
         .allow_origins(a.allow_origin.clone())
         .keepalive(keepalive(a))
-        .idle_exit(a.idle_exit.map(Duration::from_secs)))
+        .idle_exit(a.idle_exit))
 }
 
 fn keepalive(a: &StartArgs) -> Option<Keepalive> {
     (!a.no_keepalive).then(|| {
+        let second = Duration::from_secs(1);
         let mut k = Keepalive::new(
-            Duration::from_secs(a.keepalive_idle.max(1)),
-            Duration::from_secs(a.keepalive_interval.max(1)),
+            a.keepalive_idle.max(second),
+            a.keepalive_interval.max(second),
             a.keepalive_count.max(1),
         );
         if let Some(t) = a.tcp_user_timeout {
-            k.user_timeout = Duration::from_secs(t);
+            k.user_timeout = t;
         }
         k
     })
@@ -365,9 +442,9 @@ fn store(a: &StartArgs, b: BrokerBuilder) -> Result<BrokerBuilder, String> {
         }
         #[cfg(feature = "etcd")]
         Some(url) => {
-            let mut cfg = live_mutex::store::etcd::EtcdConfig::from_url(url)
+            let mut cfg = live_mutex::broker::EtcdConfig::from_url(url)
                 .map_err(|e| format!("--store: {e}"))?;
-            cfg.session_ttl = Duration::from_secs(a.session_ttl.unwrap_or(10));
+            cfg.session_ttl = a.session_ttl.unwrap_or(Duration::from_secs(10));
             let abs =
                 |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
             cfg.ca = a.etcd_ca.as_ref().map(abs).transpose()?;

@@ -1,138 +1,74 @@
 //! `lmx top`: the status page's view in the terminal, refreshing in place. It sends the same
-//! read-only `watch` message as the page and draws each snapshot the broker pushes.
+//! read-only `watch` message as the page (through [`live_mutex::client::Watch`], so every URL
+//! form and token the client takes works here too) and draws each snapshot the broker pushes.
 //!
-//! It speaks NDJSON over its own socket (tcp:// or unix://) rather than through `Client`: a
-//! watch is a stream of pushed snapshots, not a request with one answer.
+//! On a terminal each snapshot replaces the last; into a pipe or file each is written plainly
+//! after the one before, without cursor movement; `--json` writes each snapshot as one line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{Value, json};
+use live_mutex::client::Watch;
+use serde_json::Value;
 
-use super::{EXIT_UNAVAILABLE, EXIT_USAGE};
+use super::out::{bold, safe, say, say_raw, tell};
+use super::report;
 
 #[derive(Args, Debug)]
 pub(crate) struct TopArgs {
-    /// Refresh interval in ms (the broker allows 200 to 60000)
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    interval: u64,
+    /// Refresh interval (500ms, 2s; a plain number is ms; the broker allows 200 ms to 60 s)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::duration::ms)]
+    interval: Duration,
     /// Print one snapshot and exit (with --json: the broker's snapshot as is)
     #[arg(long)]
     once: bool,
 }
 
-pub(crate) fn top(url: &str, as_json: bool, a: TopArgs) -> i32 {
-    let (stream, token) = match open(url) {
-        Ok(s) => s,
-        Err((code, e)) => {
-            eprintln!("lmx top: {e}");
-            return code;
+pub(crate) fn top(url: &str, spawn: bool, as_json: bool, a: TopArgs) -> i32 {
+    if spawn {
+        // Start the broker if none answers; the watch then has its own connection.
+        if let Err(e) = super::connect(url, true) {
+            return report(url, "connect", &e);
         }
-    };
-    let mut w = match stream.try_clone() {
+    }
+    let mut watch = match Watch::open(url, a.interval) {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("lmx top: {e}");
-            return EXIT_UNAVAILABLE;
-        }
+        Err(e) => return report(url, "top", &e),
     };
-    let mut hello = String::new();
-    if let Some(t) = token {
-        hello.push_str(&json!({"type":"auth","uuid":"top-auth","token":t}).to_string());
-        hello.push('\n');
-    }
-    let name = format!("lmx top[{}]", std::process::id());
-    hello.push_str(&json!({"type":"hello","name":name,"pid":std::process::id()}).to_string());
-    hello.push('\n');
-    hello.push_str(&json!({"type":"watch","uuid":"top","intervalMs":a.interval}).to_string());
-    hello.push('\n');
-    if let Err(e) = w.write_all(hello.as_bytes()) {
-        eprintln!("lmx top: broker at {url}: {e}");
-        return EXIT_UNAVAILABLE;
-    }
+    let redraw = !as_json && std::io::stdout().is_terminal();
     let mut prev: Option<Value> = None;
-    for line in BufReader::new(stream).lines() {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("lmx top: broker at {url}: {e}");
-                return EXIT_UNAVAILABLE;
+    loop {
+        let line = match watch.next_snapshot() {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                tell!("lmx top: broker at {url} closed the connection");
+                return super::EXIT_UNAVAILABLE;
             }
+            Err(e) => return report(url, "top", &e),
         };
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        match v["type"].as_str() {
-            Some("watch") => {}
-            _ if v.get("error").is_some() => {
-                eprintln!("lmx top: broker at {url}: {}", v["error"]);
-                return super::EXIT_FAIL;
+        if as_json {
+            say!("{line}");
+        } else {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                tell!("lmx top: broker at {url} sent a snapshot that is not JSON");
+                return super::EXIT_SOFTWARE;
+            };
+            let screen = render(&v, prev.as_ref());
+            if redraw {
+                // Home, clear to the end: redraw in place.
+                say_raw!("\x1b[H\x1b[2J{screen}");
+            } else if a.once || prev.is_none() {
+                say_raw!("{screen}");
+            } else {
+                say_raw!("\n{screen}");
             }
-            _ => continue,
+            prev = Some(v);
         }
         if a.once {
-            if as_json {
-                println!("{v}");
-            } else {
-                print!("{}", render(&v, None));
-            }
             return 0;
         }
-        // Home, clear to the end: redraw in place.
-        print!("\x1b[H\x1b[2J{}", render(&v, prev.as_ref()));
-        let _ = std::io::stdout().flush();
-        prev = Some(v);
     }
-    eprintln!("lmx top: broker at {url} closed the connection");
-    EXIT_UNAVAILABLE
-}
-
-type Opened = (Box<dyn ReadWrite>, Option<String>);
-
-trait ReadWrite: std::io::Read + Write + Send {
-    fn try_clone(&self) -> std::io::Result<Box<dyn ReadWrite>>;
-}
-impl ReadWrite for TcpStream {
-    fn try_clone(&self) -> std::io::Result<Box<dyn ReadWrite>> {
-        Ok(Box::new(TcpStream::try_clone(self)?))
-    }
-}
-impl ReadWrite for UnixStream {
-    fn try_clone(&self) -> std::io::Result<Box<dyn ReadWrite>> {
-        Ok(Box::new(UnixStream::try_clone(self)?))
-    }
-}
-
-/// Connects to a `tcp://HOST:PORT` or `unix:///PATH` URL; the token comes from `?token=` or
-/// `LMX_AUTH_TOKEN`.
-fn open(url: &str) -> Result<Opened, (i32, String)> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let token = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(str::to_string)
-        .or_else(|| {
-            std::env::var("LMX_AUTH_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-        });
-    let unavailable = |e: std::io::Error| (EXIT_UNAVAILABLE, format!("broker at {url}: {e}"));
-    let s: Box<dyn ReadWrite> = if let Some(path) = base.strip_prefix("unix://") {
-        Box::new(UnixStream::connect(path).map_err(unavailable)?)
-    } else if let Some(addr) = base.strip_prefix("tcp://") {
-        let s = TcpStream::connect(addr.trim_end_matches('/')).map_err(unavailable)?;
-        s.set_nodelay(true).ok();
-        Box::new(s)
-    } else {
-        return Err((
-            EXIT_USAGE,
-            format!("{url}: lmx top needs a tcp:// or unix:// URL"),
-        ));
-    };
-    Ok((s, token))
 }
 
 fn ago(now: u64, then: &Value) -> String {
@@ -148,9 +84,9 @@ fn ago(now: u64, then: &Value) -> String {
 }
 
 fn who(x: &Value) -> String {
-    let name = x["name"].as_str().unwrap_or("(unnamed)");
+    let name = safe(x["name"].as_str().unwrap_or("(unnamed)"));
     match x["peer"].as_str() {
-        Some(p) => format!("{name} ({p})"),
+        Some(p) => format!("{name} ({})", safe(p)),
         None => format!("{name} (disconnected)"),
     }
 }
@@ -161,8 +97,9 @@ fn render(v: &Value, prev: Option<&Value>) -> String {
     let st = &v["stats"];
     let n = |x: &Value| x.as_u64().unwrap_or(0);
     let mut o = format!(
-        "lmx top  connections {}  keys {}  held {}  waiting {}  grants {}  expiries {}  \
+        "{}  connections {}  keys {}  held {}  waiting {}  grants {}  expiries {}  \
          wait time-outs {}\n",
+        bold("lmx top"),
         n(&st["connections"]),
         n(&st["keys"]),
         n(&st["holders"]),
@@ -188,7 +125,7 @@ fn render(v: &Value, prev: Option<&Value>) -> String {
                 .map_or("none".into(), |t| format!("{t}ms"));
             o.push_str(&format!(
                 "  {:<24} {:<40} for {:<8} token {} ttl {}\n",
-                k["key"].as_str().unwrap_or(""),
+                safe(k["key"].as_str().unwrap_or("")),
                 who(h),
                 ago(now, &h["heldSince"]),
                 h["fencingToken"],
@@ -201,7 +138,7 @@ fn render(v: &Value, prev: Option<&Value>) -> String {
         for (i, w) in k["waiters"].as_array().into_iter().flatten().enumerate() {
             o.push_str(&format!(
                 "  {:<24} #{:<3} {:<40} for {}\n",
-                k["key"].as_str().unwrap_or(""),
+                safe(k["key"].as_str().unwrap_or("")),
                 i + 1,
                 who(w),
                 ago(now, &w["waitingSince"])

@@ -20,7 +20,7 @@ pub(crate) struct Slot<C> {
 
 impl<C> Slot<C> {
     /// Starts at the first of `n` brokers, or at a random one (to spread clients).
-    pub fn new(n: usize, random: bool) -> Self {
+    pub(crate) fn new(n: usize, random: bool) -> Self {
         Slot {
             conn: None,
             failures: 0,
@@ -35,7 +35,11 @@ impl<C> Slot<C> {
 
     /// The live connection and the index of its broker; a dead one is dropped, and the next
     /// connect starts after its broker.
-    pub fn live(&mut self, n: usize, is_dead: impl Fn(&C) -> bool) -> Option<(Arc<C>, usize)> {
+    pub(crate) fn live(
+        &mut self,
+        n: usize,
+        is_dead: impl Fn(&C) -> bool,
+    ) -> Option<(Arc<C>, usize)> {
         match &self.conn {
             Some(c) if !is_dead(c) => Some((c.clone(), self.at)),
             Some(_) => {
@@ -48,13 +52,13 @@ impl<C> Slot<C> {
     }
 
     /// The order in which to try `n` brokers.
-    pub fn order(&self, n: usize) -> impl Iterator<Item = usize> + use<C> {
+    pub(crate) fn order(&self, n: usize) -> impl Iterator<Item = usize> + use<C> {
         let at = self.at;
         (0..n).map(move |i| (at + i) % n)
     }
 
     /// When the next connect may start (`None`: at once, nothing failed since the last success).
-    pub fn next_attempt(&self) -> Option<Instant> {
+    pub(crate) fn next_attempt(&self) -> Option<Instant> {
         let t = self.last_fail?;
         let backoff = Duration::from_millis(50 << self.failures.min(6)).min(Duration::from_secs(2));
         Some(t + backoff.mul_f64(0.75 + fastrand::f64() / 2.0))
@@ -62,7 +66,7 @@ impl<C> Slot<C> {
 
     /// Records a connect: the new connection and its broker's index, or one more failure
     /// (of every broker in the list).
-    pub fn connected<E>(&mut self, r: Result<(C, usize), E>) -> Result<Arc<C>, E> {
+    pub(crate) fn connected<E>(&mut self, r: Result<(C, usize), E>) -> Result<Arc<C>, E> {
         match r {
             Ok((c, at)) => {
                 let c = Arc::new(c);

@@ -1,6 +1,6 @@
 //! The I/O-free half of the calls both clients make, the blocking [`Client`](super::Client)
-//! and the async one: the handshake's verdict, the requests a guard sends, and what each
-//! answer means to the caller. The two clients differ only in how they wait for the answer.
+//! and the async one: the handshake's verdict and what each answer means to the caller (the
+//! requests are built in `requests.rs`). The two clients differ only in how they wait.
 
 use super::error::{Error, Result};
 use super::{LockInfo, LockOptions, SLACK, Stats};
@@ -8,11 +8,6 @@ use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, RequestId, Session, Unlocked};
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// A fresh request id in its wire form.
-pub(crate) fn new_uuid() -> String {
-    RequestId::random().to_string()
-}
 
 /// Queues `req` in the session: its id, for matching the answer to its waiter.
 pub(crate) fn request_id(session: &mut Session, req: &Request<'_>) -> Result<RequestId> {
@@ -30,7 +25,9 @@ pub(crate) fn handshake(ping: Result<Answer>, auth: Option<Answer>) -> Result<Br
         _ => None,
     });
     match ping {
-        Ok(Answer::Pong(_)) => auth_err.map_or(Ok(BrokerKind::Rust), |e| Err(Error::Rejected(e))),
+        Ok(Answer::Pong { .. }) => {
+            auth_err.map_or(Ok(BrokerKind::Rust), |e| Err(Error::Rejected(e)))
+        }
         Ok(Answer::Rejected(e)) => Err(Error::Rejected(auth_err.unwrap_or(e))),
         Ok(Answer::Unknown(_)) => Ok(BrokerKind::Node),
         Ok(a) => Err(Error::Protocol(format!("unexpected answer to ping: {a:?}"))),
@@ -52,7 +49,7 @@ pub(crate) fn greet(session: &mut Session, kind: BrokerKind) {
 
 /// The name a connection gives the broker: `LMX_CLIENT_NAME` if set, else the program's file
 /// name and pid (`cargo-test[4242]`), as `lmx info` shows it.
-fn client_name() -> String {
+pub(crate) fn client_name() -> String {
     let name = match std::env::var("LMX_CLIENT_NAME") {
         Ok(n) if !n.is_empty() => n,
         _ => {
@@ -107,21 +104,6 @@ fn not_granted(o: &LockOptions) -> Error {
     } else {
         Error::WaitTimedOut
     }
-}
-
-/// The `unlock` request that releases lock `id` on `key`.
-pub(crate) fn unlock_request<'a>(uuid: &'a str, key: &'a str, id: &'a str) -> Request<'a> {
-    Request::Unlock {
-        uuid,
-        key,
-        lock_id: Some(id),
-        force: false,
-    }
-}
-
-/// The `release-many` request that releases the keys of acquire-many `id`.
-pub(crate) fn release_many_request<'a>(uuid: &'a str, id: &'a str) -> Request<'a> {
-    Request::ReleaseMany { uuid, lock_id: id }
 }
 
 /// A guard's `unlock` or `release-many`, answered: [`Error::LockLost`] if the lock had already

@@ -1,10 +1,24 @@
-//! What a caller may ask of a lock ([`LockOptions`]), and the one place that turns those
-//! options into the protocol's requests, for one key and for several.
+//! What a caller may ask of a lock ([`LockOptions`]); `requests.rs` turns them into the
+//! protocol's requests.
 
 use super::error::{Error, Result};
 use super::{Mode, Ttl};
-use crate::proto::{AcquireMany, LockRequest, MAX_TTL_MS, Request};
-use std::time::Duration;
+use crate::proto::MAX_TTL_MS;
+use std::time::{Duration, Instant};
+
+/// What a keep-alive does: renew to `ttl` every TTL/3, while the time is before `until`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Renewals {
+    pub ttl: Duration,
+    pub until: Option<Instant>,
+}
+
+impl Renewals {
+    /// Whether a renewal due now is still made.
+    pub(crate) fn due(&self) -> bool {
+        self.until.is_none_or(|u| Instant::now() < u)
+    }
+}
 
 /// Options for [`Client::lock_with`](super::Client::lock_with). Build with the methods, or with struct syntax and
 /// `..Default::default()`.
@@ -34,6 +48,12 @@ pub struct LockOptions {
     /// short TTL only bounds how long a crashed holder keeps the key. Needs a
     /// [`Ttl::After`]; ignored otherwise.
     pub keep_alive: bool,
+    /// With [`keep_alive`](Self::keep_alive): stop renewing this long after the grant. A
+    /// holder stuck in an endless loop then loses the key when the TTL runs out (at most
+    /// `max_hold` + TTL after the grant), and its guard reports
+    /// [`is_lost`](super::LockGuard::is_lost) from then on. `None`: renew for as long as
+    /// the guard lives.
+    pub max_hold: Option<Duration>,
 }
 
 impl LockOptions {
@@ -115,51 +135,42 @@ impl LockOptions {
         self
     }
 
+    /// Sets [`max_hold`](Self::max_hold) (and [`keep_alive`](Self::keep_alive), which it
+    /// bounds).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let o = live_mutex::LockOptions::new().max_hold(Duration::from_secs(60));
+    /// assert!(o.keep_alive && o.max_hold == Some(Duration::from_secs(60)));
+    /// ```
+    pub fn max_hold(mut self, d: Duration) -> Self {
+        self.keep_alive = true;
+        self.max_hold = Some(d);
+        self
+    }
+
     /// Refuses what the wire cannot say: a TTL under 1 ms (it would go out as `0`, which the
     /// protocol reads as "the broker's default") or above [`MAX_TTL_MS`].
     pub(crate) fn check(&self) -> Result<()> {
         check_ttl(self.ttl)
     }
 
-    /// The TTL to keep renewing, when keep-alive applies.
-    pub(crate) fn keep_alive_ttl(&self) -> Option<Duration> {
+    /// The TTL to keep renewing, and until when (from a grant at `granted`), when keep-alive
+    /// applies.
+    pub(crate) fn keep_alive_plan(&self, granted: Instant) -> Option<Renewals> {
         match self.ttl {
-            Ttl::After(d) if self.keep_alive => Some(d),
+            Ttl::After(ttl) if self.keep_alive => Some(Renewals {
+                ttl,
+                until: self.max_hold.and_then(|m| granted.checked_add(m)),
+            }),
             _ => None,
         }
     }
 
     /// The broker-side wait time-out, in whole milliseconds.
-    fn wait_ms(&self) -> Option<u64> {
+    pub(crate) fn wait_ms(&self) -> Option<u64> {
         self.wait_timeout
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64)
-    }
-
-    /// The `lock` request for `key`.
-    pub(crate) fn lock_request<'a>(&self, uuid: &'a str, key: &'a str) -> Request<'a> {
-        Request::Lock(LockRequest {
-            uuid,
-            key,
-            ttl: self.ttl,
-            max: self.max,
-            try_lock: self.try_only,
-            wait_timeout: self.wait_ms(),
-            mode: self.mode,
-            keep_locks_after_death: self.keep_after_disconnect,
-            retry_count: 0,
-        })
-    }
-
-    /// The `acquire-many` request for `keys` (`max` and `mode` do not apply).
-    pub(crate) fn many_request<'a>(&self, uuid: &'a str, keys: &[&'a str]) -> Request<'a> {
-        Request::AcquireMany(AcquireMany {
-            uuid,
-            keys: keys.iter().copied().collect(),
-            ttl: self.ttl,
-            try_lock: self.try_only,
-            wait_timeout: self.wait_ms(),
-            keep_locks_after_death: self.keep_after_disconnect,
-        })
     }
 }
 

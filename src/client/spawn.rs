@@ -30,6 +30,7 @@ const SOCKET_NAME: &str = "broker.sock";
 
 /// Where a broker for a local URL listens: what `lmx start --daemon` binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::exhaustive_enums)] // the two kinds of local listener there are; `lmx start` matches both
 pub enum LocalAddr {
     /// A Unix socket path.
     Unix(PathBuf),

@@ -172,6 +172,7 @@ pub(super) fn handshake(
             host: host.to_string(),
         }),
         raw: Vec::new(),
+        raw_at: 0,
         out: Vec::new(),
     })
 }
@@ -199,7 +200,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct TlsPipe {
     sock: TcpStream,
     shared: Arc<Shared>,
+    /// Bytes read from the socket; those from `raw_at` on are not yet given to rustls.
     raw: Vec<u8>,
+    raw_at: usize,
     out: Vec<u8>,
 }
 
@@ -209,6 +212,7 @@ impl TlsPipe {
             sock: self.sock.try_clone()?,
             shared: self.shared.clone(),
             raw: Vec::new(),
+            raw_at: 0,
             out: Vec::new(),
         })
     }
@@ -224,6 +228,11 @@ impl TlsPipe {
 }
 
 impl Read for TlsPipe {
+    /// rustls refuses more records (`read_tls`: "received plaintext buffer full") while it
+    /// holds more than 16 KiB of opened plaintext, and one socket read can complete a record
+    /// that the previous read began: so records are fed to it only while its plaintext is
+    /// empty, one `read_tls` at a time, and the socket bytes it has not taken yet stay in
+    /// `raw` for the next call.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -235,22 +244,25 @@ impl Read for TlsPipe {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            // 8 KiB of records open to at most 8 KiB of plaintext, within what rustls
-            // buffers before it is read.
-            self.raw.resize(8 << 10, 0);
-            let n = (&self.sock).read(&mut self.raw)?;
+            if self.raw_at == self.raw.len() {
+                self.raw.resize(8 << 10, 0);
+                self.raw_at = 0;
+                // A read time-out (the driver's way to wake up) leaves nothing behind.
+                let n = (&self.sock)
+                    .read(&mut self.raw)
+                    .inspect_err(|_| self.raw.clear())?;
+                self.raw.truncate(n);
+            }
+            // Empty at the peer's EOF: rustls then reports the end (or a truncation) above.
+            let mut rest = &self.raw[self.raw_at..];
+            let before = rest.len();
             let mut conn = lock(&self.shared.conn);
-            let mut rest = &self.raw[..n];
-            loop {
-                conn.read_tls(&mut rest)?;
-                if let Err(e) = conn.process_new_packets() {
-                    let e = io::Error::new(io::ErrorKind::InvalidData, e);
-                    *lock(&self.shared.failure) = Some(failure(&self.shared.host, &e));
-                    return Err(e);
-                }
-                if rest.is_empty() {
-                    break;
-                }
+            conn.read_tls(&mut rest)?;
+            self.raw_at += before - rest.len();
+            if let Err(e) = conn.process_new_packets() {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                *lock(&self.shared.failure) = Some(failure(&self.shared.host, &e));
+                return Err(e);
             }
         }
     }

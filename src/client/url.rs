@@ -34,7 +34,7 @@ pub(crate) struct Target {
 
 impl Settings {
     /// The defaults: 3 s to connect (handshake included), 10 s for an answer.
-    pub fn new(url: &str) -> Settings {
+    pub(crate) fn new(url: &str) -> Settings {
         Settings {
             url: url.to_string(),
             token: None,
@@ -50,7 +50,7 @@ impl Settings {
 
     /// Parses the URLs (`a,b,...`); the token is the builder's, else the first URL's that
     /// carries one, else `LMX_AUTH_TOKEN`.
-    pub fn resolve(self) -> Result<Target> {
+    pub(crate) fn resolve(self) -> Result<Target> {
         let mut endpoints = Vec::new();
         let mut url_token = None;
         for url in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {

@@ -76,6 +76,7 @@ pub enum DecodeErrorKind {
 /// reaches the waiting caller (see [`decode_error`](super::encode::decode_error)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
+#[non_exhaustive]
 pub struct DecodeError {
     /// What was wrong.
     pub kind: DecodeErrorKind,

@@ -307,11 +307,13 @@ impl Reply<'_> {
             Reply::Pong {
                 uuid,
                 server_timestamp_ms,
+                version,
             } => {
                 w.str("type", "pong")
                     .str("uuid", uuid)
                     .bool("ping", true)
-                    .u64("serverTimestamp", *server_timestamp_ms);
+                    .u64("serverTimestamp", *server_timestamp_ms)
+                    .opt_str("version", *version);
             }
             Reply::SystemStats { uuid, stats } => {
                 w.str("type", "system-stats-response")
@@ -323,6 +325,8 @@ impl Reply<'_> {
                     .u64("waiters", stats.waiters);
                 s.u64("connections", stats.connections)
                     .u64("grants", stats.grants)
+                    .opt_u64("pid", stats.pid)
+                    .opt_u64("uptimeMs", stats.uptime_ms)
                     .finish();
             }
             Reply::Auth {

@@ -1,5 +1,6 @@
 //! The live-mutex wire format, both directions and without I/O: one set of types for each
-//! message, each both built and parsed here (mini-redis style).
+//! message, each both built and parsed here, so the broker and the clients cannot disagree
+//! on a field.
 //!
 //! - Requests ([`Request`]): decoded in place by the broker ([`Decoder`], `decode.rs`), encoded
 //!   by the client ([`Request::encode`], `encode.rs`).
@@ -9,8 +10,9 @@
 //!   the npm broker's quirks), bytes in and bytes out.
 //! - [`ndjson`]: line framing.
 //!
-//! The vocabulary both sides share ([`Ttl`], [`Mode`], [`Stats`], [`HolderInfo`]) is defined
-//! here once; the broker maps it to the lock table's own types.
+//! The vocabulary both sides of the wire share ([`Ttl`], [`Stats`], [`HolderInfo`]) is defined
+//! here once; the broker maps it to the lock table's own types. [`Mode`], which the table
+//! shares too, comes from the crate's leaf `mode.rs`.
 //!
 //! Decoding runs simd-json's tape parser over the caller's buffer and reads the tape once;
 //! every string in a [`Request`] is borrowed from that buffer (simd-json unescapes in place),
@@ -32,7 +34,7 @@
 //! while let Some(line) = framer.next_line().unwrap() {
 //!     let start = out.len();
 //!     match decoder.decode(line) {
-//!         Ok(Request::Ping { uuid }) => Reply::Pong { uuid, server_timestamp_ms: 0 }.encode(&mut out),
+//!         Ok(Request::Ping { uuid }) => Reply::Pong { uuid, server_timestamp_ms: 0, version: None }.encode(&mut out),
 //!         Ok(_) => {} // the lock table's business
 //!         Err(e) => encode::decode_error(&e, &mut out),
 //!     }
@@ -56,6 +58,8 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+/// How a lock shares its key: the word the protocol, the lock table and the clients share.
+pub use crate::mode::Mode;
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, MAX_CLIENT_NAME, decode};
 pub use reply::{HolderInfo, LockOutcome, ManyOutcome, Reply, Stats, WaiterInfo, Who};
 pub use reply_decode::{ReplyDecoder, decode_reply};
@@ -124,35 +128,6 @@ impl From<Duration> for Ttl {
     }
 }
 
-/// How a lock shares its key (extension; plain `exclusive` is what every 0.2.x client gets).
-///
-/// ```
-/// use live_mutex::Mode;
-/// assert_eq!(Mode::default().as_str(), "exclusive");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Mode {
-    /// Up to the key's `max` holders (a mutex when `max` is 1, a semaphore otherwise).
-    #[default]
-    Exclusive,
-    /// Shares with other readers only.
-    Read,
-    /// Alone on the key, whatever its `max`.
-    Write,
-}
-
-impl Mode {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Read => "read",
-            Mode::Write => "write",
-        }
-    }
-}
-
 /// Why a client abandons its request `uuid` (all three mean: dequeue it, or release it if granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -217,6 +192,9 @@ impl RwOp {
 
 /// `lock`: one key, one holder slot. `uuid` is both the request id and the lock id.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Built with struct syntax by whoever drives a `Session` themselves: every field is the wire's,
+// and a new one is a protocol change.
+#[allow(clippy::exhaustive_structs)]
 pub struct LockRequest<'a> {
     /// `uuid`: the request id, and the lock id once granted.
     pub uuid: &'a str,
@@ -241,6 +219,7 @@ pub struct LockRequest<'a> {
 
 /// `acquire-many` (extension): all keys or none; `uuid` is the lock id for `release-many`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::exhaustive_structs)] // as `LockRequest`
 pub struct AcquireMany<'a> {
     /// `uuid`: the request id, and the lock id `release-many` names (as `lockUuid`).
     pub uuid: &'a str,

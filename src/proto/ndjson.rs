@@ -16,6 +16,7 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 /// The stream cannot be framed any more; the connection should be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("line longer than {max} bytes")]
+#[non_exhaustive]
 pub struct LineTooLong {
     /// The framer's limit, in bytes, excluding the `\n`.
     pub max: usize,

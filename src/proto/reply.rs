@@ -95,6 +95,7 @@ impl HolderInfo<'_> {
 /// Who is behind a connection, as the broker knows it: what a hung test's "who holds my
 /// lock?" needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Who<'a> {
     /// `ip:port` of a TCP peer; `pid N uid U` of a Unix-socket peer (from `SO_PEERCRED`).
     pub peer: Option<Cow<'a, str>>,
@@ -117,6 +118,7 @@ impl Who<'_> {
 
 /// One queued request in a `lock-info-response` (`waiters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WaiterInfo<'a> {
     /// Its lock id (the request's uuid); empty when hidden, as in [`HolderInfo::id`].
     pub id: Cow<'a, str>,
@@ -163,6 +165,11 @@ pub struct Stats {
     pub connections: u64,
     /// Grants since start.
     pub grants: u64,
+    /// `pid` (extension): the broker's process id; `None` when it does not say.
+    pub pid: Option<u64>,
+    /// `uptimeMs` (extension): milliseconds since the broker started; `None` when it does not
+    /// say.
+    pub uptime_ms: Option<u64>,
 }
 
 /// Every reply shape a broker sends (docs/protocol.md shows each on the wire): encoded by this
@@ -289,6 +296,8 @@ pub enum Reply<'a> {
         uuid: &'a str,
         /// `serverTimestamp`: the broker's wall clock, Unix milliseconds.
         server_timestamp_ms: u64,
+        /// `version` (extension): the broker's version; `None` (left out) when not told.
+        version: Option<&'a str>,
     },
     /// `system-stats-response`: the answer to a `system-stats-request`.
     SystemStats {

@@ -339,6 +339,7 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
         "pong" => Reply::Pong {
             uuid: o.str("uuid")?,
             server_timestamp_ms: o.u64("serverTimestamp")?,
+            version: o.opt_str("version")?,
         },
         "system-stats-response" => {
             let i = o.index("stats").ok_or(Kind::MissingField("stats"))?;
@@ -351,6 +352,8 @@ fn reply<'a>(o: &Obj<'_, 'a>) -> Result<Reply<'a>, Kind> {
                     waiters: s.u64("waiters")?,
                     connections: s.u64("connections")?,
                     grants: s.u64("grants")?,
+                    pid: s.opt_u64("pid")?,
+                    uptime_ms: s.opt_u64("uptimeMs")?,
                 },
             }
         }

@@ -248,6 +248,7 @@ fn broker_replies_decode_to_themselves() {
         Reply::Pong {
             uuid: "u",
             server_timestamp_ms: 17,
+            version: Some("0.1.0"),
         },
         Reply::SystemStats {
             uuid: "u",
@@ -257,6 +258,8 @@ fn broker_replies_decode_to_themselves() {
                 waiters: 3,
                 connections: 4,
                 grants: 5,
+                pid: Some(6),
+                uptime_ms: Some(7),
             },
         },
         Reply::Auth {

@@ -144,6 +144,7 @@ impl MemStore {
                         conn: holder,
                         id: hid,
                         key: key.into(),
+                        by: conn,
                     });
                 }
             }

@@ -24,7 +24,7 @@
 //! store is one.
 
 #[cfg(feature = "etcd")]
-pub mod etcd;
+pub(crate) mod etcd;
 mod memory;
 mod ops;
 #[cfg(feature = "etcd")]

@@ -181,8 +181,8 @@ pub enum StoreEvent {
         /// The lock key.
         key: Name,
     },
-    /// A holder was released by someone else's forced unlock. Nobody is told: its next unlock
-    /// or extend answers "not held", as on the npm broker.
+    /// A holder was released by someone else's forced unlock (by connection `by`). Nobody
+    /// is told: its next unlock or extend answers "not held", as on the npm broker.
     Released {
         /// The holder's connection.
         conn: ConnId,
@@ -190,6 +190,8 @@ pub enum StoreEvent {
         id: Name,
         /// The lock key.
         key: Name,
+        /// The connection whose forced unlock released it.
+        by: ConnId,
     },
     /// A held lock is no longer held for a reason its client must hear of at once (etcd: its
     /// key deleted by another broker, or its lease possibly expired). For an acquire-many,

@@ -57,6 +57,30 @@ pub struct KeyInfo {
     pub readers: usize,
 }
 
+/// See [`Table::longest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Longest {
+    /// Keys by the age of their oldest hold, oldest first.
+    pub held: Vec<(Name, Duration)>,
+    /// Keys by their longest current wait, longest first.
+    pub waiting: Vec<(Name, Duration)>,
+}
+
+/// The `n` entries with the longest durations, longest first (ties by key, for stable
+/// output); linear in `v`'s length plus `n log n`.
+fn top(mut v: Vec<(Name, Duration)>, n: usize) -> Vec<(Name, Duration)> {
+    let order = |a: &(Name, Duration), b: &(Name, Duration)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+    if n == 0 {
+        return Vec::new();
+    }
+    if v.len() > n {
+        v.select_nth_unstable_by(n - 1, order);
+        v.truncate(n);
+    }
+    v.sort_unstable_by(order);
+    v
+}
+
 /// Totals, for `system-stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -175,6 +199,50 @@ impl Table {
             && self.group_rids.is_empty()
             && self.conns.values().all(|c| c.requests == 0)
             && self.timers.live() == 0
+    }
+
+    /// What closing `conn` would release: its holds that do not outlive it, as (key, lock id)
+    /// (an acquire-many group's id once per key). For the broker's log; costs what `conn`
+    /// has, never what other connections have.
+    pub fn releasable_holds(&self, conn: ConnId) -> Vec<(Name, Name)> {
+        let Some(entry) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        let mut slots = entry.slots.clone();
+        slots.sort_unstable();
+        slots.dedup();
+        let kept_group = |id: &Name| self.groups.get(id).is_some_and(|g| g.keep && g.complete());
+        let mut out = Vec::new();
+        for ks in slots.iter().filter_map(|&s| self.keys.get(s as usize)) {
+            for h in &ks.holders {
+                let kept = if h.group { kept_group(&h.id) } else { h.keep };
+                if h.conn == conn && !kept {
+                    out.push((ks.key.clone(), h.id.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The keys held longest and waited for longest at `now`: each key's oldest hold and
+    /// longest current wait, the `n` largest of each, largest first (for the stuck-lock
+    /// gauges of `/metrics`; `n` bounds their label sets).
+    pub fn longest(&self, now: Instant, n: usize) -> Longest {
+        let mut held = Vec::new();
+        let mut waiting = Vec::new();
+        for (_, ks) in &self.keys {
+            let age = |since: Instant| now.saturating_duration_since(since);
+            if let Some(d) = ks.holders.iter().map(|h| age(h.since)).max() {
+                held.push((ks.key.clone(), d));
+            }
+            if let Some(d) = ks.queue.iter().map(|w| age(w.since)).max() {
+                waiting.push((ks.key.clone(), d));
+            }
+        }
+        Longest {
+            held: top(held, n),
+            waiting: top(waiting, n),
+        }
     }
 
     /// Checks the structural invariants; for tests and fuzzing.

@@ -28,7 +28,7 @@ mod timers;
 mod types;
 mod waits;
 
-pub use inspect::{HolderInfo, KeyInfo, Stats, WaiterInfo};
+pub use inspect::{HolderInfo, KeyInfo, Longest, Stats, WaiterInfo};
 pub use name::Name;
 pub use types::{
     Cancelled, Config, ConnId, Event, Grant, LockOutcome, LockRequest, ManyOutcome, ManyRequest,

@@ -51,7 +51,7 @@ pub(crate) struct KeyState {
 }
 
 impl KeyState {
-    pub fn new(key: Name, hash: u64, max: u32) -> Self {
+    pub(super) fn new(key: Name, hash: u64, max: u32) -> Self {
         KeyState {
             key,
             hash,
@@ -63,7 +63,7 @@ impl KeyState {
 
     /// Can a request of `mode` be granted beside the current holders? Readers share with
     /// readers; a writer needs the key to itself; exclusive holders share up to `max`.
-    pub fn compatible(&self, mode: Mode) -> bool {
+    pub(super) fn compatible(&self, mode: Mode) -> bool {
         match mode {
             Mode::Read => self.holders.iter().all(|h| h.mode == Mode::Read),
             Mode::Write => self.holders.is_empty(),
@@ -76,35 +76,35 @@ impl KeyState {
 
     /// A new request may be granted at once only if nobody queues before it (strict FIFO: no
     /// barging past waiters, which also keeps a waiting writer from being starved by readers).
-    pub fn grantable_now(&self, mode: Mode) -> bool {
+    pub(super) fn grantable_now(&self, mode: Mode) -> bool {
         self.queue.is_empty() && self.compatible(mode)
     }
 
-    pub fn readers(&self) -> usize {
+    pub(super) fn readers(&self) -> usize {
         self.holders.iter().filter(|h| h.mode == Mode::Read).count()
     }
 
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.holders.is_empty() && self.queue.is_empty()
     }
 
-    pub fn holder_index(&self, id: &str) -> Option<usize> {
+    pub(super) fn holder_index(&self, id: &str) -> Option<usize> {
         self.holders.iter().position(|h| &*h.id == id)
     }
 
-    pub fn waiter_index(&self, id: &str) -> Option<usize> {
+    pub(super) fn waiter_index(&self, id: &str) -> Option<usize> {
         self.queue.iter().position(|w| &*w.id == id)
     }
 
     /// The holder `id` of a plain request (`group: false`) or of an acquire-many (`true`):
     /// a misbehaving client may reuse one id for both, and each must find its own.
-    pub fn holder_of(&self, id: &str, group: bool) -> Option<usize> {
+    pub(super) fn holder_of(&self, id: &str, group: bool) -> Option<usize> {
         self.holders
             .iter()
             .position(|h| h.group == group && &*h.id == id)
     }
 
-    pub fn waiter_of(&self, id: &str, group: bool) -> Option<usize> {
+    pub(super) fn waiter_of(&self, id: &str, group: bool) -> Option<usize> {
         self.queue
             .iter()
             .position(|w| w.group == group && &*w.id == id)

@@ -34,7 +34,7 @@ pub(crate) struct Timer {
 pub(crate) const GROUP_SLOT: u32 = u32::MAX;
 
 impl Timer {
-    pub fn new(at: Instant, kind: TimerKind, rid: u64, slot: u32) -> Self {
+    pub(super) fn new(at: Instant, kind: TimerKind, rid: u64, slot: u32) -> Self {
         Timer {
             at,
             kind,
@@ -60,7 +60,7 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub fn arm(&mut self, timer: Timer) {
+    pub(super) fn arm(&mut self, timer: Timer) {
         if self.staged.len() == STAGED {
             self.flush();
         }
@@ -73,7 +73,7 @@ impl Timers {
 
     /// The armed deadline of request `rid` was made void (its holder released, its waiter
     /// dequeued or re-armed). A staged one is dropped at once; one in the heap goes stale.
-    pub fn disarm(&mut self, rid: u64) {
+    pub(super) fn disarm(&mut self, rid: u64) {
         self.live = self.live.saturating_sub(1);
         if let Some(i) = self.staged.iter().rposition(|t| t.rid == rid) {
             let gone = self.staged.swap_remove(i);
@@ -88,17 +88,17 @@ impl Timers {
         self.staged_min = None;
     }
 
-    pub fn live(&self) -> usize {
+    pub(super) fn live(&self) -> usize {
         self.live
     }
 
     #[cfg(test)]
-    pub fn heap_len(&self) -> usize {
+    pub(super) fn heap_len(&self) -> usize {
         self.heap.len()
     }
 
     /// The earliest entry, which may be stale; `is_live` decides.
-    pub fn peek(&self) -> Option<Timer> {
+    pub(super) fn peek(&self) -> Option<Timer> {
         let top = self.heap.peek().map(|r| r.0);
         match (top, self.staged_min) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -107,7 +107,7 @@ impl Timers {
     }
 
     /// Pops the earliest entry. The caller says whether it was live (then it counts as fired).
-    pub fn pop(&mut self, was_live: bool) -> Option<Timer> {
+    pub(super) fn pop(&mut self, was_live: bool) -> Option<Timer> {
         self.flush();
         let t = self.heap.pop()?.0;
         if was_live {
@@ -119,7 +119,7 @@ impl Timers {
     /// Drops stale entries when they are more than half of the heap; amortised O(1) per arm.
     /// Identical entries (a deadline re-armed to the very same instant) are merged: both
     /// would pass `is_live`, but only one is armed.
-    pub fn maybe_compact(&mut self, is_live: impl Fn(&Timer) -> bool) {
+    pub(super) fn maybe_compact(&mut self, is_live: impl Fn(&Timer) -> bool) {
         if self.heap.len() + self.staged.len() > 2 * self.live + 64 {
             let mut v = std::mem::take(&mut self.heap).into_vec();
             v.retain(|r| is_live(&r.0));

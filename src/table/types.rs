@@ -14,9 +14,9 @@ use super::Table;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// How a lock shares its key: the protocol's own [`Mode`](crate::proto::Mode), so a request's
-/// mode reaches the table (and the etcd store) without a translation.
-pub use crate::proto::Mode;
+/// How a lock shares its key: the shared word (`src/mode.rs`), so a request's mode reaches the
+/// table (and the etcd store) without a translation.
+pub use crate::mode::Mode;
 
 /// How long a granted lock lives unless unlocked or extended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

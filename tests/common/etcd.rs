@@ -9,8 +9,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use live_mutex::store::etcd::{EtcdConfig, EtcdStore};
-use live_mutex::store::{ConnId, LockRequest, StoreEvent, StoreOp, Ttl};
+use live_mutex::internal::etcd::{EtcdConfig, EtcdStore};
+use live_mutex::internal::store::{ConnId, LockRequest, StoreEvent, StoreOp, Ttl};
 
 /// One test at a time: the timings below (a release seen on the other broker in under 2 s)
 /// are about etcd, not about 2 cores shared by several clusters.
@@ -61,6 +61,9 @@ pub fn config(eps: &str, prefix: &str, secure: Option<&Secure>) -> EtcdConfig {
 
 pub struct Cluster {
     pub endpoints: String,
+    /// Each member's plain-HTTP `/metrics` (`LMX_ETCD_METRICS`; the client endpoints when
+    /// unset, which serve it too unless they speak TLS).
+    pub metrics: String,
     pub pids: Vec<i32>,
     /// Set on a secured cluster (CI runs the etcd tests on one too).
     pub secure: Option<Secure>,
@@ -74,6 +77,7 @@ impl Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         if !private && let Ok(eps) = std::env::var("LMX_ETCD_ENDPOINTS") {
             return Some(Cluster {
+                metrics: std::env::var("LMX_ETCD_METRICS").unwrap_or_else(|_| eps.clone()),
                 endpoints: eps,
                 pids: Vec::new(),
                 secure: Secure::from_env(),
@@ -117,6 +121,7 @@ impl Cluster {
                 .expect(name)
         };
         Some(Cluster {
+            metrics: var("LMX_ETCD_METRICS"),
             endpoints: var("LMX_ETCD_ENDPOINTS"),
             pids: var("LMX_ETCD_PIDS")
                 .split(',')

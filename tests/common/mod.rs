@@ -1,5 +1,6 @@
-//! The one test-support module: brokers on port 0 and their own socket paths (so tests run in
-//! parallel without meeting), scratch directories removed on drop, and test clients that speak
+//! The one test-support module of the integration tests: brokers on port 0 and their own
+//! socket paths (so tests run in parallel without meeting), the `lmx` binary run and started,
+//! scratch directories removed on drop, waiting for a condition, and test clients that speak
 //! the wire protocol byte by byte over each transport.
 #![allow(dead_code)]
 
@@ -12,7 +13,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use live_mutex::broker::{Broker, BrokerBuilder, BrokerHandle};
 use serde_json::{Value, json};
@@ -49,6 +51,17 @@ impl TestBroker {
             uds,
             _dir: dir,
         }
+    }
+    /// A broker whose TCP port the npm 0.2.25 client accepts: it refuses ports above 49151,
+    /// so the broker is bound again until the OS picks one in 1025..=49151.
+    pub fn for_node() -> Self {
+        for _ in 0..64 {
+            let b = Self::start();
+            if (1025..=49151).contains(&b.addr.port()) {
+                return b;
+            }
+        }
+        panic!("the OS never picked a TCP port in 1025..=49151 for the broker");
     }
     pub fn connect(&self, t: Transport) -> Wire {
         Wire::connect(t, self.addr, &self.uds)
@@ -123,17 +136,120 @@ pub fn stop(h: BrokerHandle) {
     h.join().unwrap();
 }
 
+/// Polls `cond` (every 5 ms) until it holds: `false` if it still does not after 10 s.
+pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// A command's stdout then stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Waits (up to 10 s) for a file that another process creates.
 pub fn wait_for(p: &Path) {
-    let t = std::time::Instant::now();
-    while !p.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    assert!(wait_until(|| p.exists()), "{} never appeared", p.display());
+}
+
+/// The `lmx` binary cargo built for this test run.
+#[cfg(feature = "cli")]
+pub const LMX: &str = env!("CARGO_BIN_EXE_lmx");
+
+/// `lmx ARGS` with `env` set, run to its end, without the caller's own `LMX_*`/`NO_COLOR`
+/// settings, which would change what it does.
+#[cfg(feature = "cli")]
+pub fn lmx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(LMX);
+    c.args(args);
+    for k in [
+        "LMX_URL",
+        "LMX_SPAWN",
+        "LMX_AUTH_TOKEN",
+        "LMX_COLOR",
+        "NO_COLOR",
+    ] {
+        c.env_remove(k);
     }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run lmx")
+}
+
+/// `lmx ARGS`, run to its end, as [`lmx_env`] runs it.
+#[cfg(feature = "cli")]
+pub fn lmx(args: &[&str]) -> Output {
+    lmx_env(args, &[])
+}
+
+/// `lmx ARGS`, which must succeed: its standard output.
+#[cfg(feature = "cli")]
+pub fn lmx_ok(args: &[&str]) -> String {
+    let out = lmx(args);
+    assert!(
+        out.status.success(),
+        "lmx {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lmx --url URL ARGS`, run to its end.
+#[cfg(feature = "cli")]
+pub fn lmx_at(url: &str, args: &[&str]) -> Output {
+    lmx(&[&["--url", url][..], args].concat())
+}
+
+/// `ip ARGS` (iproute2), for the tests that build network namespaces.
+pub fn ip(args: &[&str]) -> std::io::Result<Output> {
+    Command::new("ip").args(args).stdin(Stdio::null()).output()
+}
+
+/// `ip ARGS`, which must succeed.
+pub fn ip_ok(args: &[&str]) {
+    let out = ip(args).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `lmx ARGS` inside network namespace `ns` (`ip netns exec`), not started yet.
+#[cfg(feature = "cli")]
+pub fn lmx_in(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, LMX]).args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// `lmx start` on 127.0.0.1:`port` (a port the caller chose, so that it can start a broker
+/// there again), returned once the port accepts connections.
+#[cfg(feature = "cli")]
+pub fn lmx_start_on(port: u16) -> Child {
+    let child = Command::new(LMX)
+        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .spawn()
+        .expect("lmx start");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(|| TcpStream::connect(addr).is_ok()),
+        "lmx start on {addr} did not come up"
+    );
+    child
 }
 
 pub enum Sock {
@@ -334,8 +450,7 @@ impl Drop for Killed {
 /// Spawns `lmx start ...` (its stderr piped) and returns it once it logs its TCP address, with
 /// that address (`HOST:PORT`). Its log is drained from then on, so it never blocks on a full
 /// pipe.
-pub fn lmx_listening(cmd: &mut std::process::Command) -> (Killed, String) {
-    use std::process::Stdio;
+pub fn lmx_listening(cmd: &mut Command) -> (Killed, String) {
     let mut child = Killed(
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

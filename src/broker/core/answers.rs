@@ -94,7 +94,13 @@ impl Core {
                     }
                 }
             }
-            StoreEvent::Expired { conn, id, key } | StoreEvent::Released { conn, id, key } => {
+            StoreEvent::Expired { conn, id, key } => {
+                self.log_expired(&key, &id, conn);
+                self.forget_any(conn, &key, &id);
+                self.acks.remove(&id);
+            }
+            StoreEvent::Released { conn, id, key, by } => {
+                self.log_forced(&key, &id, conn, by);
                 self.forget_any(conn, &key, &id);
                 self.acks.remove(&id);
             }
@@ -119,6 +125,8 @@ impl Core {
                 queue_len,
                 ..
             } => {
+                let by = self.route.awaiting(tag).map(|p| p.conn);
+                self.log_unlocked(&key, id.as_deref(), by);
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
                     // Released: its ack probe, if any, has nothing left to find.
@@ -216,7 +224,7 @@ impl Core {
                 let Some((slot, p)) = self.awaited(tag) else {
                     return;
                 };
-                self.stats_reply(slot, &p, stats);
+                self.stats_reply(slot, now, &p, stats);
             }
             // The core asks for none yet: `watch` still reads the table (issue 23, step 2).
             StoreEvent::Snapshot { .. } => {}
@@ -237,6 +245,7 @@ impl Core {
         };
         l.held = true;
         let pushed = l.queued;
+        self.log_granted(&key, &id, conn, grant.token);
         if pushed && self.conn_at(slot).is_some_and(|c| c.node_client) {
             self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
             if let Some(t) = self.ack_timeout {
@@ -472,7 +481,13 @@ impl Core {
         self.send_line(slot, &line);
     }
 
-    fn stats_reply(&mut self, slot: usize, p: &Pending, stats: Result<Stats, StoreError>) {
+    fn stats_reply(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        p: &Pending,
+        stats: Result<Stats, StoreError>,
+    ) {
         let uuid = p.uuid.as_deref();
         let s = match stats {
             Ok(s) => s,
@@ -502,6 +517,8 @@ impl Core {
                     waiters: s.waiters as u64,
                     connections: self.open as u64,
                     grants: s.grants,
+                    pid: Some(u64::from(self.pid)),
+                    uptime_ms: Some(ms(now.saturating_duration_since(self.started))),
                 };
                 let uuid = uuid.unwrap_or("");
                 self.send(slot, &Reply::SystemStats { uuid, stats });

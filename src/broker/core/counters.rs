@@ -3,7 +3,9 @@
 //! through [`Core::metrics`]; they never affect a decision.
 
 use super::Core;
-use crate::table::{Stats, TableError};
+use std::time::Instant;
+
+use crate::table::{Longest, Stats, TableError};
 
 /// Why a request was refused, as the `reason` label of `lmx_rejected_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 11] = [
+    pub(crate) const ALL: [Reject; 11] = [
         Reject::BadRequest,
         Reject::Busy,
         Reject::QueueFull,
@@ -44,7 +46,7 @@ impl Reject {
         Reject::TooManyWatchers,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reject::BadRequest => "bad_request",
             Reject::Busy => "busy",
@@ -82,13 +84,19 @@ pub(crate) struct Counters {
     pub opened: u64,
 }
 
+/// How many keys the per-key stuck-lock gauges name (the oldest holds, the longest waits):
+/// a bound on their label sets, whatever the number of keys.
+pub(crate) const STUCK_KEYS: usize = 5;
+
 /// A reading of everything the core counts, for `/metrics`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CoreMetrics {
     pub table: Stats,
     pub counters: Counters,
     pub connections: usize,
     pub watchers: usize,
+    /// The keys held and waited for longest (empty with a store other than the table).
+    pub longest: Longest,
 }
 
 impl Core {
@@ -96,12 +104,16 @@ impl Core {
         self.counters.rejected[why as usize] += 1;
     }
 
-    pub fn metrics(&self) -> CoreMetrics {
+    pub(crate) fn metrics(&self, now: Instant) -> CoreMetrics {
+        let table = self.store.table();
         CoreMetrics {
-            table: self.store.table().map(|t| t.stats()).unwrap_or_default(),
+            table: table.map(|t| t.stats()).unwrap_or_default(),
             counters: self.counters,
             connections: self.open,
             watchers: self.watchers.len(),
+            longest: table
+                .map(|t| t.longest(now, STUCK_KEYS))
+                .unwrap_or_default(),
         }
     }
 }

@@ -20,19 +20,19 @@ pub(super) struct Identity {
 
 impl Core {
     /// The transport tells who the peer is (`127.0.0.1:5000`, `pid 42 uid 1000`).
-    pub fn set_peer(&mut self, id: ConnId, peer: String) {
+    pub(crate) fn set_peer(&mut self, id: ConnId, peer: String) {
         if let Some(c) = self.state_mut(id) {
             c.ident.peer = Some(peer.into());
         }
     }
 
     /// The peer as set by [`set_peer`](Self::set_peer), for logs.
-    pub fn peer(&self, id: ConnId) -> Option<&str> {
+    pub(crate) fn peer(&self, id: ConnId) -> Option<&str> {
         self.state(id).and_then(|c| c.ident.peer.as_deref())
     }
 
     /// The name the client gave, for logs.
-    pub fn client_name(&self, id: ConnId) -> Option<&str> {
+    pub(crate) fn client_name(&self, id: ConnId) -> Option<&str> {
         self.state(id).and_then(|c| c.ident.name.as_deref())
     }
 

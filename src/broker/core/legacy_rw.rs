@@ -112,7 +112,7 @@ fn add_reader(
 pub(crate) type Woken = (ConnId, Name, Name);
 
 impl LegacyRw {
-    pub fn new(max_per_conn: usize, max_keys: usize) -> Self {
+    pub(super) fn new(max_per_conn: usize, max_keys: usize) -> Self {
         LegacyRw {
             keys: HashMap::default(),
             conns: HashMap::default(),
@@ -144,7 +144,7 @@ impl LegacyRw {
         Ok(())
     }
 
-    pub fn apply(
+    pub(super) fn apply(
         &mut self,
         conn: ConnId,
         key: &str,
@@ -223,7 +223,7 @@ impl LegacyRw {
 
     /// Forgets a dead connection's readers, writer flag and deferred requests, looking only
     /// at the keys it has entries on.
-    pub fn disconnect(&mut self, conn: ConnId, woken: &mut Vec<Woken>) {
+    pub(super) fn disconnect(&mut self, conn: ConnId, woken: &mut Vec<Woken>) {
         let Some(mine) = self.conns.remove(&conn) else {
             return;
         };

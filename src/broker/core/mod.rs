@@ -6,11 +6,13 @@
 //! to through ops and events: [`route`] turns requests into ops, [`answers`] turns the store's
 //! events into replies, the same way for every store. The rest, by file: [`acks`] (the ack
 //! probes of pushed grants), [`legacy_rw`] (the 0.2.x read/write protocol, table only),
-//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`].
+//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`], [`events`] (lock
+//! events in the log).
 
 mod acks;
 mod answers;
 mod counters;
+mod events;
 mod identity;
 mod legacy_rw;
 mod listing;
@@ -30,7 +32,7 @@ use crate::proto::{self, Decoder, Limits, Reply, Request};
 use crate::store::{MemStore, Store, StoreOp};
 use crate::table::{self, ConnId, Name};
 use acks::PendingAck;
-pub(crate) use counters::{CoreMetrics, Counters, Reject};
+pub(crate) use counters::{CoreMetrics, Counters, Reject, STUCK_KEYS};
 use identity::Identity;
 use legacy_rw::LegacyRw;
 use watch::Watcher;
@@ -68,6 +70,9 @@ pub(crate) struct Config {
     /// Most bytes one listing reply may take (`ls` pages, `lock-info`, `watch`): within the
     /// output cap, so that a reply never needs more than the cap.
     pub reply_budget: usize,
+    /// When the broker started and its process id, for `system-stats` (`lmx status`).
+    pub started: Instant,
+    pub pid: u32,
 }
 
 /// A connection's protocol state. Its socket, framing and back-pressure belong to the reactor.
@@ -148,6 +153,8 @@ pub(crate) struct Core {
     auth_token: Option<String>,
     restrict_admin: bool,
     wall_clock: fn() -> SystemTime,
+    started: Instant,
+    pid: u32,
     rw: LegacyRw,
     /// Mutex holds of legacy RW clients set aside while their RW request waits (see
     /// [`legacy_rw`]); their later unlock is answered as done.
@@ -172,7 +179,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Core {
-    pub fn new(cfg: Config) -> Self {
+    pub(super) fn new(cfg: Config) -> Self {
         let rw = LegacyRw::new(cfg.table.max_requests_per_conn, cfg.table.max_keys);
         Core {
             max_per_conn: cfg.table.max_requests_per_conn,
@@ -190,6 +197,8 @@ impl Core {
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
+            started: cfg.started,
+            pid: cfg.pid,
             rw,
             parked: HashMap::default(),
             woken: Vec::new(),
@@ -203,7 +212,7 @@ impl Core {
 
     /// Lock decisions go to `store` from now on (before any connection opens); the default is
     /// the in-memory table.
-    pub fn use_store(&mut self, store: Box<dyn Store>) {
+    pub(super) fn use_store(&mut self, store: Box<dyn Store>) {
         if store.answers_later() {
             self.route.count_load();
         }
@@ -211,7 +220,7 @@ impl Core {
     }
 
     /// A new connection. Without an auth token it may send any request at once.
-    pub fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
+    pub(super) fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
         let slot = conn_slot(id);
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -239,7 +248,7 @@ impl Core {
 
     /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
     /// carried it): the same rights as a connection that sent `auth`, admin acts included.
-    pub fn authenticated(&mut self, id: ConnId) {
+    pub(super) fn authenticated(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
             c.admin = true;
@@ -249,7 +258,7 @@ impl Core {
     /// The transport verified a client certificate (TLS with a client CA): it stands in for
     /// the auth token, admin rights included, as the token itself would give them.
     #[cfg(feature = "tls")]
-    pub fn trusted(&mut self, id: ConnId) {
+    pub(super) fn trusted(&mut self, id: ConnId) {
         if let Some(c) = self.state_mut(id) {
             c.authed = true;
             c.admin = true;
@@ -257,13 +266,13 @@ impl Core {
     }
 
     /// Has the connection proved itself (or is no token needed)?
-    pub fn is_authed(&self, id: ConnId) -> bool {
+    pub(super) fn is_authed(&self, id: ConnId) -> bool {
         self.state(id).is_some_and(|c| c.authed)
     }
 
     /// The connection is gone: the store releases exactly its holds, and its waiters' turns
     /// pass on.
-    pub fn close(&mut self, id: ConnId, now: Instant) {
+    pub(super) fn close(&mut self, id: ConnId, now: Instant) {
         let slot = conn_slot(id);
         if self.state(id).is_none() {
             return;
@@ -287,6 +296,7 @@ impl Core {
                     self.parked.remove(&lock_id);
                 }
             }
+            self.log_close_releases(id, ident.as_ref());
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
@@ -302,7 +312,7 @@ impl Core {
 
     /// Handles one message of `conn`: one JSON object, decoded in place (`msg` is scribbled on).
     /// True when it was a valid request (the transport's HTTP guard stops looking after one).
-    pub fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) -> bool {
+    pub(super) fn handle_message(&mut self, conn: ConnId, msg: &mut [u8], now: Instant) -> bool {
         let Some(slot) = self.slot_of(conn) else {
             return false;
         };
@@ -324,12 +334,12 @@ impl Core {
     }
 
     /// No connection is open and the store holds nothing of this broker's (for `idle_exit`).
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.open == 0 && self.store.is_idle()
     }
 
     /// Runs what is due at `now`: lock TTLs, wait deadlines, ack probes.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
         self.store.handle_timeout(now);
         self.poll_store(now);
         self.ack_timers(now);
@@ -339,7 +349,7 @@ impl Core {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run, if anything waits on time.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&mut self) -> Option<Instant> {
         let store = self.store.poll_timeout();
         store
             .into_iter()
@@ -349,12 +359,12 @@ impl Core {
     }
 
     /// The next connection to close; see [`Event`].
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// The next connection with new output since the last call.
-    pub fn poll_transmit(&mut self) -> Option<ConnId> {
+    pub(super) fn poll_transmit(&mut self) -> Option<ConnId> {
         while let Some(id) = self.dirty.pop() {
             if let Some(c) = self.state_mut(id) {
                 c.dirty = false;
@@ -365,12 +375,12 @@ impl Core {
     }
 
     /// The bytes waiting to be sent to `conn`: whole NDJSON lines. Empty for an unknown one.
-    pub fn output(&self, conn: ConnId) -> &[u8] {
+    pub(super) fn output(&self, conn: ConnId) -> &[u8] {
         self.state(conn).map_or(&[], |c| &c.out[c.out_pos..])
     }
 
     /// The first `n` bytes of [`output`](Self::output) were sent.
-    pub fn consume(&mut self, conn: ConnId, n: usize) {
+    pub(super) fn consume(&mut self, conn: ConnId, n: usize) {
         let Some(c) = self.state_mut(conn) else {
             return;
         };
@@ -562,6 +572,7 @@ impl Core {
             &Reply::Pong {
                 uuid,
                 server_timestamp_ms: ts,
+                version: Some(crate::VERSION),
             },
         );
     }

@@ -343,7 +343,7 @@ impl Core {
         // leave the probe that finds a ghost grant in place.
         let admin = self.conn_at(slot).is_some_and(|c| c.admin);
         if force && !admin {
-            self.reject(Reject::Forbidden);
+            self.refuse_admin(cid, "force unlock", key);
             return self.unlock_reply(
                 slot,
                 uuid,

@@ -48,7 +48,7 @@ pub(crate) fn current_owner() -> Owner {
 pub(crate) enum Backing {
     Blocking(#[allow(dead_code)] LockGuard),
     #[cfg(feature = "tokio")]
-    Async(#[allow(dead_code)] crate::async_client::AsyncLockGuard),
+    Async(#[allow(dead_code)] crate::client::async_client::AsyncLockGuard),
 }
 
 struct Entry {

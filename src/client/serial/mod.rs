@@ -139,6 +139,7 @@ pub fn parallel_many<S: AsRef<str>>(keys: &[S]) -> Result<SerialGuard> {
 /// this crate's own tests have), and the test's path for messages.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::exhaustive_structs)] // built by the attribute's expansion, in the user's crate
 pub struct __Attr {
     pub keys: &'static [&'static str],
     pub shared: bool,

@@ -9,7 +9,7 @@
 use super::held::{self, Backing, Owner, SerialGuard};
 use super::wait::{Take, holders, notice_after};
 use super::{Attr, attr_failed};
-use crate::async_client::{AsyncClient, AsyncLockGuard};
+use crate::client::async_client::{AsyncClient, AsyncLockGuard};
 use crate::client::{Error, Result, spawn_target, spawn_url_from_env};
 use std::future::Future;
 use std::sync::Arc;

@@ -197,9 +197,18 @@ fn every_reply_shape() {
     assert_eq!(
         enc(Reply::Pong {
             uuid: u,
-            server_timestamp_ms: 1_764_000_000_000
+            server_timestamp_ms: 1_764_000_000_000,
+            version: None,
         }),
         json!({"type":"pong","uuid":u,"ping":true,"serverTimestamp":1_764_000_000_000u64})
+    );
+    assert_eq!(
+        enc(Reply::Pong {
+            uuid: u,
+            server_timestamp_ms: 1,
+            version: Some("0.1.0"),
+        }),
+        json!({"type":"pong","uuid":u,"ping":true,"serverTimestamp":1,"version":"0.1.0"})
     );
     let stats = Stats {
         keys: 1,
@@ -207,10 +216,21 @@ fn every_reply_shape() {
         waiters: 3,
         connections: 4,
         grants: u64::MAX,
+        pid: None,
+        uptime_ms: None,
     };
     assert_eq!(
         enc(Reply::SystemStats { uuid: u, stats }),
         json!({"type":"system-stats-response","uuid":u,"stats":{"keys":1,"holders":2,"waiters":3,"connections":4,"grants":u64::MAX}})
+    );
+    let stats = Stats {
+        pid: Some(42),
+        uptime_ms: Some(1500),
+        ..stats
+    };
+    assert_eq!(
+        enc(Reply::SystemStats { uuid: u, stats }),
+        json!({"type":"system-stats-response","uuid":u,"stats":{"keys":1,"holders":2,"waiters":3,"connections":4,"grants":u64::MAX,"pid":42,"uptimeMs":1500}})
     );
     assert_eq!(
         enc(Reply::Auth {

@@ -59,14 +59,14 @@ const MAX_BYTES: usize = 512 * 1024;
 /// Which key a delete may remove: ours by revision, or (when the put's answer was lost) ours by
 /// lease. Both make sure a request of another broker with the same id is never touched.
 #[derive(Clone, Copy, Debug)]
-pub enum Guard {
+pub(super) enum Guard {
     Rev(i64),
     Lease(i64),
 }
 
 /// One request's etcd step.
 #[derive(Clone, Debug)]
-pub enum Step {
+pub(super) enum Step {
     /// Put request key `me` with `value` on `lease` if it does not exist, then read every
     /// request of its lock key (`dir`).
     Acquire {
@@ -84,13 +84,13 @@ pub enum Step {
 
 /// What etcd answered to one step.
 #[derive(Debug)]
-pub struct Outcome {
+pub(super) struct Outcome {
     /// The step's compare held (its put, delete or read was made).
-    pub succeeded: bool,
+    pub(super) succeeded: bool,
     /// What its read returned (empty for a delete, or when the compare failed).
-    pub kvs: Vec<KeyValue>,
+    pub(super) kvs: Vec<KeyValue>,
     /// etcd's revision after the Txn that carried it.
-    pub revision: i64,
+    pub(super) revision: i64,
 }
 
 impl Step {
@@ -176,7 +176,7 @@ struct Job {
 
 /// The steps waiting for a Txn. Shared by the store's tasks; only the store's thread touches
 /// it.
-pub struct Batcher {
+pub(super) struct Batcher {
     /// How long a caller waits for its step's answer, queue included (the op deadline).
     timeout: Duration,
     st: RefCell<Queue>,
@@ -191,7 +191,7 @@ struct Queue {
 }
 
 impl Batcher {
-    pub fn new(timeout: Duration) -> Self {
+    pub(super) fn new(timeout: Duration) -> Self {
         Batcher {
             timeout,
             st: RefCell::new(Queue {
@@ -284,7 +284,7 @@ impl Batcher {
 }
 
 /// Runs one step in the next Txn the store sends, and returns etcd's answer to it.
-pub async fn run(b: &Batcher, step: Step) -> Result<Outcome, StoreError> {
+pub(super) async fn run(b: &Batcher, step: Step) -> Result<Outcome, StoreError> {
     let (reply, answer) = oneshot::channel();
     b.push(Job { step, reply });
     let t = b.timeout;
@@ -296,7 +296,7 @@ pub async fn run(b: &Batcher, step: Step) -> Result<Outcome, StoreError> {
 }
 
 /// Sends the queued steps as they come, for the store's whole life.
-pub async fn flusher(b: Rc<Batcher>, etcd: Etcd) {
+pub(super) async fn flusher(b: Rc<Batcher>, etcd: Etcd) {
     loop {
         b.wake.notified().await;
         // Let every task made ready in this turn add its step first.

@@ -15,14 +15,14 @@ use crate::store::StoreError;
 /// The etcd client and the store's deadline for each call (`EtcdConfig::op_timeout`). Clones
 /// share the client's channel.
 #[derive(Clone)]
-pub struct Etcd {
-    pub client: Client,
+pub(super) struct Etcd {
+    pub(super) client: Client,
     timeout: Duration,
 }
 
 impl Etcd {
     /// Connects to `cfg`'s endpoints (lazily: the first call proves a member answers).
-    pub async fn connect(cfg: &EtcdConfig) -> Result<Etcd, StoreError> {
+    pub(super) async fn connect(cfg: &EtcdConfig) -> Result<Etcd, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(cfg.op_timeout)
             .with_timeout(cfg.op_timeout)
@@ -50,7 +50,7 @@ impl Etcd {
     }
 
     /// Runs an etcd call under the store's deadline, mapping every failure to a [`StoreError`].
-    pub async fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    pub(super) async fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
@@ -62,7 +62,7 @@ impl Etcd {
     /// and an election answers "no leader"; neither is a reason to fail a request while a
     /// quorum is alive. A Txn that may have run is never sent twice: its compare would then
     /// judge its own first effect.
-    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         self.retrying(unsent, || {
             let (mut kv, txn) = (self.client.kv_client(), txn.clone());
             async move { kv.txn(txn).await }
@@ -72,7 +72,7 @@ impl Etcd {
 
     /// A read, sent again on any failure of a member until the op deadline (it changes
     /// nothing, so it cannot run twice).
-    pub async fn get(
+    pub(super) async fn get(
         &self,
         key: Vec<u8>,
         opts: Option<GetOptions>,
@@ -86,7 +86,7 @@ impl Etcd {
 
     /// Runs the call `make` makes until it succeeds, fails in a way `again` does not accept,
     /// or the op deadline (one for all attempts) passes.
-    pub async fn retrying<T, F, M>(
+    pub(super) async fn retrying<T, F, M>(
         &self,
         again: fn(&etcd_client::Error) -> bool,
         mut make: M,
@@ -119,7 +119,7 @@ const UNAVAILABLE: i32 = 14;
 /// A call that surely did not run: no connection to the member could be made (tonic's
 /// channel still picks a dead member for a while), or the member refused it for want of a
 /// leader (`require_leader`: refused before anything is proposed).
-pub fn unsent(e: &etcd_client::Error) -> bool {
+pub(super) fn unsent(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) if s.code() as i32 == UNAVAILABLE => {
             s.message().starts_with("tcp connect error") || s.message().contains("no leader")

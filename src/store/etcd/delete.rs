@@ -18,7 +18,7 @@ use crate::store::StoreError;
 const RETRY: Duration = Duration::from_millis(200);
 
 /// Deletes a request key once. `Ok(false)` when it was already gone (or not ours).
-pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
+pub(super) async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
     let step = Step::Delete {
         me: me.to_vec(),
         guard,
@@ -28,7 +28,7 @@ pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, S
 
 /// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway
 /// (or, for a keep-after-death request, the key waits for its store's lease).
-pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
+pub(super) async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
     let until = Instant::now() + sh.cfg.session_ttl;
     while delete_once(&sh, &me, guard).await.is_err() && Instant::now() < until {
         sleep(RETRY).await;
@@ -36,7 +36,7 @@ pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
 }
 
 /// One Txn that deletes every member if all still exist with create revision `rev`.
-pub fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
+pub(super) fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
     Txn::new().when(unchanged(members, rev)).and_then(
         members
             .iter()
@@ -48,7 +48,7 @@ pub fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
 /// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,
 /// each on its own and retried in the background (`Ok(false)`: some had already gone; `Err`:
 /// etcd failed).
-pub async fn delete_members(
+pub(super) async fn delete_members(
     sh: Rc<Shared>,
     members: Vec<Vec<u8>>,
     rev: i64,

@@ -25,13 +25,17 @@ use crate::store::{Op, StoreError, StoreEvent};
 use crate::table::{ConnId, Name, TableError, Ttl};
 
 /// `Ok(true)` when every key of `members` still exists with create revision `rev`.
-pub async fn confirm(sh: &Shared, members: &[Vec<u8>], rev: i64) -> Result<bool, StoreError> {
+pub(super) async fn confirm(
+    sh: &Shared,
+    members: &[Vec<u8>],
+    rev: i64,
+) -> Result<bool, StoreError> {
     let txn = Txn::new().when(unchanged(members, rev));
     Ok(sh.etcd.txn(txn).await?.succeeded())
 }
 
 /// Restarts holder `id`'s TTL on `key` for `conn`, answering with `tag`.
-pub fn extend(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), key: Name, id: Name, ttl: Ttl) {
+pub(super) fn extend(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), key: Name, id: Name, ttl: Ttl) {
     let at = sh.ttl(ttl).map(|d| Instant::now() + d);
     let k = (key.clone(), id.clone());
     let local = sh.st.borrow().reqs.get(&k).map(|r| (r.seq, r.held, r.rev));

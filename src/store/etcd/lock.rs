@@ -32,7 +32,7 @@ use crate::table::{ConnId, Grant, Mode, Name, TableError, Wait};
 const RETRY: Duration = Duration::from_millis(200);
 
 /// A grant as the store reports it: etcd knows no queue length or readers at that moment.
-pub fn granted(conn: ConnId, id: Name, key: Name, token: u64) -> StoreEvent {
+pub(super) fn granted(conn: ConnId, id: Name, key: Name, token: u64) -> StoreEvent {
     let grant = Grant {
         token,
         queue_len: 0,
@@ -59,7 +59,7 @@ fn failed(spec: &OwnedLock, error: StoreError) -> StoreEvent {
 }
 
 /// Registers the request and starts its task; answers a repeat of a known request at once.
-pub fn start(sh: &Rc<Shared>, spec: OwnedLock) {
+pub(super) fn start(sh: &Rc<Shared>, spec: OwnedLock) {
     let fail = |error| sh.emit(failed(&spec, error));
     if spec.max == Some(0) {
         return fail(StoreError::Rule(TableError::InvalidMax));
@@ -256,7 +256,7 @@ fn wait_ended(spec: &OwnedLock, started: Instant) -> StoreEvent {
 /// Waits until the turn of a request (of `mode`, naming `max` or 0) has come and etcd confirms
 /// it, returning the revision at which it did. `Err` only when its own key is gone: every
 /// other failure is retried (a failing etcd ends the session, and this task with it).
-pub async fn wait_turn(
+pub(super) async fn wait_turn(
     sh: &Rc<Shared>,
     (mode, max): (Mode, u32),
     dir: &[u8],
@@ -390,7 +390,7 @@ async fn hold(
 }
 
 /// Returns once our key (revision `rev`, known to exist at revision `seen`) no longer exists.
-pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64) {
+pub(super) async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64) {
     let mut deletes = sh.hub.register(dir, Some(me), seen);
     // Only deletes of our own key above `seen` come: our key existed then, so it is gone.
     while deletes.next().await == Note::Reread {
@@ -412,7 +412,7 @@ pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64)
 
 /// Holds until the deadline in `timer` passes (`true`: expired) or `gone` ends (`false`). An
 /// extend replaces the deadline while it runs.
-pub async fn hold_until<G: Future<Output = ()>>(
+pub(super) async fn hold_until<G: Future<Output = ()>>(
     mut timer: watch::Receiver<Option<Instant>>,
     gone: G,
 ) -> bool {

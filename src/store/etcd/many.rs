@@ -52,7 +52,7 @@ use crate::table::{ConnId, Mode, Name, TableError, Wait};
 
 /// Most keys in one acquire-many, as the in-memory table's default: 64 member puts and 64
 /// range reads fill etcd's default `--max-txn-ops` (128) of the one Txn that records them.
-pub const MAX_KEYS_PER_MANY: usize = 64;
+pub(super) const MAX_KEYS_PER_MANY: usize = 64;
 
 /// Forgets group `id` if it is still the one numbered `seq`.
 fn forget(sh: &Shared, id: &Name, seq: u64) -> Option<Group> {
@@ -77,7 +77,7 @@ fn failed(spec: &OwnedMany, keys: &[Name], error: StoreError) -> StoreEvent {
 }
 
 /// Registers the group and starts its task; answers a repeat of a known group at once.
-pub fn start(sh: &Rc<Shared>, spec: OwnedMany) {
+pub(super) fn start(sh: &Rc<Shared>, spec: OwnedMany) {
     let mut keys = spec.keys.clone();
     keys.sort_unstable();
     keys.dedup();
@@ -457,7 +457,7 @@ fn stop(sh: &Rc<Shared>, id: &str, g: &Group) {
 }
 
 /// Releases acquire-many `id` for `conn`, answering with `tag`.
-pub fn release(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), id: Name) {
+pub(super) fn release(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), id: Name) {
     let g = sh.st.borrow_mut().groups.remove(&id);
     let sh = sh.clone();
     let fail = move |sh: &Shared, id: Name, key: Option<Name>, error| {
@@ -541,7 +541,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (Option<Name>, Stor
 }
 
 /// A cancel naming group `id` of connection `conn`: the group goes, with no event.
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &Name) {
+pub(super) fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &Name) {
     let g = {
         let mut st = sh.st.borrow_mut();
         match st.groups.get(id) {

@@ -92,7 +92,6 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use config::EtcdConfig;
-pub use many::MAX_KEYS_PER_MANY;
 
 use super::{OwnedOp, Store, StoreError, StoreEvent, StoreOp};
 use crate::table::Table;

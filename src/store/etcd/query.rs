@@ -14,7 +14,7 @@ use super::shared::{Shared, entries};
 use crate::store::{HolderView, KeyView, Snapshot, StoreError, StoreEvent, WaiterView};
 use crate::table::{ConnId, Name, Stats};
 
-pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
+pub(super) async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
     let r = sh
         .etcd
         .get(sh.cfg.key_dir(key), Some(GetOptions::new().with_prefix()))
@@ -22,7 +22,7 @@ pub async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> 
     Ok(entries(sh, r.kvs()))
 }
 
-pub fn keys(sh: &Rc<Shared>, tag: u64) {
+pub(super) fn keys(sh: &Rc<Shared>, tag: u64) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
         let keys = read_all(&sh)
@@ -32,7 +32,7 @@ pub fn keys(sh: &Rc<Shared>, tag: u64) {
     });
 }
 
-pub fn info(sh: &Rc<Shared>, tag: u64, key: Name) {
+pub(super) fn info(sh: &Rc<Shared>, tag: u64, key: Name) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
         let info = read_key(&sh, &key).await.map(|all| key_view(&sh, &all));
@@ -40,7 +40,7 @@ pub fn info(sh: &Rc<Shared>, tag: u64, key: Name) {
     });
 }
 
-pub fn stats(sh: &Rc<Shared>, tag: u64) {
+pub(super) fn stats(sh: &Rc<Shared>, tag: u64) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
         let stats = read_all(&sh).await.map(|(by_key, _)| totals(&sh, &by_key));
@@ -49,7 +49,7 @@ pub fn stats(sh: &Rc<Shared>, tag: u64) {
 }
 
 /// The totals and the first `max_keys` keys, from one read of the whole prefix.
-pub fn snapshot(sh: &Rc<Shared>, tag: u64, max_keys: usize) {
+pub(super) fn snapshot(sh: &Rc<Shared>, tag: u64, max_keys: usize) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
         let snapshot = read_all(&sh).await.map(|(by_key, _)| Snapshot {
@@ -85,7 +85,9 @@ fn totals(sh: &Shared, by_key: &BTreeMap<String, Vec<Entry>>) -> Stats {
 }
 
 /// Every request under the prefix, by lock key, and etcd's revision.
-pub async fn read_all(sh: &Shared) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
+pub(super) async fn read_all(
+    sh: &Shared,
+) -> Result<(BTreeMap<String, Vec<Entry>>, u64), StoreError> {
     let r = sh
         .etcd
         .get(sh.cfg.root(), Some(GetOptions::new().with_prefix()))

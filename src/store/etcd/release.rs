@@ -25,7 +25,7 @@ use crate::store::{Op, StoreError, StoreEvent};
 use crate::table::{ConnId, Name, TableError};
 
 /// Releases `id`'s hold on `key` (or, forced, every holder) for `conn`, answering with `tag`.
-pub fn unlock(
+pub(super) fn unlock(
     sh: &Rc<Shared>,
     (conn, tag): (ConnId, u64),
     key: Name,
@@ -131,7 +131,7 @@ async fn remote_unlock(
     })
 }
 
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, key: Name, id: Name) {
+pub(super) fn cancel(sh: &Rc<Shared>, conn: ConnId, key: Name, id: Name) {
     let k = (key, id);
     let r = {
         let mut st = sh.st.borrow_mut();

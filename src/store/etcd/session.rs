@@ -23,7 +23,7 @@ use super::shared::{Holder, Session, Shared};
 use crate::store::{Op, StoreError, StoreEvent};
 
 /// The lease of `holder`, granted (and its renewal started) on first use.
-pub async fn lease(sh: &Rc<Shared>, holder: Holder) -> Result<i64, StoreError> {
+pub(super) async fn lease(sh: &Rc<Shared>, holder: Holder) -> Result<i64, StoreError> {
     let s = {
         let mut st = sh.st.borrow_mut();
         match holder {
@@ -58,12 +58,12 @@ pub async fn lease(sh: &Rc<Shared>, holder: Holder) -> Result<i64, StoreError> {
 }
 
 /// Stops renewing and revokes the lease in the background (the connection closed).
-pub fn close(sh: &Rc<Shared>, s: Rc<Session>) {
+pub(super) fn close(sh: &Rc<Shared>, s: Rc<Session>) {
     tokio::task::spawn_local(revoke(sh.clone(), s));
 }
 
 /// Stops renewing and revokes the lease; etcd deletes every key on it.
-pub async fn revoke(sh: Rc<Shared>, s: Rc<Session>) {
+pub(super) async fn revoke(sh: Rc<Shared>, s: Rc<Session>) {
     if let Some(k) = s.keeper.take() {
         k.abort();
     }

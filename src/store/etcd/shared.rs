@@ -31,53 +31,53 @@ use crate::store::StoreEvent;
 use crate::table::{ConnId, Name, Ttl};
 
 /// A request this store made, waiting or held.
-pub struct Req {
+pub(super) struct Req {
     /// Tells a request apart from a later one with the same key and id.
-    pub seq: u64,
-    pub conn: ConnId,
+    pub(super) seq: u64,
+    pub(super) conn: ConnId,
     /// Its key's create revision, once put.
-    pub rev: i64,
-    pub held: bool,
-    pub keep: bool,
-    pub task: Option<AbortHandle>,
+    pub(super) rev: i64,
+    pub(super) held: bool,
+    pub(super) keep: bool,
+    pub(super) task: Option<AbortHandle>,
     /// While held: restarts its TTL timer (an extend); `None` = no timer.
-    pub deadline: Option<Deadline>,
+    pub(super) deadline: Option<Deadline>,
 }
 
 /// The holder task's TTL deadline, which an extend replaces.
-pub type Deadline = tokio::sync::watch::Sender<Option<tokio::time::Instant>>;
+pub(super) type Deadline = tokio::sync::watch::Sender<Option<tokio::time::Instant>>;
 
 #[derive(Default)]
-pub struct State {
+pub(super) struct State {
     /// By (lock key, lock id).
-    pub reqs: HashMap<(Name, Name), Req>,
+    pub(super) reqs: HashMap<(Name, Name), Req>,
     /// Acquire-many groups, by lock id.
-    pub groups: HashMap<Name, Group>,
-    pub sessions: HashMap<ConnId, Rc<Session>>,
-    pub keep: Option<Rc<Session>>,
-    pub next_seq: u64,
-    pub grants: u64,
-    pub expiries: u64,
-    pub wait_timeouts: u64,
+    pub(super) groups: HashMap<Name, Group>,
+    pub(super) sessions: HashMap<ConnId, Rc<Session>>,
+    pub(super) keep: Option<Rc<Session>>,
+    pub(super) next_seq: u64,
+    pub(super) grants: u64,
+    pub(super) expiries: u64,
+    pub(super) wait_timeouts: u64,
 }
 
 /// What every task of the store shares.
-pub struct Shared {
-    pub cfg: EtcdConfig,
-    pub owner: String,
+pub(super) struct Shared {
+    pub(super) cfg: EtcdConfig,
+    pub(super) owner: String,
     /// etcd, under the store's deadline.
-    pub etcd: Etcd,
+    pub(super) etcd: Etcd,
     /// The shared delete watch every request task listens to.
-    pub hub: Rc<Hub>,
+    pub(super) hub: Rc<Hub>,
     /// Steps of requests waiting to share the next Txn (`batch.rs`).
-    pub batch: Rc<Batcher>,
+    pub(super) batch: Rc<Batcher>,
     events: mpsc::Sender<StoreEvent>,
     wake: Box<dyn Fn() + Send + Sync>,
-    pub st: RefCell<State>,
+    pub(super) st: RefCell<State>,
 }
 
 impl Shared {
-    pub fn new(
+    pub(super) fn new(
         cfg: EtcdConfig,
         etcd: Etcd,
         hub: Rc<Hub>,
@@ -96,14 +96,14 @@ impl Shared {
         }
     }
 
-    pub fn emit(&self, ev: StoreEvent) {
+    pub(super) fn emit(&self, ev: StoreEvent) {
         if self.events.send(ev).is_ok() {
             (self.wake)();
         }
     }
 
     /// How long a hold with `ttl` lasts: `None` = until released.
-    pub fn ttl(&self, ttl: Ttl) -> Option<Duration> {
+    pub(super) fn ttl(&self, ttl: Ttl) -> Option<Duration> {
         match ttl {
             Ttl::Default => self.cfg.default_ttl,
             Ttl::Never => None,
@@ -112,7 +112,7 @@ impl Shared {
     }
 
     /// Forgets request (`key`, `id`) if it is still the one numbered `seq`.
-    pub fn forget(&self, key: &Name, id: &Name, seq: u64) -> Option<Req> {
+    pub(super) fn forget(&self, key: &Name, id: &Name, seq: u64) -> Option<Req> {
         let mut st = self.st.borrow_mut();
         let k = (key.clone(), id.clone());
         if st.reqs.get(&k).is_some_and(|r| r.seq == seq) {
@@ -124,29 +124,29 @@ impl Shared {
 }
 
 /// An acquire-many of this store, waiting or held.
-pub struct Group {
+pub(super) struct Group {
     /// Tells a group apart from a later one with the same id.
-    pub seq: u64,
-    pub conn: ConnId,
+    pub(super) seq: u64,
+    pub(super) conn: ConnId,
     /// Sorted, distinct.
-    pub keys: Vec<Name>,
+    pub(super) keys: Vec<Name>,
     /// The create revision every member shares, once put.
-    pub rev: i64,
-    pub held: bool,
-    pub keep: bool,
-    pub task: Option<AbortHandle>,
+    pub(super) rev: i64,
+    pub(super) held: bool,
+    pub(super) keep: bool,
+    pub(super) task: Option<AbortHandle>,
     /// While held: restarts its TTL timer.
-    pub deadline: Option<Deadline>,
+    pub(super) deadline: Option<Deadline>,
 }
 
 impl Group {
-    pub fn tokens(&self) -> Vec<(Name, u64)> {
+    pub(super) fn tokens(&self) -> Vec<(Name, u64)> {
         let token = self.rev.unsigned_abs();
         self.keys.iter().map(|k| (k.clone(), token)).collect()
     }
 
     /// The etcd keys of its members.
-    pub fn members(&self, sh: &Shared, id: &str) -> Vec<Vec<u8>> {
+    pub(super) fn members(&self, sh: &Shared, id: &str) -> Vec<Vec<u8>> {
         self.keys
             .iter()
             .map(|k| sh.cfg.request_key(k, id))
@@ -156,7 +156,7 @@ impl Group {
 
 /// Whose lease a session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Holder {
+pub(super) enum Holder {
     Conn(ConnId),
     /// The store's lease for keep-after-death requests.
     Keep,
@@ -164,14 +164,14 @@ pub enum Holder {
 
 /// One etcd lease: a connection's, or the store's for keep-after-death requests. Granted on
 /// first use and renewed by its keeper task (`session.rs`).
-pub struct Session {
-    pub holder: Holder,
-    pub lease: OnceCell<i64>,
-    pub keeper: Cell<Option<AbortHandle>>,
+pub(super) struct Session {
+    pub(super) holder: Holder,
+    pub(super) lease: OnceCell<i64>,
+    pub(super) keeper: Cell<Option<AbortHandle>>,
 }
 
 impl Session {
-    pub fn new(holder: Holder) -> Rc<Session> {
+    pub(super) fn new(holder: Holder) -> Rc<Session> {
         Rc::new(Session {
             holder,
             lease: OnceCell::new(),
@@ -180,13 +180,13 @@ impl Session {
     }
 
     /// The lease, once granted.
-    pub fn lease_id(&self) -> Option<i64> {
+    pub(super) fn lease_id(&self) -> Option<i64> {
         self.lease.get().copied()
     }
 }
 
 /// Decodes the request keys of a range read.
-pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
+pub(super) fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
     kvs.iter()
         .filter_map(|kv| {
             let (_, id) = sh.cfg.parse_request_key(kv.key())?;
@@ -202,7 +202,7 @@ pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
 
 /// The compares of a Txn that runs only while every key of `members` still exists with create
 /// revision `rev` (a group's members share one; a single request is a group of one).
-pub fn unchanged(members: &[Vec<u8>], rev: i64) -> Vec<Compare> {
+pub(super) fn unchanged(members: &[Vec<u8>], rev: i64) -> Vec<Compare> {
     members
         .iter()
         .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
@@ -210,7 +210,7 @@ pub fn unchanged(members: &[Vec<u8>], rev: i64) -> Vec<Compare> {
 }
 
 /// Waits for the first of two futures (a two-armed `select!` without tokio's macros).
-pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+pub(super) async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
     let mut a = pin!(a);
     let mut b = pin!(b);
     std::future::poll_fn(|cx| {
@@ -225,7 +225,7 @@ pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Outp
     .await
 }
 
-pub enum Either<A, B> {
+pub(super) enum Either<A, B> {
     Left(A),
     Right(B),
 }

@@ -22,14 +22,14 @@ use super::{delete, extend, lock, many, query, release, session};
 use crate::store::{OwnedOp, StoreError, StoreEvent};
 use crate::table::ConnId;
 
-pub enum Cmd {
+pub(super) enum Cmd {
     Op(OwnedOp),
     Shutdown,
 }
 
 /// Starts the thread; returns once etcd answered or the first check failed.
 #[allow(clippy::type_complexity)]
-pub fn spawn(
+pub(super) fn spawn(
     cfg: EtcdConfig,
     wake: Box<dyn Fn() + Send + Sync>,
 ) -> Result<

@@ -1,6 +1,7 @@
 //! The core driven in memory with simulated time (see [`util::Pair`]): acks, probes, TTLs,
 //! wait deadlines, disconnects, legacy RW parking and closes, with exact instants and no
-//! sockets. `tests/compat_wire.rs` checks the same promises over TCP, in real time.
+//! sockets. Rust clients are real `proto::Session`s; the npm client's messages and hostile
+//! input are raw JSON. `tests/compat_wire.rs` checks the same promises over TCP, in real time.
 
 mod caps;
 mod rules;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{ConnKind, Event};
-use util::{Client, Pair, config};
+use crate::proto::Request;
+use crate::proto::session::{Answer, BrokerKind, RequestId, Unlocked};
+use util::{Client, Pair, config, uuid};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -53,24 +56,41 @@ fn holders(p: &mut Pair, c: Client, key: &str) -> Value {
     p.recv(c)["lockholderUUIDs"].clone()
 }
 
-/// A Node connection `n` with a pushed grant `n1` of `k` that it has not acknowledged; `c`
-/// waits behind it. Returns (n, c, observer).
-fn pushed_unacknowledged(p: &mut Pair, ttl: Value) -> (Client, Client, Client) {
-    let (a, n, c, o) = (p.connect(), p.connect(), p.connect(), p.connect());
+/// A Rust client's lock that was granted at once (its fencing token).
+fn granted(p: &mut Pair, c: Client, id: RequestId) -> u64 {
+    match p.answer(c, id) {
+        Answer::Locked {
+            fencing_token: Some(t),
+        } => t,
+        a => panic!("lock answered {a:?}"),
+    }
+}
+
+/// The npm client's connection `n` (raw) with a pushed grant `n1` of `k` that it has not
+/// acknowledged; Rust client `c` waits behind it with lock `c1`. Returns (n, c, c1, observer).
+fn pushed_unacknowledged(p: &mut Pair, ttl: Value) -> (Client, Client, RequestId, Client) {
+    let n = p.connect();
+    let (a, c, o) = (
+        p.session(BrokerKind::Rust),
+        p.session(BrokerKind::Rust),
+        p.session(BrokerKind::Rust),
+    );
     version(p, n);
-    assert_eq!(lock(p, a, "k", "a1")["acquired"], true);
+    let a1 = p.lock(a, "k");
+    granted(p, a, a1);
     assert_eq!(node_lock(p, n, "k", "n1", 0, ttl)["queued"], true);
-    assert_eq!(lock(p, c, "k", "c1")["queued"], true);
-    unlock(p, a, "k", "a1");
+    let c1 = p.lock(c, "k");
+    assert!(p.waits(c, c1));
+    assert_eq!(p.unlock(a, "k", a1), Answer::Unlocked(Unlocked::Yes));
     let g = p.recv(n);
     assert_eq!((&g["uuid"], &g["acquired"]), (&json!("n1"), &json!(true)));
-    (n, c, o)
+    (n, c, c1, o)
 }
 
 #[test]
 fn an_unacknowledged_push_is_probed_at_200_ms_and_lives_until_its_ttl() {
     let mut p = Pair::new(config());
-    let (n, c, o) = pushed_unacknowledged(&mut p, json!(2500));
+    let (n, c, c1, o) = pushed_unacknowledged(&mut p, json!(2500));
     p.advance(199 * MS);
     p.expect_silence(n);
     p.advance(MS);
@@ -81,12 +101,11 @@ fn an_unacknowledged_push_is_probed_at_200_ms_and_lives_until_its_ttl() {
     );
     // a client stalled for 2.4 s still holds the key
     p.advance(2299 * MS);
-    assert_eq!(holders(&mut p, o, "k"), json!(["n1"]));
+    assert_eq!(p.holders(o, "k"), ["n1"]);
     p.expect_silence(c);
     // the TTL (2.5 s from the push) ends it, and the waiter is granted at that instant
     p.advance(MS);
-    let g = p.recv(c);
-    assert_eq!((&g["uuid"], &g["acquired"]), (&json!("c1"), &json!(true)));
+    granted(&mut p, c, c1);
     assert_eq!(p.elapsed(), 2500 * MS);
     p.expect_silence(n);
 }
@@ -94,29 +113,29 @@ fn an_unacknowledged_push_is_probed_at_200_ms_and_lives_until_its_ttl() {
 #[test]
 fn a_probe_answered_before_the_ack_releases_the_ghost() {
     let mut p = Pair::new(config());
-    let (n, c, o) = pushed_unacknowledged(&mut p, json!(7050));
+    let (n, c, c1, o) = pushed_unacknowledged(&mut p, json!(7050));
     p.advance(200 * MS);
     assert_eq!(p.recv(n)["uuid"], "lmx-ack-probe:n1");
     // another connection cannot answer n's probe
+    let x = p.connect();
     p.send(
-        o,
+        x,
         json!({"type":"lock-received-rejected","uuid":"lmx-ack-probe:n1","key":"k"}),
     );
-    p.expect_silence(o);
-    assert_eq!(holders(&mut p, o, "k"), json!(["n1"]));
+    p.expect_silence(x);
+    assert_eq!(p.holders(o, "k"), ["n1"]);
     p.send(
         n,
         json!({"uuid":"lmx-ack-probe:n1","key":"k","type":"lock-received-rejected"}),
     );
-    let g = p.recv(c);
-    assert_eq!((&g["uuid"], &g["acquired"]), (&json!("c1"), &json!(true)));
+    granted(&mut p, c, c1);
     p.expect_silence(n);
 }
 
 #[test]
 fn a_late_ack_before_the_probe_answer_keeps_the_grant() {
     let mut p = Pair::new(config());
-    let (n, c, o) = pushed_unacknowledged(&mut p, json!(7050));
+    let (n, c, c1, o) = pushed_unacknowledged(&mut p, json!(7050));
     p.advance(500 * MS);
     assert_eq!(p.recv(n)["uuid"], "lmx-ack-probe:n1");
     p.send(n, json!({"uuid":"n1","key":"k","type":"lock-received"}));
@@ -126,12 +145,12 @@ fn a_late_ack_before_the_probe_answer_keeps_the_grant() {
     );
     p.expect_silence(n);
     p.expect_silence(c);
-    assert_eq!(holders(&mut p, o, "k"), json!(["n1"]));
+    assert_eq!(p.holders(o, "k"), ["n1"]);
     // no second probe, ever
     p.advance(Duration::from_secs(5));
     p.expect_silence(n);
     unlock(&mut p, n, "k", "n1");
-    assert_eq!(p.recv(c)["uuid"], "c1");
+    granted(&mut p, c, c1);
 }
 
 #[test]
@@ -139,75 +158,114 @@ fn opt_in_ack_timeout_releases_an_unacknowledged_push_at_its_deadline() {
     let mut cfg = config();
     cfg.ack_timeout = Some(300 * MS);
     let mut p = Pair::new(cfg);
-    let (n, c, o) = pushed_unacknowledged(&mut p, json!(7050));
+    let (n, c, c1, o) = pushed_unacknowledged(&mut p, json!(7050));
     p.advance(299 * MS);
     assert_eq!(p.recv(n)["uuid"], "lmx-ack-probe:n1");
     p.expect_silence(c);
     p.advance(MS);
-    assert_eq!(p.recv(c)["uuid"], "c1");
+    granted(&mut p, c, c1);
     // an acknowledged push is kept past the deadline
     assert_eq!(
         node_lock(&mut p, n, "k", "n2", 0, json!(7050))["queued"],
         true
     );
-    unlock(&mut p, c, "k", "c1");
+    assert_eq!(p.unlock(c, "k", c1), Answer::Unlocked(Unlocked::Yes));
     assert_eq!(p.recv(n)["uuid"], "n2");
     p.send(n, json!({"type":"lock-received","uuid":"n2","key":"k"}));
     p.advance(Duration::from_secs(1));
-    assert_eq!(holders(&mut p, o, "k"), json!(["n2"]));
+    assert_eq!(p.holders(o, "k"), ["n2"]);
 }
 
 #[test]
 fn a_wait_timeout_answers_at_its_deadline_and_leaves_the_queue() {
     let mut p = Pair::new(config());
-    let (a, w, x) = (p.connect(), p.connect(), p.connect());
-    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
-    p.send(
-        w,
-        json!({"type":"lock","uuid":"w1","key":"k","ttl":null,"waitTimeout":500}),
+    let (a, w, x) = (
+        p.session(BrokerKind::Rust),
+        p.session(BrokerKind::Rust),
+        p.session(BrokerKind::Rust),
     );
-    assert_eq!(p.recv(w)["queued"], true);
-    assert_eq!(lock(&mut p, x, "k", "x1")["queued"], true);
+    let a1 = p.lock(a, "k");
+    granted(&mut p, a, a1);
+    let w1 = p.lock_with(w, "k", |r| r.wait_timeout = Some(500));
+    let x1 = p.lock(x, "k");
     p.advance(499 * MS);
-    p.expect_silence(w);
+    assert!(p.waits(w, w1));
     p.advance(MS);
-    let t = p.recv(w);
-    assert_eq!(
-        (&t["uuid"], &t["acquired"], &t["timedOut"]),
-        (&json!("w1"), &json!(false), &json!(true))
-    );
+    assert_eq!(p.answer(w, w1), Answer::NotGranted);
     // the timed-out waiter is gone: the next unlock grants the one behind it
-    unlock(&mut p, a, "k", "a1");
-    assert_eq!(p.recv(x)["uuid"], "x1");
+    p.unlock(a, "k", a1);
+    granted(&mut p, x, x1);
     p.expect_silence(w);
 }
 
 #[test]
 fn a_disconnect_releases_its_locks_and_grants_the_next_waiter() {
     let mut p = Pair::new(config());
-    let (a, b, o) = (p.connect(), p.connect(), p.connect());
-    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
-    assert_eq!(lock(&mut p, a, "j", "a2")["acquired"], true);
-    assert_eq!(lock(&mut p, b, "k", "b1")["queued"], true);
+    let [a, b, o, c] = [(); 4].map(|()| p.session(BrokerKind::Rust));
+    let (a1, a2, b1) = (p.lock(a, "k"), p.lock(a, "j"), p.lock(b, "k"));
+    granted(&mut p, a, a1);
+    granted(&mut p, a, a2);
+    assert!(p.waits(b, b1));
     p.disconnect(a);
-    let g = p.recv(b);
-    assert_eq!((&g["uuid"], &g["acquired"]), (&json!("b1"), &json!(true)));
-    assert_eq!(holders(&mut p, o, "j"), json!([]));
+    granted(&mut p, b, b1);
+    assert!(p.holders(o, "j").is_empty());
     // a waiter that leaves is no longer in line
-    assert_eq!(lock(&mut p, o, "k", "o1")["queued"], true);
-    let c = p.connect();
-    assert_eq!(lock(&mut p, c, "k", "c1")["queued"], true);
+    let o1 = p.lock(o, "k");
+    let c1 = p.lock(c, "k");
+    assert!(p.waits(o, o1) && p.waits(c, c1));
     p.disconnect(o);
-    unlock(&mut p, b, "k", "b1");
-    assert_eq!(p.recv(c)["uuid"], "c1");
+    p.unlock(b, "k", b1);
+    granted(&mut p, c, c1);
+}
+
+#[test]
+fn a_lock_given_up_is_cancelled_and_its_place_passes_on() {
+    let mut p = Pair::new(config());
+    let [a, w, x] = [(); 3].map(|()| p.session(BrokerKind::Rust));
+    let a1 = p.lock(a, "k");
+    granted(&mut p, a, a1);
+    let (w1, x1) = (p.lock(w, "k"), p.lock(x, "k"));
+    // w's own deadline passed: its session cancels the request at the broker
+    p.give_up(w, w1);
+    assert_eq!(p.info(a, "k").waiters, 1);
+    p.unlock(a, "k", a1);
+    granted(&mut p, x, x1);
+    assert_eq!(p.holders(a, "k"), [x1.to_string()]);
+    p.expect_silence(w);
+}
+
+/// A connection that said `version` (so the broker waits for its acks) driven by a session
+/// that acks every grant with `lock-received`, as it does for the npm broker: the pushed
+/// grant is acknowledged at once, so nothing is left to probe, and the lock is held until
+/// released.
+#[test]
+fn a_session_that_acks_its_grants_leaves_nothing_to_probe() {
+    let mut p = Pair::new(config());
+    let (a, n) = (p.session(BrokerKind::Rust), p.session(BrokerKind::Node));
+    version(&mut p, n);
+    let a1 = p.lock(a, "k");
+    granted(&mut p, a, a1);
+    let n1 = p.lock(n, "k");
+    p.unlock(a, "k", a1);
+    assert_eq!(
+        p.answer(n, n1),
+        Answer::Locked {
+            fencing_token: Some(1001)
+        }
+    );
+    assert!(p.core.acks.is_empty(), "the push was acknowledged");
+    p.advance(Duration::from_secs(5));
+    assert_eq!(p.holders(a, "k"), [n1.to_string()]);
+    assert_eq!(p.unlock(n, "k", n1), Answer::Unlocked(Unlocked::Yes));
 }
 
 #[test]
 fn a_retry_with_the_same_uuid_is_idempotent() {
     let mut p = Pair::new(config());
-    let (a, w) = (p.connect(), p.connect());
+    let (a, w) = (p.session(BrokerKind::Rust), p.connect());
     version(&mut p, w);
-    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
+    let a1 = p.lock(a, "k");
+    granted(&mut p, a, a1);
     assert_eq!(
         node_lock(&mut p, w, "k", "w1", 0, json!(7050))["queued"],
         true
@@ -217,7 +275,7 @@ fn a_retry_with_the_same_uuid_is_idempotent() {
         (&r["acquired"], &r["lockRequestCount"]),
         (&json!(false), &json!(1))
     );
-    unlock(&mut p, a, "k", "a1");
+    p.unlock(a, "k", a1);
     assert_eq!(p.recv(w)["uuid"], "w1");
     p.send(w, json!({"type":"lock-received","uuid":"w1","key":"k"}));
     // a retry that crosses the grant is answered `acquired:false`
@@ -315,19 +373,34 @@ fn auth_gates_every_request_and_a_refusal_closes_after_its_answer() {
     cfg.auth_token = Some("s3cret".into());
     cfg.restrict_admin = true;
     let mut p = Pair::new(cfg);
-    let (bad, good, unix) = (p.connect(), p.connect(), p.connect_kind(ConnKind::Unix));
+    // (raw: the refusal of a lock carries no `key`, which a session takes for a bad reply)
+    let (bad, good) = (p.connect(), p.session(BrokerKind::Rust));
+    let unix = p.session_kind(ConnKind::Unix, BrokerKind::Rust);
     p.send(bad, json!({"type":"lock","uuid":"b1","key":"k"}));
     let e = p.recv(bad);
     assert_eq!(e["error"], "authenticate first");
     assert!(p.closed(bad));
-    p.send(good, json!({"type":"auth","uuid":"a","token":"s3cret"}));
-    assert_eq!(p.recv(good)["authenticated"], true);
-    assert_eq!(lock(&mut p, good, "k", "g1")["acquired"], true);
+    let auth = |p: &mut Pair, c: Client, token: &str| {
+        let uuid = uuid();
+        let id = p.request(
+            c,
+            &Request::Auth {
+                uuid: Some(&uuid),
+                token,
+            },
+        );
+        p.answer(c, id)
+    };
+    assert_eq!(auth(&mut p, good, "s3cret"), Answer::Authenticated);
+    let g1 = p.lock(good, "k");
+    granted(&mut p, good, g1);
     // another connection's request is not refused for this one's state
-    p.send(unix, json!({"type":"auth","uuid":"a","token":"wrong"}));
-    assert_eq!(p.recv(unix)["authenticated"], false);
+    assert_eq!(
+        auth(&mut p, unix, "wrong"),
+        Answer::Rejected("wrong auth token".into())
+    );
     assert!(p.closed(unix));
-    assert_eq!(holders(&mut p, good, "k"), json!(["g1"]));
+    assert_eq!(p.holders(good, "k"), [g1.to_string()]);
 }
 
 #[test]
@@ -335,19 +408,28 @@ fn restrict_admin_lets_only_unix_connections_force() {
     let mut cfg = config();
     cfg.restrict_admin = true;
     let mut p = Pair::new(cfg);
-    let (tcp, unix) = (p.connect(), p.connect_kind(ConnKind::Unix));
-    assert_eq!(lock(&mut p, tcp, "k", "t1")["acquired"], true);
-    let force = json!({"type":"unlock","uuid":"u","key":"k","force":true});
-    p.send(tcp, force.clone());
-    let r = p.recv(tcp);
-    assert_eq!(r["unlocked"], false);
+    let tcp = p.session(BrokerKind::Rust);
+    let unix = p.session_kind(ConnKind::Unix, BrokerKind::Rust);
+    let t1 = p.lock(tcp, "k");
+    granted(&mut p, tcp, t1);
+    let force = |p: &mut Pair, c: Client| {
+        let uuid = uuid();
+        let req = Request::Unlock {
+            uuid: &uuid,
+            key: "k",
+            lock_id: None,
+            force: true,
+        };
+        let id = p.request(c, &req);
+        p.answer(c, id)
+    };
+    let r = force(&mut p, tcp);
     assert!(
-        r["error"].as_str().is_some_and(|e| e.contains("admin")),
-        "{r}"
+        matches!(&r, Answer::Unlocked(Unlocked::NotHeld(Some(e))) if e.contains("admin")),
+        "{r:?}"
     );
-    p.send(unix, force);
-    assert_eq!(p.recv(unix)["unlocked"], true);
-    assert_eq!(holders(&mut p, tcp, "k"), json!([]));
+    assert_eq!(force(&mut p, unix), Answer::Unlocked(Unlocked::Yes));
+    assert!(p.holders(tcp, "k").is_empty());
 }
 
 #[test]

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::super::ConnKind;
-use super::util::{Pair, config};
-use super::{MS, holders, lock, pushed_unacknowledged, unlock};
+use super::util::{Pair, config, uuid};
+use super::{MS, granted, holders, lock, pushed_unacknowledged, unlock};
+use crate::proto::Request;
+use crate::proto::session::{Answer, Unlocked};
 
 /// A forced unlock naming an id that holds nothing is refused, and the holder keeps the key;
 /// force without an id still releases every holder (live-mutex after 0.2.25 does the same).
@@ -74,13 +76,23 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
 #[test]
 fn a_strangers_failing_unlock_does_not_cancel_an_ack_probe() {
     let mut p = Pair::new(config());
-    let (n, c, o) = pushed_unacknowledged(&mut p, json!(7050));
+    let (n, c, c1, o) = pushed_unacknowledged(&mut p, json!(7050));
     for force in [false, true] {
-        p.send(
-            o,
-            json!({"type":"unlock","uuid":"s","key":"other","_uuid":"n1","force":force}),
+        let uuid = uuid();
+        let req = Request::Unlock {
+            uuid: &uuid,
+            key: "other",
+            lock_id: Some("n1"),
+            force,
+        };
+        let id = p.request(o, &req);
+        assert!(
+            matches!(
+                p.answer(o, id),
+                Answer::Unlocked(Unlocked::NotHeld(_) | Unlocked::Lost)
+            ),
+            "force: {force}"
         );
-        assert_eq!(p.recv(o)["unlocked"], false);
     }
     p.advance(200 * MS);
     assert_eq!(p.recv(n)["uuid"], "lmx-ack-probe:n1");
@@ -88,12 +100,11 @@ fn a_strangers_failing_unlock_does_not_cancel_an_ack_probe() {
         n,
         json!({"uuid":"lmx-ack-probe:n1","key":"k","type":"lock-received-rejected"}),
     );
-    let g = p.recv(c);
-    assert_eq!((&g["uuid"], &g["acquired"]), (&json!("c1"), &json!(true)));
+    granted(&mut p, c, c1);
     // a successful unlock by id (from anyone) is the grant's release: no probe follows
     let mut p = Pair::new(config());
-    let (n2, _, o2) = pushed_unacknowledged(&mut p, json!(7050));
-    assert_eq!(unlock(&mut p, o2, "k", "n1")["unlocked"], true);
+    let (n2, _, _, o2) = pushed_unacknowledged(&mut p, json!(7050));
+    assert_eq!(p.unlock(o2, "k", "n1"), Answer::Unlocked(Unlocked::Yes));
     p.advance(Duration::from_secs(1));
     p.expect_silence(n2);
 }

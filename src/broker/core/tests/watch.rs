@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::util::{Pair, config};
-use super::{MS, lock};
+use super::{MS, granted};
+use crate::proto::session::BrokerKind;
 
 /// The fixed wall clock of `util::config`, in Unix ms.
 const WALL: u64 = 1_700_000_000_000;
@@ -16,7 +17,7 @@ const WALL: u64 = 1_700_000_000_000;
 fn snapshots_come_at_once_then_every_interval_and_say_who_and_since_when() {
     let mut p = Pair::new(config());
     let w = p.connect();
-    let a = p.connect();
+    let a = p.session(BrokerKind::Rust);
     let b = p.connect();
     p.core.set_peer(p.clients[1].conn, "127.0.0.1:5000".into());
     p.send(a, json!({"type":"hello","name":"alpha[7]","pid":7}));
@@ -31,7 +32,8 @@ fn snapshots_come_at_once_then_every_interval_and_say_who_and_since_when() {
         (json!("watch"), json!([]))
     );
     assert_eq!(s["stats"]["connections"], 3);
-    assert_eq!(lock(&mut p, a, "k", "a1")["acquired"], true);
+    let a1 = p.lock(a, "k");
+    granted(&mut p, a, a1);
     p.advance(200 * MS);
     p.send(b, json!({"type":"lock","uuid":"b1","key":"k","ttl":null}));
     assert_eq!(p.recv(b)["queued"], true);
@@ -45,7 +47,7 @@ fn snapshots_come_at_once_then_every_interval_and_say_who_and_since_when() {
     assert_eq!(
         (&h["id"], &h["name"], &h["pid"], &h["peer"]),
         (
-            &json!("a1"),
+            &json!(a1.to_string()),
             &json!("alpha[7]"),
             &json!(7),
             &json!("127.0.0.1:5000")
@@ -58,11 +60,10 @@ fn snapshots_come_at_once_then_every_interval_and_say_who_and_since_when() {
     assert_eq!(q["waitingSince"], WALL - 300);
     assert_eq!(s["stats"]["grants"], 1);
     // lock-info says the same.
-    p.send(a, json!({"type":"lock-info-request","uuid":"i","key":"k"}));
-    let i = p.recv(a);
-    assert_eq!(i["holders"][0]["heldSince"], WALL - 500);
-    assert_eq!(i["holders"][0]["name"], "alpha[7]");
-    assert_eq!(i["waiters"][0]["waitingSince"], WALL - 300);
+    let i = p.info(a, "k");
+    assert_eq!(i.holders[0].held_since_ms, Some(WALL - 500));
+    assert_eq!(i.holders[0].who.name.as_deref(), Some("alpha[7]"));
+    assert_eq!(i.queue[0].waiting_since_ms, Some(WALL - 300));
     // The watcher goes: no more timers for it.
     p.disconnect(w);
     p.advance(Duration::from_secs(5));
@@ -72,20 +73,16 @@ fn snapshots_come_at_once_then_every_interval_and_say_who_and_since_when() {
 #[test]
 fn a_lock_kept_after_its_connection_closed_still_says_who_took_it() {
     let mut p = Pair::new(config());
-    let a = p.connect();
-    let c = p.connect();
+    let a = p.session(BrokerKind::Rust);
+    let c = p.session(BrokerKind::Rust);
     p.core.set_peer(p.clients[0].conn, "pid 5 uid 0".into());
     p.send(a, json!({"type":"hello","name":"deploy[5]"}));
-    p.send(
-        a,
-        json!({"type":"lock","uuid":"k1","key":"k","ttl":null,"keepLocksAfterDeath":true}),
-    );
-    assert_eq!(p.recv(a)["acquired"], true);
+    let k1 = p.lock_with(a, "k", |r| r.keep_locks_after_death = true);
+    granted(&mut p, a, k1);
     p.disconnect(a);
-    p.send(c, json!({"type":"lock-info-request","uuid":"i","key":"k"}));
-    let h = &p.recv(c)["holders"][0];
-    assert_eq!(h["name"], "deploy[5]");
-    assert_eq!(h["peer"], "pid 5 uid 0 (disconnected)");
+    let h = p.info(c, "k").holders.remove(0);
+    assert_eq!(h.who.name.as_deref(), Some("deploy[5]"));
+    assert_eq!(h.who.peer.as_deref(), Some("pid 5 uid 0 (disconnected)"));
 }
 
 #[test]

@@ -1,34 +1,6 @@
-//! An async client on tokio (feature `tokio`), driving the same [`Session`] as the blocking
-//! [`Client`](crate::Client): TCP, Unix socket and WebSocket, any runtime flavour.
-//!
-//! Nothing here blocks an executor thread: connecting, reconnect back-off and every wait are
-//! awaited; a guard's drop only queues its unlock for the connection's task.
-//!
-//! **Cancellation safety.** Dropping a `lock` future (a `select!` that lost, an aborted task, a
-//! `tokio::time::timeout`) withdraws the request at the broker, and if the grant crossed the
-//! withdrawal on the wire, the lock is released as soon as it arrives: a lock future that did
-//! not complete never leaves a lock held.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
-//! # let url = format!("tcp://{}", broker.local_addr().unwrap());
-//! let client = live_mutex::AsyncClient::connect(&url).await?;
-//! {
-//!     let _guard = client.lock("deploy").await?;
-//!     // ... only one holder anywhere ...
-//! } // released here
-//! // A wait bounded by the caller: the abandoned request leaves nothing behind.
-//! let held = client.lock("busy").await?;
-//! let r = tokio::time::timeout(std::time::Duration::from_millis(20), client.lock("busy")).await;
-//! assert!(r.is_err());
-//! assert_eq!(client.info("busy").await?.waiters, 0);
-//! # drop(held);
-//! # Ok(()) }
-//! ```
-//!
-//! [`Session`]: crate::proto::session::Session
+//! The tokio driver of the client (feature `tokio`): one task per connection drives the
+//! session (`conn.rs`) over tokio's sockets (`transport.rs`); its guards are in `guard.rs`.
+//! Public as [`crate::async_client`], whose docs say what it promises.
 
 mod conn;
 mod guard;
@@ -37,9 +9,11 @@ mod transport;
 pub use guard::{AsyncLockGuard, AsyncManyGuard};
 
 use crate::client::backoff::Slot;
-use crate::client::calls::{self, new_uuid};
-use crate::client::guard::Lease;
-use crate::client::url::{Settings, Target};
+use crate::client::builder::Builder;
+use crate::client::calls;
+use crate::client::held::{Held, LockCore, ManyCore};
+use crate::client::requests::{self, new_uuid};
+use crate::client::url::Target;
 use crate::client::{BrokerKind, Error, LockInfo, LockOptions, Result, SLACK, Stats};
 use crate::proto::Request;
 use crate::proto::session::Answer;
@@ -48,51 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// Builds an [`AsyncClient`] with non-default time-outs or token.
-#[derive(Debug, Clone)]
-pub struct AsyncClientBuilder(Settings);
+/// Builds an [`AsyncClient`] with non-default time-outs, token or TLS files (the setters are
+/// [`Builder`]'s).
+pub type AsyncClientBuilder = Builder<AsyncClient>;
 
 impl AsyncClientBuilder {
-    /// Sets the auth token (wins over the URL's and `LMX_AUTH_TOKEN`).
-    pub fn token(mut self, t: impl Into<String>) -> Self {
-        self.0.token = Some(t.into());
-        self
-    }
-    /// Longest time to establish a connection, handshake included (default 3 s).
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.0.connect_timeout = d;
-        self
-    }
-    /// Longest wait for the reply to a request other than a lock wait (default 10 s).
-    pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.0.request_timeout = d;
-        self
-    }
-    /// With a list of brokers, start at a random one; see
-    /// [`ClientBuilder::random_start`](crate::client::ClientBuilder::random_start).
-    pub fn random_start(mut self, on: bool) -> Self {
-        self.0.random = on;
-        self
-    }
-    /// See [`ClientBuilder::tls_ca`](crate::client::ClientBuilder::tls_ca).
-    #[cfg(feature = "tls")]
-    pub fn tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
-        self.0.tls_ca = Some(pem.into());
-        self
-    }
-    /// See [`ClientBuilder::tls_client_cert`](crate::client::ClientBuilder::tls_client_cert).
-    #[cfg(feature = "tls")]
-    pub fn tls_client_cert(
-        mut self,
-        cert: impl Into<std::path::PathBuf>,
-        key: impl Into<std::path::PathBuf>,
-    ) -> Self {
-        self.0.tls_cert = Some((cert.into(), key.into()));
-        self
-    }
     /// Connects now, so a wrong address fails here rather than at the first lock.
     pub async fn connect(self) -> Result<AsyncClient> {
-        let target = self.0.resolve()?;
+        let target = self.settings.resolve()?;
         let client = AsyncClient {
             inner: Arc::new(Inner {
                 slot: Mutex::new(Slot::new(target.endpoints.len(), target.random)),
@@ -134,7 +71,7 @@ impl AsyncClient {
 
     /// Starts an [`AsyncClientBuilder`] for `url`.
     pub fn builder(url: &str) -> AsyncClientBuilder {
-        AsyncClientBuilder(Settings::new(url))
+        AsyncClientBuilder::new(url)
     }
 
     /// Which broker this client is talking to.
@@ -194,36 +131,20 @@ impl AsyncClient {
 
     /// Takes `key` with options: [`Error::WaitTimedOut`], [`Error::Busy`] (with `try_only`),
     /// [`Error::Config`] for a TTL under 1 ms; with `keep_alive`, a task renews the lock every
-    /// TTL/3 while the guard lives.
+    /// TTL/3 while the guard lives (until `max_hold`, if set).
     pub async fn lock_with(&self, key: &str, o: &LockOptions) -> Result<AsyncLockGuard> {
         o.check()?;
         let conn = self.conn().await?;
         let (limit, limit_is_wait) = calls::lock_limit(conn.kind(), o);
-        let p = conn.request(&o.lock_request(&new_uuid(), key), Some(key))?;
+        let p = conn.request(&requests::lock(o, &new_uuid(), key), Some(key))?;
         let id = p.uuid();
         let token = calls::locked(await_grant(p, limit, limit_is_wait).await?, o)?;
-        let lease = Lease::new(o.ttl);
-        let timeout = self.inner.target.request_timeout;
-        let keep_alive = o.keep_alive_ttl().map(|ttl| {
-            guard::keep_alive(
-                conn.clone(),
-                key.to_string(),
-                id.clone(),
-                ttl,
-                timeout,
-                lease.clone(),
-            )
-        });
-        Ok(AsyncLockGuard {
-            conn,
-            key: key.to_string(),
-            id,
-            token,
-            lease,
-            timeout,
-            done: false,
-            keep_alive,
-        })
+        let held = Held::new(key, id, token, o.ttl, self.inner.target.request_timeout);
+        let core = LockCore::new(conn, held);
+        let keep_alive = o
+            .keep_alive_plan(Instant::now())
+            .map(|plan| guard::keep_alive(core.conn.clone(), core.held.clone(), plan));
+        Ok(AsyncLockGuard { core, keep_alive })
     }
 
     /// Takes all of `keys` at once (all-or-nothing).
@@ -241,15 +162,17 @@ impl AsyncClient {
         o.check()?;
         let conn = self.conn().await?;
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-        let p = conn.request(&o.many_request(&new_uuid(), &keys), None)?;
+        let p = conn.request(&requests::many(o, &new_uuid(), &keys), None)?;
         let id = p.uuid();
         let answer = await_grant(p, o.wait_timeout.map(|t| t + SLACK), false).await?;
         Ok(AsyncManyGuard {
-            tokens: calls::many_locked(answer, o)?,
-            conn,
-            id,
-            timeout: self.inner.target.request_timeout,
-            done: false,
+            core: ManyCore {
+                tokens: calls::many_locked(answer, o)?,
+                conn,
+                id,
+                timeout: self.inner.target.request_timeout,
+                done: false,
+            },
         })
     }
 

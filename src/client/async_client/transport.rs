@@ -2,8 +2,8 @@
 //! (feature `tls`, tokio-rustls), whole messages in and out (a line, or a WebSocket text
 //! frame). Knows nothing of the protocol.
 
-use crate::client::transport::{MAX_LINE, ws_config, ws_refused, ws_request};
 use crate::client::url::{Endpoint, Target, host_port};
+use crate::client::websocket::{MAX_LINE, ws_config, ws_refused, ws_request};
 use crate::client::{Error, Result};
 use futures_util::{SinkExt, StreamExt};
 use std::io;

@@ -14,7 +14,8 @@
 //! waiters for a few instructions, so taking it from an executor thread is not blocking.
 
 use super::transport::{self, Io, RawWriter};
-use crate::client::calls::{self, new_uuid, release_many_request, unlock_request};
+use crate::client::calls;
+use crate::client::requests::{self, new_uuid};
 use crate::client::url::{Endpoint, Target};
 use crate::client::{Error, Result};
 use crate::proto::Request;
@@ -225,21 +226,13 @@ impl Drop for Pending {
         if self.taken {
             return;
         }
-        let uuid = self.id.to_string();
         let _ = self.shared.with(false, |st| {
             st.waiters.remove(&self.id);
             // Still pending: the session cancels it at the broker (and hands back a grant that
             // still arrives). Answered but not taken: the answer is in the channel.
             st.session.give_up(self.id);
-            match (self.rx.try_recv(), &self.key) {
-                (Ok(Answer::Locked { .. }), Some(key)) => {
-                    st.session.release(&unlock_request(&new_uuid(), key, &uuid));
-                }
-                (Ok(Answer::ManyLocked(_)), None) => {
-                    st.session
-                        .release(&release_many_request(&new_uuid(), &uuid));
-                }
-                _ => {}
+            if let Ok(answer) = self.rx.try_recv() {
+                requests::hand_back(&mut st.session, self.id, self.key.as_deref(), &answer);
             }
             Ok(())
         });

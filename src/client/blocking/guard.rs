@@ -1,138 +1,41 @@
 //! The guards: a held lock (or several) tied to its connection, released when dropped.
 
-use super::calls::{new_uuid, refusal, release_many_request, released, unlock_request};
 use super::driver::Conn;
-use super::error::{Error, Result};
-use crate::proto::session::Answer;
-use crate::proto::{Request, Ttl};
+use crate::client::calls::released;
+use crate::client::error::{Error, Result};
+use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
+use crate::client::options::Renewals;
+use crate::client::requests::new_uuid;
+use crate::proto::Request;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a guard and its keep-alive thread share: whether the lock is known lost, and when it
-/// expires by this process's clock.
-#[derive(Debug, Default)]
-pub(crate) struct Lease {
-    lost: AtomicBool,
-    expires: Mutex<Option<Instant>>,
-}
-
-impl Lease {
-    /// A new grant's lease: its TTL counts from now, when the grant arrived (never too early).
-    pub(crate) fn new(ttl: Ttl) -> Arc<Lease> {
-        let expires = match ttl {
-            Ttl::After(d) => Some(Instant::now() + d),
-            _ => None,
-        };
-        Arc::new(Lease {
-            lost: AtomicBool::new(false),
-            expires: Mutex::new(expires),
-        })
-    }
-    pub(crate) fn expires(&self) -> Option<Instant> {
-        *self.expires.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    pub(crate) fn set_expires(&self, at: Option<Instant>) {
-        *self.expires.lock().unwrap_or_else(|e| e.into_inner()) = at;
-    }
-    /// Lost by an answer (not merely by the clock).
-    pub(crate) fn was_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
-    }
-    pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire) || self.expires().is_some_and(|e| Instant::now() >= e)
-    }
-    pub(crate) fn mark_lost(&self) {
-        self.lost.store(true, Ordering::Release);
-    }
-}
-
-impl Lease {
-    /// Before a renewal: a lease already lost, or whose connection died, cannot be renewed
-    /// (and is marked lost, so the guard reports it).
-    pub(crate) fn renewable(&self, conn_dead: bool) -> Result<()> {
-        if self.is_lost() || conn_dead {
-            self.mark_lost();
-            return Err(Error::LockLost);
-        }
-        Ok(())
-    }
-
-    /// After the broker's answer to a renewal sent at `sent`: the new expiry counts from when
-    /// the request left (the broker's clock started no earlier), or the lease is lost.
-    pub(crate) fn renewed(&self, sent: Instant, ttl: Option<Duration>, a: Answer) -> Result<()> {
-        match a {
-            Answer::Extended(true) => {
-                self.set_expires(ttl.map(|t| sent + t));
-                Ok(())
-            }
-            Answer::Extended(false) => {
-                self.mark_lost();
-                Err(Error::LockLost)
-            }
-            a => Err(refusal(a)),
-        }
-    }
-}
-
-/// The `extend` request that sets lock `id` on `key` to `ttl` from now (`None`: no expiry).
-pub(crate) fn extend_request<'a>(
-    uuid: &'a str,
-    key: &'a str,
-    id: &'a str,
-    ttl: Option<Duration>,
-) -> Result<Request<'a>> {
-    let ttl = ttl.map_or(Ttl::Never, Ttl::After);
-    super::options::check_ttl(ttl)?;
-    Ok(Request::Extend {
-        uuid,
-        key,
-        lock_id: id,
-        ttl,
-    })
-}
-
-/// One `extend` of lock `id` on `key` to `ttl` from now, recorded in `lease`.
-fn renew(
-    conn: &Conn,
-    key: &str,
-    id: &str,
-    ttl: Option<Duration>,
-    timeout: Duration,
-    lease: &Lease,
-) -> Result<()> {
+/// One `extend` of `held` to `ttl` from now, recorded in it.
+fn renew(conn: &Conn, held: &Held, ttl: Option<Duration>) -> Result<()> {
     let uuid = new_uuid();
-    let extend = extend_request(&uuid, key, id, ttl)?;
-    lease.renewable(conn.is_dead())?;
+    let extend = held.extend_request(&uuid, ttl, conn.is_dead())?;
     let sent = Instant::now();
-    lease.renewed(sent, ttl, conn.call(timeout, &extend)?)
-}
-
-/// How often a keep-alive renews a lock of `ttl`: a third of it.
-pub(crate) fn renew_period(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(1))
+    held.extended(sent, ttl, conn.call(held.timeout, &extend)?)
 }
 
 /// The keep-alive thread of one guard: renews every [`renew_period`] until the guard drops
-/// (its sender goes away) or the lock is lost.
-pub(crate) fn keep_alive(
-    conn: Arc<Conn>,
-    key: String,
-    id: String,
-    ttl: Duration,
-    timeout: Duration,
-    lease: Arc<Lease>,
-) -> mpsc::Sender<()> {
+/// (its sender goes away), the lock is lost, or `plan.until` has passed (`max_hold`: the
+/// lock then ends with its TTL, and the lease says so).
+pub(crate) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, plan: Renewals) -> mpsc::Sender<()> {
+    let ttl = plan.ttl;
     let (stop, stopped) = mpsc::channel::<()>();
     let every = renew_period(ttl);
-    let mine = lease.clone();
+    let mine = held.clone();
     let spawned = std::thread::Builder::new()
         .name("lmx-keep-alive".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                match renew(&conn, &key, &id, Some(ttl), timeout, &lease) {
+                if !plan.due() {
+                    return;
+                }
+                match renew(&conn, &held, Some(ttl)) {
                     Ok(()) => {}
                     // A slow answer: try again next period; the lease clock says when it is gone.
                     Err(Error::BrokerSilent) => {}
@@ -145,6 +48,15 @@ pub(crate) fn keep_alive(
         mine.mark_lost();
     }
     stop
+}
+
+impl Link for Conn {
+    fn is_dead(&self) -> bool {
+        Conn::is_dead(self)
+    }
+    fn release_later(&self, req: &Request<'_>) {
+        let _ = self.release(req);
+    }
 }
 
 /// A held lock. Dropping it releases the lock without waiting (the unlock is pipelined ahead
@@ -164,13 +76,7 @@ pub(crate) fn keep_alive(
 /// ```
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
-    pub(crate) conn: Arc<Conn>,
-    pub(crate) key: String,
-    pub(crate) id: String,
-    pub(crate) token: Option<u64>,
-    pub(crate) lease: Arc<Lease>,
-    pub(crate) done: bool,
-    pub(crate) timeout: Duration,
+    pub(crate) core: LockCore<Conn>,
     pub(crate) hooks: Mutex<Vec<u64>>,
     /// Dropping it stops the keep-alive thread, if any.
     pub(crate) keep_alive: Option<mpsc::Sender<()>>,
@@ -178,10 +84,11 @@ pub struct LockGuard {
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.core.held;
         f.debug_struct("LockGuard")
-            .field("key", &self.key)
-            .field("id", &self.id)
-            .field("token", &self.token)
+            .field("key", &h.key)
+            .field("id", &h.id)
+            .field("token", &h.token)
             .finish()
     }
 }
@@ -196,7 +103,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn key(&self) -> &str {
-        &self.key
+        &self.core.held.key
     }
 
     /// The lock id (the uuid of the lock request), which `unlock`/`lmx release --id` take.
@@ -209,7 +116,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn id(&self) -> &str {
-        &self.id
+        &self.core.held.id
     }
 
     /// A number strictly greater than that of every earlier grant of the broker. Pass it to the
@@ -225,7 +132,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn fencing_token(&self) -> Option<u64> {
-        self.token
+        self.core.held.token
     }
 
     /// Whether the lock is known to be gone: its connection dropped, an `extend` found it
@@ -248,7 +155,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lease.is_lost() || self.conn.is_dead()
+        self.core.is_lost()
     }
 
     /// Calls `f` once, from the thread that notices (a reader of the connection), when the connection carrying this
@@ -266,7 +173,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn on_lost(&self, f: impl FnOnce() + Send + 'static) {
-        if let Some(id) = self.conn.on_lost(Box::new(f)) {
+        if let Some(id) = self.core.conn.on_lost(Box::new(f)) {
             self.hooks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -274,12 +181,13 @@ impl LockGuard {
         }
     }
 
-    pub(crate) fn finish(&mut self) {
-        self.done = true;
+    /// Stops being in charge of the lock (see [`LockCore::finish`]).
+    pub(crate) fn finish(&mut self) -> bool {
         self.keep_alive = None;
-        self.conn.forget_hooks(&std::mem::take(
+        self.core.conn.forget_hooks(&std::mem::take(
             self.hooks.get_mut().unwrap_or_else(|e| e.into_inner()),
         ));
+        self.core.finish()
     }
 
     /// Releases the lock and waits for the broker's answer. [`Error::LockLost`] means the lock
@@ -296,21 +204,17 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unlock(mut self) -> Result<()> {
-        self.finish();
-        if self.lease.was_lost() || self.conn.is_dead() {
+        if self.finish() {
             return Err(Error::LockLost);
         }
-        let (key, id) = (&self.key, &self.id);
-        released(
-            self.conn
-                .call(self.timeout, &unlock_request(&new_uuid(), key, id)),
-        )
+        let (conn, held) = (&self.core.conn, &self.core.held);
+        released(conn.call(held.timeout, &held.unlock_request(&new_uuid())))
     }
 
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires). Fails with
     /// [`Error::LockLost`] if the lock had already expired; after that the guard reports
     /// [`is_lost`](Self::is_lost). Takes `&self`, so a renewal thread can share the guard
-    /// (or let [`LockOptions::keep_alive`](super::LockOptions::keep_alive) do it).
+    /// (or let [`LockOptions::keep_alive`](crate::client::LockOptions::keep_alive) do it).
     ///
     /// ```
     /// # let broker = live_mutex::broker::Broker::builder().tcp("127.0.0.1:0".parse()?).bind()?.spawn()?;
@@ -321,14 +225,7 @@ impl LockGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn extend(&self, ttl: Option<Duration>) -> Result<()> {
-        renew(
-            &self.conn,
-            &self.key,
-            &self.id,
-            ttl,
-            self.timeout,
-            &self.lease,
-        )
+        renew(&self.core.conn, &self.core.held, ttl)
     }
 
     /// Stops managing the lock and returns its id: the lock stays held after the guard is gone,
@@ -345,17 +242,18 @@ impl LockGuard {
     /// ```
     pub fn detach(mut self) -> String {
         self.finish();
-        std::mem::take(&mut self.id)
+        self.core.held.id.clone()
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if !self.done && !self.conn.is_dead() {
-            self.finish();
-            let _ = self
-                .conn
-                .release(&unlock_request(&new_uuid(), &self.key, &self.id));
+        if !self.core.done {
+            // Its unlock is sent by the core; the hooks and the keep-alive go first.
+            self.keep_alive = None;
+            self.core.conn.forget_hooks(&std::mem::take(
+                self.hooks.get_mut().unwrap_or_else(|e| e.into_inner()),
+            ));
         }
     }
 }
@@ -374,11 +272,7 @@ impl Drop for LockGuard {
 #[must_use = "dropping the guard releases the locks at once"]
 #[derive(Debug)]
 pub struct ManyGuard {
-    pub(crate) conn: Arc<Conn>,
-    pub(crate) id: String,
-    pub(crate) tokens: HashMap<String, u64>,
-    pub(crate) done: bool,
-    pub(crate) timeout: Duration,
+    pub(crate) core: ManyCore<Conn>,
 }
 
 impl ManyGuard {
@@ -391,7 +285,7 @@ impl ManyGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn id(&self) -> &str {
-        &self.id
+        &self.core.id
     }
 
     /// The fencing token of each key.
@@ -404,7 +298,7 @@ impl ManyGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn fencing_tokens(&self) -> &HashMap<String, u64> {
-        &self.tokens
+        &self.core.tokens
     }
 
     /// Whether the connection carrying these locks has dropped.
@@ -416,7 +310,7 @@ impl ManyGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.conn.is_dead()
+        self.core.conn.is_dead()
     }
 
     /// Releases every key and waits for the answer; [`Error::LockLost`] if they had gone.
@@ -428,23 +322,11 @@ impl ManyGuard {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unlock(mut self) -> Result<()> {
-        self.done = true;
-        if self.conn.is_dead() {
+        let c = &mut self.core;
+        c.done = true;
+        if c.conn.is_dead() {
             return Err(Error::LockLost);
         }
-        released(
-            self.conn
-                .call(self.timeout, &release_many_request(&new_uuid(), &self.id)),
-        )
-    }
-}
-
-impl Drop for ManyGuard {
-    fn drop(&mut self) {
-        if !self.done && !self.conn.is_dead() {
-            let _ = self
-                .conn
-                .release(&release_many_request(&new_uuid(), &self.id));
-        }
+        released(c.conn.call(c.timeout, &c.release_request(&new_uuid())))
     }
 }

@@ -10,10 +10,11 @@
 //! the guards' `on_lost` hooks, and so the session can answer grants nobody waits for); it
 //! steps aside as soon as a caller waits.
 
-use super::calls::{self, new_uuid, release_many_request, unlock_request};
-use super::error::{Error, Result};
 use super::transport::{Reader, Stream, Writer, connect};
-use super::url::{Endpoint, Target};
+use crate::client::calls;
+use crate::client::error::{Error, Result};
+use crate::client::requests::{self, new_uuid};
+use crate::client::url::{Endpoint, Target};
 use crate::proto::Request;
 use crate::proto::session::{Answer, BrokerKind, Event, RequestId, Session};
 use ahash::RandomState;
@@ -230,8 +231,8 @@ pub(crate) struct Pending {
     rx: Receiver<Msg>,
     shared: Arc<Shared>,
     /// What a grant that races the give-up is released with: a lock's key (`None` for an
-    /// acquire-many, released by id). `Err` for other requests, which hold nothing.
-    holds: Result<Option<String>, ()>,
+    /// acquire-many, released by id, and for other requests, which hold nothing).
+    key: Option<String>,
 }
 
 impl Pending {
@@ -307,18 +308,10 @@ impl Pending {
         let mut st = lock(&self.shared.state);
         st.waiters.remove(&self.id);
         st.session.give_up(self.id);
-        let uuid = self.id.to_string();
         // `None`s are only nudges to a parked waiter.
         while let Ok(msg) = self.rx.try_recv() {
-            match (msg, &self.holds) {
-                (Some(Answer::Locked { .. }), Ok(Some(key))) => {
-                    st.session.release(&unlock_request(&new_uuid(), key, &uuid));
-                }
-                (Some(Answer::ManyLocked(_)), Ok(None)) => {
-                    st.session
-                        .release(&release_many_request(&new_uuid(), &uuid));
-                }
-                _ => {}
+            if let Some(answer) = msg {
+                requests::hand_back(&mut st.session, self.id, self.key.as_deref(), &answer);
             }
         }
         st.session.wants_transmit()
@@ -409,16 +402,15 @@ impl Conn {
             st.waiters.insert(id, tx);
             Ok(id)
         })?;
-        let holds = match req {
-            Request::Lock(l) => Ok(Some(l.key.to_owned())),
-            Request::AcquireMany(_) => Ok(None),
-            _ => Err(()),
+        let key = match req {
+            Request::Lock(l) => Some(l.key.to_owned()),
+            _ => None,
         };
         Ok(Pending {
             id,
             rx,
             shared: self.shared.clone(),
-            holds,
+            key,
         })
     }
 
@@ -507,65 +499,84 @@ fn background_reader(shared: Arc<Shared>) {
     }
 }
 
-#[cfg(all(test, feature = "broker"))]
+#[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::time::{Duration, Instant};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
     use super::{Conn, new_uuid};
-    use crate::Client;
-    use crate::broker::Broker;
-    use crate::client::LockOptions;
     use crate::client::url::Settings;
-    use crate::proto::Request;
+    use crate::client::{LockOptions, requests};
+    use crate::proto::{Request, decode};
 
     /// A grant that another caller's read routes to a request after its own wait ended (the
     /// session no longer has it pending, so giving it up sends no cancel) is released, not left
     /// held by the connection until its TTL.
+    ///
+    /// The peer is a script of our broker's replies on a socket of its own (the client's tests
+    /// link no broker): it queues the lock, pushes its grant just ahead of the answer to the
+    /// next `ping`, and reports the lock id of every `unlock` it receives.
     #[test]
     fn a_grant_routed_to_a_request_given_up_is_released() {
-        let broker = Broker::builder()
-            .tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .bind()
-            .expect("bind");
-        let url = format!("tcp://{}", broker.local_addr().expect("tcp"));
-        let handle = broker.spawn().expect("spawn");
-        let holder = Client::connect(&url).expect("connect");
-        let g = holder.lock("k").expect("lock");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("tcp://{}", listener.local_addr().expect("addr"));
+        let (unlock_tx, unlock_rx) = mpsc::channel::<String>();
+        let peer = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().expect("accept");
+            let mut w = sock.try_clone().expect("clone");
+            let mut r = BufReader::new(sock);
+            let (mut line, mut queued) = (String::new(), None::<String>);
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let mut bytes = std::mem::take(&mut line).into_bytes();
+                let reply = match decode(&mut bytes).expect("the client sends requests") {
+                    Request::Ping { uuid } => {
+                        let grant = queued.take().map(|u| format!(
+                            r#"{{"type":"lock","uuid":"{u}","key":"k","acquired":true,"lockRequestCount":0,"readersCount":0,"fencingToken":1}}"#
+                        ) + "\n");
+                        format!(
+                            r#"{}{{"type":"pong","uuid":"{uuid}","ping":true,"serverTimestamp":1}}"#,
+                            grant.unwrap_or_default()
+                        )
+                    }
+                    Request::Lock(l) => {
+                        queued = Some(l.uuid.to_string());
+                        format!(
+                            r#"{{"type":"lock","uuid":"{}","key":"k","acquired":false,"lockRequestCount":1,"readersCount":0,"queued":true}}"#,
+                            l.uuid
+                        )
+                    }
+                    Request::Unlock { uuid, lock_id, .. } => {
+                        let _ = unlock_tx.send(lock_id.unwrap_or_default().to_string());
+                        format!(
+                            r#"{{"type":"unlock","uuid":"{uuid}","key":"k","unlocked":true,"lockRequestCount":0}}"#
+                        )
+                    }
+                    _ => continue,
+                };
+                w.write_all(format!("{reply}\n").as_bytes()).expect("reply");
+            }
+        });
         let target = Settings::new(&url).resolve().expect("target");
         let conn = Conn::open(&target, &target.endpoints[0]).expect("open");
         let opts = LockOptions::default().ttl(Duration::from_secs(60));
         let id = new_uuid();
-        let waiting = conn.request(&opts.lock_request(&id, "k")).expect("request");
-        // Queued behind `holder`; then granted when it unlocks.
-        let ping = |conn: &Conn| {
-            let uuid = new_uuid();
-            conn.call(Duration::from_secs(5), &Request::Ping { uuid: &uuid })
-                .expect("ping")
-        };
-        ping(&conn);
-        g.unlock().expect("unlock");
-        // Wait until the broker has granted it (the key has a holder again); a ping on the
-        // same connection reads the grant and routes it into the request's channel.
-        let end = Instant::now() + Duration::from_secs(5);
-        while holder.info("k").expect("info").holders.is_empty() {
-            assert!(Instant::now() < end, "never granted");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        ping(&conn);
+        let waiting = conn
+            .request(&requests::lock(&opts, &id, "k"))
+            .expect("request");
+        // Queued; the ping's reader reads the grant (sent before the pong) and routes it into
+        // the request's channel.
+        let uuid = new_uuid();
+        conn.call(Duration::from_secs(5), &Request::Ping { uuid: &uuid })
+            .expect("ping");
         // The caller gave up (its wait ended) without taking the answer.
         drop(waiting);
-        let end = Instant::now() + Duration::from_secs(5);
-        while !holder.info("k").expect("info").holders.is_empty() {
-            assert!(
-                Instant::now() < end,
-                "the grant was kept by a request nobody waits for"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let released = unlock_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the grant was kept by a request nobody waits for");
+        assert_eq!(released, id);
         drop(conn);
-        drop(holder);
-        handle.shutdown();
-        handle.join().expect("broker");
+        peer.join().expect("peer");
     }
 }

@@ -3,9 +3,12 @@
 //! dropping never blocks and never needs a runtime handle).
 
 use super::conn::Conn;
-use crate::client::calls::{new_uuid, release_many_request, released, unlock_request};
-use crate::client::guard::{Lease, extend_request, renew_period};
+use crate::client::calls::released;
+use crate::client::held::{Held, Link, LockCore, ManyCore, renew_period};
+use crate::client::options::Renewals;
+use crate::client::requests::new_uuid;
 use crate::client::{Error, Result};
+use crate::proto::Request;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,57 +30,42 @@ use tokio::task::JoinHandle;
 /// ```
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct AsyncLockGuard {
-    pub(super) conn: Arc<Conn>,
-    pub(super) key: String,
-    pub(super) id: String,
-    pub(super) token: Option<u64>,
-    pub(super) lease: Arc<Lease>,
-    pub(super) timeout: Duration,
-    pub(super) done: bool,
+    pub(super) core: LockCore<Conn>,
     /// Aborted when the guard goes.
     pub(super) keep_alive: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AsyncLockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.core.held;
         f.debug_struct("AsyncLockGuard")
-            .field("key", &self.key)
-            .field("id", &self.id)
-            .field("token", &self.token)
+            .field("key", &h.key)
+            .field("id", &h.id)
+            .field("token", &h.token)
             .finish()
     }
 }
 
-/// One `extend` of lock `id` on `key`, recorded in `lease`.
-async fn renew(
-    conn: &Conn,
-    key: &str,
-    id: &str,
-    ttl: Option<Duration>,
-    timeout: Duration,
-    lease: &Lease,
-) -> Result<()> {
+/// One `extend` of `held` to `ttl` from now, recorded in it.
+async fn renew(conn: &Conn, held: &Held, ttl: Option<Duration>) -> Result<()> {
     let uuid = new_uuid();
-    let extend = extend_request(&uuid, key, id, ttl)?;
-    lease.renewable(conn.is_dead())?;
+    let extend = held.extend_request(&uuid, ttl, conn.is_dead())?;
     let sent = Instant::now();
-    lease.renewed(sent, ttl, conn.call(timeout, &extend).await?)
+    held.extended(sent, ttl, conn.call(held.timeout, &extend).await?)
 }
 
-/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted or lost.
-pub(super) fn keep_alive(
-    conn: Arc<Conn>,
-    key: String,
-    id: String,
-    ttl: Duration,
-    timeout: Duration,
-    lease: Arc<Lease>,
-) -> JoinHandle<()> {
+/// Spawns the keep-alive task of one guard: renews every TTL/3 until aborted, lost, or past
+/// `plan.until` (`max_hold`: the lock then ends with its TTL, and the lease says so).
+pub(super) fn keep_alive(conn: Arc<Conn>, held: Arc<Held>, plan: Renewals) -> JoinHandle<()> {
+    let ttl = plan.ttl;
     let every = renew_period(ttl);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            match renew(&conn, &key, &id, Some(ttl), timeout, &lease).await {
+            if !plan.due() {
+                return;
+            }
+            match renew(&conn, &held, Some(ttl)).await {
                 Ok(()) | Err(Error::BrokerSilent) => {}
                 Err(_) => return,
             }
@@ -85,76 +73,74 @@ pub(super) fn keep_alive(
     })
 }
 
+impl Link for Conn {
+    fn is_dead(&self) -> bool {
+        Conn::is_dead(self)
+    }
+    fn release_later(&self, req: &Request<'_>) {
+        self.release(req);
+    }
+}
+
 impl AsyncLockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.core.held.key
     }
 
     /// The lock id (the uuid of the lock request).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.core.held.id
     }
 
     /// The fencing token of this grant (`None` against the npm broker).
     pub fn fencing_token(&self) -> Option<u64> {
-        self.token
+        self.core.held.token
     }
 
     /// Whether the lock is known to be gone: its connection dropped, an `extend` found it
     /// expired, or its TTL has run out by this process's clock.
     pub fn is_lost(&self) -> bool {
-        self.lease.is_lost() || self.conn.is_dead()
+        self.core.is_lost()
     }
 
     /// Sets the lock's remaining lifetime to `ttl` from now (`None`: never expires);
     /// [`Error::LockLost`] if it had already gone. `&self`: a renewal task may share the guard.
     pub async fn extend(&self, ttl: Option<Duration>) -> Result<()> {
-        renew(
-            &self.conn,
-            &self.key,
-            &self.id,
-            ttl,
-            self.timeout,
-            &self.lease,
-        )
-        .await
+        renew(&self.core.conn, &self.core.held, ttl).await
     }
 
-    fn finish(&mut self) {
-        self.done = true;
+    /// Stops the keep-alive task and being in charge of the lock (see `LockCore::finish`).
+    fn finish(&mut self) -> bool {
         if let Some(k) = self.keep_alive.take() {
             k.abort();
         }
+        self.core.finish()
     }
 
     /// Releases the lock and waits for the answer: [`Error::LockLost`] if it had already gone.
     pub async fn unlock(mut self) -> Result<()> {
-        self.finish();
-        if self.lease.was_lost() || self.conn.is_dead() {
+        if self.finish() {
             return Err(Error::LockLost);
         }
+        let (conn, held) = (&self.core.conn, &self.core.held);
         let uuid = new_uuid();
-        let req = unlock_request(&uuid, &self.key, &self.id);
-        released(self.conn.call(self.timeout, &req).await)
+        released(conn.call(held.timeout, &held.unlock_request(&uuid)).await)
     }
 
     /// Stops managing the lock and returns its id: it stays held until its TTL, an unlock by
     /// id, or the connection closing.
     pub fn detach(mut self) -> String {
         self.finish();
-        std::mem::take(&mut self.id)
+        self.core.held.id.clone()
     }
 }
 
 impl Drop for AsyncLockGuard {
     fn drop(&mut self) {
-        if !self.done {
-            self.finish();
-            if !self.conn.is_dead() {
-                self.conn
-                    .release(&unlock_request(&new_uuid(), &self.key, &self.id));
-            }
+        // Its unlock, if still due, is sent by the core.
+        if let Some(k) = self.keep_alive.take() {
+            k.abort();
         }
     }
 }
@@ -163,18 +149,14 @@ impl Drop for AsyncLockGuard {
 /// [`AsyncClient::lock_many`](super::AsyncClient::lock_many). Dropping it releases them all.
 #[must_use = "dropping the guard releases the locks at once"]
 pub struct AsyncManyGuard {
-    pub(super) conn: Arc<Conn>,
-    pub(super) id: String,
-    pub(super) tokens: HashMap<String, u64>,
-    pub(super) timeout: Duration,
-    pub(super) done: bool,
+    pub(super) core: ManyCore<Conn>,
 }
 
 impl std::fmt::Debug for AsyncManyGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncManyGuard")
-            .field("id", &self.id)
-            .field("tokens", &self.tokens)
+            .field("id", &self.core.id)
+            .field("tokens", &self.core.tokens)
             .finish()
     }
 }
@@ -182,33 +164,24 @@ impl std::fmt::Debug for AsyncManyGuard {
 impl AsyncManyGuard {
     /// The id of the combined lock.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.core.id
     }
 
     /// The fencing token of each key.
     pub fn fencing_tokens(&self) -> &HashMap<String, u64> {
-        &self.tokens
+        &self.core.tokens
     }
 
     /// Whether the connection carrying these locks has dropped.
     pub fn is_lost(&self) -> bool {
-        self.conn.is_dead()
+        self.core.conn.is_dead()
     }
 
     /// Releases every key and waits for the answer; [`Error::LockLost`] if they had gone.
     pub async fn unlock(mut self) -> Result<()> {
-        self.done = true;
+        let c = &mut self.core;
+        c.done = true;
         let uuid = new_uuid();
-        let req = release_many_request(&uuid, &self.id);
-        released(self.conn.call(self.timeout, &req).await)
-    }
-}
-
-impl Drop for AsyncManyGuard {
-    fn drop(&mut self) {
-        if !self.done && !self.conn.is_dead() {
-            self.conn
-                .release(&release_many_request(&new_uuid(), &self.id));
-        }
+        released(c.conn.call(c.timeout, &c.release_request(&uuid)).await)
     }
 }

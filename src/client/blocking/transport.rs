@@ -2,25 +2,21 @@
 //! write half so one thread can wait for replies while others send. Knows nothing of the
 //! protocol: whole messages in and out (a line, or a WebSocket text frame).
 
-use super::error::{Error, Result};
-use super::url::{Endpoint, Target, host_port};
+use crate::client::error::{Error, Result};
+use crate::client::url::{Endpoint, Target, host_port};
+use crate::client::websocket::{MAX_LINE, ws_config, ws_refused, ws_request};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use tungstenite::handshake::client::Request;
-use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
-use tungstenite::{Message, client::IntoClientRequest};
-
-/// Replies larger than this mean the peer is not a live-mutex broker (or is broken); `ls` of a
-/// very large table is the only legitimate big reply.
-pub(crate) const MAX_LINE: u64 = 16 << 20;
+use tungstenite::Message;
+use tungstenite::protocol::{Role, WebSocket};
 
 pub(super) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     #[cfg(feature = "tls")]
-    Tls(super::tls::TlsPipe),
+    Tls(crate::client::tls::TlsPipe),
 }
 
 impl Stream {
@@ -211,7 +207,7 @@ pub(super) fn connect(ep: &Endpoint, t: &Target) -> Result<(Reader, Writer, Stre
             match (*tls, t) {
                 #[cfg(feature = "tls")]
                 (true, Target { tls: Some(cfg), .. }) => {
-                    Stream::Tls(super::tls::handshake(cfg, host, s, timeout)?)
+                    Stream::Tls(crate::client::tls::handshake(cfg, host, s, timeout)?)
                 }
                 (true, _) => return Err(Error::Config(format!("{ep}: no TLS configuration"))),
                 (false, _) => Stream::Tcp(s),
@@ -253,45 +249,6 @@ pub(super) fn connect(ep: &Endpoint, t: &Target) -> Result<(Reader, Writer, Stre
         Writer::Ws(Box::new(writer)),
         closer,
     ))
-}
-
-/// The WebSocket upgrade request to `host:port` and `path`, carrying the token as a bearer
-/// header too (both clients).
-pub(crate) fn ws_request(
-    host: &str,
-    port: u16,
-    path: &str,
-    token: Option<&str>,
-) -> Result<Request> {
-    let mut req = format!("ws://{}{path}", host_port(host, port))
-        .into_client_request()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    if let Some(t) = token {
-        let v = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| Error::Config("token is not a valid header value".into()))?;
-        req.headers_mut().insert("authorization", v);
-    }
-    Ok(req)
-}
-
-/// Both clients' WebSocket limits: no message or frame over [`MAX_LINE`].
-pub(crate) fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(8 << 10)
-        .max_message_size(Some(MAX_LINE as usize))
-        .max_frame_size(Some(MAX_LINE as usize))
-}
-
-/// A failed WebSocket handshake, as the caller sees it.
-pub(crate) fn ws_refused(e: tungstenite::Error) -> Error {
-    match e {
-        tungstenite::Error::Io(e) => Error::Io(e),
-        tungstenite::Error::Http(r) => {
-            Error::Rejected(format!("WebSocket upgrade refused: HTTP {}", r.status()))
-        }
-        e => Error::Protocol(format!("WebSocket handshake: {e}")),
-    }
 }
 
 #[cfg(test)]
