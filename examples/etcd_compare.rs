@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use live_mutex::Client;
 use live_mutex::broker::Broker;
-use live_mutex::internal::etcd::{ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp};
+use live_mutex::internal::etcd::{EtcdConfig, EtcdStore};
+use live_mutex::internal::store::{ConnId, LockRequest, StoreEvent, StoreOp};
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
@@ -50,7 +51,7 @@ impl Driven {
         Ok(Driven { store, woken })
     }
 
-    fn ask(&self, op: StoreOp) -> Result<StoreEvent, Box<dyn std::error::Error>> {
+    fn ask(&self, op: StoreOp<'_>) -> Result<StoreEvent, Box<dyn std::error::Error>> {
         self.store.submit(op)?;
         loop {
             if let Some(ev) = self.store.poll_event() {
@@ -65,14 +66,15 @@ impl Driven {
     }
 
     fn cycle(&self, id: &str) -> Result<(), Box<dyn std::error::Error>> {
-        let ev = self.ask(StoreOp::Lock(LockSpec::new(ConnId(1), "bench", id)))?;
+        let ev = self.ask(StoreOp::Lock(LockRequest::new(ConnId(1), "bench", id)))?;
         if !matches!(ev, StoreEvent::Granted { .. }) {
             return Err(format!("store: {ev:?}").into());
         }
         let ev = self.ask(StoreOp::Unlock {
             conn: ConnId(1),
-            key: "bench".into(),
-            id: Some(id.into()),
+            tag: 0,
+            key: "bench",
+            id: Some(id),
             force: false,
         })?;
         if !matches!(ev, StoreEvent::Unlocked { .. }) {

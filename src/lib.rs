@@ -47,7 +47,7 @@
 //! - `store` (`src/store/`, feature `broker`): the one interface the broker core keeps its
 //!   lock state behind (ops in, events out), and its two implementations: the in-memory
 //!   table (`memory.rs`), and with feature `etcd` the etcd lock store (`store/etcd/`, the
-//!   extended etcd Mutex recipe on its own thread; `etcd_bridge.rs`), chosen with
+//!   extended etcd Mutex recipe on its own thread, speaking the same ops and events), chosen with
 //!   [`BrokerBuilder::etcd`](broker::BrokerBuilder) / `lmx start --store etcd://...`. Not
 //!   API either, but for the settings the builder takes.
 //! - [`proto`] (`src/proto/`, always built): the wire format, both directions with one set of
@@ -215,6 +215,11 @@ pub mod internal {
     /// The in-memory lock table (`src/table/`).
     pub mod table {
         pub use crate::table::*;
+    }
+    /// The store interface's vocabulary (`src/store/`), which both stores speak: ops in,
+    /// events out.
+    pub mod store {
+        pub use crate::store::*;
     }
     /// The etcd lock store (`src/store/etcd/`).
     #[cfg(feature = "etcd")]

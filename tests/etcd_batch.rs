@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::sync::mpsc::channel;
 
 use common::etcd::*;
-use live_mutex::internal::etcd::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
+use live_mutex::internal::store::{Op, StoreError, StoreEvent, StoreOp, TableError, Wait};
 
 /// Txn calls the cluster has started, summed over its members (etcd's own counter, read from
 /// each member's plain-HTTP `/metrics`).
@@ -76,7 +76,7 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
         &wake,
         "the duplicate refused",
         T,
-        |e| matches!(e, StoreEvent::Error { id: Some(id), .. } if id == "dup"),
+        |e| matches!(e, StoreEvent::Failed { id: Some(id), .. } if id == "dup"),
     );
     let after = txns(&cl.metrics);
     println!(
@@ -84,13 +84,13 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
         after - before
     );
     assert!(
-        matches!(busy, StoreEvent::Busy { ahead: 1, .. }),
+        matches!(busy, StoreEvent::Busy { queue_len: 1, .. }),
         "{busy:?}"
     );
     assert!(
         matches!(
             dup_err,
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 op: Op::Lock,
                 error: StoreError::Rule(TableError::DuplicateId),
                 ..
@@ -108,9 +108,8 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
 
     // The other broker's holds are untouched, and the key of the refused try-lock is gone.
     a.submit(StoreOp::Info {
-        conn: live_mutex::internal::etcd::ConnId(7),
         tag: 1,
-        key: "held".into(),
+        key: "held",
     });
     let info = a.expect(&wake, "info", T, |e| matches!(e, StoreEvent::Info { .. }));
     let StoreEvent::Info {
@@ -121,7 +120,11 @@ fn one_txn_carries_a_burst_and_its_failing_requests_fail_alone() {
         panic!("{info:?}");
     };
     assert_eq!(
-        (info.holders.len(), info.holders[0].token, info.queue.len()),
+        (
+            info.holders.len(),
+            info.holders[0].token,
+            info.waiters.len()
+        ),
         (1, held, 0)
     );
     b.unlock(1, "dup", "dup");
@@ -150,10 +153,10 @@ fn releases_sent_together_share_txns_and_each_is_answered() {
     let mut refused = 0;
     while released + refused < 6 {
         match a.expect(&wake, "an answer", T, |e| {
-            matches!(e, StoreEvent::Unlocked { .. } | StoreEvent::Error { .. })
+            matches!(e, StoreEvent::Unlocked { .. } | StoreEvent::Failed { .. })
         }) {
-            StoreEvent::Unlocked { released: 1, .. } => released += 1,
-            StoreEvent::Error { .. } => refused += 1,
+            StoreEvent::Unlocked { .. } => released += 1,
+            StoreEvent::Failed { .. } => refused += 1,
             other => panic!("{other:?}"),
         }
     }

@@ -13,8 +13,9 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
-use live_mutex::internal::etcd::{
-    ConnId, EtcdStore, LockSpec, Op, StoreEvent, StoreOp, TableError, Ttl, Wait,
+use live_mutex::internal::etcd::EtcdStore;
+use live_mutex::internal::store::{
+    ConnId, LockRequest, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
 #[test]
@@ -87,13 +88,9 @@ fn try_lock_and_semaphore_across_brokers() {
         &wake,
         "busy",
         T,
-        |e| matches!(e, StoreEvent::Busy { id, ahead: 1, .. } if id == "m2"),
+        |e| matches!(e, StoreEvent::Busy { id, queue_len: 1, .. } if id == "m2"),
     );
-    n[1].submit(StoreOp::Info {
-        conn: ConnId(1),
-        tag: 7,
-        key: "mx".into(),
-    });
+    n[1].submit(StoreOp::Info { tag: 7, key: "mx" });
     let info = n[1].expect(&wake, "info", T, |e| {
         matches!(e, StoreEvent::Info { tag: 7, .. })
     });
@@ -105,10 +102,24 @@ fn try_lock_and_semaphore_across_brokers() {
         panic!("info: {info:?}")
     };
     assert_eq!(info.holders.len(), 1);
-    assert_eq!(info.holders[0].owner, n[0].store.owner());
-    assert!(info.queue.is_empty(), "the try-lock left a key: {info:?}");
+    // Held through the other broker: no connection of this one.
+    assert_eq!(info.holders[0].conn, None, "{info:?}");
+    assert!(info.waiters.is_empty(), "the try-lock left a key: {info:?}");
+    // Asked of the broker it was taken through: its connection there.
+    n[0].submit(StoreOp::Info { tag: 8, key: "mx" });
+    let mine = n[0].expect(&wake, "info", T, |e| {
+        matches!(e, StoreEvent::Info { tag: 8, .. })
+    });
+    let StoreEvent::Info {
+        info: Ok(Some(mine)),
+        ..
+    } = mine
+    else {
+        panic!("info: {mine:?}")
+    };
+    assert_eq!(mine.holders[0].conn, Some(ConnId(1)), "{mine:?}");
     // Semaphore max 2: one holder on each broker, a third is refused or queued.
-    let max2 = |s: &mut LockSpec| s.max = Some(2);
+    let max2 = |s: &mut LockRequest<'_>| s.max = Some(2);
     n[0].lock(1, "sem", "s1", max2);
     n[0].expect(&wake, "s1", T, granted("s1"));
     n[1].lock(1, "sem", "s2", max2);
@@ -121,22 +132,22 @@ fn try_lock_and_semaphore_across_brokers() {
         &wake,
         "s3 busy",
         T,
-        |e| matches!(e, StoreEvent::Busy { id, ahead: 2, .. } if id == "s3"),
+        |e| matches!(e, StoreEvent::Busy { id, queue_len: 2, .. } if id == "s3"),
     );
     n[0].lock(3, "sem", "s4", max2);
     n[0].expect(
         &wake,
         "s4 queued",
         T,
-        |e| matches!(e, StoreEvent::Queued { id, ahead: 2, .. } if id == "s4"),
+        |e| matches!(e, StoreEvent::Queued { id, queue_len: 2, .. } if id == "s4"),
     );
     n[0].lock(4, "sem", "bad", |s| s.max = Some(3));
     n[0].expect(&wake, "max mismatch", T, |e| {
         matches!(
             e,
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 op: Op::Lock,
-                error: live_mutex::internal::etcd::StoreError::Rule(TableError::MaxMismatch {
+                error: StoreError::Rule(TableError::MaxMismatch {
                     current: 2,
                     requested: 3
                 }),
@@ -146,16 +157,86 @@ fn try_lock_and_semaphore_across_brokers() {
     });
     n[1].unlock(1, "sem", "s2");
     n[0].expect(&wake, "s4 granted", T, granted("s4"));
-    n[0].submit(StoreOp::Stats {
-        conn: ConnId(1),
-        tag: 9,
-    });
+    n[0].submit(StoreOp::Stats { tag: 9 });
     let st = n[0].expect(&wake, "stats", T, |e| matches!(e, StoreEvent::Stats { .. }));
     let StoreEvent::Stats { stats: Ok(st), .. } = st else {
         panic!("{st:?}")
     };
     assert_eq!((st.keys, st.holders, st.waiters), (2, 3, 0), "{st:?}");
     println!("try-lock and semaphore max:2 across 2 brokers: {st:?}");
+}
+
+/// The store's one-read view for `watch`, `lmx top` and the status page lists every broker's
+/// locks: a holder through the other broker (no connection here), a waiter and a holder of
+/// this one (their connections), and totals over both.
+#[test]
+fn a_snapshot_lists_the_locks_of_every_broker() {
+    let Some(cl) = Cluster::get(false) else {
+        return;
+    };
+    let (tx, wake) = channel();
+    let p = prefix("snap");
+    let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
+    n[0].lock(1, "a", "h", |_| {});
+    n[0].expect(&wake, "h granted", T, granted("h"));
+    n[1].lock(2, "a", "w", |_| {});
+    n[1].expect(&wake, "w queued", T, queued("w"));
+    n[1].lock(3, "b", "x", |_| {});
+    n[1].expect(&wake, "x granted", T, granted("x"));
+    let snap = |n: &mut Node, tag, max_keys| {
+        n.submit(StoreOp::Snapshot { tag, max_keys });
+        match n.expect(
+            &wake,
+            "snapshot",
+            T,
+            |e| matches!(e, StoreEvent::Snapshot { tag: t, .. } if *t == tag),
+        ) {
+            StoreEvent::Snapshot {
+                snapshot: Ok(s), ..
+            } => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    let all = snap(&mut n[1], 1, 10);
+    let st = all.stats;
+    assert_eq!((st.keys, st.holders, st.waiters), (2, 2, 1), "{st:?}");
+    let shown: Vec<_> = all
+        .keys
+        .iter()
+        .map(|(k, v)| {
+            let h: Vec<_> = v
+                .holders
+                .iter()
+                .map(|h| (h.id.to_string(), h.conn))
+                .collect();
+            let w: Vec<_> = v
+                .waiters
+                .iter()
+                .map(|w| (w.id.to_string(), w.conn))
+                .collect();
+            (k.to_string(), h, w)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "a".to_owned(),
+                vec![("h".to_owned(), None)],
+                vec![("w".to_owned(), Some(ConnId(2)))]
+            ),
+            (
+                "b".to_owned(),
+                vec![("x".to_owned(), Some(ConnId(3)))],
+                vec![]
+            ),
+        ]
+    );
+    // Listing fewer keys counts them all.
+    let one = snap(&mut n[0], 2, 1);
+    assert_eq!((one.keys.len(), one.stats.keys), (1, 2));
+    assert_eq!(one.keys[0].1.holders[0].conn, Some(ConnId(1)), "{one:?}");
+    println!("snapshot through broker B: {shown:?}");
 }
 
 #[test]
@@ -212,9 +293,9 @@ fn ttl_expiry_and_wait_timeout() {
     n[0].expect(&wake, "not held", T, |e| {
         matches!(
             e,
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 op: Op::Unlock,
-                error: live_mutex::internal::etcd::StoreError::Rule(TableError::NotHeld),
+                error: StoreError::Rule(TableError::NotHeld),
                 ..
             }
         )
@@ -241,14 +322,14 @@ fn holder_child() {
         }),
     )
     .expect("store");
-    let mut spec = LockSpec::new(ConnId(1), "k", "child");
-    spec.ttl = Ttl::Never;
-    store.submit(StoreOp::Lock(spec)).expect("submit");
+    let mut req = LockRequest::new(ConnId(1), "k", "child");
+    req.ttl = Ttl::Never;
+    store.submit(StoreOp::Lock(req)).expect("submit");
     loop {
         let _ = wake.recv_timeout(Duration::from_millis(100));
         while let Some(ev) = store.poll_event() {
-            if let StoreEvent::Granted { token, .. } = ev {
-                println!("GRANTED {token}");
+            if let StoreEvent::Granted { grant, .. } = ev {
+                println!("GRANTED {}", grant.token);
             }
         }
     }
@@ -309,9 +390,8 @@ fn kill_9_of_a_broker_releases_within_session_ttl() {
         b.backlog
     );
     b.submit(StoreOp::Info {
-        conn: ConnId(2),
         tag: 1,
-        key: "other".into(),
+        key: "other",
     });
     let info = b.expect(&wake, "info", T, |e| matches!(e, StoreEvent::Info { .. }));
     let StoreEvent::Info {
@@ -389,7 +469,7 @@ fn etcd_unreachable_means_errors_and_lost_never_a_grant() {
         &wake,
         "n refused",
         T,
-        |e| matches!(e, StoreEvent::Error { op: Op::Lock, id: Some(i), .. } if i == "n"),
+        |e| matches!(e, StoreEvent::Failed { op: Op::Lock, id: Some(i), .. } if i == "n"),
     );
     let err_after = t0.elapsed();
     signal(libc::SIGCONT);
@@ -441,9 +521,9 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
     n[0].expect(&wake, "still waiting", T, |e| {
         matches!(
             e,
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 op: Op::Unlock,
-                error: live_mutex::internal::etcd::StoreError::Rule(TableError::StillWaiting),
+                error: StoreError::Rule(TableError::StillWaiting),
                 ..
             }
         )
@@ -454,7 +534,7 @@ fn keep_after_death_survives_the_connection_and_unlocks_by_id_from_the_other_bro
         &wake,
         "kept unlocked",
         T,
-        |e| matches!(e, StoreEvent::Unlocked { id: Some(i), released: 1, .. } if i == "kept"),
+        |e| matches!(e, StoreEvent::Unlocked { id: Some(i), .. } if i == "kept"),
     );
     n[1].expect(&wake, "w2 granted", T, granted("w2"));
     n[0].expect(
@@ -486,12 +566,13 @@ fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
     let t0 = Instant::now();
     n[1].submit(StoreOp::Unlock {
         conn: ConnId(1),
-        key: "f".into(),
+        tag: 0,
+        key: "f",
         id: None,
         force: true,
     });
     n[1].expect(&wake, "forced unlock", T, |e| {
-        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+        matches!(e, StoreEvent::Unlocked { .. })
     });
     n[0].expect(
         &wake,
@@ -516,9 +597,9 @@ fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
     n[0].expect(&wake, "w2 vanished", T, |e| {
         matches!(
             e,
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 id: Some(i),
-                error: live_mutex::internal::etcd::StoreError::Vanished,
+                error: StoreError::Vanished,
                 ..
             } if i == "w2"
         )
@@ -530,13 +611,13 @@ fn shared_watch_routes_forced_unlocks_and_stranger_deletes() {
     // The holder of the other key is untouched, and still releases normally.
     n[0].unlock(2, "g", "other");
     n[0].expect(&wake, "other unlocked", T, |e| {
-        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+        matches!(e, StoreEvent::Unlocked { .. })
     });
     for node in &n {
         assert!(
             !node.backlog.iter().any(|e| matches!(
                 e,
-                StoreEvent::Lost { .. } | StoreEvent::Granted { .. } | StoreEvent::Error { .. }
+                StoreEvent::Lost { .. } | StoreEvent::Granted { .. } | StoreEvent::Failed { .. }
             )),
             "stray events: {:?}",
             node.backlog

@@ -10,53 +10,70 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::etcd::*;
-use live_mutex::internal::etcd::{
-    ConnId, KeyInfo, ManySpec, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
+use live_mutex::internal::store::{
+    ConnId, KeyView, ManyRequest, Name, Op, StoreError, StoreEvent, StoreOp, TableError, Ttl, Wait,
 };
 
 /// Acquire-many of `keys` as group `id` (no TTL, waits forever unless `f` says otherwise).
-fn many(n: &Node, conn: u64, keys: &[&str], id: &str, f: impl FnOnce(&mut ManySpec)) {
-    let mut spec = ManySpec {
+fn many(n: &Node, conn: u64, keys: &[&str], id: &str, f: impl FnOnce(&mut ManyRequest<'_>)) {
+    let mut req = ManyRequest {
         conn: ConnId(conn),
-        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-        id: id.into(),
+        keys,
+        id,
         ttl: Ttl::Never,
         wait: Wait::Forever,
         keep_after_disconnect: false,
     };
-    f(&mut spec);
-    n.submit(StoreOp::LockMany(spec));
+    f(&mut req);
+    n.submit(StoreOp::LockMany(req));
+}
+
+/// Releases group `id` for `conn`; the answer comes back with tag `conn`.
+fn release_many(n: &Node, conn: u64, id: &str) {
+    n.submit(StoreOp::ReleaseMany {
+        conn: ConnId(conn),
+        tag: conn,
+        id,
+    });
+}
+
+fn released(conn: u64) -> impl FnMut(&StoreEvent) -> bool {
+    move |e| matches!(e, StoreEvent::ManyReleased { tag } if *tag == conn)
 }
 
 fn cancel(n: &Node, conn: u64, key: &str, id: &str) {
     n.submit(StoreOp::Cancel {
         conn: ConnId(conn),
-        key: key.into(),
-        id: id.into(),
+        key,
+        id,
     });
 }
 
-fn extend(n: &Node, key: &str, id: &str, ttl: Ttl) {
+/// Extends `id`'s hold on `key`; returns the tag its answer comes back with.
+fn extend(n: &Node, key: &str, id: &str, ttl: Ttl) -> u64 {
+    let tag = fastrand::u64(..);
     n.submit(StoreOp::Extend {
         conn: ConnId(9),
-        key: key.into(),
-        id: id.into(),
+        tag,
+        key,
+        id,
         ttl,
     });
+    tag
+}
+
+fn extended(tag: u64) -> impl FnMut(&StoreEvent) -> bool {
+    move |e| matches!(e, StoreEvent::Extended { tag: t } if *t == tag)
 }
 
 fn error_is(op: Op, error: StoreError) -> impl FnMut(&StoreEvent) -> bool {
-    move |e| matches!(e, StoreEvent::Error { op: o, error: x, .. } if *o == op && *x == error)
+    move |e| matches!(e, StoreEvent::Failed { op: o, error: x, .. } if *o == op && *x == error)
 }
 
 /// etcd's record of `key`, as `info` reads it.
-fn info(n: &mut Node, wake: &Receiver<()>, key: &str) -> Option<KeyInfo> {
+fn info(n: &mut Node, wake: &Receiver<()>, key: &str) -> Option<KeyView> {
     let tag = fastrand::u64(..);
-    n.submit(StoreOp::Info {
-        conn: ConnId(1),
-        tag,
-        key: key.into(),
-    });
+    n.submit(StoreOp::Info { tag, key });
     match n.expect(
         wake,
         "info",
@@ -72,25 +89,22 @@ fn info(n: &mut Node, wake: &Receiver<()>, key: &str) -> Option<KeyInfo> {
 fn who(n: &mut Node, wake: &Receiver<()>, key: &str) -> (Vec<String>, Vec<String>) {
     info(n, wake, key).map_or_else(Default::default, |i| {
         (
-            i.holders.into_iter().map(|h| h.id).collect(),
-            i.queue.into_iter().map(|w| w.id).collect(),
+            i.holders.into_iter().map(|h| h.id.to_string()).collect(),
+            i.waiters.into_iter().map(|w| w.id.to_string()).collect(),
         )
     })
 }
 
 fn all_keys(n: &mut Node, wake: &Receiver<()>) -> Vec<String> {
     let tag = fastrand::u64(..);
-    n.submit(StoreOp::Keys {
-        conn: ConnId(1),
-        tag,
-    });
+    n.submit(StoreOp::Keys { tag });
     match n.expect(
         wake,
         "keys",
         T,
         |e| matches!(e, StoreEvent::Keys { tag: t, .. } if *t == tag),
     ) {
-        StoreEvent::Keys { keys: Ok(k), .. } => k,
+        StoreEvent::Keys { keys: Ok(k), .. } => k.iter().map(Name::to_string).collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -194,13 +208,8 @@ fn extend_keeps_a_holder_past_its_ttl() {
     n[1].lock(1, "k", "w", |_| {});
     n[1].expect(&wake, "w queued", T, queued("w"));
     std::thread::sleep(Duration::from_millis(300).saturating_sub(t0.elapsed()));
-    extend(&n[0], "k", "h", Ttl::After(Duration::from_millis(3000)));
-    n[0].expect(
-        &wake,
-        "extended",
-        T,
-        |e| matches!(e, StoreEvent::Extended { id, .. } if id == "h"),
-    );
+    let tag = extend(&n[0], "k", "h", Ttl::After(Duration::from_millis(3000)));
+    n[0].expect(&wake, "extended", T, extended(tag));
     // Past its first TTL, still held.
     quiet(
         &mut n[1],
@@ -258,10 +267,8 @@ fn extend_keeps_a_holder_past_its_ttl() {
         error_is(Op::Extend, StoreError::OtherBroker(other)),
     );
     // An extend can shorten too: w goes, w3 follows.
-    extend(&n[1], "k", "w", Ttl::After(Duration::from_millis(200)));
-    n[1].expect(&wake, "w extended", T, |e| {
-        matches!(e, StoreEvent::Extended { .. })
-    });
+    let tag = extend(&n[1], "k", "w", Ttl::After(Duration::from_millis(200)));
+    n[1].expect(&wake, "w extended", T, extended(tag));
     n[1].expect(
         &wake,
         "w expired",
@@ -278,13 +285,8 @@ fn extend_keeps_a_holder_past_its_ttl() {
         matches!(e, StoreEvent::ManyGranted { .. })
     });
     n[0].submit(StoreOp::Disconnect { conn: ConnId(3) });
-    extend(&n[0], "m2", "g", Ttl::Never);
-    n[0].expect(
-        &wake,
-        "g extended",
-        T,
-        |e| matches!(e, StoreEvent::Extended { id, .. } if id == "g"),
-    );
+    let tag = extend(&n[0], "m2", "g", Ttl::Never);
+    n[0].expect(&wake, "g extended", T, extended(tag));
     quiet(&mut n[0], &wake, Duration::from_millis(1000), |e| {
         matches!(e, StoreEvent::Expired { .. })
     });
@@ -295,7 +297,7 @@ fn many_granted<'a>(id: &'a str) -> impl FnMut(&StoreEvent) -> bool + 'a {
     move |e| matches!(e, StoreEvent::ManyGranted { id: i, .. } if i == id)
 }
 
-fn tokens(e: &StoreEvent) -> Vec<(String, u64)> {
+fn tokens(e: &StoreEvent) -> Vec<(Name, u64)> {
     match e {
         StoreEvent::ManyGranted { tokens, .. } => tokens.clone(),
         other => panic!("not a group grant: {other:?}"),
@@ -332,9 +334,9 @@ fn groups_with_keys_in_opposite_orders_never_deadlock_nor_overlap() {
     }
     // Who holds each key, as the clients see it: set at a grant, cleared before the release
     // is sent. A grant of a key someone still holds is an overlap.
-    let mut held: HashMap<String, (usize, u64)> = HashMap::new();
-    let mut last: HashMap<String, u64> = HashMap::new();
-    let mut due: Vec<(Instant, usize, u64, Vec<String>)> = Vec::new();
+    let mut held: HashMap<Name, (usize, u64)> = HashMap::new();
+    let mut last: HashMap<Name, u64> = HashMap::new();
+    let mut due: Vec<(Instant, usize, u64, Vec<Name>)> = Vec::new();
     let (mut grants, mut groups, mut overlaps, mut falling, mut errors) = (0, 0, 0, 0, 0);
     let start = Instant::now();
     while grants < 80 {
@@ -354,27 +356,25 @@ fn groups_with_keys_in_opposite_orders_never_deadlock_nor_overlap() {
             if keys.len() == 1 {
                 nodes[n].unlock(c, &keys[0], &id);
             } else {
-                nodes[n].submit(StoreOp::ReleaseMany {
-                    conn: ConnId(c),
-                    id,
-                });
+                release_many(&nodes[n], c, &id);
             }
         }
         for (n, node) in nodes.iter().enumerate() {
             while let Some(ev) = node.store.poll_event() {
                 let (c, got) = match ev {
                     StoreEvent::Granted {
-                        conn, key, token, ..
-                    } => (conn.0, vec![(key, token)]),
+                        conn, key, grant, ..
+                    } => (conn.0, vec![(key, grant.token)]),
                     StoreEvent::ManyGranted { conn, tokens, .. } => {
                         groups += 1;
                         (conn.0, tokens)
                     }
-                    StoreEvent::Unlocked { conn, .. } | StoreEvent::ManyReleased { conn, .. } => {
-                        asked.insert((n, conn.0), ask(n, conn.0));
+                    // Both tags are the connection (`Node::unlock`, `release_many`).
+                    StoreEvent::Unlocked { tag, .. } | StoreEvent::ManyReleased { tag } => {
+                        asked.insert((n, tag), ask(n, tag));
                         continue;
                     }
-                    StoreEvent::Error { conn, .. } | StoreEvent::Lost { conn, .. } => {
+                    StoreEvent::Failed { conn, .. } | StoreEvent::Lost { conn, .. } => {
                         println!("unexpected: {ev:?}");
                         errors += 1;
                         asked.insert((n, conn.0), ask(n, conn.0));
@@ -431,16 +431,8 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         T,
         error_is(Op::Unlock, StoreError::Rule(TableError::GroupMember)),
     );
-    n[0].submit(StoreOp::ReleaseMany {
-        conn: ConnId(1),
-        id: "g".into(),
-    });
-    n[0].expect(
-        &wake,
-        "released",
-        T,
-        |e| matches!(e, StoreEvent::ManyReleased { id, .. } if id == "g"),
-    );
+    release_many(&n[0], 1, "g");
+    n[0].expect(&wake, "released", T, released(1));
     let s = token(&n[1].expect(&wake, "s granted", T, granted("s")));
     assert!(s > t[0].1);
     // A group waits for an older single lock, and shows as a waiter on every key until it
@@ -463,10 +455,7 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         T,
         error_is(Op::Extend, StoreError::Rule(TableError::StillWaiting)),
     );
-    n[1].submit(StoreOp::ReleaseMany {
-        conn: ConnId(1),
-        id: "g2".into(),
-    });
+    release_many(&n[1], 1, "g2");
     n[1].expect(
         &wake,
         "g2 still waiting, remotely",
@@ -479,28 +468,17 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
         who(&mut n[1], &wake, "z"),
         (names(&["g2"]), names(&["late"]))
     );
-    n[1].submit(StoreOp::Stats {
-        conn: ConnId(1),
-        tag: 5,
-    });
+    n[1].submit(StoreOp::Stats { tag: 5 });
     let st = n[1].expect(&wake, "stats", T, |e| matches!(e, StoreEvent::Stats { .. }));
     let StoreEvent::Stats { stats: Ok(st), .. } = st else {
         panic!("{st:?}")
     };
     // y and z: g2 holds both (a holder of each), late waits on z.
     assert_eq!((st.keys, st.holders, st.waiters), (2, 2, 1), "{st:?}");
-    n[0].submit(StoreOp::ReleaseMany {
-        conn: ConnId(7),
-        id: "g2".into(),
-    });
-    n[0].expect(&wake, "g2 released", T, |e| {
-        matches!(e, StoreEvent::ManyReleased { .. })
-    });
+    release_many(&n[0], 7, "g2");
+    n[0].expect(&wake, "g2 released", T, released(7));
     n[1].expect(&wake, "late granted", T, granted("late"));
-    n[0].submit(StoreOp::ReleaseMany {
-        conn: ConnId(1),
-        id: "g2".into(),
-    });
+    release_many(&n[0], 1, "g2");
     n[0].expect(
         &wake,
         "twice",
@@ -510,16 +488,8 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
     // The group id is the credential on any broker; its own broker reports the group lost.
     many(&n[0], 4, &["r1", "r2"], "g4", |_| {});
     n[0].expect(&wake, "g4 granted", T, many_granted("g4"));
-    n[1].submit(StoreOp::ReleaseMany {
-        conn: ConnId(4),
-        id: "g4".into(),
-    });
-    n[1].expect(
-        &wake,
-        "g4 released remotely",
-        T,
-        |e| matches!(e, StoreEvent::ManyReleased { id, .. } if id == "g4"),
-    );
+    release_many(&n[1], 4, "g4");
+    n[1].expect(&wake, "g4 released remotely", T, released(4));
     n[0].expect(
         &wake,
         "g4 lost on its broker",
@@ -536,7 +506,8 @@ fn a_single_lock_waits_for_a_group_and_release_many_hands_over() {
     n[0].expect(&wake, "g3 granted", T, many_granted("g3"));
     n[1].submit(StoreOp::Unlock {
         conn: ConnId(3),
-        key: "u".into(),
+        tag: 0,
+        key: "u",
         id: None,
         force: true,
     });
@@ -579,7 +550,7 @@ fn try_lock_group_is_refused_with_no_key_left_behind() {
         &wake,
         "timed out",
         T,
-        |e| matches!(e, StoreEvent::ManyTimedOut { id, .. } if id == "u"),
+        |e| matches!(e, StoreEvent::TimedOut { id, key: None, .. } if id == "u"),
     );
     let end = Instant::now() + T;
     while all_keys(&mut n[1], &wake) != ["b"] {
@@ -677,10 +648,11 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
     let mut n = [cl.store(&p, SESSION, &tx), cl.store(&p, SESSION, &tx)];
     n[0].lock(1, "k", "h", |_| {});
     n[0].expect(&wake, "h granted", T, granted("h"));
-    let force = |id: Option<&str>| StoreOp::Unlock {
+    let force = |id: Option<&'static str>| StoreOp::Unlock {
         conn: ConnId(2),
-        key: "k".into(),
-        id: id.map(Into::into),
+        tag: 0,
+        key: "k",
+        id,
         force: true,
     };
     n[1].submit(force(Some("stale")));
@@ -693,7 +665,7 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
     assert_eq!(all_keys(&mut n[1], &wake), ["k"]);
     n[1].submit(force(Some("h")));
     n[1].expect(&wake, "released", T, |e| {
-        matches!(e, StoreEvent::Unlocked { released: 1, .. })
+        matches!(e, StoreEvent::Unlocked { .. })
     });
     n[0].expect(
         &wake,
@@ -703,6 +675,6 @@ fn a_forced_unlock_naming_a_stale_id_is_refused() {
     );
     n[1].submit(force(None));
     n[1].expect(&wake, "nothing to release", T, |e| {
-        matches!(e, StoreEvent::Unlocked { released: 0, .. })
+        matches!(e, StoreEvent::Unlocked { .. })
     });
 }

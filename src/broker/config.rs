@@ -47,9 +47,8 @@ pub struct BrokerBuilder {
     pub(super) raise_fd_limit: bool,
     /// The connection cap in effect (set by `bind`), logged when the broker runs.
     pub(super) fd_cap: Option<super::fd_limit::Cap>,
-    /// Lock decisions in etcd instead of the in-memory table (see [`BrokerBuilder::etcd`]).
-    #[cfg(feature = "etcd")]
-    pub(super) etcd: Option<crate::store::etcd::EtcdConfig>,
+    /// Where lock decisions live: the in-memory table, or etcd ([`BrokerBuilder::etcd`]).
+    pub(super) store: crate::store::Backend,
 }
 
 impl Default for BrokerBuilder {
@@ -88,8 +87,7 @@ impl Default for BrokerBuilder {
             require_tls: false,
             raise_fd_limit: false,
             fd_cap: None,
-            #[cfg(feature = "etcd")]
-            etcd: None,
+            store: crate::store::Backend::Memory,
         }
     }
 }
@@ -284,7 +282,7 @@ impl BrokerBuilder {
     /// path: `acquire-many`, `extend` and the 0.2.x read/write protocol (each gets an error).
     #[cfg(feature = "etcd")]
     pub fn etcd(mut self, cfg: super::EtcdConfig) -> Self {
-        self.etcd = Some(cfg);
+        self.store = crate::store::Backend::Etcd(Box::new(cfg));
         self
     }
 
@@ -344,7 +342,6 @@ impl BrokerBuilder {
                  anyone who can reach it can take and force locks (set --auth-token)"
             );
         }
-        #[allow(unused_mut)]
         let mut core = Core::new(core::Config {
             table: self.table.clone(),
             limits: self.limits,
@@ -358,19 +355,11 @@ impl BrokerBuilder {
             started: Instant::now(),
             pid: std::process::id(),
         });
-        #[cfg(feature = "etcd")]
-        if let Some(cfg) = &self.etcd {
-            let mut cfg = cfg.clone();
-            cfg.default_ttl = self.table.default_ttl;
-            let w = waker.clone();
-            let store = crate::store::etcd::EtcdStore::start(
-                cfg,
-                Box::new(move || {
-                    let _ = w.wake();
-                }),
-            )?;
-            core.use_store(Box::new(crate::store::EtcdBridge::new(store)));
-        }
+        let w = waker.clone();
+        let wake = Box::new(move || {
+            let _ = w.wake();
+        });
+        core.use_store(crate::store::open(&self.store, &self.table, wake)?);
         let policy = Arc::new(HttpPolicy::new(
             local_addr,
             &self.allow_hosts,

@@ -107,10 +107,10 @@ pub enum BrokerError {
     #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     Tls(String),
-    /// The etcd store did not start (bad settings, or etcd did not answer).
-    #[cfg(feature = "etcd")]
+    /// The lock store did not open: only the etcd store can fail to (bad settings, or etcd did
+    /// not answer).
     #[error("etcd store: {0}")]
-    Store(#[from] crate::store::etcd::StoreError),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The broker's upgrade check (Host and Origin rules, no token) for the fuzz harness; the Host

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::WaiterView;
-use super::{HolderView, KeyView, Op, Store, StoreError, StoreEvent, StoreOp, StoreStats};
+use super::{HolderView, KeyView, Op, Snapshot, Store, StoreError, StoreEvent, StoreOp};
 use crate::table::{self, Event, LockOutcome, ManyOutcome, Name, Table};
 
 /// The table and the answers it gave, not yet drained.
@@ -245,16 +245,21 @@ impl Store for MemStore {
                 });
             }
             StoreOp::Stats { tag } => {
-                let s = self.table.stats();
                 self.events.push_back(StoreEvent::Stats {
                     tag,
-                    stats: Ok(StoreStats {
-                        keys: s.keys,
-                        holders: s.holders,
-                        waiters: s.waiters,
-                        grants: s.grants,
-                    }),
+                    stats: Ok(self.table.stats()),
                 });
+            }
+            StoreOp::Snapshot { tag, max_keys } => {
+                let names: Vec<Name> = self.table.keys().take(max_keys).cloned().collect();
+                let keys = names
+                    .into_iter()
+                    .filter_map(|k| Some((k.clone(), self.info(now, &k)?)))
+                    .collect();
+                let stats = self.table.stats();
+                let snapshot = Ok(Snapshot { stats, keys });
+                self.events
+                    .push_back(StoreEvent::Snapshot { tag, snapshot });
             }
         }
         self.drain_table();
@@ -287,5 +292,76 @@ impl Store for MemStore {
 
     fn table_mut(&mut self) -> Option<&mut Table> {
         Some(&mut self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{ConnId, LockRequest};
+
+    #[test]
+    fn a_snapshot_lists_holders_and_waiters_and_counts_every_key() {
+        let mut s = MemStore::new(table::Config::default());
+        let now = Instant::now();
+        for (conn, key, id) in [(1, "a", "h"), (2, "a", "w"), (1, "b", "x")] {
+            s.submit(now, StoreOp::Lock(LockRequest::new(ConnId(conn), key, id)));
+        }
+        while s.poll_event().is_some() {}
+        s.submit(
+            now,
+            StoreOp::Snapshot {
+                tag: 5,
+                max_keys: 9,
+            },
+        );
+        let Some(StoreEvent::Snapshot {
+            tag: 5,
+            snapshot: Ok(all),
+        }) = s.poll_event()
+        else {
+            panic!("no snapshot");
+        };
+        let (st, mut keys) = (all.stats, all.keys);
+        assert_eq!((st.keys, st.holders, st.waiters), (2, 2, 1));
+        keys.sort_by(|x, y| x.0.cmp(&y.0));
+        let who = |v: &KeyView| {
+            let h: Vec<_> = v
+                .holders
+                .iter()
+                .map(|h| (h.id.to_string(), h.conn))
+                .collect();
+            let w: Vec<_> = v
+                .waiters
+                .iter()
+                .map(|w| (w.id.to_string(), w.conn))
+                .collect();
+            (h, w)
+        };
+        assert_eq!(keys[0].0, "a");
+        assert_eq!(
+            who(&keys[0].1),
+            (
+                vec![("h".to_owned(), Some(ConnId(1)))],
+                vec![("w".to_owned(), Some(ConnId(2)))]
+            )
+        );
+        assert_eq!(keys[1].0, "b");
+        assert_eq!(who(&keys[1].1).0, [("x".to_owned(), Some(ConnId(1)))]);
+        // Fewer keys listed than asked for, never fewer counted.
+        s.submit(
+            now,
+            StoreOp::Snapshot {
+                tag: 6,
+                max_keys: 1,
+            },
+        );
+        let Some(StoreEvent::Snapshot {
+            snapshot: Ok(one), ..
+        }) = s.poll_event()
+        else {
+            panic!("no snapshot");
+        };
+        assert_eq!((one.keys.len(), one.stats.keys), (1, 2));
     }
 }

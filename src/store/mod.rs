@@ -8,8 +8,11 @@
 //!   wait deadlines) run on the core's `poll_timeout`/`handle_timeout`.
 //! - `etcd` (feature `etcd`, `BrokerBuilder::etcd`, `lmx start --store etcd://...`): every
 //!   decision lives in an etcd cluster, so any number of brokers serve the same keys. Its
-//!   answers come later, from its own thread, which wakes the reactor (`etcd_bridge.rs`
-//!   translates).
+//!   answers come later, from its own thread, which wakes the reactor.
+//!
+//! Both speak one vocabulary (`ops.rs`): the core's borrowed [`StoreOp`]s in (the etcd store
+//! takes an owned copy across to its thread), [`StoreEvent`]s out, each answer carrying the tag
+//! of the op it answers. The broker opens its store with `open` and knows no store by name.
 //!
 //! Why answers are events for both, even for the table that could answer in the call: one
 //! path through the core, so a rule (a grant to a closed connection is given back; a client is
@@ -20,27 +23,54 @@
 //! `watch` snapshots, `/metrics` gauges of every key): `Store::table` reaches it when the
 //! store is one.
 
-// The etcd store's files are being reworked into floors on another branch (issue 23, step 1:
-// one store vocabulary; issue 24 batches its requests): until that lands, the `pub` of its
-// inner files is left as it is rather than narrowed here.
 #[cfg(feature = "etcd")]
-#[allow(unreachable_pub)]
 pub(crate) mod etcd;
-#[cfg(feature = "etcd")]
-mod etcd_bridge;
 mod memory;
 mod ops;
+#[cfg(feature = "etcd")]
+mod owned;
 
 use std::time::Instant;
 
-#[cfg(feature = "etcd")]
-pub(crate) use etcd_bridge::EtcdBridge;
 pub(crate) use memory::MemStore;
-pub(crate) use ops::{
-    HolderView, KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats, WaiterView,
+pub use ops::{HolderView, KeyView, Op, Snapshot, StoreError, StoreEvent, StoreOp, WaiterView};
+#[cfg(feature = "etcd")]
+pub(crate) use owned::{OwnedLock, OwnedMany, OwnedOp};
+
+/// The table's words the vocabulary is made of: a store keeps the table's rules.
+pub use crate::table::{
+    ConnId, Grant, LockRequest, ManyRequest, Mode, Name, Stats, TableError, Ttl, Wait,
 };
 
-use crate::table::Table;
+use crate::table::{self, Table};
+
+/// Where a broker keeps its lock decisions.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// The in-memory table.
+    Memory,
+    /// An etcd cluster, shared by any number of brokers.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<etcd::EtcdConfig>),
+}
+
+/// Opens the store `backend` names, with the table's settings (for etcd: its default TTL).
+/// A store that answers from another thread calls `wake` when events are waiting.
+pub(crate) fn open(
+    backend: &Backend,
+    table: &table::Config,
+    #[cfg_attr(not(feature = "etcd"), allow(unused_variables))] wake: Box<dyn Fn() + Send + Sync>,
+) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Memory => Box::new(MemStore::new(table.clone())),
+        #[cfg(feature = "etcd")]
+        Backend::Etcd(cfg) => {
+            let mut cfg = (**cfg).clone();
+            cfg.default_ttl = table.default_ttl;
+            Box::new(etcd::EtcdStore::start(cfg, wake)?)
+        }
+    })
+}
 
 /// A lock store, as the broker core drives it (see the module docs).
 ///
@@ -53,10 +83,13 @@ pub(crate) trait Store: Send {
     fn submit(&mut self, now: Instant, op: StoreOp<'_>);
     /// The next event, if any.
     fn poll_event(&mut self) -> Option<StoreEvent>;
-    /// When `handle_timeout` must next run (the table's TTLs and wait deadlines).
-    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// When `handle_timeout` must next run (the table's TTLs and wait deadlines); never, for a
+    /// store whose timers run on its own thread.
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
     /// Runs what is due at `now`.
-    fn handle_timeout(&mut self, now: Instant);
+    fn handle_timeout(&mut self, _now: Instant) {}
     /// Answers from another thread, later: the core then bounds what each connection may
     /// have in the store (the table bounds its own).
     #[cfg_attr(not(any(feature = "etcd", test)), allow(dead_code))]

@@ -9,9 +9,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use live_mutex::internal::etcd::{
-    ConnId, EtcdConfig, EtcdStore, LockSpec, StoreEvent, StoreOp, Ttl,
-};
+use live_mutex::internal::etcd::{EtcdConfig, EtcdStore};
+use live_mutex::internal::store::{ConnId, LockRequest, StoreEvent, StoreOp, Ttl};
 
 /// One test at a time: the timings below (a release seen on the other broker in under 2 s)
 /// are about etcd, not about 2 cores shared by several clusters.
@@ -257,22 +256,24 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn submit(&self, op: StoreOp) {
+    pub fn submit(&self, op: StoreOp<'_>) {
         self.store.submit(op).expect("store running");
     }
 
-    pub fn lock(&self, conn: u64, key: &str, id: &str, f: impl FnOnce(&mut LockSpec)) {
-        let mut spec = LockSpec::new(ConnId(conn), key, id);
-        spec.ttl = Ttl::Never;
-        f(&mut spec);
-        self.submit(StoreOp::Lock(spec));
+    pub fn lock(&self, conn: u64, key: &str, id: &str, f: impl FnOnce(&mut LockRequest<'_>)) {
+        let mut req = LockRequest::new(ConnId(conn), key, id);
+        req.ttl = Ttl::Never;
+        f(&mut req);
+        self.submit(StoreOp::Lock(req));
     }
 
+    /// Unlocks `id` for connection `conn`; the answer comes back with tag `conn`.
     pub fn unlock(&self, conn: u64, key: &str, id: &str) {
         self.submit(StoreOp::Unlock {
             conn: ConnId(conn),
-            key: key.into(),
-            id: Some(id.into()),
+            tag: conn,
+            key,
+            id: Some(id),
             force: false,
         });
     }
@@ -314,7 +315,7 @@ pub fn queued<'a>(id: &'a str) -> impl FnMut(&StoreEvent) -> bool + 'a {
 
 pub fn token(e: &StoreEvent) -> u64 {
     match e {
-        StoreEvent::Granted { token, .. } => *token,
+        StoreEvent::Granted { grant, .. } => grant.token,
         other => panic!("not a grant: {other:?}"),
     }
 }
@@ -399,10 +400,10 @@ pub fn contend(
                 };
                 match ev {
                     StoreEvent::Granted {
-                        conn, id, token, ..
+                        conn, id, grant, ..
                     } => {
-                        let ConnId(c) = conn;
-                        if !matches!(phase.get(&(n, c)), Some(Phase::Locking(i)) if *i == id) {
+                        let (ConnId(c), token) = (conn, grant.token);
+                        if !matches!(phase.get(&(n, c)), Some(Phase::Locking(i)) if **i == *id) {
                             continue;
                         }
                         if holder.is_some() {
@@ -424,13 +425,19 @@ pub fn contend(
                         // The client works alone for a while; it stops before it asks to
                         // unlock, so any grant seen meanwhile is an overlap.
                         holder = Some((n, c));
-                        due.push((Instant::now() + Duration::from_millis(3), n, c, id));
+                        due.push((
+                            Instant::now() + Duration::from_millis(3),
+                            n,
+                            c,
+                            id.to_string(),
+                        ));
                     }
-                    StoreEvent::Unlocked { conn, .. } => {
+                    // An unlock's tag is its connection (`Node::unlock`).
+                    StoreEvent::Unlocked { tag, .. } => {
                         let id = fresh();
-                        relock(nodes, &mut phase, conn.0, id);
+                        relock(nodes, &mut phase, tag, id);
                     }
-                    StoreEvent::Error { conn, .. } => {
+                    StoreEvent::Failed { conn, .. } => {
                         r.errors += 1;
                         let id = fresh();
                         relock(nodes, &mut phase, conn.0, id);

@@ -17,7 +17,7 @@ use crate::proto::encode::{
     self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
 };
 use crate::proto::{Reply, Who};
-use crate::store::{KeyView, Op, StoreError, StoreEvent, StoreOp, StoreStats};
+use crate::store::{KeyView, Op, Stats, StoreError, StoreEvent, StoreOp};
 use crate::table::{ConnId, Grant, Name};
 
 impl Core {
@@ -228,6 +228,8 @@ impl Core {
                 };
                 self.stats_reply(slot, now, &p, stats);
             }
+            // The core asks for none yet: `watch` still reads the table (issue 23, step 2).
+            StoreEvent::Snapshot { .. } => {}
         }
     }
 
@@ -477,7 +479,7 @@ impl Core {
         slot: usize,
         now: Instant,
         p: &Pending,
-        stats: Result<StoreStats, StoreError>,
+        stats: Result<Stats, StoreError>,
     ) {
         let uuid = p.uuid.as_deref();
         let s = match stats {

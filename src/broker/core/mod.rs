@@ -202,7 +202,6 @@ impl Core {
 
     /// Lock decisions go to `store` from now on (before any connection opens); the default is
     /// the in-memory table.
-    #[cfg(any(feature = "etcd", test))]
     pub(super) fn use_store(&mut self, store: Box<dyn Store>) {
         if store.answers_later() {
             self.route.count_load();

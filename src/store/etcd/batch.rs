@@ -38,15 +38,15 @@
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
+use std::time::Duration;
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::sync::{Notify, oneshot};
 
-use super::StoreError;
-use super::request::Guard;
-use super::worker::Shared;
+use super::calls::Etcd;
+use crate::store::StoreError;
 
 /// Most batched Txns under way at once.
 const IN_FLIGHT: usize = 2;
@@ -56,9 +56,17 @@ const DEFAULT_LIMIT: usize = 128;
 /// `--max-request-bytes`, 1.5 MiB by default). A step alone is always sent.
 const MAX_BYTES: usize = 512 * 1024;
 
+/// Which key a delete may remove: ours by revision, or (when the put's answer was lost) ours by
+/// lease. Both make sure a request of another broker with the same id is never touched.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Guard {
+    Rev(i64),
+    Lease(i64),
+}
+
 /// One request's etcd step.
 #[derive(Clone, Debug)]
-pub enum Step {
+pub(super) enum Step {
     /// Put request key `me` with `value` on `lease` if it does not exist, then read every
     /// request of its lock key (`dir`).
     Acquire {
@@ -76,13 +84,13 @@ pub enum Step {
 
 /// What etcd answered to one step.
 #[derive(Debug)]
-pub struct Outcome {
+pub(super) struct Outcome {
     /// The step's compare held (its put, delete or read was made).
-    pub succeeded: bool,
+    pub(super) succeeded: bool,
     /// What its read returned (empty for a delete, or when the compare failed).
-    pub kvs: Vec<KeyValue>,
+    pub(super) kvs: Vec<KeyValue>,
     /// etcd's revision after the Txn that carried it.
-    pub revision: i64,
+    pub(super) revision: i64,
 }
 
 impl Step {
@@ -166,8 +174,11 @@ struct Job {
     reply: Reply,
 }
 
-/// The steps waiting for a Txn. Lives in [`Shared`]; only the store's thread touches it.
-pub struct Batcher {
+/// The steps waiting for a Txn. Shared by the store's tasks; only the store's thread touches
+/// it.
+pub(super) struct Batcher {
+    /// How long a caller waits for its step's answer, queue included (the op deadline).
+    timeout: Duration,
     st: RefCell<Queue>,
     wake: Notify,
 }
@@ -179,9 +190,10 @@ struct Queue {
     limit: usize,
 }
 
-impl Default for Batcher {
-    fn default() -> Self {
+impl Batcher {
+    pub(super) fn new(timeout: Duration) -> Self {
         Batcher {
+            timeout,
             st: RefCell::new(Queue {
                 jobs: VecDeque::new(),
                 in_flight: 0,
@@ -190,9 +202,7 @@ impl Default for Batcher {
             wake: Notify::new(),
         }
     }
-}
 
-impl Batcher {
     fn push(&self, job: Job) {
         self.st.borrow_mut().jobs.push_back(job);
         self.wake.notify_one();
@@ -274,10 +284,10 @@ impl Batcher {
 }
 
 /// Runs one step in the next Txn the store sends, and returns etcd's answer to it.
-pub async fn run(sh: &Shared, step: Step) -> Result<Outcome, StoreError> {
+pub(super) async fn run(b: &Batcher, step: Step) -> Result<Outcome, StoreError> {
     let (reply, answer) = oneshot::channel();
-    sh.batch.push(Job { step, reply });
-    let t = sh.cfg.op_timeout;
+    b.push(Job { step, reply });
+    let t = b.timeout;
     match tokio::time::timeout(t, answer).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(StoreError::Stopped),
@@ -286,33 +296,33 @@ pub async fn run(sh: &Shared, step: Step) -> Result<Outcome, StoreError> {
 }
 
 /// Sends the queued steps as they come, for the store's whole life.
-pub async fn flusher(sh: Rc<Shared>) {
+pub(super) async fn flusher(b: Rc<Batcher>, etcd: Etcd) {
     loop {
-        sh.batch.wake.notified().await;
+        b.wake.notified().await;
         // Let every task made ready in this turn add its step first.
         tokio::task::yield_now().await;
-        while let Some(jobs) = sh.batch.take() {
-            tokio::task::spawn_local(send(sh.clone(), jobs));
+        while let Some(jobs) = b.take() {
+            tokio::task::spawn_local(send(b.clone(), etcd.clone(), jobs));
         }
     }
 }
 
-async fn send(sh: Rc<Shared>, jobs: Vec<Job>) {
+async fn send(b: Rc<Batcher>, etcd: Etcd, jobs: Vec<Job>) {
     let steps: Vec<&Step> = jobs.iter().map(|j| &j.step).collect();
-    let res = exec(&sh, &steps).await;
+    let res = exec(&etcd, &steps).await;
     match res {
         Ok(outs) => {
             for (job, out) in jobs.into_iter().zip(outs) {
                 let _ = job.reply.send(out);
             }
         }
-        Err(e) if jobs.len() > 1 && refused(&e, TOO_MANY_OPS) => sh.batch.shrink(jobs),
+        Err(e) if jobs.len() > 1 && refused(&e, TOO_MANY_OPS) => b.shrink(jobs),
         Err(e) if jobs.len() > 1 && WHOLE_TXN_REFUSALS.iter().any(|m| refused(&e, m)) => {
             // Nothing was applied: each step alone, so only the one at fault fails.
             for job in jobs {
-                let sh = sh.clone();
+                let etcd = etcd.clone();
                 tokio::task::spawn_local(async move {
-                    let out = exec(&sh, &[&job.step]).await.and_then(|mut v| {
+                    let out = exec(&etcd, &[&job.step]).await.and_then(|mut v| {
                         v.pop()
                             .unwrap_or(Err(StoreError::Etcd("empty Txn answer".into())))
                     });
@@ -326,7 +336,7 @@ async fn send(sh: Rc<Shared>, jobs: Vec<Job>) {
             }
         }
     }
-    sh.batch.done();
+    b.done();
 }
 
 /// etcd's texts for a Txn it refused before applying any of it.
@@ -344,18 +354,18 @@ fn refused(e: &StoreError, text: &str) -> bool {
 /// One Txn for `steps`: a single step is sent as it is, several as nested Txns. Each step's
 /// answer, in order.
 async fn exec(
-    sh: &Shared,
+    etcd: &Etcd,
     steps: &[&Step],
 ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
-    // `Shared::txn` sends a Txn again to a live member when it surely did not run (a dead
+    // `Etcd::txn` sends a Txn again to a live member when it surely did not run (a dead
     // member still picked, an election under way), within the op deadline.
     if let [one] = steps {
-        let r = sh.txn(one.txn()).await?;
+        let r = etcd.txn(one.txn()).await?;
         let revision = r.header().map_or(0, |h| h.revision());
         return Ok(vec![Ok(outcome(r.succeeded(), r.op_responses(), revision))]);
     }
     let ops: Vec<TxnOp> = steps.iter().map(|s| TxnOp::txn(s.txn())).collect();
-    let r = sh.txn(Txn::new().and_then(ops)).await?;
+    let r = etcd.txn(Txn::new().and_then(ops)).await?;
     let revision = r.header().map_or(0, |h| h.revision());
     let mut answers = r.op_responses().into_iter();
     Ok(steps
@@ -421,7 +431,7 @@ mod tests {
 
     #[test]
     fn one_put_per_lock_key_and_deletes_first() {
-        let b = Batcher::default();
+        let b = Batcher::new(Duration::from_secs(1));
         let mut rxs = Vec::new();
         for s in [
             acquire("a", "1"),
@@ -450,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_batch_stays_within_the_op_limit_and_gone_callers_are_dropped() {
-        let b = Batcher::default();
+        let b = Batcher::new(Duration::from_secs(1));
         b.st.borrow_mut().limit = 8;
         let mut rxs = Vec::new();
         for i in 0..10 {

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Settings of an [`EtcdStore`](super::EtcdStore).
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl Default for EtcdConfig {
 
 /// Whole seconds, rounded up, at least 2: etcd's lease granularity (one second is too close to
 /// its own election and keepalive timing to mean anything).
-pub fn ttl_secs(d: Duration) -> i64 {
+pub(super) fn ttl_secs(d: Duration) -> i64 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     i64::try_from(s.max(2)).unwrap_or(i64::MAX)
 }

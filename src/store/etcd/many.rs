@@ -6,7 +6,7 @@
 //! exclusive request that names no `max` (so it takes the key's own, like an exclusive lock),
 //! and the group holds when, on every key, [`rules::granted`] says its member's turn has come.
 //! Until then it waits, on every blocked key at once, for the older requests in its way to go
-//! (`request::wait_turn`, the same watch-and-recheck as a single lock).
+//! (`lock::wait_turn`, the same watch-and-recheck as a single lock).
 //!
 //! Why this never deadlocks: a request only ever waits for requests older than itself (lower
 //! create revisions), single locks and groups alike, and etcd's revisions are one total order
@@ -38,52 +38,24 @@ use std::task::Poll;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::TableError;
-use super::extend::hold_until;
-use super::request::{Guard, delete_key, entries, wait_turn, watch_gone};
+use super::batch::Guard;
+use super::delete::{delete_all, delete_key, delete_members};
+use super::lock::{hold_until, wait_turn, watch_gone};
+use super::query::read_all;
 use super::rules::{self, Entry, Record};
-use super::session::{Holder, Session};
-use super::worker::{Deadline, Either, Shared, race};
-use super::{
-    ConnId, LockSpec, MAX_KEYS_PER_MANY, ManySpec, Mode, Op, StoreError, StoreEvent, Wait,
-};
+use super::session;
+use super::shared::{Either, Group, Holder, Shared, entries, race, unchanged};
+use crate::store::{Op, OwnedMany, StoreError, StoreEvent};
+use crate::table::{ConnId, Mode, Name, TableError, Wait};
 
-/// An acquire-many of this store, waiting or held.
-pub struct Group {
-    /// Tells a group apart from a later one with the same id.
-    pub seq: u64,
-    pub conn: ConnId,
-    /// Sorted, distinct.
-    pub keys: Vec<String>,
-    /// The create revision every member shares, once put.
-    pub rev: i64,
-    pub held: bool,
-    pub keep: bool,
-    pub task: Option<AbortHandle>,
-    /// While held: restarts its TTL timer.
-    pub deadline: Option<Deadline>,
-}
-
-impl Group {
-    fn tokens(&self) -> Vec<(String, u64)> {
-        let token = self.rev.unsigned_abs();
-        self.keys.iter().map(|k| (k.clone(), token)).collect()
-    }
-
-    /// The etcd keys of its members.
-    pub fn members(&self, sh: &Shared, id: &str) -> Vec<Vec<u8>> {
-        self.keys
-            .iter()
-            .map(|k| sh.cfg.request_key(k, id))
-            .collect()
-    }
-}
+/// Most keys in one acquire-many, as the in-memory table's default: 64 member puts and 64
+/// range reads fill etcd's default `--max-txn-ops` (128) of the one Txn that records them.
+pub(super) const MAX_KEYS_PER_MANY: usize = 64;
 
 /// Forgets group `id` if it is still the one numbered `seq`.
-fn forget(sh: &Shared, id: &str, seq: u64) -> Option<Group> {
+fn forget(sh: &Shared, id: &Name, seq: u64) -> Option<Group> {
     let mut st = sh.st.borrow_mut();
     if st.groups.get(id).is_some_and(|g| g.seq == seq) {
         st.groups.remove(id)
@@ -92,21 +64,24 @@ fn forget(sh: &Shared, id: &str, seq: u64) -> Option<Group> {
     }
 }
 
+/// The failure of acquire-many `spec` (keys sorted): nothing is held for it.
+fn failed(spec: &OwnedMany, keys: &[Name], error: StoreError) -> StoreEvent {
+    StoreEvent::Failed {
+        conn: spec.conn,
+        op: Op::LockMany,
+        tag: 0,
+        id: Some(spec.id.clone()),
+        key: keys.first().cloned(),
+        error,
+    }
+}
+
 /// Registers the group and starts its task; answers a repeat of a known group at once.
-pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
+pub(super) fn start(sh: &Rc<Shared>, spec: OwnedMany) {
     let mut keys = spec.keys.clone();
     keys.sort_unstable();
     keys.dedup();
-    let first = keys.first().cloned().unwrap_or_default();
-    let fail = |error| {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::LockMany,
-            id: Some(spec.id.clone()),
-            key: first.clone(),
-            error,
-        })
-    };
+    let fail = |error| sh.emit(failed(&spec, &keys, error));
     if keys.is_empty() || keys.len() > MAX_KEYS_PER_MANY {
         return fail(StoreError::Rule(TableError::BadKeyCount {
             got: keys.len(),
@@ -161,24 +136,18 @@ pub fn start(sh: &Rc<Shared>, spec: ManySpec) {
     }
 }
 
-async fn run(sh: Rc<Shared>, spec: ManySpec, keys: Vec<String>, seq: u64) {
+async fn run(sh: Rc<Shared>, spec: OwnedMany, keys: Vec<Name>, seq: u64) {
     if let Err(error) = acquire(&sh, &spec, &keys, seq).await
         && forget(&sh, &spec.id, seq).is_some()
     {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::LockMany,
-            id: Some(spec.id.clone()),
-            key: keys[0].clone(),
-            error,
-        });
+        sh.emit(failed(&spec, &keys, error));
     }
 }
 
 async fn acquire(
     sh: &Rc<Shared>,
-    spec: &ManySpec,
-    keys: &[String],
+    spec: &OwnedMany,
+    keys: &[Name],
     seq: u64,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
@@ -187,7 +156,7 @@ async fn acquire(
     } else {
         Holder::Conn(spec.conn)
     };
-    let lease = Session::lease_for(sh, holder).await?;
+    let lease = session::lease(sh, holder).await?;
     let members: Vec<Vec<u8>> = keys
         .iter()
         .map(|k| sh.cfg.request_key(k, &spec.id))
@@ -216,7 +185,7 @@ async fn acquire(
                 .collect::<Vec<_>>(),
         )
         .and_then(puts.chain(reads).collect::<Vec<_>>());
-    let resp = match sh.txn(txn).await {
+    let resp = match sh.etcd.txn(txn).await {
         Ok(r) => r,
         Err(e) => {
             // The puts may have landed: remove those on our lease.
@@ -273,9 +242,10 @@ async fn acquire(
             if forget(sh, &spec.id, seq).is_some() {
                 sh.emit(if timed_out {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    StoreEvent::ManyTimedOut {
+                    StoreEvent::TimedOut {
                         conn,
                         id,
+                        key: None,
                         waited: started.elapsed(),
                     }
                 } else {
@@ -293,11 +263,11 @@ async fn acquire(
         let waits: Vec<Turn<'_>> = blocked
             .iter()
             .map(|&i| {
-                let one = LockSpec::new(spec.conn, &keys[i], &spec.id);
                 let older = std::mem::take(&mut by_key[i]);
                 let (dir, me) = (&dirs[i], &members[i]);
                 Box::pin(async move {
-                    wait_turn(sh, &one, dir, me, rev, older, seen)
+                    // A member takes the key exclusively within the key's own `max`.
+                    wait_turn(sh, (Mode::Exclusive, 0), dir, me, rev, older, seen)
                         .await
                         .map(|_| ())
                 }) as Turn<'_>
@@ -318,9 +288,10 @@ async fn acquire(
                 tokio::task::spawn_local(delete_members(sh.clone(), members, rev));
                 if forget(sh, &spec.id, seq).is_some() {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::ManyTimedOut {
+                    sh.emit(StoreEvent::TimedOut {
                         conn,
                         id,
+                        key: None,
                         waited: started.elapsed(),
                     });
                 }
@@ -336,8 +307,8 @@ async fn acquire(
 /// cancel or a disconnect aborts this task first.
 async fn hold(
     sh: &Rc<Shared>,
-    spec: &ManySpec,
-    keys: &[String],
+    spec: &OwnedMany,
+    keys: &[Name],
     members: Vec<Vec<u8>>,
     (lease, seq, rev): (i64, u64, i64),
 ) -> Result<(), StoreError> {
@@ -347,28 +318,21 @@ async fn hold(
         ..Record::single(Mode::Exclusive, 0, &sh.owner, spec.conn.0)
     }
     .encode();
-    let txn = Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| {
-                    TxnOp::put(
-                        m.clone(),
-                        value.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
+    let txn = Txn::new().when(unchanged(&members, rev)).and_then(
+        members
+            .iter()
+            .map(|m| {
+                TxnOp::put(
+                    m.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
     // The revision at which every member was confirmed: the shared watch reports deletes
     // after it.
-    let marked = sh.txn(txn).await.and_then(|r| {
+    let marked = sh.etcd.txn(txn).await.and_then(|r| {
         r.succeeded()
             .then(|| r.header().map_or(rev, |h| h.revision()))
             .ok_or(StoreError::Vanished)
@@ -460,13 +424,7 @@ async fn all_turns(mut waits: Vec<Turn<'_>>) -> Result<(), StoreError> {
 
 /// Returns the index of the first member (of `keys`, all existing at revision `seen`) that no
 /// longer exists.
-async fn first_gone(
-    sh: &Shared,
-    keys: &[String],
-    members: &[Vec<u8>],
-    rev: i64,
-    seen: i64,
-) -> usize {
+async fn first_gone(sh: &Shared, keys: &[Name], members: &[Vec<u8>], rev: i64, seen: i64) -> usize {
     let dirs: Vec<Vec<u8>> = keys.iter().map(|k| sh.cfg.key_dir(k)).collect();
     let mut watches: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = members
         .iter()
@@ -486,41 +444,6 @@ async fn first_gone(
     .await
 }
 
-/// One Txn that deletes every member if all still exist with create revision `rev`.
-fn delete_all(members: &[Vec<u8>], rev: i64) -> Txn {
-    Txn::new()
-        .when(
-            members
-                .iter()
-                .map(|m| Compare::create_revision(m.clone(), CompareOp::Equal, rev))
-                .collect::<Vec<_>>(),
-        )
-        .and_then(
-            members
-                .iter()
-                .map(|m| TxnOp::delete(m.clone(), None))
-                .collect::<Vec<_>>(),
-        )
-}
-
-/// Deletes every member: in one Txn when all are still there (`Ok(true)`); else those left,
-/// each on its own and retried in the background (`Ok(false)`: some had already gone; `Err`:
-/// etcd failed).
-pub async fn delete_members(
-    sh: Rc<Shared>,
-    members: Vec<Vec<u8>>,
-    rev: i64,
-) -> Result<bool, StoreError> {
-    let txn = delete_all(&members, rev);
-    let res = sh.txn(txn).await.map(|r| r.succeeded());
-    if res != Ok(true) {
-        for m in members {
-            tokio::task::spawn_local(delete_key(sh.clone(), m, Guard::Rev(rev)));
-        }
-    }
-    res
-}
-
 /// Stops a group this store forgot (released, cancelled) and deletes its members. When its
 /// puts are still under way its task deletes them once they answer (it finds itself gone).
 fn stop(sh: &Rc<Shared>, id: &str, g: &Group) {
@@ -533,13 +456,15 @@ fn stop(sh: &Rc<Shared>, id: &str, g: &Group) {
     tokio::task::spawn_local(delete_members(sh.clone(), g.members(sh, id), g.rev));
 }
 
-pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
+/// Releases acquire-many `id` for `conn`, answering with `tag`.
+pub(super) fn release(sh: &Rc<Shared>, (conn, tag): (ConnId, u64), id: Name) {
     let g = sh.st.borrow_mut().groups.remove(&id);
     let sh = sh.clone();
-    let fail = move |sh: &Shared, id: String, key: String, error| {
-        sh.emit(StoreEvent::Error {
+    let fail = move |sh: &Shared, id: Name, key: Option<Name>, error| {
+        sh.emit(StoreEvent::Failed {
             conn,
             op: Op::ReleaseMany,
+            tag,
             id: Some(id),
             key,
             error,
@@ -549,13 +474,13 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
         // Not one of ours: maybe another broker's (a client back through another broker).
         tokio::task::spawn_local(async move {
             match remote_release(&sh, &id).await {
-                Ok(()) => sh.emit(StoreEvent::ManyReleased { conn, id }),
+                Ok(()) => sh.emit(StoreEvent::ManyReleased { tag }),
                 Err((key, e)) => fail(&sh, id, key, e),
             }
         });
         return;
     };
-    let key = g.keys[0].clone();
+    let key = g.keys.first().cloned();
     if !g.held {
         // Abandoned while it waits, as the in-memory table does, and told so.
         stop(&sh, &id, &g);
@@ -567,7 +492,7 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
     tokio::task::spawn_local(async move {
         let members = g.members(&sh, &id);
         match delete_members(sh.clone(), members, g.rev).await {
-            Ok(true) => sh.emit(StoreEvent::ManyReleased { conn, id }),
+            Ok(true) => sh.emit(StoreEvent::ManyReleased { tag }),
             // A member had already gone: the group was lost (its task had not yet seen it).
             Ok(false) => fail(&sh, id, key, StoreError::Rule(TableError::NotHeld)),
             Err(e) => fail(&sh, id, key, e),
@@ -581,10 +506,8 @@ pub fn release(sh: &Rc<Shared>, conn: ConnId, id: String) {
 /// reports the group lost, as for an unlock by id from another broker. A group that still
 /// waits is left to its own broker ([`TableError::StillWaiting`]). The error comes with the
 /// group's first key, when one was found.
-async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError)> {
-    let (by_key, _) = super::query::read_all(sh)
-        .await
-        .map_err(|e| (String::new(), e))?;
+async fn remote_release(sh: &Shared, id: &str) -> Result<(), (Option<Name>, StoreError)> {
+    let (by_key, _) = read_all(sh).await.map_err(|e| (None, e))?;
     let mut first = None;
     let mut revs = Vec::new();
     let mut members = Vec::new();
@@ -592,13 +515,13 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
     for (key, all) in &by_key {
         let (holders, _) = rules::holders_and_waiters(all);
         for e in all.iter().filter(|e| e.id == id && e.group) {
-            first.get_or_insert_with(|| key.clone());
+            first.get_or_insert_with(|| Name::from(key.as_str()));
             revs.push(e.rev);
             members.push(e.raw.clone());
             held &= holders.iter().any(|h| h.raw == e.raw);
         }
     }
-    let key = first.unwrap_or_default();
+    let key = first;
     revs.dedup();
     let rev = match revs[..] {
         [] => return Err((key, StoreError::Rule(TableError::NotHeld))),
@@ -610,7 +533,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
         return Err((key, StoreError::Rule(TableError::StillWaiting)));
     }
     let txn = delete_all(&members, rev);
-    match sh.txn(txn).await {
+    match sh.etcd.txn(txn).await {
         Ok(r) if r.succeeded() => Ok(()),
         Ok(_) => Err((key, StoreError::Rule(TableError::NotHeld))),
         Err(e) => Err((key, e)),
@@ -618,7 +541,7 @@ async fn remote_release(sh: &Shared, id: &str) -> Result<(), (String, StoreError
 }
 
 /// A cancel naming group `id` of connection `conn`: the group goes, with no event.
-pub fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &str) {
+pub(super) fn cancel(sh: &Rc<Shared>, conn: ConnId, id: &Name) {
     let g = {
         let mut st = sh.st.borrow_mut();
         match st.groups.get(id) {

@@ -17,7 +17,7 @@
 
 use serde_json::json;
 
-pub use crate::table::Mode;
+pub(super) use crate::table::Mode;
 
 /// A mode's name in a request key's value (`Mode::as_str`) read back.
 fn parse_mode(s: &str) -> Option<Mode> {
@@ -31,23 +31,23 @@ fn parse_mode(s: &str) -> Option<Mode> {
 
 /// What a request key's value records: enough for any broker to judge it and to show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub mode: Mode,
+pub(super) struct Record {
+    pub(super) mode: Mode,
     /// 0: the request named none and takes the key's (see [`granted`]).
-    pub max: u32,
+    pub(super) max: u32,
     /// The store instance that made the request (one per broker process).
-    pub owner: String,
+    pub(super) owner: String,
     /// The connection on that broker.
-    pub conn: u64,
+    pub(super) conn: u64,
     /// A member of an acquire-many (see [`holders_and_waiters`]).
-    pub group: bool,
+    pub(super) group: bool,
     /// For a group member: the whole group holds (written when it is granted).
-    pub held: bool,
+    pub(super) held: bool,
 }
 
 impl Record {
     /// A single request's record (not a group member).
-    pub fn single(mode: Mode, max: u32, owner: &str, conn: u64) -> Record {
+    pub(super) fn single(mode: Mode, max: u32, owner: &str, conn: u64) -> Record {
         Record {
             mode,
             max,
@@ -58,7 +58,7 @@ impl Record {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut v = json!({"mode": self.mode.as_str(), "max": self.max, "owner": self.owner, "conn": self.conn});
         if self.group {
             v["group"] = json!(true);
@@ -69,7 +69,7 @@ impl Record {
 
     /// `None` for a value this code did not write: such a key is treated as an exclusive
     /// request of capacity 1, so a stranger's key under the prefix can only make us wait.
-    pub fn decode(bytes: &[u8]) -> Option<Record> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Record> {
         let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
         Some(Record {
             mode: parse_mode(v.get("mode")?.as_str()?)?,
@@ -84,22 +84,22 @@ impl Record {
 
 /// One request key of a lock key, as read from etcd.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(super) struct Entry {
     /// The etcd key.
-    pub raw: Vec<u8>,
+    pub(super) raw: Vec<u8>,
     /// The request (lock) id, decoded from the etcd key.
-    pub id: String,
-    pub rev: i64,
-    pub mode: Mode,
-    pub max: u32,
-    pub owner: String,
-    pub conn: u64,
-    pub group: bool,
-    pub held: bool,
+    pub(super) id: String,
+    pub(super) rev: i64,
+    pub(super) mode: Mode,
+    pub(super) max: u32,
+    pub(super) owner: String,
+    pub(super) conn: u64,
+    pub(super) group: bool,
+    pub(super) held: bool,
 }
 
 impl Entry {
-    pub fn new(raw: Vec<u8>, id: String, rev: i64, value: &[u8]) -> Entry {
+    pub(super) fn new(raw: Vec<u8>, id: String, rev: i64, value: &[u8]) -> Entry {
         let r = Record::decode(value).unwrap_or(Record::single(Mode::Exclusive, 1, "", 0));
         Entry {
             raw,
@@ -117,7 +117,7 @@ impl Entry {
 
 /// The capacity a request works with: its own, or when it named none (0) the one declared by
 /// the oldest older exclusive request that names one, else 1. Every broker computes the same.
-pub fn resolve_max(max: u32, older: &[&Entry]) -> u32 {
+pub(super) fn resolve_max(max: u32, older: &[&Entry]) -> u32 {
     if max > 0 {
         return max;
     }
@@ -129,7 +129,7 @@ pub fn resolve_max(max: u32, older: &[&Entry]) -> u32 {
 }
 
 /// Whether a request with `mode`/`max` is granted given the requests `older` than it.
-pub fn granted(mode: Mode, max: u32, older: &[&Entry]) -> bool {
+pub(super) fn granted(mode: Mode, max: u32, older: &[&Entry]) -> bool {
     let max = resolve_max(max, older);
     match mode {
         Mode::Write => older.is_empty(),
@@ -144,7 +144,7 @@ pub fn granted(mode: Mode, max: u32, older: &[&Entry]) -> bool {
 /// write or a read, the newest conflicting older request (the classic etcd recipe: waiters
 /// form a chain, each woken by one delete). `None` for a semaphore with room for more than
 /// one: any older delete may grant it, so it watches them all.
-pub fn predecessor<'a>(mode: Mode, max: u32, older: &[&'a Entry]) -> Option<&'a Entry> {
+pub(super) fn predecessor<'a>(mode: Mode, max: u32, older: &[&'a Entry]) -> Option<&'a Entry> {
     let max = resolve_max(max, older);
     match mode {
         Mode::Write => older.iter().max_by_key(|e| e.rev).copied(),
@@ -178,7 +178,7 @@ pub fn predecessor<'a>(mode: Mode, max: u32, older: &[&'a Entry]) -> Option<&'a 
 /// holds nothing (a forced unlock must leave it queued). Either way it is older than every
 /// later request of the key, so it blocks them ([`granted`] counts waiters too): a single lock
 /// on any broker waits for the group.
-pub fn holders_and_waiters(all: &[Entry]) -> (Vec<&Entry>, Vec<&Entry>) {
+pub(super) fn holders_and_waiters(all: &[Entry]) -> (Vec<&Entry>, Vec<&Entry>) {
     let mut sorted: Vec<&Entry> = all.iter().collect();
     sorted.sort_by_key(|e| e.rev);
     let mut holders = Vec::new();

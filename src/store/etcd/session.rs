@@ -8,104 +8,69 @@
 //! Loss: a renewal is judged by when it was *sent*, since etcd may have refreshed the lease
 //! any time after that. When no renewal has succeeded for 4/5 of the TTL since the last good
 //! one was sent, the lease may expire before we hear from etcd again: every request on it is
-//! dropped, holders get [`StoreEvent::Lost`](super::StoreEvent::Lost) and waiters an error,
+//! dropped, holders get `Lost` and waiters an error,
 //! before etcd can hand their keys to anyone else. The next request of the connection gets a
 //! fresh lease.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use tokio::sync::OnceCell;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::worker::Shared;
-use super::{ConnId, Op, StoreError, StoreEvent};
+use super::calls::unsent;
+use super::shared::{Holder, Session, Shared};
+use crate::store::{Op, StoreError, StoreEvent};
 
-/// Whose lease a session is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Holder {
-    Conn(ConnId),
-    /// The store's lease for keep-after-death requests.
-    Keep,
-}
-
-pub struct Session {
-    holder: Holder,
-    lease: OnceCell<i64>,
-    keeper: Cell<Option<AbortHandle>>,
-}
-
-impl Session {
-    fn new(holder: Holder) -> Rc<Session> {
-        Rc::new(Session {
-            holder,
-            lease: OnceCell::new(),
-            keeper: Cell::new(None),
+/// The lease of `holder`, granted (and its renewal started) on first use.
+pub(super) async fn lease(sh: &Rc<Shared>, holder: Holder) -> Result<i64, StoreError> {
+    let s = {
+        let mut st = sh.st.borrow_mut();
+        match holder {
+            Holder::Keep => st.keep.get_or_insert_with(|| Session::new(holder)).clone(),
+            Holder::Conn(c) => st
+                .sessions
+                .entry(c)
+                .or_insert_with(|| Session::new(holder))
+                .clone(),
+        }
+    };
+    let id = s
+        .lease
+        .get_or_try_init(|| async {
+            let ttl = sh.cfg.session_ttl_secs();
+            let grant = || {
+                let mut lc = sh.etcd.client.lease_client();
+                async move { lc.grant(ttl, None).await }
+            };
+            let r = sh.etcd.retrying(unsent, grant).await?;
+            Ok::<i64, StoreError>(r.id())
         })
+        .await?;
+    let keeper = s.keeper.take();
+    if keeper.is_none() {
+        let task = tokio::task::spawn_local(keep_alive(sh.clone(), s.clone(), *id));
+        s.keeper.set(Some(task.abort_handle()));
+    } else {
+        s.keeper.set(keeper);
     }
+    Ok(*id)
+}
 
-    /// The lease of `holder`, granted (and its renewal started) on first use.
-    pub async fn lease_for(sh: &Rc<Shared>, holder: Holder) -> Result<i64, StoreError> {
-        let s = {
-            let mut st = sh.st.borrow_mut();
-            match holder {
-                Holder::Keep => st.keep.get_or_insert_with(|| Session::new(holder)).clone(),
-                Holder::Conn(c) => st
-                    .sessions
-                    .entry(c)
-                    .or_insert_with(|| Session::new(holder))
-                    .clone(),
-            }
-        };
-        let id = s
-            .lease
-            .get_or_try_init(|| async {
-                let ttl = sh.cfg.session_ttl_secs();
-                let grant = || {
-                    let mut lc = sh.client.lease_client();
-                    async move { lc.grant(ttl, None).await }
-                };
-                let r = sh.retrying(super::worker::unsent, grant).await?;
-                Ok::<i64, StoreError>(r.id())
-            })
-            .await?;
-        if s.keeper_missing() {
-            let task = tokio::task::spawn_local(keep_alive(sh.clone(), s.clone(), *id));
-            s.keeper.set(Some(task.abort_handle()));
-        }
-        Ok(*id)
+/// Stops renewing and revokes the lease in the background (the connection closed).
+pub(super) fn close(sh: &Rc<Shared>, s: Rc<Session>) {
+    tokio::task::spawn_local(revoke(sh.clone(), s));
+}
+
+/// Stops renewing and revokes the lease; etcd deletes every key on it.
+pub(super) async fn revoke(sh: Rc<Shared>, s: Rc<Session>) {
+    if let Some(k) = s.keeper.take() {
+        k.abort();
     }
-
-    /// The lease, once granted.
-    pub fn lease_id(&self) -> Option<i64> {
-        self.lease.get().copied()
-    }
-
-    fn keeper_missing(&self) -> bool {
-        let k = self.keeper.take();
-        let missing = k.is_none();
-        self.keeper.set(k);
-        missing
-    }
-
-    /// Stops renewing and revokes the lease in the background (the connection closed).
-    pub fn close(self: Rc<Self>, sh: &Rc<Shared>) {
-        tokio::task::spawn_local(self.revoke(sh.clone()));
-    }
-
-    /// Stops renewing and revokes the lease; etcd deletes every key on it.
-    pub async fn revoke(self: Rc<Self>, sh: Rc<Shared>) {
-        if let Some(k) = self.keeper.take() {
-            k.abort();
-        }
-        if let Some(&id) = self.lease.get() {
-            let mut lc = sh.client.lease_client();
-            // If etcd is unreachable the lease ends by itself one TTL later.
-            let _ = sh.call(lc.revoke(id)).await;
-        }
+    if let Some(id) = s.lease_id() {
+        let mut lc = sh.etcd.client.lease_client();
+        // If etcd is unreachable the lease ends by itself one TTL later.
+        let _ = sh.etcd.call(lc.revoke(id)).await;
     }
 }
 
@@ -125,7 +90,7 @@ async fn keep_alive(sh: Rc<Shared>, s: Rc<Session>, lease: i64) {
         let attempt = async {
             if stream.is_none() {
                 // Opening the stream sends the first renewal and reads its answer.
-                let mut lc = sh.client.lease_client();
+                let mut lc = sh.etcd.client.lease_client();
                 let (k, st) = lc.keep_alive(lease).await?;
                 stream = Some((k, st));
                 return Ok::<i64, etcd_client::Error>(1);
@@ -217,11 +182,12 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
                 reason: format!("the connection's etcd lease may have expired: {reason}"),
             }
         } else {
-            StoreEvent::Error {
+            StoreEvent::Failed {
                 conn,
                 op,
+                tag: 0,
                 id: Some(id),
-                key,
+                key: Some(key),
                 error: StoreError::SessionLost(reason.to_owned()),
             }
         });
@@ -229,5 +195,5 @@ fn session_lost(sh: &Rc<Shared>, s: &Rc<Session>, reason: &str) {
     // If etcd comes back before the TTL ends, stop the old keys from outliving the news.
     let sh2 = sh.clone();
     let s2 = s.clone();
-    tokio::task::spawn_local(async move { s2.revoke(sh2).await });
+    tokio::task::spawn_local(revoke(sh2, s2));
 }

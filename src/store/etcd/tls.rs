@@ -4,7 +4,8 @@
 
 use etcd_client::ConnectOptions;
 
-use super::{EtcdConfig, StoreError};
+use super::config::EtcdConfig;
+use crate::store::StoreError;
 
 #[cfg(feature = "tls")]
 pub(super) fn options(

@@ -24,7 +24,7 @@ use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 
-use super::worker::Shared;
+use super::calls::Etcd;
 
 /// Recent deletes kept for tasks that register behind the watch: at most this many...
 const RING_ENTRIES: usize = 4096;
@@ -37,15 +37,15 @@ const RETRY: Duration = Duration::from_millis(200);
 
 /// What a task learns from the hub.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Note {
+pub(super) enum Note {
     /// This key was deleted at this revision (above the task's `seen`).
     Deleted(Vec<u8>, i64),
     /// Deletes may have been missed: read etcd again, then [`Interest::reset`].
     Reread,
 }
 
-/// Where the hub routes deletes. Lives in [`Shared`]; only the store's thread touches it.
-pub struct Hub {
+/// Where the hub routes deletes. Shared by the store's tasks; only its thread touches it.
+pub(super) struct Hub {
     st: RefCell<HubState>,
 }
 
@@ -90,7 +90,7 @@ impl Sub {
 
 impl Hub {
     /// A hub whose watch starts after revision `from` (read when the store started).
-    pub fn new(root: Vec<u8>, from: i64) -> Hub {
+    pub(super) fn new(root: Vec<u8>, from: i64) -> Hub {
         Hub {
             st: RefCell::new(HubState {
                 root,
@@ -107,7 +107,7 @@ impl Hub {
 
     /// Registers interest in deletes under `dir` (only of `key` when given) above revision
     /// `seen`, the revision at which the caller last read etcd.
-    pub fn register(self: &Rc<Self>, dir: &[u8], key: Option<&[u8]>, seen: i64) -> Interest {
+    pub(super) fn register(self: &Rc<Self>, dir: &[u8], key: Option<&[u8]>, seen: i64) -> Interest {
         let notify = Rc::new(Notify::new());
         let mut st = self.st.borrow_mut();
         st.next_id += 1;
@@ -241,7 +241,7 @@ fn dir_of<'a>(root: &[u8], key: &'a [u8]) -> Option<&'a [u8]> {
 }
 
 /// A task's registration; dropping it (the task ended or was aborted) unregisters it.
-pub struct Interest {
+pub(super) struct Interest {
     hub: Rc<Hub>,
     id: u64,
     notify: Rc<Notify>,
@@ -249,7 +249,7 @@ pub struct Interest {
 
 impl Interest {
     /// The next delete above `seen`, or [`Note::Reread`].
-    pub async fn next(&self) -> Note {
+    pub(super) async fn next(&self) -> Note {
         loop {
             if let Some(n) = self.take() {
                 return n;
@@ -270,7 +270,7 @@ impl Interest {
     }
 
     /// The task read etcd again at revision `seen`: deletes at or below it no longer matter.
-    pub fn reset(&mut self, seen: i64) {
+    pub(super) fn reset(&mut self, seen: i64) {
         let mut st = self.hub.st.borrow_mut();
         if let Some(s) = st.remove(self.id) {
             st.insert(self.id, s.dir, s.key, seen, s.notify);
@@ -288,16 +288,16 @@ impl Drop for Interest {
 
 /// The hub's watch: deletes under the prefix, from the revision after the last one dispatched,
 /// reopened whenever it breaks. Runs for the store's life.
-pub async fn run(sh: Rc<Shared>) {
-    let root = sh.cfg.root();
+pub(super) async fn run(etcd: Etcd, hub: Rc<Hub>) {
+    let root = hub.st.borrow().root.clone();
     loop {
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(sh.hub.dispatched() + 1)
+            .with_start_revision(hub.dispatched() + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let mut wc = sh.client.watch_client();
+        let mut wc = etcd.client.watch_client();
         let mut compacted = false;
-        if let Ok(mut stream) = sh.call(wc.watch(root.clone(), Some(opts))).await {
+        if let Ok(mut stream) = etcd.call(wc.watch(root.clone(), Some(opts))).await {
             while let Ok(Some(resp)) = stream.message().await {
                 if resp.compact_revision() > 0 {
                     compacted = true;
@@ -309,7 +309,7 @@ pub async fn run(sh: Rc<Shared>) {
                     if ev.event_type() == EventType::Delete
                         && let Some(kv) = ev.kv()
                     {
-                        sh.hub.deliver(kv.key(), kv.mod_revision());
+                        hub.deliver(kv.key(), kv.mod_revision());
                     }
                 }
             }
@@ -318,9 +318,9 @@ pub async fn run(sh: Rc<Shared>) {
         while compacted {
             // Restart from now; every task re-reads what it may have missed.
             let count = Some(GetOptions::new().with_prefix().with_count_only());
-            match sh.get(root.clone(), count).await {
+            match etcd.get(root.clone(), count).await {
                 Ok(r) => {
-                    sh.hub.reset(r.header().map_or(0, |h| h.revision()));
+                    hub.reset(r.header().map_or(0, |h| h.revision()));
                     compacted = false;
                 }
                 Err(_) => sleep(RETRY).await,

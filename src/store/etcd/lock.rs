@@ -11,34 +11,56 @@
 //! share Txns with other requests' steps of the same turn (`batch.rs`); each keeps its own
 //! compare and its own answer.
 
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::KeyValue;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::TableError;
-use super::batch::{self, Step};
+use super::batch::{self, Guard, Step};
+use super::delete::{delete_key, delete_once};
 use super::rules::{self, Entry, Record};
-use super::session::{Holder, Session};
+use super::session;
+use super::shared::{Either, Holder, Req, Shared, entries, race};
 use super::watch::Note;
-use super::worker::{Either, Req, Shared, race};
-use super::{LockSpec, Op, StoreError, StoreEvent, Wait};
+use crate::store::{Op, OwnedLock, StoreError, StoreEvent};
+use crate::table::{ConnId, Grant, Mode, Name, TableError, Wait};
 
 /// Pause before retrying a failed check.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// Registers the request and starts its task; answers a repeat of a known request at once.
-pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
-    let fail = |error| {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::Lock,
-            id: Some(spec.id.clone()),
-            key: spec.key.clone(),
-            error,
-        })
+/// A grant as the store reports it: etcd knows no queue length or readers at that moment.
+pub(super) fn granted(conn: ConnId, id: Name, key: Name, token: u64) -> StoreEvent {
+    let grant = Grant {
+        token,
+        queue_len: 0,
+        readers: 0,
     };
+    StoreEvent::Granted {
+        conn,
+        id,
+        key,
+        grant,
+    }
+}
+
+/// The failure of lock request `spec`: nothing is held for it.
+fn failed(spec: &OwnedLock, error: StoreError) -> StoreEvent {
+    StoreEvent::Failed {
+        conn: spec.conn,
+        op: Op::Lock,
+        tag: 0,
+        id: Some(spec.id.clone()),
+        key: Some(spec.key.clone()),
+        error,
+    }
+}
+
+/// Registers the request and starts its task; answers a repeat of a known request at once.
+pub(super) fn start(sh: &Rc<Shared>, spec: OwnedLock) {
+    let fail = |error| sh.emit(failed(&spec, error));
     if spec.max == Some(0) {
         return fail(StoreError::Rule(TableError::InvalidMax));
     }
@@ -51,18 +73,15 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
             let ev = if r.conn != spec.conn {
                 None
             } else if r.held {
-                Some(StoreEvent::Granted {
-                    conn: spec.conn,
-                    id: spec.id.clone(),
-                    key: spec.key.clone(),
-                    token: r.rev.unsigned_abs(),
-                })
+                let token = r.rev.unsigned_abs();
+                Some(granted(spec.conn, spec.id.clone(), spec.key.clone(), token))
             } else {
                 Some(StoreEvent::Queued {
                     conn: spec.conn,
                     id: spec.id.clone(),
                     key: spec.key.clone(),
-                    ahead: 0,
+                    queue_len: 0,
+                    readers: 0,
                 })
             };
             drop(st);
@@ -95,28 +114,22 @@ pub fn start(sh: &Rc<Shared>, spec: LockSpec) {
     }
 }
 
-async fn run(sh: Rc<Shared>, spec: LockSpec, seq: u64) {
+async fn run(sh: Rc<Shared>, spec: OwnedLock, seq: u64) {
     if let Err(error) = acquire(&sh, &spec, seq).await
         && sh.forget(&spec.key, &spec.id, seq).is_some()
     {
-        sh.emit(StoreEvent::Error {
-            conn: spec.conn,
-            op: Op::Lock,
-            id: Some(spec.id.clone()),
-            key: spec.key.clone(),
-            error,
-        });
+        sh.emit(failed(&spec, error));
     }
 }
 
-async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), StoreError> {
+async fn acquire(sh: &Rc<Shared>, spec: &OwnedLock, seq: u64) -> Result<(), StoreError> {
     let started = Instant::now();
     let holder = if spec.keep_after_disconnect {
         Holder::Keep
     } else {
         Holder::Conn(spec.conn)
     };
-    let lease = Session::lease_for(sh, holder).await?;
+    let lease = session::lease(sh, holder).await?;
     let me = sh.cfg.request_key(&spec.key, &spec.id);
     let dir = sh.cfg.key_dir(&spec.key);
     let record = Record::single(spec.mode, spec.max.unwrap_or(0), &sh.owner, spec.conn.0);
@@ -126,7 +139,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
         lease,
         dir: dir.clone(),
     };
-    let out = match batch::run(sh, step).await {
+    let out = match batch::run(&sh.batch, step).await {
         Ok(r) => r,
         Err(e) => {
             // The put may have landed: remove it if it is ours (on our lease).
@@ -160,7 +173,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     let older = all;
     let refs: Vec<&Entry> = older.iter().collect();
     if let Some(m) = spec.max
-        && spec.mode == rules::Mode::Exclusive
+        && spec.mode == Mode::Exclusive
     {
         let current = rules::resolve_max(0, &refs);
         if refs.iter().any(|e| e.max > 0) && current != m {
@@ -171,9 +184,6 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             }));
         }
     }
-    let ev = |f: fn(super::ConnId, String, String, usize) -> StoreEvent, n| {
-        f(spec.conn, spec.id.clone(), spec.key.clone(), n)
-    };
     if !rules::granted(spec.mode, record.max, &refs) {
         let ahead = older.len();
         let expired = match spec.wait {
@@ -189,36 +199,28 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
             if sh.forget(&spec.key, &spec.id, seq).is_some() {
                 if timed_out {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::TimedOut {
+                    sh.emit(wait_ended(spec, started));
+                } else {
+                    sh.emit(StoreEvent::Busy {
                         conn: spec.conn,
                         id: spec.id.clone(),
                         key: spec.key.clone(),
-                        waited: started.elapsed(),
+                        queue_len: ahead,
+                        readers: 0,
                     });
-                } else {
-                    sh.emit(ev(
-                        |conn, id, key, ahead| StoreEvent::Busy {
-                            conn,
-                            id,
-                            key,
-                            ahead,
-                        },
-                        ahead,
-                    ));
                 }
             }
             return Ok(());
         }
-        sh.emit(ev(
-            |conn, id, key, ahead| StoreEvent::Queued {
-                conn,
-                id,
-                key,
-                ahead,
-            },
-            ahead,
-        ));
-        let turn = wait_turn(sh, spec, &dir, &me, rev, older, seen);
+        sh.emit(StoreEvent::Queued {
+            conn: spec.conn,
+            id: spec.id.clone(),
+            key: spec.key.clone(),
+            queue_len: ahead,
+            readers: 0,
+        });
+        let max = spec.max.unwrap_or(0);
+        let turn = wait_turn(sh, (spec.mode, max), &dir, &me, rev, older, seen);
         let outcome = match spec.wait {
             Wait::Until(t) => race(sleep_until(Instant::from_std(t)), turn).await,
             _ => Either::Right(turn.await),
@@ -229,12 +231,7 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
                 tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
                 if sh.forget(&spec.key, &spec.id, seq).is_some() {
                     sh.st.borrow_mut().wait_timeouts += 1;
-                    sh.emit(StoreEvent::TimedOut {
-                        conn: spec.conn,
-                        id: spec.id.clone(),
-                        key: spec.key.clone(),
-                        waited: started.elapsed(),
-                    });
+                    sh.emit(wait_ended(spec, started));
                 }
                 return Ok(());
             }
@@ -246,19 +243,28 @@ async fn acquire(sh: &Rc<Shared>, spec: &LockSpec, seq: u64) -> Result<(), Store
     Ok(())
 }
 
-/// Waits until the request's turn has come and etcd confirms it, returning the revision at
-/// which it did. `Err` only when its own key is gone: every other failure is retried (a failing
-/// etcd ends the session, and this task with it).
-pub async fn wait_turn(
+/// The answer to a request that reached its wait deadline.
+fn wait_ended(spec: &OwnedLock, started: Instant) -> StoreEvent {
+    StoreEvent::TimedOut {
+        conn: spec.conn,
+        id: spec.id.clone(),
+        key: Some(spec.key.clone()),
+        waited: started.elapsed(),
+    }
+}
+
+/// Waits until the turn of a request (of `mode`, naming `max` or 0) has come and etcd confirms
+/// it, returning the revision at which it did. `Err` only when its own key is gone: every
+/// other failure is retried (a failing etcd ends the session, and this task with it).
+pub(super) async fn wait_turn(
     sh: &Rc<Shared>,
-    spec: &LockSpec,
+    (mode, max): (Mode, u32),
     dir: &[u8],
     me: &[u8],
     rev: i64,
     mut older: Vec<Entry>,
     seen: i64,
 ) -> Result<i64, StoreError> {
-    let max = spec.max.unwrap_or(0);
     let mut deletes = sh.hub.register(dir, None, seen);
     loop {
         let checked = match deletes.next().await {
@@ -268,13 +274,13 @@ pub async fn wait_turn(
                 }
                 let pred = {
                     let refs: Vec<&Entry> = older.iter().collect();
-                    rules::predecessor(spec.mode, max, &refs).map(|e| e.raw.clone())
+                    rules::predecessor(mode, max, &refs).map(|e| e.raw.clone())
                 };
                 let before = older.len();
                 older.retain(|e| e.raw != key);
                 let relevant = older.len() < before && pred.is_none_or(|p| p == key);
                 let refs: Vec<&Entry> = older.iter().collect();
-                if !relevant || !rules::granted(spec.mode, max, &refs) {
+                if !relevant || !rules::granted(mode, max, &refs) {
                     continue;
                 }
                 recheck(sh, dir, me, rev).await.ok()
@@ -300,7 +306,7 @@ pub async fn wait_turn(
         };
         older = fresh;
         let refs: Vec<&Entry> = older.iter().collect();
-        if rules::granted(spec.mode, max, &refs) {
+        if rules::granted(mode, max, &refs) {
             return Ok(at);
         }
     }
@@ -319,7 +325,7 @@ async fn recheck(
         rev,
         dir: dir.to_vec(),
     };
-    let out = batch::run(sh, step).await?;
+    let out = batch::run(&sh.batch, step).await?;
     if !out.succeeded {
         return Ok(None);
     }
@@ -333,7 +339,7 @@ async fn recheck(
 /// first; an extend replaces its deadline.
 async fn hold(
     sh: &Rc<Shared>,
-    spec: &LockSpec,
+    spec: &OwnedLock,
     seq: u64,
     dir: &[u8],
     me: Vec<u8>,
@@ -353,14 +359,14 @@ async fn hold(
         }
         st.grants += 1;
     }
-    sh.emit(StoreEvent::Granted {
-        conn: spec.conn,
-        id: spec.id.clone(),
-        key: spec.key.clone(),
-        token: rev.unsigned_abs(),
-    });
+    sh.emit(granted(
+        spec.conn,
+        spec.id.clone(),
+        spec.key.clone(),
+        rev.unsigned_abs(),
+    ));
     let gone = watch_gone(sh, dir, &me, rev, seen);
-    let expired = super::extend::hold_until(timer, gone).await;
+    let expired = hold_until(timer, gone).await;
     if expired {
         tokio::task::spawn_local(delete_key(sh.clone(), me, Guard::Rev(rev)));
     }
@@ -384,13 +390,13 @@ async fn hold(
 }
 
 /// Returns once our key (revision `rev`, known to exist at revision `seen`) no longer exists.
-pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64) {
+pub(super) async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64) {
     let mut deletes = sh.hub.register(dir, Some(me), seen);
     // Only deletes of our own key above `seen` come: our key existed then, so it is gone.
     while deletes.next().await == Note::Reread {
         // Deletes may have been missed: look at the key itself, then listen from there.
         loop {
-            match sh.get(me.to_vec(), None).await {
+            match sh.etcd.get(me.to_vec(), None).await {
                 Ok(r) => {
                     if !r.kvs().iter().any(|k| k.create_revision() == rev) {
                         return;
@@ -404,43 +410,36 @@ pub async fn watch_gone(sh: &Shared, dir: &[u8], me: &[u8], rev: i64, seen: i64)
     }
 }
 
-/// Which key a delete may remove: ours by revision, or (when the put's answer was lost) ours by
-/// lease. Both make sure a request of another broker with the same id is never touched.
-#[derive(Clone, Copy, Debug)]
-pub enum Guard {
-    Rev(i64),
-    Lease(i64),
-}
-
-/// Deletes a request key once. `Ok(false)` when it was already gone (or not ours).
-pub async fn delete_once(sh: &Shared, me: &[u8], guard: Guard) -> Result<bool, StoreError> {
-    let step = Step::Delete {
-        me: me.to_vec(),
-        guard,
-    };
-    Ok(batch::run(sh, step).await?.succeeded)
-}
-
-/// Deletes a request key, retrying for one session TTL; past that its lease has ended anyway
-/// (or, for a keep-after-death request, the key waits for its store's lease).
-pub async fn delete_key(sh: Rc<Shared>, me: Vec<u8>, guard: Guard) {
-    let until = Instant::now() + sh.cfg.session_ttl;
-    while delete_once(&sh, &me, guard).await.is_err() && Instant::now() < until {
-        sleep(RETRY).await;
+/// Holds until the deadline in `timer` passes (`true`: expired) or `gone` ends (`false`). An
+/// extend replaces the deadline while it runs.
+pub(super) async fn hold_until<G: Future<Output = ()>>(
+    mut timer: watch::Receiver<Option<Instant>>,
+    gone: G,
+) -> bool {
+    let mut gone = pin!(gone);
+    let mut open = true;
+    loop {
+        let at = *timer.borrow_and_update();
+        let expiry = async move {
+            match at {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            if open {
+                timer.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
+        let r = race(expiry, race(changed, gone.as_mut())).await;
+        match r {
+            Either::Left(()) => return true,
+            // A new deadline; or its sender is gone (the request was forgotten), so the
+            // deadline can no longer change.
+            Either::Right(Either::Left(ok)) => open = ok,
+            Either::Right(Either::Right(())) => return false,
+        }
     }
-}
-
-/// Decodes the request keys of a range read.
-pub fn entries(sh: &Shared, kvs: &[KeyValue]) -> Vec<Entry> {
-    kvs.iter()
-        .filter_map(|kv| {
-            let (_, id) = sh.cfg.parse_request_key(kv.key())?;
-            Some(Entry::new(
-                kv.key().to_vec(),
-                id,
-                kv.create_revision(),
-                kv.value(),
-            ))
-        })
-        .collect()
 }
