@@ -196,13 +196,9 @@ impl Core {
                     return;
                 };
                 let uuid = p.uuid.as_deref().unwrap_or("");
-                let after = match &p.kind {
-                    Awaited::Ls(after) => after.as_deref(),
-                    _ => None,
-                };
                 match keys {
                     Ok(keys) => {
-                        let line = listing::list_page(uuid, after, keys, self.reply_budget);
+                        let line = listing::page(uuid, &keys, self.reply_budget);
                         self.send_line(slot, &line);
                     }
                     Err(e) => self.send_error(slot, "ls", Some(uuid), None, &e.to_string()),
@@ -228,8 +224,8 @@ impl Core {
                 };
                 self.stats_reply(slot, now, &p, stats);
             }
-            // The core asks for none yet: `watch` still reads the table (issue 23, step 2).
-            StoreEvent::Snapshot { .. } => {}
+            StoreEvent::Counts { tag, queue_len, .. } => self.settle(tag, Ok(queue_len), false),
+            StoreEvent::Snapshot { tag, snapshot } => self.send_snapshots(now, tag, snapshot),
         }
     }
 

@@ -2,6 +2,8 @@
 //! lock-wait histogram): unlocks, and rejected requests by reason. `/metrics` reads them
 //! through `Core::metrics`; they never affect a decision.
 
+use std::time::Duration;
+
 use crate::table::{Longest, Stats, TableError};
 
 /// Why a request was refused, as the `reason` label of `lmx_rejected_requests_total`.
@@ -81,9 +83,7 @@ pub(crate) struct Counters {
     pub opened: u64,
 }
 
-/// How many keys the per-key stuck-lock gauges name (the oldest holds, the longest waits):
-/// a bound on their label sets, whatever the number of keys.
-pub(crate) const STUCK_KEYS: usize = 5;
+pub(crate) use crate::store::STUCK_KEYS;
 
 /// A reading of everything the core counts, for `/metrics`.
 #[derive(Clone, Debug)]
@@ -92,8 +92,13 @@ pub(crate) struct CoreMetrics {
     pub counters: Counters,
     pub connections: usize,
     pub watchers: usize,
-    /// The keys held and waited for longest (empty with a store other than the table).
+    /// The keys held and waited for longest (empty with a store that knows no grant times:
+    /// etcd).
     pub longest: Longest,
+    /// How old `table` is, for a store read through the op path (etcd: the core's latest
+    /// `Snapshot` answer; `None` inside, no reading yet); `None` outside for the table, read
+    /// at the scrape.
+    pub reading_age: Option<Option<Duration>>,
 }
 
 impl Counters {

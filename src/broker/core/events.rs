@@ -11,7 +11,7 @@
 use tracing::{Level, debug, enabled, info};
 
 use super::identity::{Identities, Identity};
-use crate::table::{ConnId, Table};
+use crate::table::{ConnId, Name};
 
 /// `name (peer)`, or what is known of it.
 fn describe(name: Option<&str>, peer: Option<&str>, pid: Option<u64>) -> String {
@@ -59,15 +59,16 @@ pub(super) fn expired(idents: &Identities, key: &str, id: &str, holder: ConnId) 
 }
 
 /// Connection `conn` (whose identity the caller took out) is closing: the locks its close
-/// releases, as `table` lists them. Asks the table only when `info` is on.
-pub(super) fn close_releases(conn: ConnId, ident: Option<&Identity>, table: Option<&Table>) {
+/// releases, as `holds` lists them (the store, when it can tell). Asks only when `info` is on.
+pub(super) fn close_releases(
+    conn: ConnId,
+    ident: Option<&Identity>,
+    holds: impl FnOnce() -> Vec<(Name, Name)>,
+) {
     if !enabled!(Level::INFO) {
         return;
     }
-    let Some(table) = table else {
-        return;
-    };
-    let holds = table.releasable_holds(conn);
+    let holds = holds();
     if holds.is_empty() {
         return;
     }

@@ -8,8 +8,9 @@
 //! only ones that hold `impl Core`. The rest of the core's state is owned by types of their
 //! own, which `Core` holds and calls (quinn's `Connection` and its `StreamsState`):
 //! [`route::Route`] (requests the store is working on), [`acks::Acks`] (the ack probes of
-//! pushed grants), [`legacy_rw::LegacyRw`] (the 0.2.x read/write protocol, table only),
-//! [`identity::Identities`] (who holds what), [`watch::Watchers`] (live snapshots),
+//! pushed grants), [`legacy_rw::LegacyRw`] (the 0.2.x read/write protocol, for a store no
+//! other broker shares), [`identity::Identities`] (who holds what), [`watch::Watchers`]
+//! (live snapshots, asked of the store like any answer),
 //! [`counters::Counters`]; [`events`] writes lock events to the log and [`listing`] encodes
 //! `ls` pages.
 
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::proto::encode::{self, LockOutcome as WireLock};
 use crate::proto::{self, Decoder, Limits, Reply};
-use crate::store::{MemStore, Store, StoreOp};
-use crate::table::{self, ConnId};
+use crate::store::{MemStore, Snapshot, Store, StoreError, StoreOp};
+use crate::table::{self, ConnId, Longest};
 use acks::Acks;
 pub(crate) use counters::{CoreMetrics, Counters, Reject, STUCK_KEYS};
 use identity::{Identities, Viewer};
@@ -276,13 +277,13 @@ impl Core {
                 self.acks.settle(id, &lock_id);
                 self.rw.unpark(id, &lock_id);
             }
-            events::close_releases(id, ident.as_ref(), self.store.table());
+            let store = &self.store;
+            events::close_releases(id, ident.as_ref(), || store.releasable_holds(id));
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
-            let table = self.store.table();
-            self.idents
-                .depart(id, ident, |c| table.is_some_and(|t| t.knows_conn(c)));
+            let store = &self.store;
+            self.idents.depart(id, ident, |c| store.knows_conn(c));
         }
         self.watchers.remove(id);
         let mut woken = Vec::new();
@@ -394,17 +395,29 @@ impl Core {
         self.idents.name(id)
     }
 
-    /// A reading of the counters, for `/metrics`.
-    pub(crate) fn metrics(&self, now: Instant) -> CoreMetrics {
-        let table = self.store.table();
+    /// A reading of the counters, for `/metrics`. A store that cannot read its gauges without
+    /// I/O (etcd) shows the totals of its latest snapshot, and is asked for a fresh one when
+    /// they are a second old: its answer serves the next scrape.
+    pub(crate) fn metrics(&mut self, now: Instant) -> CoreMetrics {
+        let (stats, longest, reading_age) = match self.store.gauges(now) {
+            Some(g) => (g.stats, g.longest, None),
+            None => {
+                let (reading, ask) = self.watchers.reading(now);
+                if let Some(tag) = ask {
+                    self.ask_snapshot(now, tag);
+                }
+                let age = reading.as_ref().map(|r| r.0);
+                let stats = reading.map(|r| r.1).unwrap_or_default();
+                (stats, Longest::default(), Some(age))
+            }
+        };
         CoreMetrics {
-            table: table.map(|t| t.stats()).unwrap_or_default(),
+            table: stats,
             counters: self.counters,
             connections: self.open,
             watchers: self.watchers.len(),
-            longest: table
-                .map(|t| t.longest(now, STUCK_KEYS))
-                .unwrap_or_default(),
+            longest,
+            reading_age,
         }
     }
 
@@ -453,31 +466,59 @@ impl Core {
         );
     }
 
-    /// Sends the `watch` snapshots that are due; a watcher with a backlog skips its tick.
+    /// Asks for the `watch` snapshots that are due; a watcher with a backlog skips its tick.
     fn watch_timers(&mut self, now: Instant) {
         for (conn, uuid) in self.watchers.due(now) {
-            if self.output(conn).len() > watch::MAX_BACKLOG {
-                continue;
+            if self.output(conn).len() <= watch::MAX_BACKLOG {
+                self.want_snapshot(now, conn, &uuid);
             }
-            if let Some(slot) = self.slot_of(conn) {
-                self.send_snapshot(slot, conn, now, &uuid);
-            }
+        }
+        self.poll_store(now);
+    }
+
+    /// Watcher `conn` gets the next snapshot the store answers, sent with `uuid`.
+    fn want_snapshot(&mut self, now: Instant, conn: ConnId, uuid: &str) {
+        if let Some(tag) = self.watchers.want(conn, uuid) {
+            self.ask_snapshot(now, tag);
         }
     }
 
-    /// One `watch` snapshot, as `viewer` may see it, into the output at `slot`.
-    fn send_snapshot(&mut self, slot: usize, viewer: ConnId, now: Instant, uuid: &str) {
-        let scene = watch::Scene {
-            wall: (self.wall_clock)(),
-            table: self.store.table(),
-            connections: self.open,
-            unlocks: self.counters.unlocks,
-            budget: self.reply_budget,
-            idents: &self.idents,
-            watchers: &self.watchers,
+    fn ask_snapshot(&mut self, now: Instant, tag: u64) {
+        let max_keys = watch::MAX_LISTED;
+        self.store.submit(now, StoreOp::Snapshot { tag, max_keys });
+    }
+
+    /// The store's answer to snapshot `tag`: one `watch` line for each watcher waiting, as it
+    /// may see it.
+    fn send_snapshots(&mut self, now: Instant, tag: u64, locks: Result<Snapshot, StoreError>) {
+        let stats = locks.as_ref().ok().map(|l| &l.stats);
+        let Some(waiting) = self.watchers.answered(tag, now, stats) else {
+            return;
         };
-        let line = watch::snapshot(&scene, self.viewer(viewer), now, uuid);
-        self.send_line(slot, &line);
+        let wall = (self.wall_clock)();
+        for (conn, uuid) in waiting {
+            let Some(slot) = self.slot_of(conn) else {
+                continue;
+            };
+            let locks = match &locks {
+                Ok(l) => l,
+                Err(e) => {
+                    self.send_error(slot, "watch", Some(&uuid), None, &e.to_string());
+                    continue;
+                }
+            };
+            let scene = watch::Scene {
+                wall,
+                locks,
+                connections: self.open,
+                unlocks: self.counters.unlocks,
+                budget: self.reply_budget,
+                idents: &self.idents,
+                watchers: &self.watchers,
+            };
+            let line = watch::snapshot(&scene, self.viewer(conn), now, &uuid);
+            self.send_line(slot, &line);
+        }
     }
 
     /// Connection `id` as the viewer of a listing.

@@ -1,8 +1,9 @@
 //! Each request of a connection, handled: the lock path turned into [`StoreOp`]s for the
 //! store, whichever it is (the in-memory table or etcd), with the bookkeeping of [`Route`]
 //! (`route.rs`); what the store answers is turned into replies in `answers.rs`. The rest is
-//! answered here: `version`, `auth`, `ping`, `hello`, `watch`, `ls` from the table, and the
-//! 0.2.x read/write protocol.
+//! answered here: `version`, `auth`, `ping`, `hello`, the `watch` subscriptions, and the
+//! 0.2.x read/write protocol (its counts kept by the core, its parked holds given back to the
+//! store as cancels).
 //!
 //! [`Route`]: super::route::Route
 
@@ -11,11 +12,11 @@ use std::time::{Instant, UNIX_EPOCH};
 use super::acks::PROBE_PREFIX;
 use super::legacy_rw::{RwAnswer, Woken};
 use super::route::Awaited;
-use super::{Core, Event, Reject, constant_time_eq, events, listing, ms, ttl_of, wait_of};
+use super::{Core, Event, Reject, constant_time_eq, events, ms, ttl_of, wait_of};
 use crate::proto::encode::LockOutcome as WireLock;
 use crate::proto::{self, Reply, Request, RwOp};
 use crate::store::StoreOp;
-use crate::table::{self, Cancelled, ConnId, ManyRequest, Name, TableError};
+use crate::table::{self, ConnId, ManyRequest, TableError};
 
 impl Core {
     /// Handles one request of the connection at `slot`.
@@ -269,21 +270,21 @@ impl Core {
                 0,
             );
         }
-        // Set aside by the 0.2.x read/write emulation: already released in the table.
-        if let Some(id) = lock_id
-            && self.rw.unpark(cid, id)
-        {
-            self.route.forget(cid, key, id);
-            self.counters.unlocks += 1;
-            let lrc = self.store.table().map_or(0, |t| t.counts(key).0);
-            return self.unlock_reply(slot, uuid, key, Ok(()), false, lrc);
-        }
         if let Err(e) = self.room(cid, false) {
             return self.unlock_reply(slot, uuid, key, Err(&e), false, 0);
         }
         let tag = self
             .route
             .expect(cid, Some(uuid), Awaited::Unlock(key.into()));
+        // Set aside by the 0.2.x read/write emulation: already released in the store, which
+        // is asked only for the key's counts the reply reports.
+        if let Some(id) = lock_id
+            && self.rw.unpark(cid, id)
+        {
+            self.route.forget(cid, key, id);
+            self.counters.unlocks += 1;
+            return self.store.submit(now, StoreOp::Counts { tag, key });
+        }
         self.store.submit(
             now,
             StoreOp::Unlock {
@@ -388,12 +389,11 @@ impl Core {
         );
     }
 
-    /// `ls`, `lock-info`, `system-stats`, `inspect`: asked of the store (for etcd, of every
+    /// `lock-info`, `system-stats`, `inspect`: asked of the store (for etcd, of every
     /// broker's requests).
     fn ask(&mut self, slot: usize, cid: ConnId, now: Instant, uuid: Option<&str>, kind: Awaited) {
         if let Err(e) = self.room(cid, false) {
             let ty = match kind {
-                Awaited::Ls(_) => "ls",
                 Awaited::Info(_) => "lock-info",
                 Awaited::Inspect(_) => "inspect",
                 _ => "system-stats",
@@ -404,12 +404,10 @@ impl Core {
             Awaited::Info(k) => Some(k.clone()),
             _ => None,
         };
-        let stats = matches!(kind, Awaited::Stats | Awaited::Inspect(_));
         let tag = self.route.expect(cid, uuid, kind);
         let op = match &key {
             Some(k) => StoreOp::Info { tag, key: k },
-            None if stats => StoreOp::Stats { tag },
-            None => StoreOp::Keys { tag },
+            None => StoreOp::Stats { tag },
         };
         self.store.submit(now, op);
     }
@@ -433,8 +431,8 @@ impl Core {
     /// the waiting client's mutex hold is released now ("parked") and its later unlock is
     /// answered as done: no deadlock until TTL, as 0.2.25 had.
     fn rw(&mut self, slot: usize, cid: ConnId, now: Instant, op: RwOp, uuid: &str, key: &str) {
-        if self.store.table().is_none() {
-            // It parks the connection's table holds while it waits: a local table's business.
+        if self.store.shared() {
+            // Its counts are this broker's: a broker beside it would not see them.
             return self.send_error(
                 slot,
                 op.as_str(),
@@ -467,22 +465,17 @@ impl Core {
                 "too many read/write requests already wait for this key",
             ),
             RwAnswer::Deferred => {
-                let held: Option<Name> = self
-                    .store
-                    .table()
-                    .and_then(|t| t.info(now, key))
-                    .and_then(|i| {
-                        i.holders
-                            .iter()
-                            .find(|h| h.conn == cid)
-                            .map(|h| h.id.clone())
-                    });
-                if let Some(id) = held
-                    && self
-                        .store
-                        .table_mut()
-                        .is_some_and(|t| t.cancel(now, cid, key, &id) == Cancelled::Released)
-                {
+                // The connection's hold on `key` is given back to the store like any cancel
+                // (its next waiters are granted); its later unlock is answered as done.
+                if let Some(id) = self.route.held_by(cid, key) {
+                    self.store.submit(
+                        now,
+                        StoreOp::Cancel {
+                            conn: cid,
+                            key,
+                            id: &id,
+                        },
+                    );
                     self.rw.park(id, cid);
                 }
             }
@@ -490,24 +483,23 @@ impl Core {
         self.broadcast(woken);
     }
 
-    /// `ls`: a page read straight from the table; a store without one (etcd) is asked.
+    /// `ls`: one page of keys, asked of the store (see `listing.rs`).
     fn ls(&mut self, slot: usize, cid: ConnId, now: Instant, uuid: &str, after: Option<&str>) {
-        let Some(table) = self.store.table() else {
-            let kind = Awaited::Ls(after.map(Name::from));
-            return self.ask(slot, cid, now, Some(uuid), kind);
-        };
-        match listing::table_page(table, uuid, after, self.reply_budget) {
-            Ok(line) => self.send_line(slot, &line),
-            Err(e) => self.send_error(slot, "ls", Some(uuid), None, e),
+        if let Err(e) = self.room(cid, false) {
+            return self.send_error(slot, "ls", Some(uuid), None, &e);
         }
+        let tag = self.route.expect(cid, Some(uuid), Awaited::Ls);
+        let budget = self.reply_budget;
+        self.store.submit(now, StoreOp::Keys { tag, after, budget });
     }
 
-    /// `watch`: a snapshot now, then one per interval (see `watch.rs`).
+    /// `watch`: a snapshot as soon as the store answers, then one per interval (see
+    /// `watch.rs`).
     fn watch(&mut self, slot: usize, cid: ConnId, now: Instant, uuid: &str, ms: Option<u64>) {
         if self.watchers.subscribe(cid, uuid, ms, now).is_err() {
             self.counters.reject(Reject::TooManyWatchers);
             return self.send_error(slot, "watch", Some(uuid), None, "too many watchers");
         }
-        self.send_snapshot(slot, cid, now, uuid);
+        self.want_snapshot(now, cid, uuid);
     }
 }

@@ -77,8 +77,8 @@ pub(super) enum Awaited {
     Unlock(Name),
     Extend(Name),
     ReleaseMany(Name),
-    /// The page after this cursor (a store that answers with every key: etcd).
-    Ls(Option<Name>),
+    /// A page of `ls`.
+    Ls,
     Info(Name),
     Stats,
     Inspect(Name),
@@ -172,6 +172,16 @@ impl Route {
                 self.by_conn.remove(&conn);
             }
         }
+    }
+
+    /// The lock id of a hold of `conn` on `key`, if it has one; costs what `conn` has.
+    pub(super) fn held_by(&self, conn: ConnId, key: &str) -> Option<Name> {
+        let o = self.by_conn.get(&conn)?;
+        o.locks
+            .iter()
+            .filter(|e| &*e.0 == key)
+            .find(|e| self.locks.get(*e).is_some_and(|l| l.conn == conn && l.held))
+            .map(|e| e.1.clone())
     }
 
     /// Forgets request (`key`, `id`) of `conn`; `Some(held)` when there was one.

@@ -8,8 +8,14 @@
 //! is bounded by the caps below. A watcher whose previous snapshots are still unsent (a slow
 //! reader) skips a tick rather than grow its backlog.
 //!
-//! [`Watchers`] keeps the subscriptions and their ticks; [`snapshot`] encodes one snapshot
-//! from a [`Scene`], what the core shows of itself.
+//! The locks come from the store (`StoreOp::Snapshot`), like any answer: an etcd broker shows
+//! every broker's locks of the cluster. One snapshot is asked at a time, and every watcher due
+//! meanwhile gets that answer: however many watch, the store is read at most once per
+//! interval. The totals of the latest answer are also what `/metrics` shows of a store it
+//! cannot read without I/O (etcd), so a scrape asks for one when they are a second old.
+//!
+//! [`Watchers`] keeps the subscriptions, their ticks and the snapshot asked for; [`snapshot`]
+//! encodes one snapshot from a [`Scene`], what the core shows of itself.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,12 +23,15 @@ use std::time::{Duration, Instant, SystemTime};
 use super::identity::{Identities, Viewer, wall_ms};
 use super::ms;
 use crate::proto::encode::{Obj, write_list};
-use crate::table::{ConnId, Name, Table, WAIT_BUCKETS};
+use crate::store::{Snapshot, Stats};
+use crate::table::{ConnId, WAIT_BUCKETS};
 
 /// Watchers at once, across the broker.
 const MAX_WATCHERS: usize = 64;
 /// Keys, and connections, listed in one snapshot; the totals are always exact.
-const MAX_LISTED: usize = 500;
+pub(super) const MAX_LISTED: usize = 500;
+/// How old the latest totals may be before `/metrics` asks the store for fresh ones.
+const FRESH: Duration = Duration::from_secs(1);
 /// Holders, and waiters, listed per key.
 const MAX_PER_KEY: usize = 50;
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -38,10 +47,17 @@ struct Watcher {
     next: Instant,
 }
 
-/// The connections that sent `watch`.
+/// The connections that sent `watch`, and the snapshot asked of the store for them.
 #[derive(Default)]
 pub(super) struct Watchers {
     list: Vec<Watcher>,
+    /// Watchers waiting for the snapshot asked for (connection and uuid), each once.
+    waiting: Vec<(ConnId, Box<str>)>,
+    /// The tag of the snapshot asked of the store and not answered yet.
+    asked: Option<u64>,
+    last_tag: u64,
+    /// The totals of the latest snapshot, and when it came.
+    reading: Option<(Instant, Stats)>,
 }
 
 /// A `watch` beyond the broker's limit of watchers.
@@ -78,7 +94,57 @@ impl Watchers {
     pub(super) fn remove(&mut self, conn: ConnId) {
         if !self.list.is_empty() {
             self.list.retain(|w| w.conn != conn);
+            self.waiting.retain(|w| w.0 != conn);
         }
+    }
+
+    /// `conn` wants the next snapshot, sent with `uuid`: the tag of a snapshot to ask the
+    /// store for, unless one is asked already (the watcher gets that one).
+    pub(super) fn want(&mut self, conn: ConnId, uuid: &str) -> Option<u64> {
+        match self.waiting.iter_mut().find(|w| w.0 == conn) {
+            Some(w) => w.1 = uuid.into(),
+            None => self.waiting.push((conn, uuid.into())),
+        }
+        self.ask()
+    }
+
+    /// The tag of a snapshot to ask the store for, unless one is asked already.
+    fn ask(&mut self) -> Option<u64> {
+        if self.asked.is_some() {
+            return None;
+        }
+        self.last_tag += 1;
+        self.asked = Some(self.last_tag);
+        self.asked
+    }
+
+    /// The totals of the latest snapshot and their age at `now`; the tag of a snapshot to
+    /// ask for when they are missing or stale (and none is asked already).
+    pub(super) fn reading(&mut self, now: Instant) -> (Option<(Duration, Stats)>, Option<u64>) {
+        let reading = self
+            .reading
+            .as_ref()
+            .map(|(at, st)| (now.saturating_duration_since(*at), st.clone()));
+        let stale = reading.as_ref().is_none_or(|(age, _)| *age >= FRESH);
+        (reading, if stale { self.ask() } else { None })
+    }
+
+    /// The store answered snapshot `tag` at `now` (its totals, when it could read them): the
+    /// watchers to send it to. `None` for a tag not asked.
+    pub(super) fn answered(
+        &mut self,
+        tag: u64,
+        now: Instant,
+        stats: Option<&Stats>,
+    ) -> Option<Vec<(ConnId, Box<str>)>> {
+        if self.asked != Some(tag) {
+            return None;
+        }
+        self.asked = None;
+        if let Some(st) = stats {
+            self.reading = Some((now, st.clone()));
+        }
+        Some(std::mem::take(&mut self.waiting))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -112,8 +178,9 @@ impl Watchers {
 /// What a snapshot shows of the core.
 pub(super) struct Scene<'a> {
     pub wall: SystemTime,
-    /// The lock table; a distributed store (etcd) has none to show: totals stay at zero.
-    pub table: Option<&'a Table>,
+    /// The store's locks (etcd: every broker's; a holder of another broker has no
+    /// connection here, and no grant time or TTL known here).
+    pub locks: &'a Snapshot,
     pub connections: usize,
     pub unlocks: u64,
     /// Most bytes the snapshot may take.
@@ -124,15 +191,9 @@ pub(super) struct Scene<'a> {
 
 /// Encodes one snapshot for `viewer` (one line, without its newline).
 pub(super) fn snapshot(s: &Scene<'_>, viewer: Viewer, now: Instant, uuid: &str) -> Vec<u8> {
-    let (wall, table) = (s.wall, s.table);
-    let stats = table.map(|t| t.stats()).unwrap_or_default();
-    let keys: Vec<Name> = table
-        .map(|t| t.keys().take(MAX_LISTED).cloned().collect())
-        .unwrap_or_default();
-    let infos: Vec<_> = keys
-        .iter()
-        .filter_map(|k| table.and_then(|t| t.info(now, k)))
-        .collect();
+    let wall = s.wall;
+    let stats = &s.locks.stats;
+    let who = |c: Option<ConnId>| c.map(|c| s.idents.who(c)).unwrap_or_default();
     let mut out = Vec::with_capacity(1024);
     let mut o = Obj::new(&mut out);
     o.str("type", "watch")
@@ -168,30 +229,31 @@ pub(super) fn snapshot(s: &Scene<'_>, viewer: Viewer, now: Instant, uuid: &str) 
         ok
     };
     o.field("keys");
-    let listed = infos.iter().take_while(|_| room(budget * 3 / 4));
-    write_list(&mut *o.out, listed, |out, i| {
+    let listed = s.locks.keys.iter().take(MAX_LISTED);
+    let listed = listed.take_while(|_| room(budget * 3 / 4));
+    write_list(&mut *o.out, listed, |out, (key, i)| {
         let mut k = Obj::new(out);
-        k.str("key", &i.key)
+        k.str("key", key)
             .u64("max", u64::from(i.max))
-            .u64("queued", i.waiters as u64)
+            .u64("queued", i.waiters.len() as u64)
             .field("holders");
         write_list(&mut *k.out, i.holders.iter().take(MAX_PER_KEY), |out, h| {
             let mut ho = Obj::new(out);
-            ho.lock_id("id", viewer.shown(Some(h.conn), &h.id))
+            ho.lock_id("id", viewer.shown(h.conn, &h.id))
                 .u64("fencingToken", h.token)
                 .str("mode", h.mode.as_str())
                 .opt_u64("ttlRemaining", h.ttl_remaining.map(ms))
-                .u64("heldSince", wall_ms(wall, now, h.since))
-                .who(&s.idents.who(h.conn));
+                .opt_u64("heldSince", h.since.map(|t| wall_ms(wall, now, t)))
+                .who(&who(h.conn));
             ho.finish();
         });
         k.field("waiters");
-        write_list(&mut *k.out, i.queue.iter().take(MAX_PER_KEY), |out, w| {
+        write_list(&mut *k.out, i.waiters.iter().take(MAX_PER_KEY), |out, w| {
             let mut wo = Obj::new(out);
-            wo.lock_id("id", viewer.shown(Some(w.conn), &w.id))
+            wo.lock_id("id", viewer.shown(w.conn, &w.id))
                 .str("mode", w.mode.as_str())
-                .u64("waitingSince", wall_ms(wall, now, w.since))
-                .who(&s.idents.who(w.conn));
+                .opt_u64("waitingSince", w.since.map(|t| wall_ms(wall, now, t)))
+                .who(&who(w.conn));
             wo.finish();
         });
         k.finish();
