@@ -50,7 +50,9 @@ fn metrics(addr: SocketAddr) -> String {
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("response");
-    out.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or(out)
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or(out)
 }
 
 fn sample(body: &str, name: &str) -> Option<f64> {
@@ -93,7 +95,10 @@ fn the_other_brokers_watch_top_and_metrics_show_a_lock_held_through_this_one() {
     let end = Instant::now() + T;
     let mut body = metrics(b_addr);
     while (sample(&body, "lmx_keys"), sample(&body, "lmx_holders")) != (Some(1.0), Some(1.0)) {
-        assert!(Instant::now() < end, "B's /metrics never counted the lock:\n{body}");
+        assert!(
+            Instant::now() < end,
+            "B's /metrics never counted the lock:\n{body}"
+        );
         std::thread::sleep(Duration::from_millis(100));
         body = metrics(b_addr);
     }
@@ -104,9 +109,16 @@ fn the_other_brokers_watch_top_and_metrics_show_a_lock_held_through_this_one() {
     );
 
     let snap = watch(b_addr);
-    assert_eq!(listed(&snap), [("held-on-a".to_owned(), 1)], "B's watch: {snap}");
     assert_eq!(
-        (snap["stats"]["keys"].as_u64(), snap["stats"]["holders"].as_u64()),
+        listed(&snap),
+        [("held-on-a".to_owned(), 1)],
+        "B's watch: {snap}"
+    );
+    assert_eq!(
+        (
+            snap["stats"]["keys"].as_u64(),
+            snap["stats"]["holders"].as_u64()
+        ),
         (Some(1), Some(1)),
         "B's watch: {snap}"
     );
@@ -114,12 +126,19 @@ fn the_other_brokers_watch_top_and_metrics_show_a_lock_held_through_this_one() {
     let out = lmx_at(&format!("tcp://{b_addr}"), &["--json", "top", "--once"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let top: Value = serde_json::from_slice(&out.stdout).expect("lmx top --json: one object");
-    assert_eq!(listed(&top), [("held-on-a".to_owned(), 1)], "lmx top on B: {top}");
+    assert_eq!(
+        listed(&top),
+        [("held-on-a".to_owned(), 1)],
+        "lmx top on B: {top}"
+    );
 
     g.unlock().expect("unlock");
     let end = Instant::now() + T;
     while !listed(&watch(b_addr)).is_empty() {
-        assert!(Instant::now() < end, "B's watch still lists the released lock");
+        assert!(
+            Instant::now() < end,
+            "B's watch still lists the released lock"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(c);

@@ -11,7 +11,6 @@ use super::{
 };
 use crate::table::{self, ConnId, Event, LockOutcome, ManyOutcome, Name, Table};
 
-
 /// The table and the answers it gave, not yet drained.
 pub(crate) struct MemStore {
     table: Table,

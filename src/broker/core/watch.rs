@@ -124,7 +124,7 @@ impl Watchers {
         let reading = self
             .reading
             .as_ref()
-            .map(|(at, st)| (now.saturating_duration_since(*at), st.clone()));
+            .map(|(at, st)| (now.saturating_duration_since(*at), *st));
         let stale = reading.as_ref().is_none_or(|(age, _)| *age >= FRESH);
         (reading, if stale { self.ask() } else { None })
     }
@@ -142,7 +142,7 @@ impl Watchers {
         }
         self.asked = None;
         if let Some(st) = stats {
-            self.reading = Some((now, st.clone()));
+            self.reading = Some((now, *st));
         }
         Some(std::mem::take(&mut self.waiting))
     }

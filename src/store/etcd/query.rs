@@ -12,9 +12,7 @@ use etcd_client::GetOptions;
 
 use super::rules::{self, Entry, Mode};
 use super::shared::{Shared, entries};
-use crate::store::{
-    HolderView, KeyPage, KeyView, Snapshot, StoreError, StoreEvent, WaiterView,
-};
+use crate::store::{HolderView, KeyPage, KeyView, Snapshot, StoreError, StoreEvent, WaiterView};
 use crate::table::{ConnId, Name, Stats};
 
 pub(super) async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
@@ -33,7 +31,10 @@ pub(super) fn keys(sh: &Rc<Shared>, tag: u64, after: Option<Name>, budget: usize
         let keys = read_all(&sh).await.map(|(by_key, _)| {
             let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let (mut page, mut used) = (KeyPage::default(), 0);
-            for key in by_key.range::<str, _>((from, Bound::Unbounded)).map(|e| e.0) {
+            for key in by_key
+                .range::<str, _>((from, Bound::Unbounded))
+                .map(|e| e.0)
+            {
                 if !page.keys.is_empty() && used >= budget {
                     page.more = true;
                     break;

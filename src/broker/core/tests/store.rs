@@ -223,7 +223,7 @@ fn store_errors_become_replies_to_the_op_that_failed() {
     emit(&mut p, &s, failed);
     let v = p.recv(c);
     assert_eq!((&v["uuid"], &v["extended"]), (&json!("e"), &json!(false)));
-    // The 0.2.x read/write emulation needs a local table.
+    // The 0.2.x read/write emulation needs a store no other broker shares.
     p.send(c, json!({"type":"increment-readers","uuid":"r","key":"k"}));
     let v = p.recv(c);
     assert!(
@@ -317,9 +317,14 @@ fn a_store_listing_every_key_is_paged_in_key_order() {
         }
         p.send(c, req);
         let op = take_ops(&s).pop().expect("asked of the store");
-        assert!(op.contains(&format!("after: {:?}", after.as_deref())), "{op}");
+        assert!(
+            op.contains(&format!("after: {:?}", after.as_deref())),
+            "{op}"
+        );
         // Every key after the cursor, more than the budget holds.
-        let keys = all.iter().filter(|k| after.as_deref().is_none_or(|a| &***k > a));
+        let keys = all
+            .iter()
+            .filter(|k| after.as_deref().is_none_or(|a| &***k > a));
         let keys = Ok(KeyPage {
             keys: keys.map(|k| (k.to_string(), k.clone())).collect(),
             more: false,
