@@ -354,3 +354,59 @@ fn a_store_listing_every_key_is_paged_in_key_order() {
     let want: Vec<String> = (0..1000).map(|i| format!("\"key-{i:04}\"")).collect();
     assert_eq!(listed, want);
 }
+
+/// A store read through ops (etcd): `watch` snapshots are its `Snapshot` answers, one asked at
+/// a time for every watcher due, and `/metrics` shows the totals of the latest answer, asking
+/// again when they are a second old (issue 23, step 2).
+#[test]
+fn watchers_share_one_snapshot_of_a_store_and_metrics_show_its_latest_totals() {
+    let (mut p, s, a, _) = setup();
+    let b = p.connect();
+    p.send(a, json!({"type":"watch","uuid":"wa"}));
+    p.send(b, json!({"type":"watch","uuid":"wb"}));
+    let ops = take_ops(&s);
+    assert_eq!(ops.len(), 1, "one snapshot asked for both: {ops:?}");
+    assert!(ops[0].starts_with("Snapshot"), "{ops:?}");
+    p.expect_silence(a);
+    let now = p.time;
+    let m = p.core.metrics(now);
+    assert_eq!(m.reading_age, Some(None), "nothing read yet");
+    assert!(take_ops(&s).is_empty(), "a snapshot is already asked for");
+    let mut snap = crate::store::Snapshot::default();
+    snap.stats.keys = 1;
+    snap.stats.holders = 1;
+    let view = crate::store::KeyView {
+        max: 1,
+        holders: vec![crate::store::HolderView {
+            id: "elsewhere".into(),
+            conn: None,
+            mode: crate::table::Mode::Exclusive,
+            token: 9,
+            ttl_remaining: None,
+            since: None,
+        }],
+        waiters: Vec::new(),
+        readers: 0,
+    };
+    snap.keys.push(("k".into(), view));
+    let tag = tag_of(&ops[0]);
+    emit(
+        &mut p,
+        &s,
+        StoreEvent::Snapshot {
+            tag,
+            snapshot: Ok(snap),
+        },
+    );
+    for (c, uuid) in [(a, "wa"), (b, "wb")] {
+        let v = p.recv(c);
+        assert_eq!(v["uuid"], uuid);
+        assert_eq!(v["keys"][0]["key"], "k", "{v}");
+        assert_eq!(v["keys"][0]["holders"][0]["fencingToken"], 9, "{v}");
+        assert!(v["keys"][0]["holders"][0].get("heldSince").is_none(), "{v}");
+    }
+    let m = p.core.metrics(p.time);
+    assert_eq!((m.table.keys, m.table.holders), (1, 1));
+    assert_eq!(m.reading_age, Some(Some(Duration::ZERO)));
+    assert!(take_ops(&s).is_empty(), "fresh totals are not read again");
+}
