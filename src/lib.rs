@@ -57,8 +57,10 @@
 //!   and [`proto::session`], the client's side of a connection as a sans-IO state machine
 //!   (pending requests by id, pipelined releases, the npm broker's quirks).
 //! - [`broker`] (`src/broker/`, feature `broker`): `core/` is the broker's sans-IO state
-//!   machine (messages and time in; bytes per connection and close events out): `route.rs`
-//!   turns requests into store ops, `answers.rs` the store's events into replies; around it,
+//!   machine (messages and time in; bytes per connection and close events out): `requests.rs`
+//!   turns requests into store ops, `answers.rs` the store's events into replies, and its
+//!   state is owned by types of their own (`route.rs`, `acks.rs`, `identity.rs`, `watch.rs`,
+//!   `legacy_rw.rs`, `counters.rs`); around it,
 //!   the only code that touches sockets: `reactor.rs` (the `mio` loop), `accept.rs`,
 //!   `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP port, feature
 //!   `tls`), `config.rs`, `handle.rs`, `http_guard.rs` (web pages kept out), `keepalive.rs`
@@ -96,7 +98,7 @@
 //!    connection's first lines are not HTTP (`http_guard.rs`), and passes it to the sans-IO
 //!    core: `Core::handle_message` (`broker/core/mod.rs`) decodes it in place
 //!    (`Decoder::decode`, `proto/decode.rs`) and dispatches it to `Core::lock`
-//!    (`broker/core/route.rs`).
+//!    (`broker/core/requests.rs`).
 //! 3. `Core::lock` notes the request (so a retry is never granted twice), maps it onto the
 //!    table's vocabulary and submits `StoreOp::Lock` to the store. The in-memory store
 //!    (`store/memory.rs`) calls `Table::lock` (`table/single.rs`): the key is held, so the

@@ -97,14 +97,18 @@ fn who(n: &mut Node, wake: &Receiver<()>, key: &str) -> (Vec<String>, Vec<String
 
 fn all_keys(n: &mut Node, wake: &Receiver<()>) -> Vec<String> {
     let tag = fastrand::u64(..);
-    n.submit(StoreOp::Keys { tag });
+    n.submit(StoreOp::Keys {
+        tag,
+        after: None,
+        budget: usize::MAX,
+    });
     match n.expect(
         wake,
         "keys",
         T,
         |e| matches!(e, StoreEvent::Keys { tag: t, .. } if *t == tag),
     ) {
-        StoreEvent::Keys { keys: Ok(k), .. } => k.iter().map(Name::to_string).collect(),
+        StoreEvent::Keys { keys: Ok(k), .. } => k.keys.iter().map(|k| k.1.to_string()).collect(),
         other => panic!("{other:?}"),
     }
 }

@@ -137,6 +137,18 @@ pub(super) fn render(m: &CoreMetrics, io: &IoCounters) -> String {
         "Connections accepted since start.",
         m.counters.opened,
     );
+    if let Some(age) = m.reading_age {
+        family(
+            &mut o,
+            "lmx_store_reading_age_seconds",
+            "gauge",
+            "How old the store's figures below are (keys, holders, waiters, groups, grants, \
+             expiries, wait time-outs): an etcd broker reads the cluster's at most once a \
+             second, when scraped or watched (+Inf before its first read).",
+        );
+        let age = age.map_or("+Inf".to_owned(), |d| d.as_secs_f64().to_string());
+        let _ = writeln!(o, "lmx_store_reading_age_seconds {age}");
+    }
     one(
         &mut o,
         "lmx_keys",

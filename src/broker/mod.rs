@@ -26,11 +26,14 @@
 //! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
 //!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
-//!   close requests out, split by idea: `route` (requests turned into store ops), `answers`
-//!   (the store's events turned into replies), `acks` (pushed grants the npm client must
-//!   acknowledge), `legacy_rw` (the 0.2.x read/write protocol), `listing` (`ls` in pages),
-//!   `watch`, `identity` (who is behind a connection), `counters`; its tests drive it in
-//!   memory with simulated time, Rust clients as real `proto::Session`s.
+//!   close requests out. `impl Core` is in three files: `mod.rs` (connections, output,
+//!   timers), `requests` (requests turned into store ops), `answers` (the store's events
+//!   turned into replies); the rest of its state is owned by types in files of their own:
+//!   `route` (requests the store is working on), `acks` (pushed grants the npm client must
+//!   acknowledge), `legacy_rw` (the 0.2.x read/write protocol), `identity` (who is behind a
+//!   connection), `watch` (watchers and their snapshots), `counters`; `listing` pages `ls`,
+//!   `events` logs lock events. Its tests drive it in memory with simulated time, Rust
+//!   clients as real `proto::Session`s.
 //!
 //! ```no_run
 //! use live_mutex::broker::Broker;

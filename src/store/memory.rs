@@ -5,9 +5,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::WaiterView;
-use super::{HolderView, KeyView, Op, Snapshot, Store, StoreError, StoreEvent, StoreOp};
-use crate::table::{self, Event, LockOutcome, ManyOutcome, Name, Table};
+use super::{
+    Gauges, HolderView, KeyPage, KeyView, Op, STUCK_KEYS, Snapshot, Store, StoreError, StoreEvent,
+    StoreOp, WaiterView,
+};
+use crate::table::{self, ConnId, Event, LockOutcome, ManyOutcome, Name, Table};
 
 /// The table and the answers it gave, not yet drained.
 pub(crate) struct MemStore {
@@ -152,6 +154,25 @@ impl MemStore {
         }
     }
 
+    /// A page of `ls`: the keys after place `after`, until their names reach `budget` bytes.
+    fn page(&self, after: Option<&str>, budget: usize) -> Result<KeyPage, StoreError> {
+        let after = match after.map(str::parse::<usize>) {
+            None => None,
+            Some(Ok(place)) => Some(place),
+            Some(Err(_)) => return Err(StoreError::BadCursor),
+        };
+        let (mut page, mut used) = (KeyPage::default(), 0);
+        for (place, key) in self.table.keys_after(after) {
+            if !page.keys.is_empty() && used >= budget {
+                page.more = true;
+                break;
+            }
+            used += key.len();
+            page.keys.push((place.to_string(), key.clone()));
+        }
+        Ok(page)
+    }
+
     fn info(&self, now: Instant, key: &str) -> Option<KeyView> {
         let i = self.table.info(now, key)?;
         Some(KeyView {
@@ -230,11 +251,16 @@ impl Store for MemStore {
                 Err(e) => self.failed(conn, Op::ReleaseMany, tag, Some(id), None, e),
             },
             StoreOp::Disconnect { conn } => self.table.disconnect(now, conn),
-            StoreOp::Keys { tag } => {
-                let keys = self.table.keys().cloned().collect();
-                self.events.push_back(StoreEvent::Keys {
+            StoreOp::Keys { tag, after, budget } => {
+                let keys = self.page(after, budget);
+                self.events.push_back(StoreEvent::Keys { tag, keys });
+            }
+            StoreOp::Counts { tag, key } => {
+                let (queue_len, readers) = self.table.counts(key);
+                self.events.push_back(StoreEvent::Counts {
                     tag,
-                    keys: Ok(keys),
+                    queue_len,
+                    readers,
                 });
             }
             StoreOp::Info { tag, key } => {
@@ -266,10 +292,6 @@ impl Store for MemStore {
     }
 
     fn poll_event(&mut self) -> Option<StoreEvent> {
-        // Also what `table_mut` callers did (the 0.2.x read/write emulation).
-        if self.events.is_empty() {
-            self.drain_table();
-        }
         self.events.pop_front()
     }
 
@@ -286,19 +308,26 @@ impl Store for MemStore {
         self.table.is_empty()
     }
 
-    fn table(&self) -> Option<&Table> {
-        Some(&self.table)
+    fn gauges(&self, now: Instant) -> Option<Gauges> {
+        Some(Gauges {
+            stats: self.table.stats(),
+            longest: self.table.longest(now, STUCK_KEYS),
+        })
     }
 
-    fn table_mut(&mut self) -> Option<&mut Table> {
-        Some(&mut self.table)
+    fn knows_conn(&self, conn: ConnId) -> bool {
+        self.table.knows_conn(conn)
+    }
+
+    fn releasable_holds(&self, conn: ConnId) -> Vec<(Name, Name)> {
+        self.table.releasable_holds(conn)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{ConnId, LockRequest};
+    use crate::table::LockRequest;
 
     #[test]
     fn a_snapshot_lists_holders_and_waiters_and_counts_every_key() {

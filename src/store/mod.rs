@@ -19,9 +19,13 @@
 //! told "granted" only for a grant the store recorded; a retried request is not granted twice)
 //! is written once and holds for every store.
 //!
-//! The table offers what a distributed store cannot (the 0.2.x read/write emulation, the live
-//! `watch` snapshots, `/metrics` gauges of every key): `Store::table` reaches it when the
-//! store is one.
+//! No back door: the core never reaches the table behind a store. What the live views and the
+//! legacy paths need are ops like the lock path's (`Snapshot` for `watch`, `lmx top` and the
+//! status page; `Keys` pages for `ls`; `Counts` for an unlock the 0.2.x read/write emulation
+//! answers), which etcd answers from the cluster, so an etcd broker shows every broker's
+//! locks; and a few questions answered without I/O where the store can ([`Store::gauges`] for
+//! `/metrics`, [`Store::knows_conn`] and [`Store::releasable_holds`] for identities and the
+//! log), which a store that would need I/O answers with "unknown". None is on the lock path.
 
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
@@ -33,16 +37,18 @@ mod owned;
 use std::time::Instant;
 
 pub(crate) use memory::MemStore;
-pub use ops::{HolderView, KeyView, Op, Snapshot, StoreError, StoreEvent, StoreOp, WaiterView};
+pub use ops::{
+    HolderView, KeyPage, KeyView, Op, Snapshot, StoreError, StoreEvent, StoreOp, WaiterView,
+};
 #[cfg(feature = "etcd")]
 pub(crate) use owned::{OwnedLock, OwnedMany, OwnedOp};
 
 /// The table's words the vocabulary is made of: a store keeps the table's rules.
 pub use crate::table::{
-    ConnId, Grant, LockRequest, ManyRequest, Mode, Name, Stats, TableError, Ttl, Wait,
+    ConnId, Grant, LockRequest, Longest, ManyRequest, Mode, Name, Stats, TableError, Ttl, Wait,
 };
 
-use crate::table::{self, Table};
+use crate::table;
 
 /// Where a broker keeps its lock decisions.
 #[derive(Clone, Debug)]
@@ -96,10 +102,40 @@ pub(crate) trait Store: Send {
     fn answers_later(&self) -> bool {
         false
     }
+    /// Other brokers decide on the same keys (etcd): state the core keeps of a key itself
+    /// (the 0.2.x read/write counts) would not be seen by them, so it is refused.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Holds no lock and no waiter that this broker knows of (for `idle_exit`).
     fn is_idle(&self) -> bool;
-    /// The in-memory table, when the store is one.
-    fn table(&self) -> Option<&Table>;
-    /// The in-memory table, when the store is one.
-    fn table_mut(&mut self) -> Option<&mut Table>;
+    /// The `/metrics` gauges at `now`, when the store reads them without I/O (the table);
+    /// `None` from a store that must ask (etcd: the core then shows its latest `Snapshot`).
+    fn gauges(&self, _now: Instant) -> Option<Gauges> {
+        None
+    }
+    /// The store still has requests of connection `conn` (open, or closed with locks kept
+    /// after disconnect), so its identity is worth keeping; false when it cannot tell
+    /// without I/O. Costs what `conn` has.
+    fn knows_conn(&self, _conn: ConnId) -> bool {
+        false
+    }
+    /// What closing `conn` will release, as (key, lock id), for the broker's log; empty when
+    /// the store cannot tell without I/O. Costs what `conn` has, never what others have.
+    fn releasable_holds(&self, _conn: ConnId) -> Vec<(Name, Name)> {
+        Vec::new()
+    }
+}
+
+/// How many keys the stuck-lock gauges of `/metrics` name (the oldest holds, the longest
+/// waits): a bound on their label sets, whatever the number of keys.
+pub(crate) const STUCK_KEYS: usize = 5;
+
+/// What `/metrics` shows of a store.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gauges {
+    /// Totals and counters.
+    pub stats: Stats,
+    /// The keys held and waited for longest.
+    pub longest: Longest,
 }

@@ -74,13 +74,27 @@ pub enum StoreOp<'a> {
         /// The connection that closed.
         conn: ConnId,
     },
+    /// One page of the keys held or waited for, for `ls`: those after the cursor `after`
+    /// (the last cursor of an earlier page), until their names reach `budget` bytes.
     /// Answered by `Keys` with the same tag.
     Keys {
         /// Returned with the answer.
         tag: u64,
+        /// Where the page starts: after this cursor (one the store gave); `None`: the first.
+        after: Option<&'a str>,
+        /// Bytes of key names after which the page ends (it lists at least one key).
+        budget: usize,
     },
     /// Answered by `Info` with the same tag.
     Info {
+        /// Returned with the answer.
+        tag: u64,
+        /// The lock key.
+        key: &'a str,
+    },
+    /// What an unlock reply reports of a key: its waiters and readers (for an unlock the
+    /// 0.2.x read/write emulation already released). Answered by `Counts` with the same tag.
+    Counts {
         /// Returned with the answer.
         tag: u64,
         /// The lock key.
@@ -273,8 +287,18 @@ pub enum StoreEvent {
     Keys {
         /// The op's tag.
         tag: u64,
-        /// Every key held or waited for (etcd: from every broker, sorted).
-        keys: Result<Vec<Name>, StoreError>,
+        /// The page (etcd: keys of every broker, in key order).
+        keys: Result<KeyPage, StoreError>,
+    },
+    /// The answer to `Counts` (etcd: waiters are the requests that wait, readers the holders
+    /// in read mode, of every broker).
+    Counts {
+        /// The op's tag.
+        tag: u64,
+        /// Requests waiting for the key.
+        queue_len: usize,
+        /// Holders of the key in read mode.
+        readers: usize,
     },
     /// The answer to `Info`; `Ok(None)`: nobody holds or waits for the key.
     Info {
@@ -300,6 +324,16 @@ pub enum StoreEvent {
         /// The totals and the keys listed, or why they could not be read.
         snapshot: Result<Snapshot, StoreError>,
     },
+}
+
+/// One page of an `ls` listing.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPage {
+    /// The keys, each with its cursor: the `after` that resumes the listing behind it (the
+    /// table: the key's place; etcd: the key itself).
+    pub keys: Vec<(String, Name)>,
+    /// Keys follow the last one listed.
+    pub more: bool,
 }
 
 /// The store's locks at one moment, for the live views.
@@ -397,6 +431,9 @@ pub enum StoreError {
     #[cfg(feature = "etcd")]
     #[error("the etcd store has stopped")]
     Stopped,
+    /// An `ls` cursor that no page of this store gave.
+    #[error("`after` must be the `next` of an earlier ls reply")]
+    BadCursor,
 }
 
 impl StoreError {
@@ -404,7 +441,6 @@ impl StoreError {
     pub(crate) fn rule(&self) -> Option<TableError> {
         match self {
             StoreError::Rule(e) => Some(e.clone()),
-            #[cfg(feature = "etcd")]
             _ => None,
         }
     }
@@ -425,13 +461,21 @@ impl StoreOp<'_> {
                 conn, tag, key, id, ..
             } => (conn, Op::Extend, tag, Some(id), Some(key)),
             StoreOp::ReleaseMany { conn, tag, id } => (conn, Op::ReleaseMany, tag, Some(id), None),
-            StoreOp::Keys { tag } => {
+            StoreOp::Keys { tag, .. } => {
                 let keys = Err(error);
                 return Some(StoreEvent::Keys { tag, keys });
             }
             StoreOp::Info { tag, .. } => {
                 let info = Err(error);
                 return Some(StoreEvent::Info { tag, info });
+            }
+            StoreOp::Counts { tag, .. } => {
+                // A read that could not be made: the reply says nothing waits.
+                return Some(StoreEvent::Counts {
+                    tag,
+                    queue_len: 0,
+                    readers: 0,
+                });
             }
             StoreOp::Stats { tag } => {
                 let stats = Err(error);

@@ -38,6 +38,12 @@ pub(crate) enum OwnedOp {
     },
     Keys {
         tag: u64,
+        after: Option<Name>,
+        budget: usize,
+    },
+    Counts {
+        tag: u64,
+        key: Name,
     },
     Info {
         tag: u64,
@@ -134,7 +140,15 @@ impl From<StoreOp<'_>> for OwnedOp {
                 id: id.into(),
             },
             StoreOp::Disconnect { conn } => OwnedOp::Disconnect { conn },
-            StoreOp::Keys { tag } => OwnedOp::Keys { tag },
+            StoreOp::Keys { tag, after, budget } => OwnedOp::Keys {
+                tag,
+                after: after.map(Name::from),
+                budget,
+            },
+            StoreOp::Counts { tag, key } => OwnedOp::Counts {
+                tag,
+                key: key.into(),
+            },
             StoreOp::Info { tag, key } => OwnedOp::Info {
                 tag,
                 key: key.into(),

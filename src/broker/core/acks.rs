@@ -4,6 +4,10 @@
 //! pushed to it later would be held by nobody (a "ghost"). Such a grant is never released while
 //! the client may still read it and believe it holds the key: only its TTL, the connection's
 //! close, a `lock-received-rejected`, or the answer to an ack probe end it.
+//!
+//! [`Acks`] keeps the pushed grants not yet acknowledged and their timers; the core asks it
+//! which probes are due and which grants the opt-in `ack_timeout` gives back, and sends or
+//! releases them itself.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -11,103 +15,111 @@ use std::time::{Duration, Instant};
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use super::Core;
-use crate::proto::Reply;
-use crate::proto::encode::LockOutcome as WireLock;
 use crate::table::{ConnId, Name};
 
-/// A pushed grant that a Node client has not acknowledged yet (see `Core::acks`).
-pub(super) struct PendingAck {
-    pub conn: ConnId,
-    pub key: Name,
+/// A pushed grant that a Node client has not acknowledged yet.
+struct PendingAck {
+    conn: ConnId,
+    key: Name,
     /// When it was pushed: tells this grant's timers from those of an earlier grant that had
     /// the same id.
-    pub pushed: Instant,
+    pushed: Instant,
 }
 
-/// Prefix of the uuid of an ack probe (see [`Core::send_probe`]); the rest is the grant's id.
+/// Prefix of the uuid of an ack probe (see `Core::send_probe`); the rest is the grant's id.
 pub(super) const PROBE_PREFIX: &str = "lmx-ack-probe:";
 
 /// How long a pushed grant may go unacknowledged before it is probed. A client that is
 /// running acknowledges within a millisecond; the probe makes the 0.2.25 client log a warning,
 /// so it is sent only to clients that are late.
-pub(super) const PROBE_DELAY: Duration = Duration::from_millis(200);
+const PROBE_DELAY: Duration = Duration::from_millis(200);
 
-impl Core {
-    /// Runs the acknowledgement timers that are due: ack probes, and the opt-in release of
-    /// unacknowledged pushes (`ack_timeout`, which can break mutual exclusion for a client
-    /// whose event loop is stalled: it may still read the grant and believe it holds the key).
-    pub(super) fn ack_timers(&mut self, now: Instant) {
-        while let Some(id) = due(&mut self.probe_order, now, PROBE_DELAY, &self.acks) {
-            self.send_probe(&id);
+/// A grant whose timer is due: its connection, key and id.
+pub(super) type Due = (ConnId, Name, Name);
+
+/// Pushed grants to Node clients not yet acknowledged with `lock-received`, by lock id, and
+/// their timers.
+pub(super) struct Acks {
+    pending: HashMap<Name, PendingAck, RandomState>,
+    /// Grants to probe, in push order (all share `PROBE_DELAY`).
+    probe_order: VecDeque<(Instant, Name)>,
+    /// Grants to give back unacknowledged (`ack_timeout`), in push order.
+    expiry_order: VecDeque<(Instant, Name)>,
+    /// Opt-in (`--ack-timeout`): releasing an unacknowledged push can break mutual exclusion
+    /// for a client whose event loop is stalled (it may still read the grant and believe it
+    /// holds the key).
+    timeout: Option<Duration>,
+}
+
+impl Acks {
+    pub(super) fn new(timeout: Option<Duration>) -> Self {
+        Acks {
+            pending: HashMap::default(),
+            probe_order: VecDeque::new(),
+            expiry_order: VecDeque::new(),
+            timeout,
         }
-        if let Some(t) = self.ack_timeout {
-            while let Some(id) = due(&mut self.expiry_order, now, t, &self.acks) {
-                let Some(a) = self.acks.remove(&id) else {
-                    continue;
-                };
-                if self.give_back(now, a.conn, &a.key, &id) {
-                    tracing::warn!(
-                        "grant {id} of key {:?} was not acknowledged within {} ms: released \
-                         (--ack-timeout)",
-                        a.key,
-                        t.as_millis()
-                    );
-                }
-            }
-        }
-        self.poll_store(now);
     }
 
-    /// Asks a Node client whether it took a pushed grant it has not acknowledged: the probe is
-    /// a grant for a request the client never made, which the 0.2.x client answers with
-    /// `lock-received-rejected` and nothing else. The client reads its socket in order and
-    /// acknowledges an accepted grant from the same handler, before it reads the next line;
-    /// so a probe answered while the grant is still unacknowledged proves that the client read
-    /// the grant and dropped it (a try-lock it gave up on). A client whose event loop is
-    /// stalled answers nothing until it has read, and acknowledged, the grant first.
-    fn send_probe(&mut self, id: &Name) {
-        let Some(a) = self.acks.get(id) else {
-            return;
+    /// Grant `id` of `key` was pushed to the Node client on `conn` at `now`: watched until it
+    /// is acknowledged.
+    pub(super) fn pushed(&mut self, now: Instant, conn: ConnId, key: &Name, id: &Name) {
+        self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
+        if let Some(t) = self.timeout {
+            self.expiry_order.push_back((now + t, id.clone()));
+        }
+        let ack = PendingAck {
+            conn,
+            key: key.clone(),
+            pushed: now,
         };
-        let Some(slot) = self.slot_of(a.conn) else {
-            return;
-        };
-        let (uuid, key) = (format!("{PROBE_PREFIX}{id}"), a.key.clone());
-        self.send(
-            slot,
-            &Reply::Lock {
-                uuid: &uuid,
-                key: &key,
-                outcome: WireLock::Granted {
-                    fencing_token: None,
-                },
-                lock_request_count: 0,
-                readers_count: 0,
-            },
-        );
+        self.pending.insert(id.clone(), ack);
     }
 
-    /// The client answered the probe of grant `id` with `lock-received-rejected`: if it has not
-    /// acknowledged the grant by now, it read it and dropped it, so the grant is released.
-    pub(super) fn probe_answered(&mut self, now: Instant, cid: ConnId, id: &str) {
-        // Acknowledged meanwhile, or not this connection's: nothing to do.
-        if self.acks.get(id).is_some_and(|a| a.conn == cid)
-            && let Some(a) = self.acks.remove(id)
-            && self.give_back(now, cid, &a.key, id)
-        {
-            tracing::warn!(
-                "grant {id} of key {:?}: the client read it and did not take it: released",
-                a.key
-            );
+    /// Grant `id` of `conn` is settled (acknowledged, its connection closed, its probe
+    /// answered): no longer watched. Its key, when it was `conn`'s and still pending.
+    pub(super) fn settle(&mut self, conn: ConnId, id: &str) -> Option<Name> {
+        if self.pending.get(id)?.conn != conn {
+            return None;
         }
+        self.pending.remove(id).map(|a| a.key)
+    }
+
+    /// Grant `id` ended (released, expired, lost, given back), whoever had it.
+    pub(super) fn forget(&mut self, id: &str) {
+        self.pending.remove(id);
+    }
+
+    /// The next grant due to be probed at `now` (it stays pending).
+    pub(super) fn next_probe(&mut self, now: Instant) -> Option<Due> {
+        let id = due(&mut self.probe_order, now, PROBE_DELAY, &self.pending)?;
+        let a = self.pending.get(&id)?;
+        Some((a.conn, a.key.clone(), id))
+    }
+
+    /// The next grant left unacknowledged for `ack_timeout` at `now`, no longer pending.
+    pub(super) fn next_expired(&mut self, now: Instant) -> Option<Due> {
+        let t = self.timeout?;
+        let id = due(&mut self.expiry_order, now, t, &self.pending)?;
+        let a = self.pending.remove(&id)?;
+        Some((a.conn, a.key, id))
+    }
+
+    /// The opt-in time after which an unacknowledged push is released, for the log.
+    pub(super) fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The earliest acknowledgement timer.
-    pub(super) fn next_ack_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         let probe = self.probe_order.front().map(|(t, _)| *t);
         let expiry = self.expiry_order.front().map(|(t, _)| *t);
         probe.into_iter().chain(expiry).min()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 }
 
@@ -117,11 +129,11 @@ fn due(
     order: &mut VecDeque<(Instant, Name)>,
     now: Instant,
     delay: Duration,
-    acks: &HashMap<Name, PendingAck, RandomState>,
+    pending: &HashMap<Name, PendingAck, RandomState>,
 ) -> Option<Name> {
     while order.front().is_some_and(|(at, _)| *at <= now) {
         let (at, id) = order.pop_front()?;
-        if acks.get(&id).is_some_and(|a| a.pushed + delay == at) {
+        if pending.get(&id).is_some_and(|a| a.pushed + delay == at) {
             return Some(id);
         }
     }

@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::acks::{PROBE_DELAY, PendingAck};
 use super::identity::wall_ms;
 use super::route::{Awaited, Pending};
-use super::{Core, Reject, ms};
+use super::{Core, Reject, events, listing, ms};
 use crate::proto::encode::{
     self, HolderInfo, LockOutcome as WireLock, ManyOutcome as WireMany, WaiterInfo,
 };
@@ -58,7 +57,7 @@ impl Core {
                 readers,
             } => {
                 self.route.forget(conn, &key, &id);
-                self.reject(Reject::Busy);
+                self.counters.reject(Reject::Busy);
                 self.lock_reply(conn, &id, &key, WireLock::Refused, queue_len, readers);
             }
             StoreEvent::TimedOut {
@@ -95,14 +94,14 @@ impl Core {
                 }
             }
             StoreEvent::Expired { conn, id, key } => {
-                self.log_expired(&key, &id, conn);
+                events::expired(&self.idents, &key, &id, conn);
                 self.forget_any(conn, &key, &id);
-                self.acks.remove(&id);
+                self.acks.forget(&id);
             }
             StoreEvent::Released { conn, id, key, by } => {
-                self.log_forced(&key, &id, conn, by);
+                events::forced(&self.idents, &key, &id, conn, by);
                 self.forget_any(conn, &key, &id);
-                self.acks.remove(&id);
+                self.acks.forget(&id);
             }
             StoreEvent::Lost {
                 conn,
@@ -111,7 +110,7 @@ impl Core {
                 reason,
             } => {
                 self.forget_any(conn, &key, &id);
-                self.acks.remove(&id);
+                self.acks.forget(&id);
                 if let Some(slot) = self.slot_of(conn) {
                     let msg = format!("lock lost: {reason}");
                     self.send_error(slot, "lock", Some(&id), Some(&key), &msg);
@@ -126,11 +125,11 @@ impl Core {
                 ..
             } => {
                 let by = self.route.awaiting(tag).map(|p| p.conn);
-                self.log_unlocked(&key, id.as_deref(), by);
+                events::unlocked(&self.idents, &key, id.as_deref(), by);
                 if let Some(id) = id {
                     self.route.remove_lock(&key, &id);
                     // Released: its ack probe, if any, has nothing left to find.
-                    self.acks.remove(&id);
+                    self.acks.forget(&id);
                 }
                 self.counters.unlocks += 1;
                 self.settle(tag, Ok(queue_len), false);
@@ -197,12 +196,11 @@ impl Core {
                     return;
                 };
                 let uuid = p.uuid.as_deref().unwrap_or("");
-                let after = match &p.kind {
-                    Awaited::Ls(after) => after.as_deref(),
-                    _ => None,
-                };
                 match keys {
-                    Ok(keys) => self.ls_from_list(slot, uuid, after, keys),
+                    Ok(keys) => {
+                        let line = listing::page(uuid, &keys, self.reply_budget);
+                        self.send_line(slot, &line);
+                    }
                     Err(e) => self.send_error(slot, "ls", Some(uuid), None, &e.to_string()),
                 }
             }
@@ -226,8 +224,8 @@ impl Core {
                 };
                 self.stats_reply(slot, now, &p, stats);
             }
-            // The core asks for none yet: `watch` still reads the table (issue 23, step 2).
-            StoreEvent::Snapshot { .. } => {}
+            StoreEvent::Counts { tag, queue_len, .. } => self.settle(tag, Ok(queue_len), false),
+            StoreEvent::Snapshot { tag, snapshot } => self.send_snapshots(now, tag, snapshot),
         }
     }
 
@@ -245,20 +243,9 @@ impl Core {
         };
         l.held = true;
         let pushed = l.queued;
-        self.log_granted(&key, &id, conn, grant.token);
+        events::granted(&self.idents, &key, &id, conn, grant.token);
         if pushed && self.conn_at(slot).is_some_and(|c| c.node_client) {
-            self.probe_order.push_back((now + PROBE_DELAY, id.clone()));
-            if let Some(t) = self.ack_timeout {
-                self.expiry_order.push_back((now + t, id.clone()));
-            }
-            self.acks.insert(
-                id.clone(),
-                PendingAck {
-                    conn,
-                    key: key.clone(),
-                    pushed: now,
-                },
-            );
+            self.acks.pushed(now, conn, &key, &id);
         }
         self.send(
             slot,
@@ -307,7 +294,8 @@ impl Core {
         error: &StoreError,
     ) {
         let rule = error.rule();
-        self.reject(rule.as_ref().map_or(Reject::Invalid, Reject::from));
+        self.counters
+            .reject(rule.as_ref().map_or(Reject::Invalid, Reject::from));
         let msg = error.to_string();
         let (id, key) = (id.as_deref(), key.as_deref());
         match op {
@@ -410,27 +398,28 @@ impl Core {
         let Some(viewer) = self.conn_at(slot).map(|c| c.id) else {
             return;
         };
+        let viewer = self.viewer(viewer);
         let wall = (self.wall_clock)();
         let holders: Vec<HolderInfo<'_>> = info
             .holders
             .iter()
             .map(|h| HolderInfo {
-                id: self.shown_id(viewer, h.conn, &h.id).into(),
+                id: viewer.shown(h.conn, &h.id).into(),
                 fencing_token: Some(h.token),
                 mode: h.mode,
                 ttl_remaining: h.ttl_remaining,
                 held_since_ms: h.since.map(|s| wall_ms(wall, now, s)),
-                who: h.conn.map(|c| self.who(c)).unwrap_or_default(),
+                who: h.conn.map(|c| self.idents.who(c)).unwrap_or_default(),
             })
             .collect();
         let waiters: Vec<WaiterInfo<'_>> = info
             .waiters
             .iter()
             .map(|w| WaiterInfo {
-                id: self.shown_id(viewer, w.conn, &w.id).into(),
+                id: viewer.shown(w.conn, &w.id).into(),
                 mode: w.mode,
                 waiting_since_ms: w.since.map(|s| wall_ms(wall, now, s)),
-                who: w.conn.map(|c| self.who(c)).unwrap_or_default(),
+                who: w.conn.map(|c| self.idents.who(c)).unwrap_or_default(),
             })
             .collect();
         // Within the reply budget (a semaphore can have a million holders, a key ten thousand
@@ -475,7 +464,7 @@ impl Core {
             }
             (nh, nw) = (nh / 2, nw / 2);
         }
-        // Encoded apart: the identities borrow the connections' states.
+        // Encoded apart: the identities borrow `idents`.
         drop(holders);
         drop(waiters);
         self.send_line(slot, &line);

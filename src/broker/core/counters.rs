@@ -1,9 +1,8 @@
 //! The core's own counters, beside the table's (grants, expiries, wait time-outs, the
 //! lock-wait histogram): unlocks, and rejected requests by reason. `/metrics` reads them
-//! through [`Core::metrics`]; they never affect a decision.
+//! through `Core::metrics`; they never affect a decision.
 
-use super::Core;
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::table::{Longest, Stats, TableError};
 
@@ -84,9 +83,7 @@ pub(crate) struct Counters {
     pub opened: u64,
 }
 
-/// How many keys the per-key stuck-lock gauges name (the oldest holds, the longest waits):
-/// a bound on their label sets, whatever the number of keys.
-pub(crate) const STUCK_KEYS: usize = 5;
+pub(crate) use crate::store::STUCK_KEYS;
 
 /// A reading of everything the core counts, for `/metrics`.
 #[derive(Clone, Debug)]
@@ -95,25 +92,17 @@ pub(crate) struct CoreMetrics {
     pub counters: Counters,
     pub connections: usize,
     pub watchers: usize,
-    /// The keys held and waited for longest (empty with a store other than the table).
+    /// The keys held and waited for longest (empty with a store that knows no grant times:
+    /// etcd).
     pub longest: Longest,
+    /// How old `table` is, for a store read through the op path (etcd: the core's latest
+    /// `Snapshot` answer; `None` inside, no reading yet); `None` outside for the table, read
+    /// at the scrape.
+    pub reading_age: Option<Option<Duration>>,
 }
 
-impl Core {
+impl Counters {
     pub(super) fn reject(&mut self, why: Reject) {
-        self.counters.rejected[why as usize] += 1;
-    }
-
-    pub(crate) fn metrics(&self, now: Instant) -> CoreMetrics {
-        let table = self.store.table();
-        CoreMetrics {
-            table: table.map(|t| t.stats()).unwrap_or_default(),
-            counters: self.counters,
-            connections: self.open,
-            watchers: self.watchers.len(),
-            longest: table
-                .map(|t| t.longest(now, STUCK_KEYS))
-                .unwrap_or_default(),
-        }
+        self.rejected[why as usize] += 1;
     }
 }

@@ -10,11 +10,8 @@ use std::collections::VecDeque;
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use std::time::Instant;
-
-use super::Core;
-use crate::proto::{Reply, RwOp};
-use crate::table::{Cancelled, ConnId, Name, TableError};
+use crate::proto::RwOp;
+use crate::table::{ConnId, Name, TableError};
 
 #[derive(Default, Debug)]
 struct KeyRw {
@@ -60,6 +57,9 @@ pub(crate) struct LegacyRw {
     /// (`max_keys`).
     max_per_conn: usize,
     max_keys: usize,
+    /// Mutex holds of clients set aside while their RW request waits (see `Core::rw`), by
+    /// lock id; their later unlock is answered as done.
+    parked: HashMap<Name, ConnId, RandomState>,
     /// Keys a close looked at (for the tests of its cost).
     #[cfg(test)]
     pub(super) visits: usize,
@@ -118,6 +118,7 @@ impl LegacyRw {
             conns: HashMap::default(),
             max_per_conn,
             max_keys,
+            parked: HashMap::default(),
             #[cfg(test)]
             visits: 0,
         }
@@ -221,6 +222,20 @@ impl LegacyRw {
         answer
     }
 
+    /// The mutex hold `id` of `conn` was released while its RW request waits.
+    pub(super) fn park(&mut self, id: Name, conn: ConnId) {
+        self.parked.insert(id, conn);
+    }
+
+    /// Takes `id` out of the parked holds if it is one of `conn`'s: true when it was.
+    pub(super) fn unpark(&mut self, conn: ConnId, id: &str) -> bool {
+        if self.parked.get(id) != Some(&conn) {
+            return false;
+        }
+        self.parked.remove(id);
+        true
+    }
+
     /// Forgets a dead connection's readers, writer flag and deferred requests, looking only
     /// at the keys it has entries on.
     pub(super) fn disconnect(&mut self, conn: ConnId, woken: &mut Vec<Woken>) {
@@ -273,80 +288,6 @@ fn wake(
             add_reader(conns, k, conn, key);
         }
         woken.push((conn, uuid, key.into()));
-    }
-}
-
-impl Core {
-    /// A legacy RW message. The Node RW client sends it while holding the mutex on `key` and
-    /// waits for the answer before unlocking; when the answer must wait (a writer for readers,
-    /// a reader for the writer), the party that would clear the way needs that same mutex. So
-    /// the waiting client's mutex hold is released now ("parked") and its later unlock is
-    /// answered as done: no deadlock until TTL, as 0.2.25 had.
-    pub(super) fn rw(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        op: RwOp,
-        uuid: &str,
-        key: &str,
-    ) {
-        if self.store.table().is_none() {
-            // It parks the connection's table holds while it waits: a local table's business.
-            return self.send_error(
-                slot,
-                op.as_str(),
-                Some(uuid),
-                Some(key),
-                "the 0.2.x read/write protocol is not supported by this lock store",
-            );
-        }
-        let mut woken = std::mem::take(&mut self.woken);
-        match self.rw.apply(cid, key, uuid, op, &mut woken) {
-            RwAnswer::Now { readers } => self.send(
-                slot,
-                &Reply::Rw {
-                    op,
-                    uuid,
-                    key,
-                    readers_count: readers,
-                },
-            ),
-            RwAnswer::Refused(e) => {
-                self.reject(super::Reject::from(&e));
-                let msg = e.to_string();
-                self.send_error(slot, op.as_str(), Some(uuid), Some(key), &msg);
-            }
-            RwAnswer::Full => self.send_error(
-                slot,
-                op.as_str(),
-                Some(uuid),
-                Some(key),
-                "too many read/write requests already wait for this key",
-            ),
-            RwAnswer::Deferred => {
-                let held: Option<Name> = self
-                    .store
-                    .table()
-                    .and_then(|t| t.info(now, key))
-                    .and_then(|i| {
-                        i.holders
-                            .iter()
-                            .find(|h| h.conn == cid)
-                            .map(|h| h.id.clone())
-                    });
-                if let Some(id) = held
-                    && self
-                        .store
-                        .table_mut()
-                        .is_some_and(|t| t.cancel(now, cid, key, &id) == Cancelled::Released)
-                {
-                    self.parked.insert(id, cid);
-                }
-            }
-        }
-        self.broadcast(&mut woken);
-        self.woken = woken;
     }
 }
 

@@ -5,79 +5,37 @@
 //! 0.2.x shape (`ls_result`), so a client that knows nothing of pages (the npm client) gets the
 //! first page. No listing is ever built beyond one page, however many connections ask at once.
 //!
-//! With the in-memory table a page is read straight from it (its cursor is the last key's
-//! place, which a key keeps while it is held): a key held throughout a listing is listed once;
-//! a key taken or released meanwhile may be missing. A store that answers with every key
-//! (etcd) is paged here by key order, the cursor being the last key listed.
+//! The store gives the page's keys (`StoreOp::Keys`), each with its cursor, up to the budget
+//! in bytes of names, and whether more follow; this file encodes them. The table's cursor is
+//! a key's place, which a key keeps while it is held: a key held throughout a listing is
+//! listed once; a key taken or released meanwhile may be missing. etcd's is the key itself,
+//! its pages in key order.
 
 use std::fmt::Display;
-use std::time::Instant;
 
-use super::Core;
-use super::route::Awaited;
 use crate::proto::encode::{Obj, write_str};
-use crate::table::Name;
+use crate::store::KeyPage;
 
-impl Core {
-    pub(super) fn ls(
-        &mut self,
-        slot: usize,
-        cid: crate::table::ConnId,
-        now: Instant,
-        uuid: &str,
-        after: Option<&str>,
-    ) {
-        let Some(table) = self.store.table() else {
-            return self.ask(
-                slot,
-                cid,
-                now,
-                Some(uuid),
-                Awaited::Ls(after.map(Name::from)),
-            );
-        };
-        let after = match after.map(str::parse::<usize>) {
-            None => None,
-            Some(Ok(place)) => Some(place),
-            Some(Err(_)) => {
-                let e = "`after` must be the `next` of an earlier ls reply";
-                return self.send_error(slot, "ls", Some(uuid), None, e);
-            }
-        };
-        let keys = table.keys_after(after).map(|(place, k)| (place, &**k));
-        let line = ls_page(uuid, keys, self.reply_budget);
-        self.send_line(slot, &line);
-    }
-
-    /// The page of every key a store listed (etcd) that follows `after`, in key order.
-    pub(super) fn ls_from_list(
-        &mut self,
-        slot: usize,
-        uuid: &str,
-        after: Option<&str>,
-        mut keys: Vec<Name>,
-    ) {
-        keys.sort_unstable();
-        let from = after.map_or(0, |a| keys.partition_point(|k| &**k <= a));
-        let page = keys[from..].iter().map(|k| (&**k, &**k));
-        let line = ls_page(uuid, page, self.reply_budget);
-        self.send_line(slot, &line);
-    }
+/// The `ls` reply for the page a store answered.
+pub(super) fn page(uuid: &str, page: &KeyPage, budget: usize) -> Vec<u8> {
+    let keys = page.keys.iter().map(|(cursor, k)| (cursor, &**k));
+    ls_page(uuid, keys, page.more, budget)
 }
 
 /// Encodes one `ls` reply: the keys of `keys` (each with its cursor) until the line reaches
 /// `budget` bytes (at least one key, so a listing always advances), then `next`, the cursor
-/// of the last key listed, if any key is left.
+/// of the last key listed, if any key is left (in `keys`, or after them: `more`).
 fn ls_page<'k, C: Display>(
     uuid: &str,
     keys: impl Iterator<Item = (C, &'k str)>,
+    mut more: bool,
     budget: usize,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(budget.min(16 * 1024));
     let mut o = Obj::new(&mut out);
     o.str("type", "ls").str("uuid", uuid).field("ls_result");
     o.out.push(b'[');
-    let (mut listed, mut last, mut more) = (0usize, None, false);
+    let (mut listed, mut last) = (0usize, None);
     for (cursor, key) in keys {
         if listed > 0 && o.out.len() >= budget {
             more = true;
@@ -104,7 +62,7 @@ mod tests {
 
     fn page(keys: &[&str], budget: usize) -> serde_json::Value {
         let it = keys.iter().enumerate().map(|(i, k)| (i, *k));
-        serde_json::from_slice(&ls_page("u", it, budget)).unwrap()
+        serde_json::from_slice(&ls_page("u", it, false, budget)).unwrap()
     }
 
     #[test]

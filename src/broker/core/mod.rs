@@ -3,11 +3,16 @@
 //! out. Nothing here touches a socket, reads a clock, or knows about WebSocket.
 //!
 //! Lock state lives in a [`Store`] (the in-memory table, or etcd), which the core only talks
-//! to through ops and events: [`route`] turns requests into ops, [`answers`] turns the store's
-//! events into replies, the same way for every store. The rest, by file: [`acks`] (the ack
-//! probes of pushed grants), [`legacy_rw`] (the 0.2.x read/write protocol, table only),
-//! [`identity`] (who holds what), [`watch`] (live snapshots), [`counters`], [`events`] (lock
-//! events in the log).
+//! to through ops and events: [`requests`] turns requests into ops, [`answers`] turns the
+//! store's events into replies, the same way for every store; with this file they are the
+//! only ones that hold `impl Core`. The rest of the core's state is owned by types of their
+//! own, which `Core` holds and calls (quinn's `Connection` and its `StreamsState`):
+//! [`route::Route`] (requests the store is working on), [`acks::Acks`] (the ack probes of
+//! pushed grants), [`legacy_rw::LegacyRw`] (the 0.2.x read/write protocol, for a store no
+//! other broker shares), [`identity::Identities`] (who holds what), [`watch::Watchers`]
+//! (live snapshots, asked of the store like any answer),
+//! [`counters::Counters`]; [`events`] writes lock events to the log and [`listing`] encodes
+//! `ls` pages.
 
 mod acks;
 mod answers;
@@ -16,26 +21,24 @@ mod events;
 mod identity;
 mod legacy_rw;
 mod listing;
+mod requests;
 mod route;
 #[cfg(test)]
 mod tests;
 mod watch;
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use ahash::RandomState;
-use hashbrown::HashMap;
-
-use crate::proto::encode;
-use crate::proto::{self, Decoder, Limits, Reply, Request};
-use crate::store::{MemStore, Store, StoreOp};
-use crate::table::{self, ConnId, Name};
-use acks::PendingAck;
+use crate::proto::encode::{self, LockOutcome as WireLock};
+use crate::proto::{self, Decoder, Limits, Reply};
+use crate::store::{MemStore, Snapshot, Store, StoreError, StoreOp};
+use crate::table::{self, ConnId, Longest};
+use acks::Acks;
 pub(crate) use counters::{CoreMetrics, Counters, Reject, STUCK_KEYS};
-use identity::Identity;
+use identity::{Identities, Viewer};
 use legacy_rw::LegacyRw;
-use watch::Watcher;
+use watch::Watchers;
 
 /// How a connection reached the broker; decides its rights before any request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,8 +98,6 @@ struct ConnState {
     requests: usize,
     /// Listed in `Core::dirty`.
     dirty: bool,
-    ident: Identity,
-    opened: Instant,
 }
 
 /// The broker's lock protocol, without I/O.
@@ -144,34 +145,30 @@ pub(crate) struct Core {
     /// Connections with output not yet listed by `poll_transmit`.
     dirty: Vec<ConnId>,
     events: VecDeque<Event>,
-    /// Pushed grants to Node clients not yet acknowledged with `lock-received` (see [`acks`]).
-    acks: HashMap<Name, PendingAck, RandomState>,
-    /// Grants to probe, in push order (all share `PROBE_DELAY`).
-    probe_order: VecDeque<(Instant, Name)>,
-    ack_timeout: Option<Duration>,
-    expiry_order: VecDeque<(Instant, Name)>,
+    acks: Acks,
     auth_token: Option<String>,
     restrict_admin: bool,
     wall_clock: fn() -> SystemTime,
     started: Instant,
     pid: u32,
     rw: LegacyRw,
-    /// Mutex holds of legacy RW clients set aside while their RW request waits (see
-    /// [`legacy_rw`]); their later unlock is answered as done.
-    parked: HashMap<Name, ConnId, RandomState>,
-    woken: Vec<(ConnId, Name, Name)>,
     counters: Counters,
-    /// Identities of closed connections whose locks outlive them (kept after disconnect), so
-    /// `lmx info` still says who took them; pruned as those locks go.
-    departed: HashMap<ConnId, Identity, RandomState>,
-    prune_departed_at: usize,
-    /// Connections that sent `watch` (see [`watch`]).
-    watchers: Vec<Watcher>,
+    idents: Identities,
+    watchers: Watchers,
     reply_budget: usize,
 }
 
 fn conn_slot(id: ConnId) -> usize {
     (id.0 & 0xffff_ffff) as usize
+}
+
+/// The place of connection `id` in a list by slot, grown to hold it.
+fn slot_entry<T>(list: &mut Vec<Option<T>>, id: ConnId) -> &mut Option<T> {
+    let slot = conn_slot(id);
+    if list.len() <= slot {
+        list.resize_with(slot + 1, || None);
+    }
+    &mut list[slot]
 }
 
 fn ms(d: Duration) -> u64 {
@@ -190,22 +187,16 @@ impl Core {
             decoder: Decoder::new(cfg.limits),
             dirty: Vec::new(),
             events: VecDeque::new(),
-            acks: HashMap::default(),
-            probe_order: VecDeque::new(),
-            ack_timeout: cfg.ack_timeout,
-            expiry_order: VecDeque::new(),
+            acks: Acks::new(cfg.ack_timeout),
             auth_token: cfg.auth_token,
             restrict_admin: cfg.restrict_admin,
             wall_clock: cfg.wall_clock,
             started: cfg.started,
             pid: cfg.pid,
             rw,
-            parked: HashMap::default(),
-            woken: Vec::new(),
             counters: Counters::default(),
-            departed: HashMap::default(),
-            prune_departed_at: 64,
-            watchers: Vec::new(),
+            idents: Identities::new(),
+            watchers: Watchers::default(),
             reply_budget: cfg.reply_budget,
         }
     }
@@ -221,10 +212,6 @@ impl Core {
 
     /// A new connection. Without an auth token it may send any request at once.
     pub(super) fn open(&mut self, id: ConnId, kind: ConnKind, now: Instant) {
-        let slot = conn_slot(id);
-        if self.conns.len() <= slot {
-            self.conns.resize_with(slot + 1, || None);
-        }
         let state = ConnState {
             id,
             out: Vec::new(),
@@ -237,13 +224,12 @@ impl Core {
             closing: false,
             requests: 0,
             dirty: false,
-            ident: Identity::default(),
-            opened: now,
         };
-        if self.conns[slot].replace(state).is_none() {
+        if slot_entry(&mut self.conns, id).replace(state).is_none() {
             self.open += 1;
             self.counters.opened += 1;
         }
+        self.idents.open(id, now);
     }
 
     /// The transport proved the auth token (a WebSocket upgrade whose `Authorization` header
@@ -277,36 +263,32 @@ impl Core {
         if self.state(id).is_none() {
             return;
         }
-        let (ident, requests) = self.conns[slot]
-            .take()
-            .map_or((None, 0), |c| (Some(c.ident), c.requests));
+        let requests = self.conns[slot].take().map_or(0, |c| c.requests);
         self.open -= 1;
         // The last connection is gone: give back what a flood of them made the list grow to.
         if self.open == 0 && self.conns.capacity() > 1024 {
             self.conns = Vec::new();
         }
+        let ident = self.idents.close(id);
         // Only what this connection has is looked at: its requests (and the acks and parked
         // holds, which are its requests' ids), never the other connections' (issue 20).
         if requests > 0 {
             for lock_id in self.route.disconnect(id) {
-                if self.acks.get(&lock_id).is_some_and(|a| a.conn == id) {
-                    self.acks.remove(&lock_id);
-                }
-                if self.parked.get(&lock_id) == Some(&id) {
-                    self.parked.remove(&lock_id);
-                }
+                self.acks.settle(id, &lock_id);
+                self.rw.unpark(id, &lock_id);
             }
-            self.log_close_releases(id, ident.as_ref());
+            let store = &self.store;
+            events::close_releases(id, ident.as_ref(), || store.releasable_holds(id));
         }
         self.store.submit(now, StoreOp::Disconnect { conn: id });
         if let Some(ident) = ident {
-            self.depart(id, ident);
+            let store = &self.store;
+            self.idents.depart(id, ident, |c| store.knows_conn(c));
         }
-        self.unwatch(id);
-        let mut woken = std::mem::take(&mut self.woken);
+        self.watchers.remove(id);
+        let mut woken = Vec::new();
         self.rw.disconnect(id, &mut woken);
-        self.broadcast(&mut woken);
-        self.woken = woken;
+        self.broadcast(woken);
         self.poll_store(now);
     }
 
@@ -322,7 +304,7 @@ impl Core {
                 true
             }
             Err(e) => {
-                self.reject(Reject::BadRequest);
+                self.counters.reject(Reject::BadRequest);
                 if let Some(c) = self.conn_at(slot) {
                     encode::decode_error(&e, &mut c.out);
                     c.out.push(b'\n');
@@ -353,8 +335,8 @@ impl Core {
         let store = self.store.poll_timeout();
         store
             .into_iter()
-            .chain(self.next_ack_deadline())
-            .chain(self.next_watch())
+            .chain(self.acks.next_deadline())
+            .chain(self.watchers.next_due())
             .min()
     }
 
@@ -396,6 +378,153 @@ impl Core {
             c.out.drain(..c.out_pos);
             c.out_pos = 0;
         }
+    }
+
+    /// The transport tells who the peer is (`127.0.0.1:5000`, `pid 42 uid 1000`).
+    pub(crate) fn set_peer(&mut self, id: ConnId, peer: String) {
+        self.idents.set_peer(id, peer);
+    }
+
+    /// The peer as set by [`set_peer`](Self::set_peer), for logs.
+    pub(crate) fn peer(&self, id: ConnId) -> Option<&str> {
+        self.idents.peer(id)
+    }
+
+    /// The name the client gave, for logs.
+    pub(crate) fn client_name(&self, id: ConnId) -> Option<&str> {
+        self.idents.name(id)
+    }
+
+    /// A reading of the counters, for `/metrics`. A store that cannot read its gauges without
+    /// I/O (etcd) shows the totals of its latest snapshot, and is asked for a fresh one when
+    /// they are a second old: its answer serves the next scrape.
+    pub(crate) fn metrics(&mut self, now: Instant) -> CoreMetrics {
+        let (stats, longest, reading_age) = match self.store.gauges(now) {
+            Some(g) => (g.stats, g.longest, None),
+            None => {
+                let (reading, ask) = self.watchers.reading(now);
+                if let Some(tag) = ask {
+                    self.ask_snapshot(now, tag);
+                }
+                let age = reading.as_ref().map(|r| r.0);
+                let stats = reading.map(|r| r.1).unwrap_or_default();
+                (stats, Longest::default(), Some(age))
+            }
+        };
+        CoreMetrics {
+            table: stats,
+            counters: self.counters,
+            connections: self.open,
+            watchers: self.watchers.len(),
+            longest,
+            reading_age,
+        }
+    }
+
+    /// Runs the acknowledgement timers that are due (see `acks.rs`): ack probes, and the
+    /// opt-in release of unacknowledged pushes (`ack_timeout`).
+    fn ack_timers(&mut self, now: Instant) {
+        while let Some((conn, key, id)) = self.acks.next_probe(now) {
+            self.send_probe(conn, &key, &id);
+        }
+        while let Some((conn, key, id)) = self.acks.next_expired(now) {
+            if self.give_back(now, conn, &key, &id) {
+                let t = self.acks.timeout().unwrap_or_default();
+                tracing::warn!(
+                    "grant {id} of key {key:?} was not acknowledged within {} ms: released \
+                     (--ack-timeout)",
+                    t.as_millis()
+                );
+            }
+        }
+        self.poll_store(now);
+    }
+
+    /// Asks a Node client whether it took a pushed grant it has not acknowledged: the probe is
+    /// a grant for a request the client never made, which the 0.2.x client answers with
+    /// `lock-received-rejected` and nothing else. The client reads its socket in order and
+    /// acknowledges an accepted grant from the same handler, before it reads the next line;
+    /// so a probe answered while the grant is still unacknowledged proves that the client read
+    /// the grant and dropped it (a try-lock it gave up on). A client whose event loop is
+    /// stalled answers nothing until it has read, and acknowledged, the grant first.
+    fn send_probe(&mut self, conn: ConnId, key: &str, id: &str) {
+        let Some(slot) = self.slot_of(conn) else {
+            return;
+        };
+        let uuid = format!("{}{id}", acks::PROBE_PREFIX);
+        self.send(
+            slot,
+            &Reply::Lock {
+                uuid: &uuid,
+                key,
+                outcome: WireLock::Granted {
+                    fencing_token: None,
+                },
+                lock_request_count: 0,
+                readers_count: 0,
+            },
+        );
+    }
+
+    /// Asks for the `watch` snapshots that are due; a watcher with a backlog skips its tick.
+    fn watch_timers(&mut self, now: Instant) {
+        for (conn, uuid) in self.watchers.due(now) {
+            if self.output(conn).len() <= watch::MAX_BACKLOG {
+                self.want_snapshot(now, conn, &uuid);
+            }
+        }
+        self.poll_store(now);
+    }
+
+    /// Watcher `conn` gets the next snapshot the store answers, sent with `uuid`.
+    fn want_snapshot(&mut self, now: Instant, conn: ConnId, uuid: &str) {
+        if let Some(tag) = self.watchers.want(conn, uuid) {
+            self.ask_snapshot(now, tag);
+        }
+    }
+
+    fn ask_snapshot(&mut self, now: Instant, tag: u64) {
+        let max_keys = watch::MAX_LISTED;
+        self.store.submit(now, StoreOp::Snapshot { tag, max_keys });
+    }
+
+    /// The store's answer to snapshot `tag`: one `watch` line for each watcher waiting, as it
+    /// may see it.
+    fn send_snapshots(&mut self, now: Instant, tag: u64, locks: Result<Snapshot, StoreError>) {
+        let stats = locks.as_ref().ok().map(|l| &l.stats);
+        let Some(waiting) = self.watchers.answered(tag, now, stats) else {
+            return;
+        };
+        let wall = (self.wall_clock)();
+        for (conn, uuid) in waiting {
+            let Some(slot) = self.slot_of(conn) else {
+                continue;
+            };
+            let locks = match &locks {
+                Ok(l) => l,
+                Err(e) => {
+                    self.send_error(slot, "watch", Some(&uuid), None, &e.to_string());
+                    continue;
+                }
+            };
+            let scene = watch::Scene {
+                wall,
+                locks,
+                connections: self.open,
+                unlocks: self.counters.unlocks,
+                budget: self.reply_budget,
+                idents: &self.idents,
+                watchers: &self.watchers,
+            };
+            let line = watch::snapshot(&scene, self.viewer(conn), now, &uuid);
+            self.send_line(slot, &line);
+        }
+    }
+
+    /// Connection `id` as the viewer of a listing.
+    fn viewer(&self, id: ConnId) -> Viewer {
+        let admin = self.state(id).is_some_and(|c| c.admin);
+        Viewer { id, admin }
     }
 
     fn state(&self, id: ConnId) -> Option<&ConnState> {
@@ -478,150 +607,6 @@ impl Core {
                 error: e,
             },
         );
-    }
-
-    /// Handles one request of the connection at `slot`.
-    fn handle(&mut self, slot: usize, cid: ConnId, now: Instant, req: Request<'_>) {
-        let Some(c) = self.conn_at(slot) else {
-            return;
-        };
-        if !c.authed {
-            return self.unauthenticated(slot, req);
-        }
-        match req {
-            Request::Version {
-                value,
-                keep_locks_after_death,
-                pid,
-            } => {
-                c.node_client = true;
-                if pid.is_some() {
-                    c.ident.pid = pid;
-                }
-                c.keep_default = keep_locks_after_death;
-                if !proto::is_compatible_version(value) {
-                    self.send(
-                        slot,
-                        &Reply::VersionMismatch {
-                            client_version: value,
-                        },
-                    );
-                    self.close_after_flush(slot);
-                }
-            }
-            Request::VersionMismatchConfirmed => {
-                c.closing = true;
-                self.events.push_back(Event::Close(cid));
-            }
-            Request::Lock(r) => self.lock(slot, cid, now, &r),
-            Request::LockReceived { uuid, .. } => self.lock_received(cid, uuid),
-            Request::Cancel { uuid, key, .. } => self.cancel(now, cid, uuid, key),
-            Request::Unlock {
-                uuid,
-                key,
-                lock_id,
-                force,
-            } => self.unlock(slot, cid, now, uuid, key, lock_id, force),
-            Request::Extend {
-                uuid,
-                key,
-                lock_id,
-                ttl,
-            } => self.extend(slot, cid, now, uuid, key, lock_id, ttl),
-            Request::AcquireMany(r) => self.acquire_many(slot, cid, now, &r),
-            Request::ReleaseMany { uuid, lock_id } => {
-                self.release_many(slot, cid, now, uuid, lock_id)
-            }
-            Request::Ls { uuid, after } => self.ls(slot, cid, now, uuid, after),
-            Request::LockInfo { uuid, key } => {
-                let kind = route::Awaited::Info(key.into());
-                self.ask(slot, cid, now, Some(uuid), kind)
-            }
-            Request::Ping { uuid } => self.ping(slot, uuid),
-            Request::SystemStats { uuid } => {
-                self.ask(slot, cid, now, Some(uuid), route::Awaited::Stats)
-            }
-            Request::Auth { uuid, .. } => {
-                self.send(
-                    slot,
-                    &Reply::Auth {
-                        uuid,
-                        authenticated: true,
-                        error: None,
-                    },
-                );
-            }
-            Request::Rw { op, uuid, key } => self.rw(slot, cid, now, op, uuid, key),
-            Request::Inspect { uuid, command } => self.ask(
-                slot,
-                cid,
-                now,
-                uuid,
-                route::Awaited::Inspect(command.into()),
-            ),
-            Request::Hello { name, pid } => self.hello(slot, name, pid),
-            Request::Watch { uuid, interval_ms } => self.watch(slot, cid, now, uuid, interval_ms),
-        }
-        self.poll_store(now);
-    }
-
-    fn ping(&mut self, slot: usize, uuid: &str) {
-        let ts = (self.wall_clock)().duration_since(UNIX_EPOCH).map_or(0, ms);
-        self.send(
-            slot,
-            &Reply::Pong {
-                uuid,
-                server_timestamp_ms: ts,
-                version: Some(crate::VERSION),
-            },
-        );
-    }
-
-    /// Before the auth token: only `auth` is answered; anything else, or a wrong token, closes
-    /// the connection once the answer is out.
-    fn unauthenticated(&mut self, slot: usize, req: Request<'_>) {
-        if let Request::Auth { uuid, token } = req {
-            let ok = self
-                .auth_token
-                .as_deref()
-                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-            self.send(
-                slot,
-                &Reply::Auth {
-                    uuid,
-                    authenticated: ok,
-                    error: (!ok).then_some("wrong auth token"),
-                },
-            );
-            match self.conn_at(slot) {
-                Some(c) if ok => {
-                    c.authed = true;
-                    c.admin = true;
-                }
-                _ => {
-                    self.reject(Reject::Unauthenticated);
-                    self.close_after_flush(slot);
-                }
-            }
-        } else {
-            self.reject(Reject::Unauthenticated);
-            self.send_error(slot, req.ty(), req.uuid(), None, "authenticate first");
-            self.close_after_flush(slot);
-        }
-    }
-
-    fn broadcast(&mut self, woken: &mut Vec<(ConnId, Name, Name)>) {
-        for (conn, uuid, key) in woken.drain(..) {
-            if let Some(slot) = self.slot_of(conn) {
-                self.send(
-                    slot,
-                    &Reply::BroadcastResult {
-                        uuid: &uuid,
-                        key: &key,
-                    },
-                );
-            }
-        }
     }
 }
 

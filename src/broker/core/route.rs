@@ -1,23 +1,13 @@
-//! Requests that read or change lock state, turned into [`StoreOp`]s for the store, whichever
-//! it is (the in-memory table or etcd). What the store answers is turned into replies in
-//! `answers.rs`.
-//!
-//! What the core keeps here is bookkeeping for answers, never a lock decision: which lock
-//! requests are waiting or held (so a Node client's retry is not granted twice, a grant its
-//! client gave up on is given back, and a pushed grant is told from an immediate one), and
+//! The core's bookkeeping of the requests a store is working on ([`Route`]): what
+//! `requests.rs` turns into store ops and `answers.rs` answers, never a lock decision. Which
+//! lock requests are waiting or held (so a Node client's retry is not granted twice, a grant
+//! its client gave up on is given back, and a pushed grant is told from an immediate one), and
 //! which replies await the store's answer (by tag).
-
-use std::time::Instant;
 
 use ahash::RandomState;
 use hashbrown::HashMap;
 
-use super::acks::PROBE_PREFIX;
-use super::{Core, Reject, ttl_of, wait_of};
-use crate::proto::encode::LockOutcome as WireLock;
-use crate::proto::{self, Reply};
-use crate::store::StoreOp;
-use crate::table::{self, ConnId, ManyRequest, Name, TableError};
+use crate::table::{ConnId, Name};
 
 /// The core's bookkeeping of requests the store is working on (`Core::route`).
 #[derive(Default)]
@@ -87,8 +77,8 @@ pub(super) enum Awaited {
     Unlock(Name),
     Extend(Name),
     ReleaseMany(Name),
-    /// The page after this cursor (a store that answers with every key: etcd).
-    Ls(Option<Name>),
+    /// A page of `ls`.
+    Ls,
     Info(Name),
     Stats,
     Inspect(Name),
@@ -184,6 +174,16 @@ impl Route {
         }
     }
 
+    /// The lock id of a hold of `conn` on `key`, if it has one; costs what `conn` has.
+    pub(super) fn held_by(&self, conn: ConnId, key: &str) -> Option<Name> {
+        let o = self.by_conn.get(&conn)?;
+        o.locks
+            .iter()
+            .filter(|e| &*e.0 == key)
+            .find(|e| self.locks.get(*e).is_some_and(|l| l.conn == conn && l.held))
+            .map(|e| e.1.clone())
+    }
+
     /// Forgets request (`key`, `id`) of `conn`; `Some(held)` when there was one.
     pub(super) fn forget(&mut self, conn: ConnId, key: &str, id: &str) -> Option<bool> {
         if self.lock_of(key, id)?.conn != conn {
@@ -239,295 +239,6 @@ impl Route {
             l.remove(&conn);
         }
         ids
-    }
-}
-
-impl Core {
-    pub(super) fn lock(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        r: &proto::LockRequest<'_>,
-    ) {
-        // A Node client re-sends a lock (same uuid) when its own timer fires. A waiting one is
-        // asked again (the store reports its place); a granted one's grant is already on its
-        // way, and a second `acquired:true` would reach a request the client has settled and
-        // make it release the lock.
-        let retry = match self.route.lock_of(r.key, r.uuid) {
-            None => false,
-            Some(l) if l.conn != cid => {
-                let e = TableError::DuplicateId;
-                self.reject(Reject::from(&e));
-                let msg = e.to_string();
-                return self.send_error(slot, "lock", Some(r.uuid), Some(r.key), &msg);
-            }
-            Some(l) if l.held => {
-                return self.send(
-                    slot,
-                    &Reply::Lock {
-                        uuid: r.uuid,
-                        key: r.key,
-                        outcome: WireLock::Queued,
-                        lock_request_count: 0,
-                        readers_count: 0,
-                    },
-                );
-            }
-            Some(_) => true,
-        };
-        let keep_default = self.conn_at(slot).is_some_and(|c| c.keep_default);
-        let req = table::LockRequest {
-            conn: cid,
-            key: r.key,
-            id: r.uuid,
-            mode: r.mode,
-            max: r.max,
-            ttl: ttl_of(r.ttl),
-            wait: wait_of(now, r.try_lock, r.wait_timeout),
-            // The Node client puts its constructor option on `version` only (see `keep_default`).
-            keep_after_disconnect: r.keep_locks_after_death || keep_default,
-        };
-        if !retry {
-            if let Err(e) = self.room(cid, true) {
-                return self.send_error(slot, "lock", Some(r.uuid), Some(r.key), &e);
-            }
-            self.route.add_lock(r.key, r.uuid, cid);
-            if let Some(c) = self.conn_at(slot) {
-                c.requests += 1;
-            }
-        }
-        self.store.submit(now, StoreOp::Lock(req));
-    }
-
-    /// `lock-received`: the Node client took a pushed grant.
-    pub(super) fn lock_received(&mut self, cid: ConnId, uuid: &str) {
-        if self.acks.get(uuid).is_some_and(|a| a.conn == cid) {
-            self.acks.remove(uuid);
-        }
-    }
-
-    /// `lock-received-rejected` (and `lock-client-timeout`): the client gives a grant back, or
-    /// answers an ack probe.
-    pub(super) fn cancel(&mut self, now: Instant, cid: ConnId, uuid: &str, key: &str) {
-        match uuid.strip_prefix(PROBE_PREFIX) {
-            Some(id) => self.probe_answered(now, cid, id),
-            None => {
-                self.acks.remove(uuid);
-                self.give_back(now, cid, key, uuid);
-            }
-        }
-    }
-
-    /// Ends request (`key`, `id`) of `conn` without an answer: a waiter leaves the queue, a
-    /// holder is released. True when it was held.
-    pub(super) fn give_back(&mut self, now: Instant, conn: ConnId, key: &str, id: &str) -> bool {
-        let held = self.route.forget(conn, key, id) == Some(true);
-        self.store.submit(now, StoreOp::Cancel { conn, key, id });
-        held
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn unlock(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        uuid: &str,
-        key: &str,
-        lock_id: Option<&str>,
-        force: bool,
-    ) {
-        // A pending ack probe of `lock_id` is settled by the store's answer (`Unlocked`), not
-        // here: an unlock that fails (another key, a refused force, a stranger's guess) must
-        // leave the probe that finds a ghost grant in place.
-        let admin = self.conn_at(slot).is_some_and(|c| c.admin);
-        if force && !admin {
-            self.refuse_admin(cid, "force unlock", key);
-            return self.unlock_reply(
-                slot,
-                uuid,
-                key,
-                Err("force unlock is an admin act: use the Unix socket or authenticate"),
-                false,
-                0,
-            );
-        }
-        // Set aside by the 0.2.x read/write emulation: already released in the table.
-        if let Some(id) = lock_id.filter(|id| self.parked.get(*id) == Some(&cid)) {
-            self.parked.remove(id);
-            self.route.forget(cid, key, id);
-            self.counters.unlocks += 1;
-            let lrc = self.store.table().map_or(0, |t| t.counts(key).0);
-            return self.unlock_reply(slot, uuid, key, Ok(()), false, lrc);
-        }
-        if let Err(e) = self.room(cid, false) {
-            return self.unlock_reply(slot, uuid, key, Err(&e), false, 0);
-        }
-        let tag = self
-            .route
-            .expect(cid, Some(uuid), Awaited::Unlock(key.into()));
-        self.store.submit(
-            now,
-            StoreOp::Unlock {
-                conn: cid,
-                tag,
-                key,
-                id: lock_id,
-                force,
-            },
-        );
-    }
-
-    pub(super) fn unlock_reply(
-        &mut self,
-        slot: usize,
-        uuid: &str,
-        key: &str,
-        res: Result<(), &str>,
-        lost: bool,
-        lrc: usize,
-    ) {
-        self.send(
-            slot,
-            &Reply::Unlock {
-                uuid,
-                key,
-                unlocked: res.is_ok(),
-                lock_request_count: lrc as u64,
-                lost,
-                error: res.err(),
-                warning: None,
-            },
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn extend(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        uuid: &str,
-        key: &str,
-        lock_id: &str,
-        ttl: proto::Ttl,
-    ) {
-        if let Err(e) = self.room(cid, false) {
-            return self.send_error(slot, "extend", Some(uuid), Some(key), &e);
-        }
-        let tag = self
-            .route
-            .expect(cid, Some(uuid), Awaited::Extend(key.into()));
-        self.store.submit(
-            now,
-            StoreOp::Extend {
-                conn: cid,
-                tag,
-                key,
-                id: lock_id,
-                ttl: ttl_of(ttl),
-            },
-        );
-    }
-
-    pub(super) fn acquire_many(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        r: &proto::AcquireMany<'_>,
-    ) {
-        if let Err(e) = self.room(cid, true) {
-            return self.send_error(slot, "acquire-many", Some(r.uuid), None, &e);
-        }
-        self.route.add_group(r.uuid, cid);
-        let keep_default = match self.conn_at(slot) {
-            Some(c) => {
-                c.requests += 1;
-                c.keep_default
-            }
-            None => false,
-        };
-        let req = ManyRequest {
-            conn: cid,
-            keys: &r.keys,
-            id: r.uuid,
-            ttl: ttl_of(r.ttl),
-            wait: wait_of(now, r.try_lock, r.wait_timeout),
-            keep_after_disconnect: r.keep_locks_after_death || keep_default,
-        };
-        self.store.submit(now, StoreOp::LockMany(req));
-    }
-
-    pub(super) fn release_many(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        uuid: &str,
-        lock_id: &str,
-    ) {
-        if let Err(e) = self.room(cid, false) {
-            return self.send_error(slot, "release-many", Some(uuid), None, &e);
-        }
-        let tag = self
-            .route
-            .expect(cid, Some(uuid), Awaited::ReleaseMany(lock_id.into()));
-        self.store.submit(
-            now,
-            StoreOp::ReleaseMany {
-                conn: cid,
-                tag,
-                id: lock_id,
-            },
-        );
-    }
-
-    /// `ls`, `lock-info`, `system-stats`, `inspect`: asked of the store (for etcd, of every
-    /// broker's requests).
-    pub(super) fn ask(
-        &mut self,
-        slot: usize,
-        cid: ConnId,
-        now: Instant,
-        uuid: Option<&str>,
-        kind: Awaited,
-    ) {
-        if let Err(e) = self.room(cid, false) {
-            let ty = match kind {
-                Awaited::Ls(_) => "ls",
-                Awaited::Info(_) => "lock-info",
-                Awaited::Inspect(_) => "inspect",
-                _ => "system-stats",
-            };
-            return self.send_error(slot, ty, uuid, None, &e);
-        }
-        let key = match &kind {
-            Awaited::Info(k) => Some(k.clone()),
-            _ => None,
-        };
-        let stats = matches!(kind, Awaited::Stats | Awaited::Inspect(_));
-        let tag = self.route.expect(cid, uuid, kind);
-        let op = match &key {
-            Some(k) => StoreOp::Info { tag, key: k },
-            None if stats => StoreOp::Stats { tag },
-            None => StoreOp::Keys { tag },
-        };
-        self.store.submit(now, op);
-    }
-
-    /// Room for one more op of `conn` in a store that answers later: at most
-    /// `max_per_conn` lock requests and groups (`request`), and as many unanswered ops.
-    fn room(&mut self, conn: ConnId, request: bool) -> Result<(), String> {
-        let l = self.route.load(conn);
-        let max = self.max_per_conn;
-        if l.unanswered >= max || (request && l.requests >= max) {
-            let e = TableError::TooManyRequests(max);
-            self.reject(Reject::from(&e));
-            return Err(e.to_string());
-        }
-        Ok(())
     }
 }
 

@@ -94,7 +94,6 @@ use std::time::Instant;
 pub use config::EtcdConfig;
 
 use super::{OwnedOp, Store, StoreError, StoreEvent, StoreOp};
-use crate::table::Table;
 
 /// The handle the owner keeps. Dropping it revokes every lease of the store (bounded by
 /// [`EtcdConfig::op_timeout`]) and stops its thread.
@@ -170,16 +169,12 @@ impl Store for EtcdStore {
         true
     }
 
-    fn is_idle(&self) -> bool {
-        // Locks live in etcd and outlive this broker's idleness; only connections count.
+    fn shared(&self) -> bool {
         true
     }
 
-    fn table(&self) -> Option<&Table> {
-        None
-    }
-
-    fn table_mut(&mut self) -> Option<&mut Table> {
-        None
+    fn is_idle(&self) -> bool {
+        // Locks live in etcd and outlive this broker's idleness; only connections count.
+        true
     }
 }

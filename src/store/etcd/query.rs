@@ -1,17 +1,18 @@
-//! The read-only questions (`keys`, `info`, `stats`, `snapshot`), answered from etcd.
+//! The read-only questions (`keys`, `counts`, `info`, `stats`, `snapshot`), answered from etcd.
 //!
 //! Why from etcd and not from this store's memory: another broker may hold or wait for any key,
 //! so only etcd knows. [`rules::holders_and_waiters`] tells holders from waiters with the same
 //! rule every broker uses to grant.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::rc::Rc;
 
 use etcd_client::GetOptions;
 
 use super::rules::{self, Entry, Mode};
 use super::shared::{Shared, entries};
-use crate::store::{HolderView, KeyView, Snapshot, StoreError, StoreEvent, WaiterView};
+use crate::store::{HolderView, KeyPage, KeyView, Snapshot, StoreError, StoreEvent, WaiterView};
 use crate::table::{ConnId, Name, Stats};
 
 pub(super) async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, StoreError> {
@@ -22,13 +23,46 @@ pub(super) async fn read_key(sh: &Shared, key: &str) -> Result<Vec<Entry>, Store
     Ok(entries(sh, r.kvs()))
 }
 
-pub(super) fn keys(sh: &Rc<Shared>, tag: u64) {
+/// A page of `ls`: the keys of every broker after the key `after`, in key order, until their
+/// names reach `budget` bytes (the cursor of each is the key itself).
+pub(super) fn keys(sh: &Rc<Shared>, tag: u64, after: Option<Name>, budget: usize) {
     let sh = sh.clone();
     tokio::task::spawn_local(async move {
-        let keys = read_all(&sh)
-            .await
-            .map(|m| m.0.into_keys().map(Name::from).collect());
+        let keys = read_all(&sh).await.map(|(by_key, _)| {
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let (mut page, mut used) = (KeyPage::default(), 0);
+            for key in by_key
+                .range::<str, _>((from, Bound::Unbounded))
+                .map(|e| e.0)
+            {
+                if !page.keys.is_empty() && used >= budget {
+                    page.more = true;
+                    break;
+                }
+                used += key.len();
+                page.keys.push((key.clone(), Name::from(key.as_str())));
+            }
+            page
+        });
         sh.emit(StoreEvent::Keys { tag, keys });
+    });
+}
+
+/// The waiters and read-mode holders of one key, of every broker (0s when etcd could not be
+/// read: they only inform a reply).
+pub(super) fn counts(sh: &Rc<Shared>, tag: u64, key: Name) {
+    let sh = sh.clone();
+    tokio::task::spawn_local(async move {
+        let (queue_len, readers) = read_key(&sh, &key).await.map_or((0, 0), |all| {
+            let (holders, waiters) = rules::holders_and_waiters(&all);
+            let readers = holders.iter().filter(|h| h.mode == Mode::Read).count();
+            (waiters.len(), readers)
+        });
+        sh.emit(StoreEvent::Counts {
+            tag,
+            queue_len,
+            readers,
+        });
     });
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::util::{Client, Pair, config};
-use crate::store::{Op, Store, StoreError, StoreEvent, StoreOp};
-use crate::table::{ConnId, Grant, Name, Table, TableError};
+use crate::store::{KeyPage, Op, Store, StoreError, StoreEvent, StoreOp};
+use crate::table::{ConnId, Grant, Name, TableError};
 
 /// Records ops (as their debug text); hands out the events the test queues.
 #[derive(Clone, Default)]
@@ -32,14 +32,12 @@ impl Store for Script {
     fn answers_later(&self) -> bool {
         true
     }
-    fn is_idle(&self) -> bool {
+    /// Like etcd, a store other brokers share.
+    fn shared(&self) -> bool {
         true
     }
-    fn table(&self) -> Option<&Table> {
-        None
-    }
-    fn table_mut(&mut self) -> Option<&mut Table> {
-        None
+    fn is_idle(&self) -> bool {
+        true
     }
 }
 
@@ -225,7 +223,7 @@ fn store_errors_become_replies_to_the_op_that_failed() {
     emit(&mut p, &s, failed);
     let v = p.recv(c);
     assert_eq!((&v["uuid"], &v["extended"]), (&json!("e"), &json!(false)));
-    // The 0.2.x read/write emulation needs a local table.
+    // The 0.2.x read/write emulation needs a store no other broker shares.
     p.send(c, json!({"type":"increment-readers","uuid":"r","key":"k"}));
     let v = p.recv(c);
     assert!(
@@ -270,7 +268,7 @@ fn a_connection_cannot_pile_up_requests_in_a_store_that_answers_later() {
     let ops = take_ops(&s);
     let answer = |op: &String| StoreEvent::Keys {
         tag: tag_of(op),
-        keys: Ok(Vec::new()),
+        keys: Ok(KeyPage::default()),
     };
     emit(&mut p, &s, answer(&ops[0]));
     assert_eq!(p.recv(c)["uuid"], "q1");
@@ -298,8 +296,8 @@ fn a_connection_cannot_pile_up_requests_in_a_store_that_answers_later() {
     assert!(take_ops(&s)[0].starts_with("Lock("));
 }
 
-/// A store that answers `ls` with every key (etcd) is paged by the core, in key order, within
-/// the reply budget (issue 20, item 2).
+/// A store's `ls` page is cut at the reply budget however many keys the store gave, and the
+/// next page is asked of the store from the last cursor listed (issue 20, item 2).
 #[test]
 fn a_store_listing_every_key_is_paged_in_key_order() {
     let mut cfg = config();
@@ -309,7 +307,6 @@ fn a_store_listing_every_key_is_paged_in_key_order() {
     p.core.use_store(Box::new(s.clone()));
     let c = p.connect();
     let all: Vec<Name> = (0..1000)
-        .rev()
         .map(|i| Name::from(format!("key-{i:04}")))
         .collect();
     let (mut listed, mut after) = (Vec::new(), None::<String>);
@@ -320,7 +317,18 @@ fn a_store_listing_every_key_is_paged_in_key_order() {
         }
         p.send(c, req);
         let op = take_ops(&s).pop().expect("asked of the store");
-        let keys = Ok(all.clone());
+        assert!(
+            op.contains(&format!("after: {:?}", after.as_deref())),
+            "{op}"
+        );
+        // Every key after the cursor, more than the budget holds.
+        let keys = all
+            .iter()
+            .filter(|k| after.as_deref().is_none_or(|a| &***k > a));
+        let keys = Ok(KeyPage {
+            keys: keys.map(|k| (k.to_string(), k.clone())).collect(),
+            more: false,
+        });
         emit(
             &mut p,
             &s,
@@ -345,4 +353,60 @@ fn a_store_listing_every_key_is_paged_in_key_order() {
     }
     let want: Vec<String> = (0..1000).map(|i| format!("\"key-{i:04}\"")).collect();
     assert_eq!(listed, want);
+}
+
+/// A store read through ops (etcd): `watch` snapshots are its `Snapshot` answers, one asked at
+/// a time for every watcher due, and `/metrics` shows the totals of the latest answer, asking
+/// again when they are a second old (issue 23, step 2).
+#[test]
+fn watchers_share_one_snapshot_of_a_store_and_metrics_show_its_latest_totals() {
+    let (mut p, s, a, _) = setup();
+    let b = p.connect();
+    p.send(a, json!({"type":"watch","uuid":"wa"}));
+    p.send(b, json!({"type":"watch","uuid":"wb"}));
+    let ops = take_ops(&s);
+    assert_eq!(ops.len(), 1, "one snapshot asked for both: {ops:?}");
+    assert!(ops[0].starts_with("Snapshot"), "{ops:?}");
+    p.expect_silence(a);
+    let now = p.time;
+    let m = p.core.metrics(now);
+    assert_eq!(m.reading_age, Some(None), "nothing read yet");
+    assert!(take_ops(&s).is_empty(), "a snapshot is already asked for");
+    let mut snap = crate::store::Snapshot::default();
+    snap.stats.keys = 1;
+    snap.stats.holders = 1;
+    let view = crate::store::KeyView {
+        max: 1,
+        holders: vec![crate::store::HolderView {
+            id: "elsewhere".into(),
+            conn: None,
+            mode: crate::table::Mode::Exclusive,
+            token: 9,
+            ttl_remaining: None,
+            since: None,
+        }],
+        waiters: Vec::new(),
+        readers: 0,
+    };
+    snap.keys.push(("k".into(), view));
+    let tag = tag_of(&ops[0]);
+    emit(
+        &mut p,
+        &s,
+        StoreEvent::Snapshot {
+            tag,
+            snapshot: Ok(snap),
+        },
+    );
+    for (c, uuid) in [(a, "wa"), (b, "wb")] {
+        let v = p.recv(c);
+        assert_eq!(v["uuid"], uuid);
+        assert_eq!(v["keys"][0]["key"], "k", "{v}");
+        assert_eq!(v["keys"][0]["holders"][0]["fencingToken"], 9, "{v}");
+        assert!(v["keys"][0]["holders"][0].get("heldSince").is_none(), "{v}");
+    }
+    let m = p.core.metrics(p.time);
+    assert_eq!((m.table.keys, m.table.holders), (1, 1));
+    assert_eq!(m.reading_age, Some(Some(Duration::ZERO)));
+    assert!(take_ops(&s).is_empty(), "fresh totals are not read again");
 }
