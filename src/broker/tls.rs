@@ -92,18 +92,16 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
 pub struct TlsReloader(Arc<ServerTls>);
 
 impl TlsReloader {
+    pub(super) fn new(tls: Arc<ServerTls>) -> Self {
+        TlsReloader(tls)
+    }
+
     /// Reads the files again. New connections use them; open connections are untouched. On
     /// an error (a missing or bad file) the previous configuration stays in force.
     pub fn reload(&self) -> Result<(), BrokerError> {
         let cfg = build(&self.0.files).map_err(BrokerError::Tls)?;
         *self.0.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
         Ok(())
-    }
-}
-
-impl TlsReloader {
-    pub(super) fn new(tls: Arc<ServerTls>) -> Self {
-        TlsReloader(tls)
     }
 }
 

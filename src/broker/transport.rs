@@ -1,5 +1,6 @@
-//! The transports: a connection's socket, its framing (NDJSON or WebSocket), reading messages
-//! into the core and writing the core's output out.
+//! A connection's [`Socket`]: where it is in its life (`Io`: sniffing its first byte, NDJSON,
+//! WebSocket, HTTP), the first-byte dispatch and the NDJSON line loop, and writing the core's
+//! output out. `ws.rs`, `http.rs` and `tls.rs` hold the readers of the other framings.
 //!
 //! The core appends replies to a connection's output while a loop turn runs; the reactor
 //! writes them once at its end, so a burst of pipelined requests costs one `write`.
@@ -8,13 +9,10 @@ use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use tungstenite::handshake::MidHandshake;
-use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{HandshakeError, Message, WebSocket};
+use tungstenite::WebSocket;
 
 use super::BrokerBuilder;
 use super::core::Core;
@@ -23,46 +21,9 @@ use super::http_guard::{self, HttpPolicy, RefusalLog};
 use super::metrics::IoCounters;
 use super::spin::Spinner;
 use super::stream::Stream;
+use super::ws::Handshake;
 use crate::proto::ndjson::LineFramer;
 use crate::table::ConnId;
-
-pub(crate) type Handshake = MidHandshake<ServerHandshake<Stream, UpgradeCheck>>;
-
-/// The WebSocket upgrade's callback. Judges the upgrade request: first its Host and Origin
-/// (403 when a web page or a DNS-rebinding name is behind it), then, when the broker has a
-/// token, its `Authorization: Bearer <token>`: the right one authenticates the connection
-/// (`proved`), a wrong one is refused (401). Without the header the upgrade goes on, and the
-/// connection must send `auth` first like an NDJSON one: a browser cannot set that header, and
-/// the status page authenticates with the token from its URL's fragment.
-pub(crate) struct UpgradeCheck {
-    pub policy: Arc<HttpPolicy>,
-    pub token: Option<Arc<str>>,
-    /// Set when the request carried the right bearer token.
-    pub proved: Arc<AtomicBool>,
-}
-
-impl Callback for UpgradeCheck {
-    fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        if let Err(why) = self.policy.check(header("host"), header("origin")) {
-            let mut e = ErrorResponse::new(Some(why.to_string()));
-            *e.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
-            return Err(e);
-        }
-        let (Some(token), Some(auth)) = (self.token, header("authorization")) else {
-            return Ok(resp);
-        };
-        let given = auth.strip_prefix("Bearer ").unwrap_or("");
-        if super::core::constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            self.proved.store(true, Ordering::Relaxed);
-            Ok(resp)
-        } else {
-            let mut e = ErrorResponse::new(Some("missing or wrong auth token".into()));
-            *e.status_mut() = tungstenite::http::StatusCode::UNAUTHORIZED;
-            Err(e)
-        }
-    }
-}
 
 /// Where the connection is in its life.
 pub(crate) enum Io {
@@ -162,49 +123,7 @@ impl Socket {
     /// A WebSocket sends each line as one text message.
     pub(super) fn write_out(&mut self, out: &[u8]) -> io::Result<(usize, bool)> {
         match &mut self.io {
-            Io::Ws(ws) => {
-                // Lines go into tungstenite's buffer a batch at a time, and only once the
-                // previous batch went out: what the socket did not take stays in the core's
-                // output, where back-pressure sees it, and the buffer never fills.
-                let mut taken = 0;
-                loop {
-                    if self.ws_unflushed {
-                        match ws.flush() {
-                            Ok(()) => self.ws_unflushed = false,
-                            Err(tungstenite::Error::Io(e))
-                                if e.kind() == io::ErrorKind::WouldBlock =>
-                            {
-                                return Ok((taken, false));
-                            }
-                            Err(e) => return Err(io::Error::other(e)),
-                        }
-                    }
-                    if taken == out.len() {
-                        return Ok((taken, true));
-                    }
-                    let mut batch = 0;
-                    for line in out[taken..].split_inclusive(|&b| b == b'\n') {
-                        if batch > 0 && batch + line.len() > WS_BATCH {
-                            break;
-                        }
-                        batch += line.len();
-                        let text = line.strip_suffix(b"\n").unwrap_or(line);
-                        if text.is_empty() {
-                            continue;
-                        }
-                        let text = String::from_utf8_lossy(text).into_owned();
-                        match ws.write(Message::text(text)) {
-                            Ok(()) => {}
-                            // Queued: the flush above sends it.
-                            Err(tungstenite::Error::Io(e))
-                                if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Err(io::Error::other(e)),
-                        }
-                    }
-                    taken += batch;
-                    self.ws_unflushed = true;
-                }
-            }
+            Io::Ws(ws) => super::ws::write_lines(ws, &mut self.ws_unflushed, out),
             Io::Sniff(s) | Io::Ndjson(s) => {
                 let mut pos = 0;
                 while pos < out.len() {
@@ -279,20 +198,6 @@ fn hand_line(
     FirstLine::Ran
 }
 
-/// Bytes of lines handed to tungstenite at once (at least one whole line).
-const WS_BATCH: usize = 64 * 1024;
-
-/// WebSocket settings (DESIGN §4): a small read buffer (the 128 KiB default is zeroed on every
-/// read), message and frame caps, and a bounded write buffer.
-pub(crate) fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(max_write_buffer)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-}
-
 /// What a socket's reader borrows from the broker for one readiness event: the core it hands
 /// messages to, the settings, and the broker-wide logs and counters.
 pub(super) struct Cx<'a> {
@@ -335,7 +240,7 @@ pub(super) enum Step {
 }
 
 impl Step {
-    fn close(why: impl Into<Cow<'static, str>>) -> Step {
+    pub(super) fn close(why: impl Into<Cow<'static, str>>) -> Step {
         Step::Close(why.into())
     }
 }
@@ -370,26 +275,8 @@ impl Socket {
                                 Ok(stream) => stream,
                                 Err(step) => return step,
                             };
-                            // The WebSocket upgrade; `UpgradeCheck` is its callback.
-                            let ws_cfg = ws_config(cx.cfg.max_line, cx.cfg.out_hard);
-                            // A client certificate stands in for the token.
-                            let proved = Arc::new(AtomicBool::new(false));
-                            let check = UpgradeCheck {
-                                policy: cx.policy.clone(),
-                                token: (cx.cfg.auth_token.as_deref())
-                                    .filter(|_| !cx.core.is_authed(self.id))
-                                    .map(Into::into),
-                                proved: proved.clone(),
-                            };
-                            match tungstenite::accept_hdr_with_config(stream, check, Some(ws_cfg)) {
-                                Ok(ws) => self.ws_opened(cx, ws, &proved),
-                                Err(HandshakeError::Interrupted(mid)) => {
-                                    self.io = Io::Handshake(Box::new(mid), proved);
-                                    return Step::Keep;
-                                }
-                                Err(HandshakeError::Failure(e)) => {
-                                    return self.handshake_failed(cx, &e);
-                                }
+                            if let Some(step) = self.upgrade(cx, stream) {
+                                return step;
                             }
                         }
                         Ok(_) if b[0] == 0x16 => {
@@ -415,14 +302,11 @@ impl Socket {
                         }
                     }
                 }
-                Io::Handshake(mid, proved) => match mid.handshake() {
-                    Ok(ws) => self.ws_opened(cx, ws, &proved),
-                    Err(HandshakeError::Interrupted(mid)) => {
-                        self.io = Io::Handshake(Box::new(mid), proved);
-                        return Step::Keep;
+                Io::Handshake(mid, proved) => {
+                    if let Some(step) = self.upgraded(cx, mid.handshake(), proved) {
+                        return step;
                     }
-                    Err(HandshakeError::Failure(e)) => return self.handshake_failed(cx, &e),
-                },
+                }
                 Io::Ndjson(stream) => {
                     self.io = Io::Ndjson(stream);
                     return self.read_ndjson(cx);
@@ -460,21 +344,6 @@ impl Socket {
         );
     }
 
-    /// A WebSocket upgrade completed. A connection that proved the token in its upgrade is
-    /// authenticated (an admin under `restrict_admin`, like one that sent `auth`); without a
-    /// token to prove, it is vetted at once; otherwise it must send `auth` first.
-    fn ws_opened(&mut self, cx: &mut Cx<'_>, ws: WebSocket<Stream>, proved: &AtomicBool) {
-        self.io = Io::Ws(Box::new(ws));
-        if proved.load(Ordering::Relaxed) {
-            self.vetted = true;
-            cx.core.authenticated(self.id);
-        } else if cx.cfg.auth_token.is_none() || cx.core.is_authed(self.id) {
-            // No token to prove, or a client certificate proved who it is.
-            self.vetted = true;
-        }
-        self.announce(cx.core, "WebSocket");
-    }
-
     /// Closes a connection that a web page (or something else speaking HTTP) opened, with a
     /// rate-limited note naming its peer.
     pub(super) fn refuse(&self, cx: &mut Cx<'_>, why: impl Into<Cow<'static, str>>) -> Step {
@@ -486,7 +355,7 @@ impl Socket {
     /// Before a connection's first valid request, an invalid one (not JSON, not a request,
     /// binary junk, the h2c preface) means the peer does not speak this protocol: it gets its
     /// error reply, nothing after it runs, and the connection closes once the reply is out.
-    fn reject_first(&mut self, cx: &mut Cx<'_>) -> Step {
+    pub(super) fn reject_first(&mut self, cx: &mut Cx<'_>) -> Step {
         let why = "its first message was not a valid request";
         cx.note_refusal(self.peer, why);
         self.close_when_flushed(why);
@@ -512,7 +381,7 @@ impl Socket {
 
     /// Whether one more of its requests may be read now; when its output is backed up, its
     /// reading pauses (see `flow`; the reactor then arms the stall deadline).
-    fn may_read(&mut self, cx: &Cx<'_>) -> bool {
+    pub(super) fn may_read(&mut self, cx: &Cx<'_>) -> bool {
         let backlog = cx.core.output(self.id).len();
         self.flow.may_read(backlog, &cx.caps, cx.now)
     }
@@ -574,62 +443,6 @@ impl Socket {
             }
             self.close_when_flushed("peer closed");
             return Step::Keep;
-        }
-    }
-
-    /// The WebSocket read path: hands each text or binary message to the core.
-    fn read_ws(&mut self, cx: &mut Cx<'_>) -> Step {
-        loop {
-            if !self.may_read(cx) || self.close_after_flush {
-                return Step::Keep;
-            }
-            let Io::Ws(ws) = &mut self.io else {
-                return Step::Keep;
-            };
-            let msg = match ws.read() {
-                Ok(Message::Text(t)) => {
-                    cx.io.bytes_in += t.len() as u64;
-                    cx.scratch.clear();
-                    cx.scratch.extend_from_slice(t.as_bytes());
-                    true
-                }
-                Ok(Message::Binary(b)) => {
-                    cx.io.bytes_in += b.len() as u64;
-                    cx.scratch.clear();
-                    cx.scratch.extend_from_slice(&b);
-                    true
-                }
-                Ok(_) => {
-                    // Ping, pong, close: tungstenite answers them; their replies need a flush.
-                    self.ws_unflushed = true;
-                    self.flush_wanted = true;
-                    false
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Step::Keep;
-                }
-                Err(_) => return Step::close("peer closed or WebSocket error"),
-            };
-            if msg {
-                let valid = cx.core.handle_message(self.id, cx.scratch, cx.now);
-                if !valid && !self.vetted {
-                    return self.reject_first(cx);
-                }
-                self.vetted = true;
-            }
-        }
-    }
-
-    /// A failed WebSocket handshake closes the connection; a refusal by the Host/Origin rules
-    /// (answered 403) is also logged.
-    fn handshake_failed(&mut self, cx: &mut Cx<'_>, e: &tungstenite::Error) -> Step {
-        match e {
-            tungstenite::Error::Http(resp) if resp.status() == 403 => {
-                let why = resp.body().as_deref().map(String::from_utf8_lossy);
-                let why = format!("WebSocket upgrade: {}", why.unwrap_or_default());
-                self.refuse(cx, why)
-            }
-            _ => Step::close("WebSocket handshake failed"),
         }
     }
 }
