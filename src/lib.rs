@@ -62,8 +62,9 @@
 //!   state is owned by types of their own (`route.rs`, `acks.rs`, `identity.rs`, `watch.rs`,
 //!   `legacy_rw.rs`, `counters.rs`); around it,
 //!   the only code that touches sockets: `reactor.rs` (the `mio` loop), `accept.rs`,
-//!   `transport.rs` (NDJSON and WebSocket framing), `tls.rs` (rustls on the TCP port, feature
-//!   `tls`), `config.rs`, `handle.rs`, `http_guard.rs` (web pages kept out), `keepalive.rs`
+//!   `transport.rs` (a connection's `Socket` and NDJSON framing; its readers report what the
+//!   loop must do), `ws.rs` (WebSocket framing), `stream.rs`, `http.rs`, `tls.rs` (rustls on
+//!   the TCP port, feature `tls`), `config.rs`, `handle.rs`, `http_guard.rs` (web pages kept out), `keepalive.rs`
 //!   (vanished peers found).
 //! - [`client`] (`src/client/`, feature `client`): the client wing. Two drivers of one
 //!   [`proto::session::Session`]: `blocking/`, a thread-safe, pipelining blocking [`Client`]
@@ -92,9 +93,10 @@
 //!    `Session::request` (`proto/session.rs`) gives it an id, remembers what the answer must
 //!    be, and encodes it (`Request::encode`, `proto/encode.rs`) into the bytes
 //!    `Session::transmit` hands back; the driver writes them to the socket.
-//! 2. In the broker, `Broker::run` (`broker/reactor.rs`) wakes on readiness and calls
-//!    `on_readable` (`broker/transport.rs`): the connection's first byte was not `G` (an HTTP
-//!    upgrade to WebSocket), so it speaks NDJSON, and `read_ndjson` frames the line (`proto/ndjson.rs`, `LineFramer`), checks that the
+//! 2. In the broker, `Broker::run` (`broker/reactor.rs`) wakes on readiness and calls the
+//!    connection's `Socket::on_readable` (`broker/transport.rs`): its first byte was not an
+//!    upper-case letter (HTTP, such as the upgrade to WebSocket), so it speaks NDJSON, and
+//!    `read_ndjson` frames the line (`proto/ndjson.rs`, `LineFramer`), checks that the
 //!    connection's first lines are not HTTP (`http_guard.rs`), and passes it to the sans-IO
 //!    core: `Core::handle_message` (`broker/core/mod.rs`) decodes it in place
 //!    (`Decoder::decode`, `proto/decode.rs`) and dispatches it to `Core::lock`

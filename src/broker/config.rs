@@ -4,16 +4,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Poll, Waker};
-use slab::Slab;
 
 use super::core::{self, Core};
-use super::http_guard::{HttpPolicy, RefusalLog};
-use super::reactor::{Broker, TCP_LISTENER, UDS_LISTENER, WAKER};
+use super::http_guard::HttpPolicy;
+use super::reactor::{Bound, Broker, TCP_LISTENER, UDS_LISTENER, WAKER};
 use super::{BrokerError, Keepalive};
 use crate::proto::Limits;
 use crate::proto::ndjson::DEFAULT_MAX_LINE;
@@ -365,37 +363,18 @@ impl BrokerBuilder {
             &self.allow_hosts,
             &self.allow_origins,
         ));
-        Ok(Broker {
+        Ok(Broker::new(Bound {
             poll,
             tcp,
             uds,
             waker,
-            stop: Arc::new(AtomicBool::new(false)),
             core,
-            socks: Slab::new(),
-            scratch: Vec::with_capacity(1024),
-            flush_list: Vec::new(),
-            resumed: Vec::new(),
             local_addr,
-            next_gen: 1,
-            needs_housekeeping: false,
-            retry_accept: false,
-            pending_order: std::collections::VecDeque::new(),
-            spare_fd: std::fs::File::open("/dev/null").ok(),
-            warned_fds: false,
-            warned_keepalive: false,
             policy,
-            refusals: RefusalLog::new(),
-            idle_since: Some(Instant::now()),
-            bytes_in: 0,
-            bytes_out: 0,
-            turns: 0,
-            http_served: 0,
-            spinner: super::spin::Spinner::new(self.spin),
             cfg: self,
             #[cfg(feature = "tls")]
             tls,
-        })
+        }))
     }
 }
 

@@ -19,6 +19,10 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    pub(super) fn new(waker: Arc<Waker>, stop: Arc<AtomicBool>) -> Self {
+        ShutdownHandle { waker, stop }
+    }
+
     /// Asks the broker to stop at the end of its current loop turn, and returns at once (it
     /// does not wait); calling it again does nothing more.
     pub fn shutdown(&self) {
@@ -65,27 +69,9 @@ impl Broker {
         BrokerBuilder::default()
     }
 
-    /// The TCP address actually bound (useful after binding port 0); `None` without TCP.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
-    }
-
-    /// The Unix socket path it listens on; `None` when it has no Unix socket.
-    pub fn uds_path(&self) -> Option<&Path> {
-        self.uds.as_ref().map(|u| u.path.as_path())
-    }
-
-    /// A handle that stops the broker from any thread, taken before [`Broker::run`] consumes it.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            waker: self.waker.clone(),
-            stop: self.stop.clone(),
-        }
-    }
-
     /// Runs the broker on a dedicated thread.
     pub fn spawn(self) -> Result<BrokerHandle, BrokerError> {
-        let local_addr = self.local_addr;
+        let local_addr = self.local_addr();
         let uds_path = self.uds_path().map(Path::to_path_buf);
         let stop = self.shutdown_handle();
         let thread = std::thread::Builder::new()

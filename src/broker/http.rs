@@ -11,11 +11,10 @@
 //! broker never keeps HTTP state.
 
 use std::io::{self, Read};
-use std::time::Instant;
 
-use super::metrics;
-use super::reactor::Broker;
-use super::transport::{Io, Stream};
+use super::metrics::{self, IoCounters};
+use super::stream::Stream;
+use super::transport::{Cx, Io, Socket, Step};
 
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
@@ -37,49 +36,42 @@ enum Head {
     },
 }
 
-impl Broker {
-    /// Called with the stream of a TCP connection whose first byte is `G`. Returns it back
-    /// for the WebSocket upgrade; otherwise the connection now answers (or waits for the rest
-    /// of its head) and `None` is returned.
+impl Socket {
+    /// Called with the stream of a TCP connection whose first byte is an upper-case letter.
+    /// Returns it back for the WebSocket upgrade; otherwise the connection now answers (or
+    /// waits for the rest of its head), and `Err` says what the reactor must do.
     pub(super) fn sniff_http(
         &mut self,
-        slot: usize,
+        cx: &mut Cx<'_>,
         mut stream: Stream,
-        now: Instant,
-    ) -> Option<Stream> {
+    ) -> Result<Stream, Step> {
         if matches!(stream, Stream::Unix(_)) {
-            return Some(stream);
+            return Ok(stream);
         }
         let mut buf = vec![0u8; MAX_HEAD];
         let n = match stream.peek(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
-                self.put_io(slot, Io::Sniff(stream));
-                self.close(slot, now, "read failed");
-                return None;
+                self.io = Io::Sniff(stream);
+                return Err(Step::Close("read failed".into()));
             }
         };
-        let peer = self.socks.get(slot).and_then(|s| s.peer);
-        let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let peer = self.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
         // A verified client certificate (`--tls-client-ca`) authenticates like the token.
-        let authed = self
-            .socks
-            .get(slot)
-            .is_some_and(|s| self.core.is_authed(s.id));
-        let head = self.judge(&buf[..n], n == MAX_HEAD, &peer, authed, now);
-        match head {
-            Head::Upgrade => Some(stream),
+        let authed = cx.core.is_authed(self.id);
+        match judge(cx, &buf[..n], n == MAX_HEAD, &peer, authed) {
+            Head::Upgrade => Ok(stream),
             Head::Partial => {
-                self.put_io(slot, Io::Sniff(stream));
-                None
+                self.io = Io::Sniff(stream);
+                Err(Step::Keep)
             }
             Head::Answer {
                 status,
                 log,
                 response,
             } => {
-                self.http_served += 1;
+                cx.io.http += 1;
                 // Take the request out of the socket: closing with unread bytes would send
                 // a reset, which can destroy the response before the client reads it.
                 let mut sink = [0u8; 4096];
@@ -90,110 +82,111 @@ impl Broker {
                     }
                 }
                 tracing::debug!(peer, status, "HTTP {log}");
-                if let Some(s) = self.socks.get_mut(slot) {
-                    s.io = Io::Http(stream);
-                    s.http_out = response;
-                    s.close_after_flush = true;
-                    s.closing_why = "HTTP response sent";
-                }
-                self.queue_flush(slot);
-                None
+                self.io = Io::Http(stream);
+                self.http_out = response;
+                self.close_when_flushed("HTTP response sent");
+                Err(Step::Keep)
             }
         }
     }
+}
 
-    /// With an auth token configured, `/metrics` needs it as a bearer token (the counters and
-    /// key counts are the broker's business), or a connection already authenticated by a
-    /// verified client certificate; the page itself is static, and its WebSocket
-    /// authenticates like any client (`#token=` in the page's URL).
-    fn bearer_ok(&self, authed: bool, header: Option<&str>) -> bool {
-        let Some(token) = self.cfg.auth_token.as_deref() else {
-            return true;
-        };
-        if authed {
-            return true;
-        }
-        let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        super::core::constant_time_eq(given.as_bytes(), token.as_bytes())
+/// With an auth token configured, `/metrics` needs it as a bearer token (the counters and
+/// key counts are the broker's business), or a connection already authenticated by a
+/// verified client certificate; the page itself is static, and its WebSocket
+/// authenticates like any client (`#token=` in the page's URL).
+fn bearer_ok(token: Option<&str>, authed: bool, header: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    if authed {
+        return true;
     }
+    let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    super::core::constant_time_eq(given.as_bytes(), token.as_bytes())
+}
 
-    fn put_io(&mut self, slot: usize, io: Io) {
-        if let Some(s) = self.socks.get_mut(slot) {
-            s.io = io;
+/// Decides what a request head gets.
+fn judge(cx: &mut Cx<'_>, bytes: &[u8], full: bool, peer: &str, authed: bool) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) if !full => return Head::Partial,
+        Ok(httparse::Status::Partial) => {
+            return answer(
+                431,
+                "head too large",
+                "text/plain",
+                b"request head too large\n",
+            );
         }
+        Err(httparse::Error::TooManyHeaders) => {
+            return answer(431, "too many headers", "text/plain", b"too many headers\n");
+        }
+        Err(_) => return answer(400, "bad request", "text/plain", b"bad request\n"),
     }
-
-    /// Decides what a request head gets.
-    fn judge(&mut self, bytes: &[u8], full: bool, peer: &str, authed: bool, now: Instant) -> Head {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(bytes) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) if !full => return Head::Partial,
-            Ok(httparse::Status::Partial) => {
-                return answer(
-                    431,
-                    "head too large",
-                    "text/plain",
-                    b"request head too large\n",
-                );
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return answer(431, "too many headers", "text/plain", b"too many headers\n");
-            }
-            Err(_) => return answer(400, "bad request", "text/plain", b"bad request\n"),
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let upgrade = header("upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
+    if upgrade {
+        return Head::Upgrade;
+    }
+    if let Err(why) = cx.policy.check(header("host"), header("origin")) {
+        if let Some(line) = cx
+            .refusals
+            .refused(cx.now, peer, &format!("HTTP request: {why}"))
+        {
+            tracing::warn!("{line}");
         }
-        let header = |name: &str| {
-            req.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-        };
-        let upgrade =
-            header("upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
-        if upgrade {
-            return Head::Upgrade;
+        return answer(403, "refused", "text/plain", format!("{why}\n").as_bytes());
+    }
+    let path = req.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    match (req.method, path) {
+        (Some("GET"), "/metrics")
+            if !bearer_ok(
+                cx.cfg.auth_token.as_deref(),
+                authed,
+                header("authorization"),
+            ) =>
+        {
+            answer(
+                401,
+                "/metrics without the auth token",
+                "text/plain",
+                b"this broker needs its auth token: Authorization: Bearer <token>\n",
+            )
         }
-        if let Err(why) = self.policy.check(header("host"), header("origin")) {
-            if let Some(line) = self
-                .refusals
-                .refused(now, peer, &format!("HTTP request: {why}"))
-            {
+        (Some("GET"), "/metrics") => {
+            let io = IoCounters {
+                spins: cx.spinner.spins,
+                spin_wins: cx.spinner.wins,
+                spun_ns: cx.spinner.spun_ns,
+                ..*cx.io
+            };
+            let body = metrics::render(&cx.core.metrics(cx.now), &io);
+            answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
+        }
+        (Some("GET"), "/" | "/index.html") => {
+            answer(200, "/", "text/html; charset=utf-8", STATUS_PAGE.as_bytes())
+        }
+        (Some("GET"), _) => answer(404, "not found", "text/plain", b"not found\n"),
+        (method, _) => {
+            // A POST or PUT here is what a web page's `fetch` sends: noted like the other
+            // refusals. Nothing in its body runs.
+            let method = method.unwrap_or("?");
+            let why = format!("HTTP {method} on the broker's port (answered 405)");
+            if let Some(line) = cx.refusals.refused(cx.now, peer, &why) {
                 tracing::warn!("{line}");
             }
-            return answer(403, "refused", "text/plain", format!("{why}\n").as_bytes());
-        }
-        let path = req.path.unwrap_or("/");
-        let path = path.split('?').next().unwrap_or(path);
-        match (req.method, path) {
-            (Some("GET"), "/metrics") if !self.bearer_ok(authed, header("authorization")) => {
-                answer(
-                    401,
-                    "/metrics without the auth token",
-                    "text/plain",
-                    b"this broker needs its auth token: Authorization: Bearer <token>\n",
-                )
-            }
-            (Some("GET"), "/metrics") => {
-                let body = metrics::render(&self.core.metrics(now), &self.io_counters());
-                answer(200, "/metrics", metrics::CONTENT_TYPE, body.as_bytes())
-            }
-            (Some("GET"), "/" | "/index.html") => {
-                answer(200, "/", "text/html; charset=utf-8", STATUS_PAGE.as_bytes())
-            }
-            (Some("GET"), _) => answer(404, "not found", "text/plain", b"not found\n"),
-            (method, _) => {
-                // A POST or PUT here is what a web page's `fetch` sends: noted like the other
-                // refusals. Nothing in its body runs.
-                let method = method.unwrap_or("?");
-                let why = format!("HTTP {method} on the broker's port (answered 405)");
-                if let Some(line) = self.refusals.refused(now, peer, &why) {
-                    tracing::warn!("{line}");
-                }
-                // A HEAD response carries no body.
-                let body: &[u8] = if method == "HEAD" { b"" } else { b"only GET\n" };
-                answer(405, "method not allowed", "text/plain", body)
-            }
+            // A HEAD response carries no body.
+            let body: &[u8] = if method == "HEAD" { b"" } else { b"only GET\n" };
+            answer(405, "method not allowed", "text/plain", body)
         }
     }
 }

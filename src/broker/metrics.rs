@@ -9,13 +9,13 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::core::{CoreMetrics, Reject, STUCK_KEYS};
-use super::reactor::Broker;
 use crate::table::Name;
 use crate::table::WAIT_BUCKETS;
 
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the reactor counts (the core counts the rest).
+/// What the reactor counts (the core counts the rest); the spinner's figures are copied in
+/// when `/metrics` is rendered.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct IoCounters {
     pub bytes_in: u64,
@@ -27,20 +27,6 @@ pub(crate) struct IoCounters {
     pub spun_ns: u64,
     /// HTTP requests answered (`/metrics`, `/`, refusals).
     pub http: u64,
-}
-
-impl Broker {
-    pub(super) fn io_counters(&self) -> IoCounters {
-        IoCounters {
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            turns: self.turns,
-            spins: self.spinner.spins,
-            spin_wins: self.spinner.wins,
-            spun_ns: self.spinner.spun_ns,
-            http: self.http_served,
-        }
-    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -13,16 +13,22 @@
 //! - `config`: [`BrokerBuilder`], and `bind` (the listeners; `bind_uds` for the Unix socket
 //!   and the lock file beside it).
 //! - `handle`: [`Broker::spawn`], [`BrokerHandle`], [`ShutdownHandle`].
-//! - `reactor`: the poll loop ([`Broker::run`]); the end of each loop turn runs the core's
-//!   timers, then writes its output and closes what must close (`end_turn`); back-pressure
-//!   and the handshake and stall deadlines (`housekeeping`); `idle_exit`. `spin`: whether to
-//!   poll without sleeping after a busy turn (only while it pays).
-//! - `accept`: new connections, TCP keepalive, the connection cap, the spare descriptor.
-//! - `transport`: the sockets, the NDJSON line loop (`read_ndjson`, with the HTTP-line guard),
-//!   the WebSocket upgrade and its callback (`UpgradeCheck`), reading messages into the core
-//!   and writing its output out.
-//! - `tls` (feature `tls`): rustls on the TCP port, the `require_tls` rule, client
-//!   certificates, reloading the files.
+//! - `reactor`: the poll loop ([`Broker::run`]), the only code that sees the broker's fields
+//!   and the only one that adds (`accept`, with the connection cap) and removes (`close`)
+//!   connections; the end of each loop turn runs the core's timers, then writes its output and
+//!   closes what must close (`end_turn`); back-pressure and the handshake and stall deadlines
+//!   (`housekeeping`); `idle_exit`. `spin`: whether to poll without sleeping after a busy turn
+//!   (only while it pays).
+//! - `accept`: the listeners (`Listeners`): TCP keepalive, the spare descriptor.
+//! - `transport`: a connection's `Socket` and its readers: the first-byte dispatch, the NDJSON
+//!   line loop (`read_ndjson`, with the first-line rule), writing the core's output out. A
+//!   reader borrows what it needs of the broker for one event (`Cx`) and reports what the
+//!   reactor must do (`Step`: keep the connection, or close it), as a handler does in mio's
+//!   `tcp_server` example. `stream`: the socket of either family (TCP, Unix, TLS).
+//! - `ws` (the WebSocket upgrade, its callback `UpgradeCheck`, messages in and out), `http`
+//!   (the `/metrics` and status page answers) and `tls` (feature `tls`: rustls on the
+//!   TCP port, the `require_tls` rule, client certificates, reloading the files) are more
+//!   readers of a `Socket`.
 //! - `http_guard`: what looks like HTTP, and the Host/Origin rules; `keepalive`: TCP options;
 //!   `unix_peer`: who is on the other end of a Unix socket.
 //! - `core`: the sans-IO protocol state machine: messages and time in, `(ConnId, bytes)` and
@@ -56,10 +62,12 @@ mod keepalive;
 mod metrics;
 mod reactor;
 mod spin;
+mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;
 mod unix_peer;
+mod ws;
 
 use std::io;
 use std::path::PathBuf;
@@ -120,7 +128,7 @@ pub enum BrokerError {
 pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 6970));
     let policy = http_guard::HttpPolicy::new(Some(bound), &["x".into()], &[]);
-    transport::UpgradeCheck {
+    ws::UpgradeCheck {
         policy: std::sync::Arc::new(policy),
         token: None,
         proved: Default::default(),
@@ -131,5 +139,5 @@ pub fn fuzz_upgrade_check() -> impl tungstenite::handshake::server::Callback {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_ws_config() -> tungstenite::protocol::WebSocketConfig {
-    transport::ws_config(crate::proto::ndjson::DEFAULT_MAX_LINE, 4 * 1024 * 1024)
+    ws::ws_config(crate::proto::ndjson::DEFAULT_MAX_LINE, 4 * 1024 * 1024)
 }

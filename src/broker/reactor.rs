@@ -3,21 +3,29 @@
 //! is ready into the [`Core`], runs the core's timers, then hands the core's output to the
 //! sockets and closes what must close.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
-use mio::{Events, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::accept::{Accepted, Listeners};
 use super::config::UdsListener;
-use super::core::{Core, Event};
+use super::core::{ConnKind, Core, Event};
 use super::flow::{Caps, Verdict};
+use super::handle::ShutdownHandle;
 use super::http_guard::{HttpPolicy, RefusalLog};
-use super::transport::{Io, Socket};
+use super::metrics::IoCounters;
+use super::spin::Spinner;
+use super::stream::Stream;
+use super::transport::{Cx, Io, Socket, Step};
+use super::unix_peer::unix_peer;
 use super::{BrokerBuilder, BrokerError};
 use crate::table::ConnId;
 
@@ -28,49 +36,108 @@ pub(super) const UDS_LISTENER: Token = Token(usize::MAX - 2);
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 
 /// A bound broker, not yet running; see [`Broker::run`] and [`Broker::spawn`].
+///
+/// Its fields are the reactor's alone: a socket's readers (`transport.rs`, `http.rs`,
+/// `tls.rs`) borrow what they need for one event (`Cx`) and report what must happen
+/// (`Step`); only the loop adds and removes connections.
 pub struct Broker {
-    pub(super) poll: Poll,
-    pub(super) tcp: Option<TcpListener>,
-    pub(super) uds: Option<UdsListener>,
-    pub(super) waker: Arc<Waker>,
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) core: Core,
-    pub(super) socks: Slab<Socket>,
+    poll: Poll,
+    listeners: Listeners,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    core: Core,
+    socks: Slab<Socket>,
     /// A WebSocket message, copied to be decoded in place.
-    pub(super) scratch: Vec<u8>,
+    scratch: Vec<u8>,
     /// Slots with output of the transport's own to flush this turn (see `Socket::queued`).
-    pub(super) flush_list: Vec<usize>,
+    flush_list: Vec<usize>,
     /// Connections whose reading resumed (their output drained): read them next turn without
     /// waiting for a readiness event, which will not come for data already waiting.
-    pub(super) resumed: Vec<(usize, ConnId)>,
-    pub(super) local_addr: Option<SocketAddr>,
-    pub(super) next_gen: u64,
-    pub(super) needs_housekeeping: bool,
-    pub(super) retry_accept: bool,
+    resumed: Vec<(usize, ConnId)>,
+    local_addr: Option<SocketAddr>,
+    next_gen: u64,
+    needs_housekeeping: bool,
+    retry_accept: bool,
     /// Connections that had not proved themselves when accepted, oldest first (see
-    /// `accept::evict_pending`).
-    pub(super) pending_order: std::collections::VecDeque<(usize, ConnId)>,
-    /// Held in reserve so that a connection can still be accepted (and refused) when the
-    /// process runs out of descriptors.
-    pub(super) spare_fd: Option<std::fs::File>,
-    pub(super) warned_fds: bool,
-    pub(super) warned_keepalive: bool,
+    /// `evict_pending`).
+    pending_order: VecDeque<(usize, ConnId)>,
     /// Host and Origin rules of HTTP requests (the WebSocket upgrade).
-    pub(super) policy: Arc<HttpPolicy>,
-    pub(super) refusals: RefusalLog,
+    policy: Arc<HttpPolicy>,
+    refusals: RefusalLog,
     /// Since when the broker has had no connections and no locks (for `idle_exit`).
-    pub(super) idle_since: Option<Instant>,
-    /// For `/metrics` (see `metrics::IoCounters`).
-    pub(super) bytes_in: u64,
-    pub(super) bytes_out: u64,
-    pub(super) turns: u64,
-    pub(super) http_served: u64,
+    idle_since: Option<Instant>,
+    /// For `/metrics`: bytes in and out, turns, HTTP requests answered.
+    io: IoCounters,
     /// Whether and how long to poll without sleeping after a busy turn.
-    pub(super) spinner: super::spin::Spinner,
-    pub(super) cfg: BrokerBuilder,
+    spinner: Spinner,
+    cfg: BrokerBuilder,
     /// The TLS configuration, if the broker has a certificate.
     #[cfg(feature = "tls")]
-    pub(super) tls: Option<Arc<super::tls::ServerTls>>,
+    tls: Option<Arc<super::tls::ServerTls>>,
+}
+
+/// What `BrokerBuilder::bind` made, for [`Broker::new`].
+pub(super) struct Bound {
+    pub poll: Poll,
+    pub tcp: Option<TcpListener>,
+    pub uds: Option<UdsListener>,
+    pub waker: Arc<Waker>,
+    pub core: Core,
+    pub local_addr: Option<SocketAddr>,
+    pub policy: Arc<HttpPolicy>,
+    pub cfg: BrokerBuilder,
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<super::tls::ServerTls>>,
+}
+
+impl Broker {
+    pub(super) fn new(b: Bound) -> Broker {
+        Broker {
+            poll: b.poll,
+            listeners: Listeners::new(b.tcp, b.uds, b.cfg.keepalive),
+            waker: b.waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            core: b.core,
+            socks: Slab::new(),
+            scratch: Vec::with_capacity(1024),
+            flush_list: Vec::new(),
+            resumed: Vec::new(),
+            local_addr: b.local_addr,
+            next_gen: 1,
+            needs_housekeeping: false,
+            retry_accept: false,
+            pending_order: VecDeque::new(),
+            policy: b.policy,
+            refusals: RefusalLog::new(),
+            idle_since: Some(Instant::now()),
+            io: IoCounters::default(),
+            spinner: Spinner::new(b.cfg.spin),
+            cfg: b.cfg,
+            #[cfg(feature = "tls")]
+            tls: b.tls,
+        }
+    }
+
+    /// The TCP address actually bound (useful after binding port 0); `None` without TCP.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The Unix socket path it listens on; `None` when it has no Unix socket.
+    pub fn uds_path(&self) -> Option<&Path> {
+        self.listeners.uds_path()
+    }
+
+    /// A handle that stops the broker from any thread, taken before [`Broker::run`] consumes it.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.waker.clone(), self.stop.clone())
+    }
+
+    /// A handle that reloads the TLS files (`None` without TLS). `lmx start` calls it on SIGHUP.
+    #[cfg(feature = "tls")]
+    pub fn tls_reloader(&self) -> Option<super::TlsReloader> {
+        self.tls.clone().map(super::TlsReloader::new)
+    }
 }
 
 impl Broker {
@@ -91,7 +158,7 @@ impl Broker {
                 return Err(e.into());
             }
             busy = !events.is_empty();
-            self.turns += 1;
+            self.io.turns += 1;
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
@@ -208,11 +275,44 @@ impl Broker {
     }
 
     /// Lists a slot for this turn's flush, for output that is the transport's own.
-    pub(super) fn queue_flush(&mut self, slot: usize) {
-        if let Some(s) = self.socks.get_mut(slot)
-            && !std::mem::replace(&mut s.queued, true)
-        {
-            self.flush_list.push(slot);
+    fn queue_flush(&mut self, slot: usize) {
+        if let Some(s) = self.socks.get_mut(slot) {
+            s.flush_wanted = false;
+            if !std::mem::replace(&mut s.queued, true) {
+                self.flush_list.push(slot);
+            }
+        }
+    }
+
+    /// Reads and handles everything the connection at `slot` has sent (see
+    /// `Socket::on_readable`), then does what its reader reported.
+    fn on_readable(&mut self, slot: usize, now: Instant) {
+        let caps = self.caps();
+        let Some(sock) = self.socks.get_mut(slot) else {
+            return;
+        };
+        let mut cx = Cx {
+            core: &mut self.core,
+            now,
+            caps,
+            cfg: &self.cfg,
+            policy: &self.policy,
+            refusals: &mut self.refusals,
+            scratch: &mut self.scratch,
+            io: &mut self.io,
+            spinner: &self.spinner,
+            #[cfg(feature = "tls")]
+            tls: self.tls.as_ref(),
+        };
+        let step = sock.on_readable(&mut cx);
+        if sock.flow.is_paused() {
+            // Its output backed up: the stall deadline is armed.
+            self.needs_housekeeping = true;
+        }
+        match step {
+            Step::Keep if sock.flush_wanted => self.queue_flush(slot),
+            Step::Keep => {}
+            Step::Close(why) => self.close(slot, now, &why),
         }
     }
 
@@ -227,7 +327,7 @@ impl Broker {
     }
 
     /// The back-pressure limits of every connection.
-    pub(super) fn caps(&self) -> Caps {
+    fn caps(&self) -> Caps {
         Caps {
             soft: self.cfg.out_soft,
             hard: self.cfg.out_hard,
@@ -273,12 +373,12 @@ impl Broker {
         };
         if let Io::Http(_) = sock.io {
             let (n, done) = sock.write_http()?;
-            self.bytes_out += n as u64;
+            self.io.bytes_out += n as u64;
             return Ok((n, done));
         }
         let out = self.core.output(sock.id);
         let (n, done) = sock.write_out(out)?;
-        self.bytes_out += n as u64;
+        self.io.bytes_out += n as u64;
         self.core.consume(sock.id, n);
         Ok((n, done))
     }
@@ -299,8 +399,7 @@ impl Broker {
                     }
                     Event::CloseAfterFlush(id) => {
                         if let Some(slot) = self.slot_of(id) {
-                            self.socks[slot].close_after_flush = true;
-                            self.socks[slot].closing_why = "closed by the broker after its answer (auth refused or version mismatch)";
+                            self.socks[slot].close_when_flushed("closed by the broker after its answer (auth refused or version mismatch)");
                             self.queue_flush(slot);
                         }
                     }
@@ -360,7 +459,7 @@ impl Broker {
 
     /// Closes the socket at `slot` and tells the core, which releases its locks. Logs one
     /// line with the peer and `why`.
-    pub(super) fn close(&mut self, slot: usize, now: Instant, why: &str) {
+    fn close(&mut self, slot: usize, now: Instant, why: &str) {
         if !self.socks.contains(slot) {
             return;
         }
@@ -385,15 +484,106 @@ impl Broker {
         }
     }
 
-    pub(super) fn close_all(&mut self) {
+    fn close_all(&mut self) {
         let now = Instant::now();
         let slots: Vec<usize> = self.socks.iter().map(|(s, _)| s).collect();
         for slot in slots {
             self.close(slot, now, "broker shutting down");
         }
-        if let Some(u) = self.uds.take() {
-            // Removed while the lock file is still held, so no newer broker's socket is hit.
-            std::fs::remove_file(&u.path).ok();
+        self.listeners.remove_uds();
+    }
+
+    /// Accepts every connection waiting on the listener `token`, up to the connection cap.
+    fn accept(&mut self, token: Token, now: Instant) {
+        loop {
+            let (io, peer) = match self.listeners.next(token) {
+                Accepted::Conn(io, peer) => (io, peer),
+                Accepted::Again => continue,
+                Accepted::Empty => return,
+                Accepted::Retry => {
+                    self.retry_accept = true;
+                    return;
+                }
+            };
+            if self.socks.len() >= self.cfg.max_connections && !self.evict_pending(now) {
+                drop(io); // refused: closing at once is the clean answer a client can see
+                continue;
+            }
+            let entry = self.socks.vacant_entry();
+            let slot = entry.key();
+            let id = ConnId((self.next_gen << 32) | slot as u64);
+            self.next_gen += 1;
+            let mut sock = Socket::new(id, io, self.cfg.max_line, now);
+            sock.peer = peer;
+            let Some(stream) = sock.stream_mut() else {
+                continue;
+            };
+            if self
+                .poll
+                .registry()
+                .register(stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            if sock.pending(self.cfg.auth_token.is_some()) {
+                self.needs_housekeeping = true;
+                self.pending_order.push_back((slot, id));
+            }
+            entry.insert(sock);
+            let kind = if token == UDS_LISTENER {
+                ConnKind::Unix
+            } else {
+                ConnKind::Tcp
+            };
+            self.core.open(id, kind, now);
+            let who = match (peer, &self.socks[slot].io) {
+                (Some(p), _) => p.to_string(),
+                (None, Io::Ndjson(Stream::Unix(s))) => unix_peer(s),
+                (None, _) => "?".to_string(),
+            };
+            self.core.set_peer(id, who);
+            if kind == ConnKind::Unix {
+                self.socks[slot].announce(&self.core, "NDJSON");
+            }
+        }
+    }
+
+    /// The broker is full: closes the oldest connection that has not proved itself yet (see
+    /// `Socket::pending`), so that connections which never authenticate, or never finish a
+    /// handshake, cannot keep a newcomer out. Connections that did are never closed for room.
+    /// True when one was closed.
+    ///
+    /// `pending_order` lists connections in the order they were accepted; an entry that has
+    /// since proved itself or closed is dropped when it reaches the front, so each costs O(1).
+    fn evict_pending(&mut self, now: Instant) -> bool {
+        let token = self.cfg.auth_token.is_some();
+        while let Some((slot, id)) = self.pending_order.pop_front() {
+            if self
+                .socks
+                .get(slot)
+                .is_some_and(|s| s.id == id && s.pending(token))
+            {
+                self.close(slot, now, "closed for a newcomer: the broker is full and this connection had not authenticated or finished its handshake");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops the entries of `pending_order` at its front that are no longer pending, so that
+    /// it holds no more than the connections accepted since its oldest pending one.
+    fn prune_pending(&mut self) {
+        let token = self.cfg.auth_token.is_some();
+        while let Some(&(slot, id)) = self.pending_order.front() {
+            if self
+                .socks
+                .get(slot)
+                .is_some_and(|s| s.id == id && s.pending(token))
+            {
+                return;
+            }
+            self.pending_order.pop_front();
         }
     }
 }

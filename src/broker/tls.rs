@@ -16,7 +16,6 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use mio::net::TcpStream;
 use rustls::ServerConfig;
@@ -24,8 +23,8 @@ use rustls::ServerConnection;
 use rustls::server::WebPkiClientVerifier;
 
 use super::BrokerError;
-use super::reactor::Broker;
-use super::transport::{Io, Stream};
+use super::stream::Stream;
+use super::transport::{Cx, Io, Socket, Step};
 use crate::pem;
 
 /// Plaintext handed to rustls per write: more waits in the core's output buffer.
@@ -88,11 +87,15 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
 }
 
 /// Reloads the broker's certificate, key and client CA from their files; see
-/// [`Broker::tls_reloader`].
+/// [`Broker::tls_reloader`](super::Broker::tls_reloader).
 #[derive(Clone)]
 pub struct TlsReloader(Arc<ServerTls>);
 
 impl TlsReloader {
+    pub(super) fn new(tls: Arc<ServerTls>) -> Self {
+        TlsReloader(tls)
+    }
+
     /// Reads the files again. New connections use them; open connections are untouched. On
     /// an error (a missing or bad file) the previous configuration stays in force.
     pub fn reload(&self) -> Result<(), BrokerError> {
@@ -102,74 +105,55 @@ impl TlsReloader {
     }
 }
 
-impl Broker {
-    /// A handle that reloads the TLS files (`None` without TLS). `lmx start` calls it on SIGHUP.
-    pub fn tls_reloader(&self) -> Option<TlsReloader> {
-        self.tls.clone().map(TlsReloader)
-    }
-
+impl Socket {
     /// Called with each first peek of a TCP connection in `Io::Sniff`. A ClientHello on a
     /// plain stream becomes a [`TlsStream`] (peeked again, inside); plain TCP from beyond this
     /// machine is refused under `require_tls`; a TLS failure closes with its reason; a verified
-    /// client certificate authenticates the connection. `None`: the connection was closed.
+    /// client certificate authenticates the connection. `Err`: the connection must close.
     pub(super) fn tls_gate(
         &mut self,
-        slot: usize,
+        cx: &mut Cx<'_>,
         mut stream: Stream,
         mut peeked: io::Result<usize>,
         first: &mut [u8; 1],
-        now: Instant,
-    ) -> Option<(Stream, io::Result<usize>)> {
-        let sock = self.socks.get_mut(slot)?;
-        let id = sock.id;
-        let peer = sock.peer;
+    ) -> Result<(Stream, io::Result<usize>), Step> {
         let is_tcp = matches!(stream, Stream::Tcp(_));
         if is_tcp && matches!(peeked, Ok(n) if n > 0) {
             if first[0] == 0x16
-                && let Some(tls) = &self.tls
+                && let Some(tls) = cx.tls
             {
                 let Stream::Tcp(tcp) = stream else {
-                    return None;
+                    return Err(Step::Keep);
                 };
                 match ServerConnection::new(tls.config()) {
                     Ok(conn) => stream = Stream::Tls(Box::new(TlsStream::new(tcp, conn))),
                     Err(e) => {
                         drop(tcp);
-                        self.close(slot, now, &format!("TLS: {e}"));
-                        return None;
+                        return Err(Step::Close(format!("TLS: {e}").into()));
                     }
                 }
                 peeked = stream.peek(first);
-            } else if first[0] != 0x16 && self.cfg.require_tls && !peer.is_some_and(is_local) {
+            } else if first[0] != 0x16 && cx.cfg.require_tls && !self.peer.is_some_and(is_local) {
                 stream.discard_input();
-                sock.io = Io::Sniff(stream);
-                self.refuse(
-                    slot,
-                    now,
+                self.io = Io::Sniff(stream);
+                return Err(self.refuse(
+                    cx,
                     "plain TCP from beyond this machine; this broker requires TLS (tls://, wss://)",
-                );
-                return None;
+                ));
             }
         }
         if let Stream::Tls(t) = &mut stream {
             match &peeked {
-                Ok(n) if *n > 0 && t.take_client_cert() => self.core.trusted(id),
+                Ok(n) if *n > 0 && t.take_client_cert() => cx.core.trusted(self.id),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let why = format!("TLS handshake failed: {e}");
-                    self.put_back(slot, stream);
-                    self.refuse(slot, now, &why);
-                    return None;
+                    self.io = Io::Sniff(stream);
+                    return Err(self.refuse(cx, why));
                 }
                 _ => {}
             }
         }
-        Some((stream, peeked))
-    }
-
-    fn put_back(&mut self, slot: usize, stream: Stream) {
-        if let Some(s) = self.socks.get_mut(slot) {
-            s.io = Io::Sniff(stream);
-        }
+        Ok((stream, peeked))
     }
 }
 
