@@ -277,10 +277,11 @@ impl Store for MemStore {
                 });
             }
             StoreOp::Snapshot { tag, max_keys } => {
-                let names: Vec<Name> = self.table.keys().take(max_keys).cloned().collect();
-                let keys = names
-                    .into_iter()
-                    .filter_map(|k| Some((k.clone(), self.info(now, &k)?)))
+                let keys = self
+                    .table
+                    .keys()
+                    .take(max_keys)
+                    .filter_map(|k| Some((k.clone(), self.info(now, k)?)))
                     .collect();
                 let stats = self.table.stats();
                 let snapshot = Ok(Snapshot { stats, keys });
